@@ -1,0 +1,59 @@
+"""`omnic` — the top-level program. Each subcommand lives in its own module under omnic/cli/,
+exposes `register(subparsers)`, parses its arguments and calls one library function.
+
+Exit statuses across commands: 0 success, 1 a check failed (golden, diff rules), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# The order here is the order of `omnic --help`: the pipeline first, then the tools around it.
+COMMANDS = [
+    "validate",   # spec → every error at once, FILE:LINE:COL field: message
+    "resolve",    # spec → fully explicit spec
+    "plan",       # spec → memory plan against the device
+    "schema",     # the JSON Schema of specs (and manifests)
+    "presets",    # list / show presets
+    "import_hf",  # HF directory → spec
+    "compile",    # spec → verified artifacts + manifest
+    "run",        # greedy generation from a spec (reference) or a build (any target)
+    "verify",     # re-run the golden checks of a build
+    "inspect",    # summarise one build
+    "diff",       # compare two builds
+    "golden",     # golden/ maintenance
+    "bench",      # runtime speed of every artifact
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from omnic import __version__
+
+    parser = argparse.ArgumentParser(prog="omnic", description="Declarative model compiler.")
+    parser.add_argument("--version", action="version", version=f"omnic {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"omnic.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"omnic.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Names that outlive a release: target ids, scheme ids, roles, components, manifest keys.
+
+Every string that is written into a file a user keeps (spec, manifest, GGUF metadata) or that a
+user types (scheme ids, target ids) is defined here once. Renaming one is a format change.
+"""
+
+from __future__ import annotations
+
+SPEC_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 1
+
+
+class Targets:
+    ONNX = "onnx"
+    GGUF = "gguf"
+    EXECUTORCH = "executorch"
+    COREML = "coreml"
+    TVM = "tvm"
+    ALL = (ONNX, GGUF, EXECUTORCH, COREML, TVM)
+
+
+class Schemes:
+    """Weight storage schemes a spec may ask for (`quantization.weights.scheme`)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"  # per-output-channel (group_size null) or group-wise, weight only
+    INT4 = "int4"  # group-wise, symmetric or asymmetric
+    ALL = (FP32, FP16, BF16, INT8, INT4)
+
+
+class KVCache:
+    NONE = "none"
+    INT8 = "int8"
+    ALL = (NONE, INT8)
+
+
+class Roles:
+    """What a tensor does; quantization overrides match on these."""
+
+    EMBEDDING = "embedding"
+    ATTENTION = "attention"
+    FFN = "ffn"
+    ROUTER = "router"
+    NORM = "norm"
+    LM_HEAD = "lm_head"
+    VISION = "vision"
+    AUDIO = "audio"
+    SENSORS = "sensors"
+    PROJECTOR = "projector"
+    ACTION = "action"
+    ALL = (EMBEDDING, ATTENTION, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS, PROJECTOR, ACTION)
+
+
+class Components:
+    DECODER = "decoder"
+    VISION_ENCODER = "vision_encoder"
+    AUDIO_ENCODER = "audio_encoder"
+    SENSOR_PROJECTOR = "sensor_projector"
+    ACTION_HEAD = "action_head"
+    ALL = (DECODER, VISION_ENCODER, AUDIO_ENCODER, SENSOR_PROJECTOR, ACTION_HEAD)
+
+
+class GoldenStatus:
+    PASSED = "passed"
+    FAILED = "failed"
+    NOT_RUN = "not_run"
+
+
+class ManifestKeys:
+    OMNIC_VERSION = "omnic_version"
+    FORMAT = "manifest_format"
+    SPEC = "spec"
+    SPEC_SHA256 = "spec_sha256"
+    TOOLCHAIN = "toolchain"
+    MEMORY_PLAN = "memory_plan"
+    PASSES = "passes"
+    ARTIFACTS = "artifacts"
+    TIMINGS = "timings"
+
+
+# Canonical tensor names of the decoder (see omnic/spec/inventory.py). Builders, importers and
+# every target use these; `{i}` is the layer index, `{e}` the expert index.
+class TensorNames:
+    EMBED = "embed.weight"
+    FINAL_NORM = "norm.weight"
+    LM_HEAD = "lm_head.weight"
+    ATTN_NORM = "layers.{i}.attn_norm.weight"
+    FFN_NORM = "layers.{i}.ffn_norm.weight"
+    POST_ATTN_NORM = "layers.{i}.post_attn_norm.weight"  # Gemma 2 sandwich norms
+    POST_FFN_NORM = "layers.{i}.post_ffn_norm.weight"
+    Q = "layers.{i}.attn.q.weight"
+    K = "layers.{i}.attn.k.weight"
+    V = "layers.{i}.attn.v.weight"
+    O = "layers.{i}.attn.o.weight"
+    Q_BIAS = "layers.{i}.attn.q.bias"
+    K_BIAS = "layers.{i}.attn.k.bias"
+    V_BIAS = "layers.{i}.attn.v.bias"
+    Q_NORM = "layers.{i}.attn.q_norm.weight"
+    K_NORM = "layers.{i}.attn.k_norm.weight"
+    GATE = "layers.{i}.ffn.gate.weight"
+    UP = "layers.{i}.ffn.up.weight"
+    DOWN = "layers.{i}.ffn.down.weight"
+    ROUTER = "layers.{i}.ffn.router.weight"
+    EXPERT_GATE = "layers.{i}.ffn.experts.{e}.gate.weight"
+    EXPERT_UP = "layers.{i}.ffn.experts.{e}.up.weight"
+    EXPERT_DOWN = "layers.{i}.ffn.experts.{e}.down.weight"
+    SHARED_GATE = "layers.{i}.ffn.shared.gate.weight"
+    SHARED_UP = "layers.{i}.ffn.shared.up.weight"
+    SHARED_DOWN = "layers.{i}.ffn.shared.down.weight"

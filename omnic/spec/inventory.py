@@ -1,0 +1,95 @@
+"""Every tensor a spec's model has: canonical name, shape, role, layer (torch-free).
+
+The builder, importers, the memory plan, quantization and every target agree on these names;
+`omnic.compiler.build` asserts that the torch model's state dict has exactly this inventory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnic.constants import Components, Roles, TensorNames as N
+from omnic.spec.model import Model
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    layer: int | None = None
+    component: str = Components.DECODER
+
+    @property
+    def is_matrix(self) -> bool:
+        """A 2-D weight that quantization may compress (input width = shape[-1])."""
+        return len(self.shape) == 2 and self.role != Roles.NORM
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _norm(name: str, width: int, model: Model, layer: int | None) -> list[TensorInfo]:
+    out = [TensorInfo(name, (width,), Roles.NORM, layer)]
+    if model.norm.kind == "layernorm":
+        out.append(TensorInfo(name.replace(".weight", ".bias"), (width,), Roles.NORM, layer))
+    return out
+
+
+def _ffn(prefix: str, d: int, hidden: int, gated: bool, layer: int) -> list[TensorInfo]:
+    out = []
+    if gated:
+        out.append(TensorInfo(f"{prefix}.gate.weight", (hidden, d), Roles.FFN, layer))
+    out.append(TensorInfo(f"{prefix}.up.weight", (hidden, d), Roles.FFN, layer))
+    out.append(TensorInfo(f"{prefix}.down.weight", (d, hidden), Roles.FFN, layer))
+    return out
+
+
+def decoder_tensors(model: Model) -> list[TensorInfo]:
+    """The decoder's tensors in a fixed order (embedding, layers, final norm, lm_head)."""
+    d, hd = model.d_model, model.dim_per_head
+    q_out, kv_out = model.n_heads * hd, model.kv_heads * hd
+    gated = model.ffn.kind in ("swiglu", "geglu")
+    out = [TensorInfo(N.EMBED, (model.vocab_size, d), Roles.EMBEDDING)]
+    for i in range(model.n_layers):
+        f = lambda tmpl: tmpl.format(i=i)  # noqa: E731
+        out += _norm(f(N.ATTN_NORM), d, model, i)
+        out.append(TensorInfo(f(N.Q), (q_out, d), Roles.ATTENTION, i))
+        out.append(TensorInfo(f(N.K), (kv_out, d), Roles.ATTENTION, i))
+        out.append(TensorInfo(f(N.V), (kv_out, d), Roles.ATTENTION, i))
+        if model.qkv_bias:
+            out.append(TensorInfo(f(N.Q_BIAS), (q_out,), Roles.ATTENTION, i))
+            out.append(TensorInfo(f(N.K_BIAS), (kv_out,), Roles.ATTENTION, i))
+            out.append(TensorInfo(f(N.V_BIAS), (kv_out,), Roles.ATTENTION, i))
+        if model.qk_norm:
+            out.append(TensorInfo(f(N.Q_NORM), (hd,), Roles.NORM, i))
+            out.append(TensorInfo(f(N.K_NORM), (hd,), Roles.NORM, i))
+        out.append(TensorInfo(f(N.O), (d, q_out), Roles.ATTENTION, i))
+        if model.post_norms:
+            out += _norm(f(N.POST_ATTN_NORM), d, model, i)
+        out += _norm(f(N.FFN_NORM), d, model, i)
+        if model.moe is None:
+            out += _ffn(f"layers.{i}.ffn", d, model.ffn.hidden, gated, i)
+        else:
+            moe = model.moe
+            out.append(TensorInfo(f(N.ROUTER), (moe.experts, d), Roles.ROUTER, i))
+            for e in range(moe.experts):
+                out += _ffn(f"layers.{i}.ffn.experts.{e}", d, model.ffn.hidden, gated, i)
+            if moe.shared_experts:
+                hidden = (moe.shared_hidden or model.ffn.hidden) * moe.shared_experts
+                out += _ffn(f"layers.{i}.ffn.shared", d, hidden, gated, i)
+        if model.post_norms:
+            out += _norm(f(N.POST_FFN_NORM), d, model, i)
+    out += _norm(N.FINAL_NORM, d, model, None)
+    if not model.tie_embeddings:
+        out.append(TensorInfo(N.LM_HEAD, (model.vocab_size, d), Roles.LM_HEAD))
+    return out
+
+
+def parameter_count(model: Model) -> int:
+    """Exact parameter count (tied embeddings counted once, as published model cards do)."""
+    return sum(t.numel for t in decoder_tensors(model))
