@@ -48,6 +48,11 @@ class Artifact:
     op_histogram: dict[str, int] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # target-specific, deterministic facts
+    precision: str = "fp32"  # row key of the tolerance table: fp32, fp16, q8_0, q4_0, int4_g32, ...
+    # The weights exactly as the artifact stores them, dequantized to float32 numpy arrays, keyed
+    # by canonical tensor name; None when the artifact stores the fp32 weights unchanged. The
+    # golden check builds its quantization-exact reference from these. Never written to disk.
+    reference_weights: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 class NotRunnable(Exception):
