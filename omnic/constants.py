@@ -109,3 +109,12 @@ class TensorNames:
     SHARED_GATE = "layers.{i}.ffn.shared.gate.weight"
     SHARED_UP = "layers.{i}.ffn.shared.up.weight"
     SHARED_DOWN = "layers.{i}.ffn.shared.down.weight"
+
+
+class GgufKeys:
+    """Metadata keys omnic adds to the GGUF files it writes (llama.cpp ignores unknown keys)."""
+
+    VERSION = "omnic.version"  # omnic package version that wrote the file
+    SPEC_SHA256 = "omnic.spec_sha256"  # sha256 of the canonical JSON of the resolved spec
+    SPEC = "omnic.spec"  # the resolved spec itself, canonical JSON
+    FILE_TYPE = "omnic.file_type"  # targets.gguf.file_type as resolved (auto -> Q4_0, ...)

@@ -1,0 +1,69 @@
+"""`omnic plan SPEC [--json]` — the memory plan of a spec against its device (torch-free)."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="memory plan: weights, KV cache, activations vs device budget")
+    p.add_argument("spec", metavar="SPEC", help="spec YAML file")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):,.1f}"
+
+
+def render(plan, title: str) -> None:
+    """Print the plan as rich tables on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    weights = Table(title=title, title_justify="left")
+    for col, justify in (("component", "left"), ("storage", "left"), ("tensors", "right"),
+                         ("parameters", "right"), ("MiB", "right")):
+        weights.add_column(col, justify=justify)
+    for w in plan.weights:
+        weights.add_row(w.component, w.storage, str(w.tensors), f"{w.parameters:,}", _mib(w.bytes))
+    weights.add_row("[b]all weights", "", "", f"[b]{plan.parameters:,}", f"[b]{_mib(plan.weight_bytes)}")
+    console.print(weights)
+
+    total = Table(title=f"against {plan.device}", title_justify="left")
+    total.add_column("item")
+    total.add_column("MiB", justify="right")
+    total.add_row("weights", _mib(plan.weight_bytes))
+    total.add_row(f"KV cache ({plan.kv_cache})", _mib(plan.kv_cache_bytes))
+    total.add_row("activations (prefill, est.)", _mib(plan.activation_bytes))
+    total.add_row("runtime overhead (est.)", _mib(plan.runtime_overhead_bytes))
+    total.add_row("[b]total", f"[b]{_mib(plan.total_bytes)}")
+    total.add_row("device budget", _mib(plan.budget_bytes))
+    style = "green" if plan.fits else "red"
+    total.add_row(f"[{style}]headroom", f"[{style}]{_mib(plan.headroom_bytes)}")
+    console.print(total)
+    console.print(
+        f"decode ceiling at {plan.bandwidth_gbps:g} GB/s: "
+        f"{plan.decode_tokens_per_s_empty:,.1f} tok/s (empty context, "
+        f"{_mib(plan.decode_bytes_per_token_empty)} MiB/token), "
+        f"{plan.decode_tokens_per_s_full:,.1f} tok/s (full context, "
+        f"{_mib(plan.decode_bytes_per_token_full)} MiB/token)"
+    )
+    for note in plan.notes:
+        console.print(f"note: {note}")
+
+
+def run(args) -> int:
+    from omnic.cli.validate import check, print_diagnostics
+
+    result = check(args.spec)
+    if result.plan is None:  # the spec did not resolve: nothing to plan
+        print_diagnostics(result)
+        return 2
+    if args.json:
+        print(json.dumps(result.plan.to_dict(), indent=2))
+    else:
+        render(result.plan, f"{args.spec}: {result.resolved.name}")
+    print_diagnostics(result)
+    return 0 if result.ok else 2

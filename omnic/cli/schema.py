@@ -1,0 +1,23 @@
+"""`omnic schema [NAME]` — print a JSON Schema (default: the spec's)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("schema", help="print the JSON Schema of specs (or of manifests)")
+    p.add_argument("name", nargs="?", default="omnic-spec",
+                   help="schema name: omnic-spec (default) or omnic-manifest")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from omnic.tools.write_schemas import available, render
+
+    names = available()
+    if args.name not in names:
+        print(f"unknown schema {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
+        return 2
+    print(render(args.name), end="")
+    return 0

@@ -1,0 +1,81 @@
+"""`omnic verify OUT_DIR [--targets onnx,coreml]` — re-run the golden checks of an existing build.
+
+Uses only the build: manifest.json, the artifacts and golden/ (inputs and reference outputs),
+so it runs without torch, e.g. on a Mac to check a Core ML artifact built on Linux. The build
+itself is not modified. Exit status 0 when nothing failed (not_run is reported), 1 when a check
+failed, 2 when the build cannot be read.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("verify", help="re-run the golden checks of a build",
+                              description="Re-run every artifact's golden check from the build's "
+                              "saved golden inputs and reference outputs.")
+    p.add_argument("build", metavar="OUT_DIR", help="build directory")
+    p.add_argument("--targets", help="comma-separated target ids (default: all in the build)")
+    p.set_defaults(func=run)
+
+
+def verify_build(build_dir: Path, targets: list[str] | None = None):
+    """Re-check each artifact. Returns (manifest, [(entry, GoldenResult)])."""
+    from omnic.compiler import manifest as mf
+    from omnic.compiler.build_runner import artifact_from_entry
+    from omnic.compiler.golden.check import GoldenResult, verify_artifact
+    from omnic.constants import GoldenStatus
+    from omnic.targets.base import get_target
+
+    manifest = mf.load(build_dir)
+    overrides = manifest.spec.get("golden", {}).get("tolerances", {})
+    results = []
+    for entry in manifest.artifacts:
+        if targets and entry.target not in targets:
+            continue
+        if entry.golden.reference is None:  # never compared (e.g. bad reference weights)
+            results.append((entry, GoldenResult(GoldenStatus.FAILED, entry.golden.reason)))
+            continue
+        try:
+            target = get_target(entry.target)
+        except (KeyError, ImportError) as err:
+            results.append((entry, GoldenResult(GoldenStatus.NOT_RUN, f"target unavailable: {err}")))
+            continue
+        results.append((entry, verify_artifact(target, artifact_from_entry(entry), build_dir,
+                                               entry.golden.reference, overrides)))
+    return manifest, results
+
+
+def run(args) -> int:
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from omnic.cli.inspect import artifact_table
+    from omnic.compiler import manifest as mf
+
+    build_dir = Path(args.build)
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
+    try:
+        manifest, results = verify_build(build_dir, targets)
+    except FileNotFoundError as err:
+        print(f"error: {build_dir}: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
+        return 2
+    except (ValidationError, ValueError) as err:
+        print(f"error: {build_dir}: not a valid omnic build: {err}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"error: no artifact of {targets} in {build_dir}", file=sys.stderr)
+        return 2
+    # Show the re-run results in the manifest's table layout (in memory only).
+    rerun = manifest.model_copy(deep=True)
+    rerun.artifacts = []
+    for entry, g in results:
+        e = entry.model_copy(deep=True)
+        e.golden = mf.GoldenEntry(status=g.status, reason=g.reason, metrics=g.metrics,
+                                  reference=g.reference, limits=g.limits)
+        rerun.artifacts.append(e)
+    rerun.status = mf.overall_status(rerun.artifacts)
+    Console().print(artifact_table(rerun, title=f"verify {build_dir}: {rerun.status}"))
+    return 1 if rerun.status == "failed" else 0

@@ -1,0 +1,106 @@
+"""Where the decoder's weights come from: seeded random, an omnic safetensors file, or a
+Hugging Face directory. Each source yields `{canonical name: float32 CPU tensor}` with exactly the
+inventory's names and shapes, tensor by tensor, so that peak memory stays one copy of the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+from omnic.constants import Roles
+
+if TYPE_CHECKING:
+    from omnic.spec.inventory import TensorInfo
+
+INIT_STD = 0.02
+_CHUNK = 1 << 22  # elements generated at a time: bounds the int32 scratch to 16 MiB
+
+
+class WeightError(ValueError):
+    """Weights do not match the spec (missing, unexpected or mis-shaped tensors)."""
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """The generator seed of one tensor: independent of order, count and other tensors."""
+    digest = hashlib.sha256(f"omnic/random/{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def random_tensor(info: "TensorInfo", seed: int, unit_offset: bool) -> torch.Tensor:
+    """One seeded tensor: norms at 1 (0 with the Gemma unit offset), norm biases at 0, every
+    other tensor uniform with standard deviation 0.02.
+
+    Bit-identical across runs and machines: only integers come out of the generator
+    (`torch.randint` on mt19937 is integer arithmetic) and they are mapped to floats with two
+    correctly rounded IEEE operations. `torch.randn`/`uniform_` are not used because their CPU
+    kernels differ by CPU (SIMD Box-Muller with Sleef approximations, compiler FMA contraction).
+    """
+    shape = tuple(info.shape)
+    if info.role == Roles.NORM:
+        one = info.name.endswith(".weight") and not unit_offset
+        return torch.ones(shape) if one else torch.zeros(shape)
+    out = torch.empty(shape, dtype=torch.float32, device="cpu")
+    flat = out.view(-1)
+    g = torch.Generator(device="cpu").manual_seed(tensor_seed(seed, info.name))
+    # r uniform in [0, 2^24); m = 2r + 1 - 2^24 is an odd integer in (-2^24, 2^24), exact in
+    # float32; m * a / 2^24 is uniform on (-a, a) with a = sqrt(3) * std.
+    step = math.sqrt(3.0) * INIT_STD / (1 << 24)
+    for start in range(0, flat.numel(), _CHUNK):
+        n = min(_CHUNK, flat.numel() - start)
+        r = torch.randint(0, 1 << 24, (n,), generator=g, dtype=torch.int32)
+        r.mul_(2).add_(1 - (1 << 24))
+        flat[start : start + n].copy_(r).mul_(step)
+    return out
+
+
+def random_weights(
+    inventory: Iterable["TensorInfo"], seed: int, unit_offset: bool
+) -> dict[str, torch.Tensor]:
+    """Seeded random weights for every tensor of the inventory."""
+    return {t.name: random_tensor(t, seed, unit_offset) for t in inventory}
+
+
+def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"], source: str) -> None:
+    """Raise WeightError naming every missing, unexpected or mis-shaped tensor."""
+    want = {t.name: tuple(t.shape) for t in inventory}
+    missing = [n for n in want if n not in state]
+    extra = [n for n in state if n not in want]
+    shapes = [
+        f"{n}: {tuple(state[n].shape)} != {want[n]}"
+        for n in want if n in state and tuple(state[n].shape) != want[n]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if extra:
+        problems.append(f"unexpected {len(extra)}: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
+    if shapes:
+        problems.append(f"wrong shape: {'; '.join(shapes[:8])}")
+    if problems:
+        raise WeightError(f"{source}: weights do not match the spec's model: " + " | ".join(problems))
+
+
+def safetensors_weights(path: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
+    """A .safetensors file in omnic's canonical names, read through a memory map.
+
+    float32 tensors stay backed by the mapped file (no copy); other dtypes are converted.
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise WeightError(f"weights file not found: {path}")
+    state = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        names = set(f.keys())
+        want = {t.name for t in inventory}
+        for name in sorted(names - want):
+            state[name] = torch.empty(0)  # reported as unexpected below
+        for name in sorted(names & want):
+            state[name] = f.get_tensor(name).to(torch.float32)
+    check_weights(state, inventory, str(path))
+    return state

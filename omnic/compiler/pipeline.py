@@ -1,0 +1,361 @@
+"""`compile()`: the stages of DESIGN.md, top to bottom.
+
+    load → validate → resolve → plan → check (every target's pre-flight) → build → passes
+    → reference → per target: lower → golden → manifest → publish
+
+Output is written to a hidden staging directory beside OUT_DIR and renamed into place at the end,
+so an interrupted or crashed compile leaves nothing that looks like a build. Outcomes:
+- every golden check passed (not_run counts as not failed, and is reported): the build is
+  renamed to OUT_DIR (replacing an existing one only with force=True); exit status 0.
+- some golden check failed: the complete build is kept for inspection, but at OUT_DIR.failed,
+  never at OUT_DIR (an earlier good OUT_DIR stays untouched), with manifest status "failed";
+  exit status 1.
+- the spec or an input is invalid (validation errors, a target's pre-flight problems, OUT_DIR
+  exists without force): nothing is written; exit status 2.
+- a stage crashes (a target's lowering, a pass): the staging directory is removed; exit 1.
+
+Each target lowers into BUILD/<target id>/ and returns artifact paths relative to BUILD (a path
+relative to its own folder is accepted and normalised).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from omnic.compiler import manifest as mf
+from omnic.constants import MANIFEST_FORMAT_VERSION, GoldenStatus
+
+if TYPE_CHECKING:
+    from omnic.compiler.golden.check import GoldenResult
+    from omnic.targets.base import Artifact
+
+
+class CompileError(Exception):
+    """The compile failed; `exit_code` is what `omnic compile` returns."""
+
+    exit_code = 1
+
+
+class InputError(CompileError):
+    """The spec or another input is invalid (exit status 2); nothing was written."""
+
+    exit_code = 2
+
+
+@dataclass
+class BuildResult:
+    status: str  # "passed" | "failed"
+    exit_code: int  # 0 passed, 1 a golden check failed
+    out_dir: Path  # where the build is: OUT_DIR, or OUT_DIR.failed
+    manifest: mf.Manifest
+    warnings: list[str] = field(default_factory=list)
+
+
+def failed_dir(out_dir: Path) -> Path:
+    """Where a build whose golden check failed is kept."""
+    return out_dir.with_name(out_dir.name + ".failed")
+
+
+class _Stages:
+    """Times each stage, shows a spinner while it runs and a line when it ends (stderr)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.records: dict[str, list[mf.StageTiming]] = {"stages": [], "targets": []}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, kind: str = "stages") -> Iterator[None]:
+        start = time.perf_counter()
+        with self.console.status(f"[bold]{name}[/]…"):
+            yield
+        seconds = time.perf_counter() - start
+        self.records[kind].append(mf.StageTiming(stage=name, seconds=seconds,
+                                                 peak_rss_mb=mf.peak_rss_mb()))
+        self.console.print(f"[green]✓[/] {name:<18} {seconds:7.2f}s")
+
+
+def _dump(dump_dir: Path | None, name: str, content: Any) -> None:
+    """Write one stage's intermediate into --dump-dir (text, or JSON for data)."""
+    if dump_dir is None:
+        return
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    text = content if isinstance(content, str) else json.dumps(
+        mf.jsonable(content), indent=2, sort_keys=True, default=str) + "\n"
+    (dump_dir / name).write_text(text, encoding="utf-8")
+
+
+def _dump_yaml(dump_dir: Path | None, name: str, data: Any) -> None:
+    if dump_dir is not None:
+        import yaml
+
+        _dump(dump_dir, name, yaml.safe_dump(mf.jsonable(data), sort_keys=False))
+
+
+def _select_targets(resolved: Any, requested: Sequence[str] | None) -> list[str]:
+    from omnic.spec.targets import Targets as TargetsModel
+
+    enabled = resolved.targets.enabled()
+    if requested is None:
+        if not enabled:
+            raise InputError("no target enabled in the spec's `targets:`")
+        return enabled
+    out = []
+    for t in requested:
+        if t in TargetsModel.model_fields and t not in enabled:
+            raise InputError(f"--targets {t}: not enabled in the spec (enabled: "
+                             f"{', '.join(enabled) or 'none'}); add `{t}: {{}}` under targets:")
+        if t not in out:
+            out.append(t)
+    if not out:
+        raise InputError("--targets is empty")
+    return out
+
+
+def _weights_versions(decoder: Any) -> dict[str, int]:
+    return {k: v._version for k, v in decoder.state_dict(keep_vars=True).items()}
+
+
+def _normalise_paths(artifacts: list["Artifact"], target_id: str, build_dir: Path) -> None:
+    for a in artifacts:
+        p = Path(a.path)
+        if p.is_absolute():
+            p = p.relative_to(build_dir)
+        elif not (build_dir / p).exists() and (build_dir / target_id / p).exists():
+            p = Path(target_id) / p
+        if not (build_dir / p).exists():
+            raise CompileError(f"{target_id}: artifact {a.path} was not written")
+        a.path = p.as_posix()
+
+
+def _artifact_entry(a: "Artifact", g: "GoldenResult", build_dir: Path) -> mf.ArtifactEntry:
+    nbytes, sha = mf.path_digest(build_dir / a.path)
+    return mf.ArtifactEntry(
+        component=a.component, target=a.target, path=a.path, bytes=nbytes, sha256=sha,
+        precision=a.precision, signature=mf.jsonable(a.signature),
+        op_histogram=dict(sorted(a.op_histogram.items())), quantization=mf.jsonable(a.quantization),
+        details=mf.jsonable(a.details),
+        golden=mf.GoldenEntry(status=g.status, reason=g.reason, metrics=g.metrics,
+                              reference=g.reference, limits=g.limits),
+    )
+
+
+def _plan_vs_actual(plan: Any, entries: list[mf.ArtifactEntry]) -> list[mf.PlanVsActual]:
+    out = []
+    for e in entries:
+        planned = sum(w.bytes for w in plan.weights if w.component == e.component) or None
+        out.append(mf.PlanVsActual(
+            target=e.target, component=e.component, path=e.path, planned_bytes=planned,
+            actual_bytes=e.bytes, ratio=(e.bytes / planned) if planned else None))
+    return out
+
+
+def _publish(staging: Path, out_dir: Path, passed: bool) -> Path:
+    """Rename the finished staging directory into place (see the module docstring)."""
+    final = out_dir if passed else failed_dir(out_dir)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.omnic-old-{os.getpid()}")
+        final.rename(old)
+    staging.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def compile(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    targets: Sequence[str] | None = None,
+    dump_dir: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Compile a spec into verified artifacts and a manifest.
+
+    Args:
+        spec_path: the spec YAML.
+        out_dir: the build directory to create.
+        targets: target ids to build (default: every target enabled in the spec).
+        dump_dir: when given, each stage's intermediate result is written there.
+        force: replace an existing out_dir.
+        progress: show progress on stderr.
+
+    Returns:
+        BuildResult (status "passed" with exit_code 0, or "failed" with exit_code 1 and the
+        build at OUT_DIR.failed).
+
+    Raises:
+        InputError: invalid spec or input (exit status 2); nothing written.
+        CompileError: a stage crashed (exit status 1); nothing written.
+    """
+    from omnic.compiler.faults import active_fault, apply_fault
+    from omnic.compiler.golden import inputs as golden_inputs
+    from omnic.compiler.golden.check import GoldenSession
+    from omnic.compiler.golden.tolerances import validate_overrides
+    from omnic.compiler.passes import DEFAULT, PassError, run_passes
+    from omnic.compiler.plan import plan_memory
+    from omnic.presets.resolve import resolve
+    from omnic.spec.extends import load_with_extends
+    from omnic.spec.load import SpecError
+    from omnic.spec.validate import validate_file
+
+    console = Console(stderr=True, quiet=not progress, highlight=False)
+    stage = _Stages(console)
+    started = time.perf_counter()
+    spec_path, out_dir = Path(spec_path), Path(out_dir)
+    dump = Path(dump_dir) if dump_dir is not None else None
+    spec_dir = spec_path.parent
+    if out_dir.exists() and not force:
+        raise InputError(f"{out_dir} exists; pass --force to replace it")
+
+    with stage("load"):
+        doc, diagnostics = load_with_extends(spec_path)
+        if doc is None:
+            raise InputError("\n".join(str(d) for d in diagnostics))
+        _dump_yaml(dump, "01-spec.yaml", doc.data)
+    with stage("validate"):
+        validation = validate_file(spec_path)
+        if not validation.ok:
+            raise InputError("\n".join(str(d) for d in validation.errors))
+        problems = validate_overrides(validation.spec.golden.tolerances)
+        if problems:
+            raise InputError("\n".join(problems))
+        warnings = [str(d) for d in validation.warnings]
+        for w in warnings:
+            console.print(f"[yellow]warning:[/] {escape(w)}")
+    with stage("resolve"):
+        try:
+            resolved = resolve(validation.spec, spec_dir)
+        except SpecError as err:
+            raise InputError(str(err)) from None
+        spec_data = resolved.model_dump(mode="json")
+        _dump_yaml(dump, "02-resolved.yaml", spec_data)
+    with stage("plan"):
+        plan = plan_memory(resolved)
+        _dump(dump, "03-plan.json", plan.to_dict())
+    with stage("check"):
+        from omnic.targets.base import get_target
+
+        target_ids = _select_targets(resolved, targets)
+        objs, problems = {}, []
+        for t in target_ids:
+            try:
+                objs[t] = get_target(t)
+            except (KeyError, ImportError) as err:
+                raise InputError(f"target {t} is not available: {err}") from None
+            problems += [str(p) for p in objs[t].check(resolved)]
+        if problems:
+            raise InputError("pre-flight problems:\n" + "\n".join(problems))
+        console.print(f"  targets: {', '.join(target_ids)}")
+    with stage("build"):
+        from omnic.compiler.build import build_model
+        from omnic.compiler.program import Program
+        from omnic.tokenizer import load_tokenizer
+
+        try:
+            decoder = build_model(resolved, spec_dir)
+            tokenizer = load_tokenizer(resolved, spec_dir)
+        except (ValueError, OSError) as err:  # weights / tokenizer that do not fit the spec
+            raise InputError(f"{type(err).__name__}: {err}") from None
+        program = Program(spec=resolved, spec_dir=spec_dir, decoder=decoder)
+        _dump(dump, "04-model.txt", f"{decoder}\n\n" + "\n".join(
+            f"{k} {list(v.shape)} {v.dtype}" for k, v in decoder.state_dict().items()) + "\n")
+    with stage("passes"):
+        try:
+            program, pass_records = run_passes(program, DEFAULT)
+        except PassError as err:
+            raise CompileError(str(err)) from err
+        for r in pass_records:
+            console.print(f"  {r.id:<28} {'changed' if r.changed else 'unchanged':<9} "
+                          f"{r.seconds:.3f}s")
+        _dump(dump, "05-passes.json", {"passes": [vars(r) for r in pass_records],
+                                       "quant_plan": program.annotations.get("quant_plan")})
+    fault = active_fault()
+    lowered = program
+    if fault:
+        console.print(f"[bold red]TEST FAULT {fault}[/]: the targets get a damaged program")
+        lowered = apply_fault(program, fault)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.omnic-staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        with stage("reference"):
+            inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(tokenizer))
+            session = GoldenSession(program.decoder, inputs, staging,
+                                    resolved.golden.tolerances)
+            session.fp32()
+        results: list[tuple["Artifact", "GoldenResult"]] = []
+        for t in target_ids:
+            before = _weights_versions(lowered.decoder)
+            with stage(f"{t}: lower", "targets"):
+                try:
+                    artifacts = objs[t].lower(lowered, staging / t)
+                except Exception as err:  # noqa: BLE001
+                    if os.environ.get("OMNIC_DEBUG"):
+                        traceback.print_exc()
+                    raise CompileError(f"{t}: lowering failed: {type(err).__name__}: {err}"
+                                       " (OMNIC_DEBUG=1 shows the traceback)") from err
+                if _weights_versions(lowered.decoder) != before:
+                    raise CompileError(f"{t}: lower() modified the program's weights; a target "
+                                       "must never mutate its input")
+                _normalise_paths(artifacts, t, staging)
+            with stage(f"{t}: golden", "targets"):
+                for a in artifacts:
+                    g = session.check(objs[t], a)
+                    results.append((a, g))
+                    colour = {"passed": "green", "failed": "red"}.get(g.status, "yellow")
+                    console.print(f"  {a.path}: [{colour}]{g.status}[/]"
+                                  + (f" — {escape(g.reason)}" if g.reason else ""))
+                gc.collect()
+            _dump(dump, f"06-{t}-artifacts.json", [
+                {k: v for k, v in vars(a).items() if k != "reference_weights"}
+                for a in artifacts])
+        with stage("manifest"):
+            entries = [_artifact_entry(a, g, staging) for a, g in results]
+            golden_files = {
+                p.relative_to(staging).as_posix(): mf.file_sha256(p)
+                for p in sorted((staging / "golden").rglob("*")) if p.is_file()
+            }
+            g = resolved.golden
+            manifest = mf.Manifest(
+                omnic_version=_version(), manifest_format=MANIFEST_FORMAT_VERSION,
+                name=resolved.name, status=mf.overall_status(entries), targets=target_ids,
+                test_fault=fault, spec_sha256=mf.spec_sha256(spec_data), spec=spec_data,
+                toolchain=mf.toolchain_versions(), memory_plan=mf.jsonable(plan.to_dict()),
+                passes=[mf.PassEntry(id=r.id, changed=r.changed) for r in pass_records],
+                artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries),
+                golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
+                                     decode_steps=g.decode_steps, seed=g.seed, files=golden_files),
+            )
+        manifest.timings = mf.Timings(
+            stages=stage.records["stages"], targets=stage.records["targets"],
+            passes=[mf.StageTiming(stage=r.id, seconds=r.seconds) for r in pass_records],
+            total_seconds=time.perf_counter() - started)
+        mf.write(manifest, staging)
+        _dump(dump, "07-manifest.json", mf.dumps(manifest))
+        passed = manifest.status == GoldenStatus.PASSED
+        final = _publish(staging, out_dir, passed)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BuildResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
+
+
+def _version() -> str:
+    import omnic
+
+    return omnic.__version__

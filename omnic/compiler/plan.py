@@ -1,0 +1,202 @@
+"""The memory plan: what a resolved spec needs at run time, against its device (torch-free).
+
+Weights are exact, from the tensor inventory and the quantization plan (scales and zero points
+included); the KV cache is exact for its storage; activations and runtime overhead are estimates
+whose assumptions are listed in `ASSUMPTIONS` and written into the plan itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Iterable
+
+from omnic.constants import Components, Roles, Schemes
+from omnic.quant.select import TensorScheme, tensor_schemes
+from omnic.spec.inventory import TensorInfo, decoder_tensors
+
+if TYPE_CHECKING:
+    from omnic.spec import Device, ResolvedSpec
+
+MIB = 1024 * 1024
+
+# Storage assumptions, one row per scheme (bytes per weight, per scale, per zero point). Group-wise
+# schemes keep one scale per group of `group_size` weights along the input dimension; int8 with no
+# group_size keeps one per output row. Scales are fp16 as in llama.cpp Q4_0/Q8_0 blocks, ONNX
+# MatMulNBits and Core ML per-block weights; asymmetric int4 packs its zero points as uint4 like
+# MatMulNBits, asymmetric int8 stores one uint8 zero point per group.
+# ref: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h (block_q4_0, block_q8_0)
+# ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
+STORAGE = {
+    #  scheme        bits/weight  scale bytes/group  zero-point bits/group (asymmetric only)
+    Schemes.FP32: (32, 0, 0),
+    Schemes.FP16: (16, 0, 0),
+    Schemes.BF16: (16, 0, 0),
+    Schemes.INT8: (8, 2, 8),
+    Schemes.INT4: (4, 2, 4),
+}
+# KV cache storage per element. `none` is fp32: the widest any target keeps (the ONNX CPU,
+# ExecuTorch XNNPACK and TVM llvm graphs run fp32 activations), so the plan holds for all of them.
+# int8 keeps one fp16 scale per (position, kv head) vector, like llama.cpp's q8_0 cache blocks.
+KV_BYTES = {"none": 4, "int8": 1}
+KV_INT8_SCALE_BYTES = 2
+# Prefill runs in chunks; the activation estimate is the live set of one decoder layer for one
+# chunk in fp32 (residual, q/k/v, scores and probabilities over the whole static cache, FFN
+# intermediates) or the chunk's logits, whichever is larger.
+PREFILL_CHUNK = 128
+# The runtime itself (library code, allocator arenas, tokenizer, I/O buffers), plus allocator
+# fragmentation over everything else.
+RUNTIME_BASE_BYTES = 64 * MIB
+FRAGMENTATION = 0.10
+
+ASSUMPTIONS = {
+    "scales": "fp16, one per group (per output row for int8 without group_size)",
+    "zero_points": "asymmetric only: uint4 per group for int4, uint8 per group for int8",
+    "tied_embeddings": "stored once",
+    "kv_cache": "none = fp32 (the widest target); int8 = 1 byte + one fp16 scale per head vector",
+    "activations": f"fp32, one prefill chunk of min(context_length, {PREFILL_CHUNK}) tokens, "
+                   "attention over the full static cache",
+    "runtime_overhead": f"{RUNTIME_BASE_BYTES // MIB} MiB + {int(FRAGMENTATION * 100)}% of the rest",
+    "decode_bytes_per_token": "every weight once (one embedding row when untied; routed experts "
+                              "scaled by top_k/experts) + the KV cache read",
+}
+
+
+def storage_id(ts: TensorScheme) -> str:
+    """A short name for a storage type: fp32, fp16, bf16, int8_channel, int8_g32, int4_g32_asym."""
+    if ts.scheme in (Schemes.FP32, Schemes.FP16, Schemes.BF16):
+        return ts.scheme
+    out = f"{ts.scheme}_g{ts.group_size}" if ts.group_size else f"{ts.scheme}_channel"
+    return out if ts.symmetric else out + "_asym"
+
+
+def tensor_bytes(shape: tuple[int, ...], ts: TensorScheme) -> int:
+    """Exact bytes of one tensor stored as `ts` (packed weights + scales + zero points)."""
+    bits, scale_bytes, zero_bits = STORAGE[ts.scheme]
+    cols = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    if scale_bytes == 0:
+        return rows * cols * bits // 8
+    per_row = -(-cols // ts.group_size) if ts.group_size else 1
+    groups = rows * per_row
+    packed = rows * (-(-cols * bits // 8))  # each row padded to whole bytes
+    zero = 0 if ts.symmetric else -(-groups * zero_bits // 8)
+    return packed + groups * scale_bytes + zero
+
+
+@dataclass(frozen=True)
+class WeightLine:
+    """Weights of one component stored one way."""
+
+    component: str
+    storage: str
+    tensors: int
+    parameters: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    device: str
+    budget_bytes: int
+    bandwidth_gbps: float
+    parameters: int
+    weights: list[WeightLine]
+    weight_bytes: int
+    kv_cache: str
+    kv_cache_bytes: int
+    activation_bytes: int
+    runtime_overhead_bytes: int
+    total_bytes: int
+    headroom_bytes: int
+    fits: bool
+    decode_bytes_per_token_empty: int
+    decode_bytes_per_token_full: int
+    decode_tokens_per_s_empty: float
+    decode_tokens_per_s_full: float
+    assumptions: dict = field(default_factory=lambda: dict(ASSUMPTIONS))
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (written into the manifest and printed by `omnic plan --json`)."""
+        return asdict(self)
+
+
+def kv_cache_bytes(spec: "ResolvedSpec") -> int:
+    """K and V for every layer at context_length, in the spec's KV storage."""
+    m = spec.model
+    vectors = 2 * m.n_layers * m.kv_heads * m.context_length  # one head_dim vector each
+    kind = spec.quantization.kv_cache
+    per_vector = m.dim_per_head * KV_BYTES[kind] + (KV_INT8_SCALE_BYTES if kind == "int8" else 0)
+    return vectors * per_vector
+
+
+def activation_bytes(spec: "ResolvedSpec") -> int:
+    """Estimated peak activations of one prefill chunk (see PREFILL_CHUNK)."""
+    m = spec.model
+    t, c, d = min(m.context_length, PREFILL_CHUNK), m.context_length, m.d_model
+    q_out, kv_out = m.n_heads * m.dim_per_head, m.kv_heads * m.dim_per_head
+    attention = t * (q_out + 2 * kv_out) + 2 * m.n_heads * t * c + t * q_out
+    routed = (m.moe.top_k + m.moe.shared_experts) if m.moe else 1
+    ffn = (3 if m.ffn.kind in ("swiglu", "geglu") else 2) * t * m.ffn.hidden * routed
+    logits = t * m.vocab_size
+    return 4 * (2 * t * d + max(attention, ffn, logits))
+
+
+def _read_per_token(spec: "ResolvedSpec", t: TensorInfo, nbytes: int) -> float:
+    m = spec.model
+    if t.role == Roles.EMBEDDING and not m.tie_embeddings:
+        return nbytes / m.vocab_size  # one row is gathered
+    if m.moe and ".experts." in t.name:
+        return nbytes * m.moe.top_k / m.moe.experts
+    return nbytes
+
+
+def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
+                tensors: Iterable[TensorInfo] | None = None) -> MemoryPlan:
+    """The memory plan of a resolved spec on its device (or on `device`).
+
+    Args:
+        spec: a resolved spec.
+        device: plan against this device instead of `spec.device` (to find devices that fit).
+        tensors: the inventory (default: the decoder's).
+
+    Returns:
+        A MemoryPlan; `fits` is False when the total exceeds the device's memory budget.
+    """
+    device = device or spec.device
+    inventory = list(decoder_tensors(spec.model) if tensors is None else tensors)
+    schemes = tensor_schemes(spec, inventory)
+    lines: dict[tuple[str, str], list[int]] = {}
+    read = 0.0
+    for t in inventory:
+        ts = schemes[t.name]
+        nbytes = tensor_bytes(t.shape, ts)
+        line = lines.setdefault((t.component, storage_id(ts)), [0, 0, 0])
+        line[0] += 1
+        line[1] += t.numel
+        line[2] += nbytes
+        read += _read_per_token(spec, t, nbytes)
+    weights = [WeightLine(c, s, *v) for (c, s), v in lines.items()]
+    weight_bytes = sum(w.bytes for w in weights)
+    kv = kv_cache_bytes(spec)
+    act = activation_bytes(spec)
+    overhead = RUNTIME_BASE_BYTES + int(FRAGMENTATION * (weight_bytes + kv + act))
+    total = weight_bytes + kv + act + overhead
+    budget = device.memory_budget_mb * MIB
+    bandwidth = device.bandwidth_gbps * 1e9
+    empty, full = int(round(read)), int(round(read)) + kv
+    notes = []
+    present = [k for k in type(spec.modalities).model_fields if getattr(spec.modalities, k)]
+    if present:
+        notes.append(f"not planned yet: {', '.join(present)} (only the {Components.DECODER})")
+    return MemoryPlan(
+        device=device.name, budget_bytes=budget, bandwidth_gbps=device.bandwidth_gbps,
+        parameters=sum(w.parameters for w in weights), weights=weights, weight_bytes=weight_bytes,
+        kv_cache=spec.quantization.kv_cache, kv_cache_bytes=kv, activation_bytes=act,
+        runtime_overhead_bytes=overhead, total_bytes=total, headroom_bytes=budget - total,
+        fits=total <= budget, decode_bytes_per_token_empty=empty, decode_bytes_per_token_full=full,
+        decode_tokens_per_s_empty=round(bandwidth / empty, 1),
+        decode_tokens_per_s_full=round(bandwidth / full, 1), notes=notes,
+    )

@@ -1,0 +1,1 @@
+"""Importers: checkpoints of other projects as omnic specs and canonical weights."""

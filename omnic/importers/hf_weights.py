@@ -1,0 +1,152 @@
+"""Hugging Face checkpoint tensors -> omnic canonical tensors, per family.
+
+Reads `model.safetensors` or the shards listed in `model.safetensors.index.json` through
+memory maps, one tensor at a time, and renames (and, for Phi-3's fused projections and
+transformers 5's fused experts, splits) each into omnic's names. Tensors stay unpermuted:
+omnic's RoPE uses the same rotate_half convention as transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+
+from omnic.compiler.build.weights import WeightError, check_weights
+from omnic.importers.hf import family_of, read_config
+
+if TYPE_CHECKING:
+    from omnic.spec.inventory import TensorInfo
+
+# (hf regex on the part after "model.layers.{i}.", omnic name after "layers.{i}.")
+_LAYER = [
+    (r"input_layernorm\.weight", "attn_norm.weight"),
+    (r"self_attn\.([qkvo])_proj\.(weight|bias)", r"attn.\1.\2"),
+    (r"self_attn\.([qk])_norm\.weight", r"attn.\1_norm.weight"),
+    (r"mlp\.(gate|up|down)_proj\.weight", r"ffn.\1.weight"),
+    # Mixtral, as saved on the Hub and by transformers' save_pretrained
+    (r"block_sparse_moe\.gate\.weight", "ffn.router.weight"),
+    (r"block_sparse_moe\.experts\.(\d+)\.w1\.weight", r"ffn.experts.\1.gate.weight"),
+    (r"block_sparse_moe\.experts\.(\d+)\.w3\.weight", r"ffn.experts.\1.up.weight"),
+    (r"block_sparse_moe\.experts\.(\d+)\.w2\.weight", r"ffn.experts.\1.down.weight"),
+    (r"mlp\.gate\.weight", "ffn.router.weight"),  # transformers 5 in-memory MoE layout
+]
+# post_attention_layernorm is the FFN's pre-norm in Llama-style blocks, but the norm *after*
+# attention in Gemma 2's sandwich, where pre_feedforward_layernorm is the FFN's pre-norm.
+_LLAMA_NORMS = [(r"post_attention_layernorm\.weight", "ffn_norm.weight")]
+_SANDWICH_NORMS = [
+    (r"post_attention_layernorm\.weight", "post_attn_norm.weight"),
+    (r"pre_feedforward_layernorm\.weight", "ffn_norm.weight"),
+    (r"post_feedforward_layernorm\.weight", "post_ffn_norm.weight"),
+]
+_TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
+        "lm_head.weight": "lm_head.weight"}
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # a buffer some old checkpoints carry
+
+Split = Callable[[torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
+
+
+def _fused_splitter(rest: str, layer: str, dims: dict[str, int]) -> Split | None:
+    """Splitters for fused tensors (Phi-3 qkv/gate_up, transformers 5 experts)."""
+    if rest == "self_attn.qkv_proj.weight":  # [q | k | v] rows
+        def split_qkv(t: torch.Tensor):
+            q, kv = dims["q"], dims["kv"]
+            yield f"{layer}.attn.q.weight", t[:q]
+            yield f"{layer}.attn.k.weight", t[q : q + kv]
+            yield f"{layer}.attn.v.weight", t[q + kv :]
+        return split_qkv
+    if rest == "mlp.gate_up_proj.weight":  # Phi3MLP: gate, up = chunk(2)
+        def split_gate_up(t: torch.Tensor):
+            gate, up = t.chunk(2, dim=0)
+            yield f"{layer}.ffn.gate.weight", gate
+            yield f"{layer}.ffn.up.weight", up
+        return split_gate_up
+    if rest == "mlp.experts.gate_up_proj":  # [E, 2*I, D]: gate rows then up rows per expert
+        def split_experts(t: torch.Tensor):
+            for e in range(t.shape[0]):
+                gate, up = t[e].chunk(2, dim=0)
+                yield f"{layer}.ffn.experts.{e}.gate.weight", gate
+                yield f"{layer}.ffn.experts.{e}.up.weight", up
+        return split_experts
+    if rest == "mlp.experts.down_proj":  # [E, D, I]
+        def split_down(t: torch.Tensor):
+            for e in range(t.shape[0]):
+                yield f"{layer}.ffn.experts.{e}.down.weight", t[e]
+        return split_down
+    return None
+
+
+def renamer(sandwich: bool, dims: dict[str, int]) -> Callable[[str], Split | str | None]:
+    """hf name -> an omnic name, a splitter, or None when the tensor has no omnic meaning."""
+    rules = [(re.compile(p), r) for p, r in _LAYER + (_SANDWICH_NORMS if sandwich else _LLAMA_NORMS)]
+
+    def rename(name: str):
+        if name in _TOP:
+            return _TOP[name]
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+        if not m:
+            return None
+        layer, rest = f"layers.{m.group(1)}", m.group(2)
+        for pattern, repl in rules:
+            if pattern.fullmatch(rest):
+                return f"{layer}.{pattern.sub(repl, rest)}"
+        return _fused_splitter(rest, layer, dims)
+
+    return rename
+
+
+def checkpoint_files(hf_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (a single file or the shards of an index)."""
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        return [hf_dir / f for f in dict.fromkeys(weight_map.values())]
+    single = hf_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if any(hf_dir.glob("*.bin")):
+        raise WeightError(f"{hf_dir}: only safetensors checkpoints are read (found *.bin); "
+                          "convert with transformers' save_pretrained(safe_serialization=True)")
+    raise WeightError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under omnic's names, float32, checked against `inventory`."""
+    from safetensors import safe_open
+
+    hf_dir = Path(hf_dir)
+    arch, _ = family_of(read_config(hf_dir))
+    by_name = {t.name: t for t in inventory}
+    q = by_name["layers.0.attn.q.weight"].shape[0] if "layers.0.attn.q.weight" in by_name else 0
+    kv = by_name["layers.0.attn.k.weight"].shape[0] if "layers.0.attn.k.weight" in by_name else 0
+    rename = renamer("layers.0.post_attn_norm.weight" in by_name, {"q": q, "kv": kv})
+    tied = "lm_head.weight" not in by_name
+    state: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for path in checkpoint_files(hf_dir):
+        if not path.is_file():
+            raise WeightError(f"{path}: shard listed in the index is missing")
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for hf_name in f.keys():
+                target = rename(hf_name)
+                if target is None:
+                    if not _IGNORED.fullmatch(hf_name):
+                        unknown.append(hf_name)
+                    continue
+                if target == "lm_head.weight" and tied:
+                    continue  # a tied checkpoint may still store a copy of the embedding
+                tensor = f.get_tensor(hf_name)
+                pieces = [(target, tensor)] if isinstance(target, str) else list(target(tensor))
+                for name, piece in pieces:
+                    state[name] = piece.to(torch.float32).contiguous()
+                del tensor, pieces
+    if unknown:
+        raise WeightError(
+            f"{hf_dir} ({arch}): {len(unknown)} tensors have no omnic equivalent: "
+            f"{', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}"
+        )
+    check_weights(state, inventory, f"{hf_dir} ({arch})")
+    return state

@@ -1,0 +1,180 @@
+"""GGUF target: one llama.cpp file per spec, in the file type the spec asks for.
+
+    check(spec)     the architecture (gguf_arch), every tensor's type (gguf_quant) and the
+                    tokenizer, before any work; torch-free
+    lower(program)  streams the decoder's tensors into a GGUF (gguf_write); K-quant mixtures are
+                    written in F32 and handed to llama.cpp's own quantizer; the file is then read
+                    back to report what it stores and to hand the golden check the weights
+                    exactly as stored (artifact.reference_weights)
+    load(artifact)  llama-cpp-python; any llama.cpp warning while loading is a failure
+
+The pieces: gguf_arch (architecture, names, keys), gguf_quant (types, quantizers),
+gguf_tokenizer (tokenizer.ggml.*), gguf_write (streaming writer, read-back), gguf_runtime
+(llama-cpp-python runner with the log captured).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from omnic.constants import Components, Targets
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets.gguf_arch import plan_arch, tensor_plan
+from omnic.targets.gguf_quant import K_QUANTS, plan_types
+
+if TYPE_CHECKING:
+    from omnic.compiler.program import Program
+    from omnic.spec import ResolvedSpec
+    from omnic.targets.gguf_runtime import LlamaCppRunner
+
+_log = Console(stderr=True)
+
+# llama.cpp's quantizer reports each --tensor-type override as a warning; those are the spec's
+# own per-tensor overrides, asked for on purpose (llama-quant.cpp "applying manual override").
+_EXPECTED_QUANTIZE_WARNINGS = ("applying manual override",)
+
+
+def _problems(spec: "ResolvedSpec") -> list[Problem]:
+    problems: list[Problem] = []
+    plan, found = plan_arch(spec.model)
+    problems += found
+    if plan is not None:
+        _, found = plan_types(spec, tensor_plan(spec.model, plan))
+        problems += found
+    mods = spec.modalities
+    for name in ("vision", "audio", "sensors", "action_head"):
+        if getattr(mods, name, None) is not None:
+            problems.append(Problem(Targets.GGUF, f"modalities.{name}",
+                                    "the GGUF target writes the text decoder only; llama.cpp keeps "
+                                    "encoders in a separate mmproj file that omnic does not write"))
+    if spec.tokenizer.kind == "byte" and spec.model.vocab_size < 259:
+        problems.append(Problem(Targets.GGUF, "model.vocab_size", "the byte tokenizer needs "
+                                "256 bytes + <s>, </s>, <pad>: vocab_size >= 259"))
+    return problems
+
+
+@register_target(Targets.GGUF)
+class GgufTarget:
+    """llama.cpp's GGUF, run with llama-cpp-python."""
+
+    id = Targets.GGUF
+
+    def check(self, spec: "ResolvedSpec") -> list[Problem]:
+        """Everything GGUF/llama.cpp cannot express, each naming the spec field."""
+        return _problems(spec)
+
+    def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
+        """Write `<name>-<file_type>.gguf` under out_dir; never mutates `program`."""
+        from omnic.targets.gguf_tokenizer import TokenizerError, vocab_for
+        from omnic.targets.gguf_write import read_back, write_gguf
+
+        spec = program.spec
+        problems = _problems(spec)
+        if problems:
+            raise ValueError("gguf cannot take this spec:\n" + "\n".join(map(str, problems)))
+        plan, _ = plan_arch(spec.model)
+        assert plan is not None
+        tensors = tensor_plan(spec.model, plan)
+        types_plan, _ = plan_types(spec, tensors)
+        assert types_plan is not None
+        ft = types_plan.file_type
+        try:
+            vocab = vocab_for(spec, Path(program.spec_dir))
+        except TokenizerError as err:
+            raise ValueError(f"gguf: tokenizer: {err}") from None
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        filename = f"{spec.name}-{ft.name}.gguf"
+        final = out_dir / filename
+        state = program.decoder.state_dict()
+
+        def fetch(name: str):  # a view of the decoder's float32 tensor, never a copy of the model
+            return state[name].detach().to("cpu").float().numpy()
+
+        t0 = time.perf_counter()
+        k_quant = ft.name in K_QUANTS
+        first = final.with_name(filename + ".f32.tmp") if k_quant else final
+        from omnic.targets.gguf_quant import FILE_TYPES
+
+        written_ft = FILE_TYPES["F32"] if k_quant else ft
+        write_gguf(first, spec, plan, tensors, types_plan.types, written_ft, vocab, fetch)
+        write_s = time.perf_counter() - t0
+        quantize_s = 0.0
+        if k_quant:
+            from omnic.targets.gguf_quant import run_llama_quantize
+            from omnic.targets.gguf_runtime import default_threads, warnings_of
+
+            t1 = time.perf_counter()
+            try:
+                records = run_llama_quantize(str(first), str(final), ft, types_plan.k_overrides,
+                                             default_threads())
+            finally:
+                first.unlink(missing_ok=True)
+            quantize_s = time.perf_counter() - t1
+            unexpected = [w for w in warnings_of(records)
+                          if not any(e in w for e in _EXPECTED_QUANTIZE_WARNINGS)]
+            if unexpected:
+                raise RuntimeError("llama.cpp warned while quantizing: " + " | ".join(unexpected[:5]))
+
+        stores_fp32 = ft.name == "F32"
+        facts, weights = read_back(final, spec, plan, tensors, with_weights=not stores_fp32)
+        nbytes = final.stat().st_size
+        _log.print(f"gguf: {plan.arch} {ft.name} -> {final.name} ({nbytes / 2**20:.1f} MiB, "
+                   f"tensors {facts['tensor_types']}, {write_s + quantize_s:.1f} s)")
+        rel = Path(out_dir.name) / filename if out_dir.name == Targets.GGUF else Path(filename)
+        kv_type = "Q8_0" if spec.quantization.kv_cache == "int8" else "F32"
+        return [Artifact(
+            component=Components.DECODER,
+            target=Targets.GGUF,
+            path=str(rel),
+            signature={"inputs": {"tokens": "int32[T]"},
+                       "outputs": {"logits": f"float32[T, {spec.model.vocab_size}]"}},
+            quantization={"file_type": ft.name, "tensor_types": facts["tensor_types"],
+                          "bytes_by_type": facts["bytes_by_type"]},
+            details={
+                "architecture": plan.arch,
+                "file_type": ft.name,
+                "general.file_type": facts["general.file_type"],
+                "bytes": nbytes,
+                "tensors": sum(facts["tensor_types"].values()),
+                "qk_permuted": plan.permute_qk,
+                "tokenizer": {"model": vocab.model, "pre": vocab.pre, "tokens": len(vocab.tokens)},
+                "context_length": spec.model.context_length,
+                "kv_cache_type": kv_type,
+                "writer": "streamed (tensor infos declared first, one tensor in memory at a time)",
+            },
+            precision=ft.precision,
+            reference_weights=weights,
+        )]
+
+    def load(self, artifact: Artifact, build_dir: Path) -> "LlamaCppRunner":
+        """A llama.cpp runner over the artifact; raises if llama.cpp warned while loading."""
+        from omnic.targets.gguf_runtime import LlamaCppMissing, LlamaCppRunner, import_llama_cpp
+
+        try:
+            import_llama_cpp()
+        except LlamaCppMissing as err:
+            raise NotRunnable(str(err)) from None
+        path = _resolve(Path(build_dir), artifact.path)
+        runner = LlamaCppRunner(str(path), n_ctx=int(artifact.details["context_length"]),
+                                kv_type=artifact.details.get("kv_cache_type", "F32"))
+        if runner.load_warnings:
+            runner.close()
+            raise RuntimeError("llama.cpp warned while loading " + path.name + ": "
+                               + " | ".join(runner.load_warnings[:5]))
+        return runner
+
+
+def _resolve(build_dir: Path, rel: str) -> Path:
+    path = build_dir / rel
+    if path.exists():
+        return path
+    found = sorted(build_dir.rglob(Path(rel).name))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{rel} not found under {build_dir}")

@@ -1,0 +1,247 @@
+"""The spec's tokenizer as `tokenizer.ggml.*` metadata that llama.cpp tokenizes identically.
+
+Three shapes, mirroring convert_hf_to_gguf's vocab classes
+(ref: https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/vocab.py):
+
+- Byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM...): model "gpt2", tokens in the GPT-2 byte-to-
+  unicode alphabet, merges, and the pre-tokenizer llama.cpp must use (`tokenizer.ggml.pre`),
+  recognised from tokenizer.json's split regex (llama.cpp warns and degrades without one).
+- SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma): model "llama", `<0xXX>`
+  tokens typed BYTE, scores = -(rank of the merge that makes the token) so llama.cpp's SPM
+  tokenizer merges in the same order as the BPE merges.
+- omnic's byte tokenizer (ids 0..255 are the bytes, then `<s>`, `</s>`, `<pad>`, `<unused_N>`):
+  written as model "gpt2" whose 256 base tokens are the byte alphabet and no merge ever fires.
+  Not as "llama": llama.cpp's SPM tokenizer always rewrites ' ' as U+2581 before lookup
+  (llama-vocab.cpp `escape_whitespaces`, no key turns it off), so a space would become the three
+  byte tokens of U+2581 instead of byte 0x20.
+
+Torch-free: tokenizer.json is read as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnic.spec import ResolvedSpec
+
+# Token types (gguf-py constants.TokenType; llama.h LLAMA_TOKEN_TYPE_*).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Split regexes of tokenizer.json pre-tokenizers -> llama.cpp pre-tokenizer names. The regexes are
+# the "original regex from tokenizer.json" comments in llama-vocab.cpp (llm_tokenizer_bpe).
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+           r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+          r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+SPLIT_REGEX_PRE = {_LLAMA3: "llama-bpe", _QWEN2: "qwen2", _GPT2: "gpt-2"}
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be written so that llama.cpp tokenizes like the source."""
+
+
+@dataclass
+class GgufVocab:
+    """Everything `tokenizer.ggml.*` holds."""
+
+    model: str  # "gpt2" | "llama"
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] = field(default_factory=list)
+    pre: str | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    unk_id: int | None = None
+    add_bos: bool = False
+    add_eos: bool = False
+    add_space_prefix: bool | None = None
+    chat_template: str | None = None
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map.
+
+    ref: https://github.com/openai/gpt-2/blob/master/src/encoder.py (bytes_to_unicode)
+    """
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _pad(vocab: GgufVocab, size: int) -> None:
+    """Pad to the embedding's row count as convert_hf_to_gguf does ([PAD{i}], UNUSED)."""
+    if len(vocab.tokens) > size:
+        raise TokenizerError(f"the tokenizer has {len(vocab.tokens)} tokens but model.vocab_size is {size}")
+    for i in range(len(vocab.tokens), size):
+        vocab.tokens.append(f"[PAD{i}]")
+        vocab.types.append(UNUSED)
+        if vocab.scores is not None:
+            vocab.scores.append(-1000.0)
+
+
+def byte_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
+    """omnic's byte tokenizer: the ids of `omnic.tokenizer`, the byte alphabet of GPT-2."""
+    names, bos, eos, pad = _byte_layout(spec, spec_dir)
+    alphabet = bytes_to_unicode()
+    tokens, types = [], []
+    for i, name in enumerate(names):
+        if i < 256:
+            tokens.append(alphabet[i])
+            types.append(NORMAL)
+        else:
+            tokens.append(name)
+            types.append(UNUSED if name.startswith("<unused") else CONTROL)
+    # llama.cpp refuses a BPE vocab without merges; this one pairs two control tokens, which the
+    # text splitter never produces, so it never fires and every byte stays its own token.
+    merges = [f"{names[bos]} {names[eos]}"]
+    # add_bos: omnic's tokenizer (like Llama's) prepends <s> when asked for special tokens
+    vocab = GgufVocab("gpt2", tokens, types, None, merges, "gpt-2", bos, eos, pad, add_bos=True)
+    _pad(vocab, spec.model.vocab_size)
+    return vocab
+
+
+def _byte_layout(spec: "ResolvedSpec", spec_dir: Path) -> tuple[list[str], int, int, int | None]:
+    """Token names by id and the bos/eos/pad ids of omnic's byte tokenizer."""
+    from omnic.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(spec, spec_dir)
+    return tok.tokens(), tok.bos_id, tok.eos_ids[0], tok.pad_id
+
+
+def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
+    """A Hugging Face tokenizer directory (tokenizer.json, tokenizer_config.json)."""
+    path = Path(spec.tokenizer.path)  # type: ignore[union-attr]
+    if not path.is_absolute():
+        path = Path(spec_dir) / path
+    data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    config: dict[str, Any] = {}
+    if (path / "tokenizer_config.json").exists():
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise TokenizerError(f"tokenizer model {model.get('type')!r} is not supported for GGUF "
+                             "(BPE only: byte-level or SentencePiece-style with byte fallback)")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    by_id = {i: t for t, i in model["vocab"].items()}
+    added = {a["id"]: a for a in data.get("added_tokens", [])}
+    n = max([*by_id, *added]) + 1
+    if spec.model.vocab_size < n:
+        raise TokenizerError(f"tokenizer ids reach {n - 1} but model.vocab_size is {spec.model.vocab_size}")
+    byte_fallback = bool(model.get("byte_fallback"))
+    tokens, types = [], []
+    for i in range(n):
+        if i in added:
+            tokens.append(added[i]["content"])
+            types.append(CONTROL if added[i].get("special") else USER_DEFINED)
+        elif i in by_id:
+            text = by_id[i]
+            tokens.append(text)
+            types.append(BYTE if byte_fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text) else NORMAL)
+        else:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+
+    def special(key: str) -> int | None:
+        value = config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if value is None:
+            return None
+        ids = [i for i, t in enumerate(tokens) if t == value]
+        return ids[0] if ids else None
+
+    from omnic.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(spec, spec_dir)  # bos/eos/pad as omnic resolves them (generation_config...)
+    common = dict(bos_id=tok.bos_id, eos_id=tok.eos_ids[0] if tok.eos_ids else None,
+                  pad_id=tok.pad_id, unk_id=special("unk_token"),
+                  add_bos=bool(config.get("add_bos_token", False)),
+                  add_eos=bool(config.get("add_eos_token", False)),
+                  chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None)
+    if byte_fallback:
+        # SentencePiece-style: score = -(rank of the merge producing the token); llama.cpp's SPM
+        # tokenizer merges the highest-scoring bigram first, which is BPE's rank order.
+        rank: dict[str, int] = {}
+        for r, m in enumerate(merges):
+            left, right = m.split(" ", 1)
+            rank.setdefault(left + right, r)
+        scores = [-float(rank.get(t, 0)) if ty == NORMAL else -1000.0 for t, ty in zip(tokens, types)]
+        prefix = _space_prefix(data)
+        vocab = GgufVocab("llama", tokens, types, scores, [], None, add_space_prefix=prefix, **common)
+    else:
+        vocab = GgufVocab("gpt2", tokens, types, None, merges, _pre_tokenizer(data), **common)
+    _pad(vocab, spec.model.vocab_size)
+    return vocab
+
+
+def _space_prefix(data: dict[str, Any]) -> bool:
+    """Whether the SentencePiece-style tokenizer prepends '▁' to the text (Llama 2 yes, Gemma no)."""
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "Metaspace":
+        return pre.get("prepend_scheme", "always") != "never" and pre.get("add_prefix_space", True)
+    norm = data.get("normalizer") or {}
+    steps = norm.get("normalizers", [norm]) if norm else []
+    return any(s.get("type") == "Prepend" for s in steps)
+
+
+def _pre_tokenizer(data: dict[str, Any]) -> str:
+    """llama.cpp's pre-tokenizer name for a byte-level tokenizer.json."""
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"  # \p{N} then the GPT-2 regex (llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_SMOLLM)
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        regex = (steps[0].get("pattern") or {}).get("Regex")
+        if regex in SPLIT_REGEX_PRE:
+            return SPLIT_REGEX_PRE[regex]
+    raise TokenizerError(f"pre-tokenizer {json.dumps(pre)[:200]} is not one llama.cpp knows "
+                         "(gpt-2, llama-bpe, qwen2, smollm are recognised)")
+
+
+def vocab_for(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
+    """The GGUF vocabulary of the spec's tokenizer."""
+    if spec.tokenizer.kind == "byte":
+        return byte_vocab(spec, spec_dir)
+    return hf_vocab(spec, spec_dir)
+
+
+def write_vocab(writer: Any, vocab: GgufVocab) -> None:
+    """Add the `tokenizer.ggml.*` keys to a GGUFWriter."""
+    w = writer
+    w.add_tokenizer_model(vocab.model)
+    if vocab.pre:
+        w.add_tokenizer_pre(vocab.pre)
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.types)
+    if vocab.scores is not None:
+        w.add_token_scores(vocab.scores)
+    if vocab.merges:
+        w.add_token_merges(vocab.merges)
+    for ident, add in ((vocab.bos_id, w.add_bos_token_id), (vocab.eos_id, w.add_eos_token_id),
+                       (vocab.pad_id, w.add_pad_token_id), (vocab.unk_id, w.add_unk_token_id)):
+        if ident is not None:
+            add(ident)
+    w.add_add_bos_token(vocab.add_bos)
+    w.add_add_eos_token(vocab.add_eos)
+    if vocab.add_space_prefix is not None:
+        w.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template:
+        w.add_chat_template(vocab.chat_template)

@@ -1,0 +1,212 @@
+"""The ONNX target: onnxruntime / onnxruntime-genai folder for the text decoder.
+
+`lower` writes `<out_dir>/onnx/`:
+  model.onnx (+ model.onnx.data past 2 GB)   the decoder, torch.onnx dynamo export, genai I/O
+  genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
+
+Stages, in order (each a function in a small module):
+  export (onnx_export) -> store weights (onnx_quant: must see the exporter's canonical names,
+  so before any optimizer) -> clean-up and fusions (onnx_fusions) -> narrow fp16/bf16 weights
+  (onnx_quant: after the optimizers, which would fold the Casts) -> finalize (deterministic
+  names and metadata) -> save -> genai files (onnx_genai).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+
+from omnic.constants import Components, Targets
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from omnic.compiler.program import Program
+    from omnic.spec import ResolvedSpec
+
+_log = Console(stderr=True)
+
+FOLDER = "onnx"
+MODEL_FILE = "model.onnx"
+INSTALL_HINT = "install omnic[onnx]"
+
+
+def _require_backend() -> None:
+    try:
+        import onnx_ir  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise NotRunnable(f"onnx: {err.name} is missing: {INSTALL_HINT}") from None
+
+
+def _quant_plan(program: "Program") -> dict[str, Any]:
+    plan = program.annotations.get("quant_plan")
+    if plan is None:
+        from omnic.quant.select import tensor_schemes
+
+        plan = tensor_schemes(program.spec)
+    return dict(plan)
+
+
+def precision_of(spec: "ResolvedSpec") -> str:
+    """Tolerance-table row of the spec's default weight scheme: fp32, fp16, int8, int4_g32..."""
+    w = spec.quantization.weights
+    if w.scheme in ("int4", "int8"):
+        name = w.scheme if w.group_size is None else f"{w.scheme}_g{w.group_size}"
+        return name if w.symmetric else f"{name}_asym"
+    return w.scheme
+
+
+@register_target(Targets.ONNX)
+class OnnxTarget:
+    """ONNX for onnxruntime and onnxruntime-genai (decoder only)."""
+
+    id = Targets.ONNX
+
+    def __init__(self, external_data_threshold: int | None = None) -> None:
+        from omnic.targets.onnx_export import EXTERNAL_DATA_THRESHOLD
+
+        self.external_data_threshold = external_data_threshold or EXTERNAL_DATA_THRESHOLD
+
+    # -- pre-flight --------------------------------------------------------------------------
+    def check(self, spec: "ResolvedSpec") -> list[Problem]:
+        """Problems that would stop this target, found from the spec alone (torch-free)."""
+        from omnic.targets.onnx_check import problems
+
+        return problems(spec)
+
+    # -- lowering ----------------------------------------------------------------------------
+    def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
+        """Export, store weights, fuse, save the ONNX folder; return the decoder's artifact."""
+        _require_backend()
+        from omnic.targets import onnx_export
+
+        spec = program.spec
+        opts = spec.targets.onnx
+        opset = opts.opset if opts is not None else 21
+        _log.print(f"onnx: exporting the decoder with torch.onnx (dynamo), opset {opset}")
+        model = onnx_export.export_decoder(program.decoder, opset)
+        return [self.lower_exported(program, model, Path(out_dir))]
+
+    def lower_exported(self, program: "Program", model: "ir.Model", out_dir: Path) -> Artifact:
+        """Everything after the export, on an exported model (consumed, modified in place)."""
+        import omnic
+        from omnic.targets import onnx_export, onnx_fusions, onnx_genai, onnx_quant
+
+        spec = program.spec
+        opts = spec.targets.onnx
+        opset = opts.opset if opts is not None else 21
+        records = onnx_quant.store_weights(model, _quant_plan(program))
+        quant = onnx_quant.summary(records)
+        _log.print(f"onnx: weights → {', '.join(f'{k} ({v})' for k, v in quant['forms'].items())}")
+        onnx_fusions.cleanup(model)
+        fusion_counts: dict[str, int] = {}
+        if opts is None or opts.fusions:
+            fusion_counts = onnx_fusions.fuse(model)
+            _log.print(f"onnx: fusions {', '.join(f'{k}={v}' for k, v in fusion_counts.items() if v) or 'none matched'}")
+        onnx_quant.narrow_floats(model, records)
+        onnx_export.finalize(model, opset, omnic.__version__)
+
+        folder = out_dir / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        files = onnx_export.save(model, folder / MODEL_FILE, self.external_data_threshold)
+        files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE)
+        stored = _reload(folder / MODEL_FILE)  # read back what the file holds
+        reference = onnx_quant.read_weights(stored)
+        details = {
+            "folder": FOLDER,
+            "opset": opset,
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": onnx_export.sha256(p)}
+                      for p in sorted(files)},
+            "external_data": len([p for p in files if p.name.endswith(".data")]) > 0,
+            "fusions": bool(opts is None or opts.fusions),
+            "fusion_counts": fusion_counts,
+            "fused_ops": onnx_fusions.fused_ops(stored),
+            "weights": {name: _describe(rec) for name, rec in sorted(records.items())},
+        }
+        return Artifact(
+            component=Components.DECODER,
+            target=Targets.ONNX,
+            path=f"{FOLDER}/{MODEL_FILE}",
+            signature=onnx_export.signature(stored),
+            op_histogram=onnx_export.op_histogram(stored),
+            quantization=quant,
+            details=details,
+            precision=precision_of(spec) if reference else "fp32",
+            reference_weights=reference or None,
+        )
+
+    # -- running -----------------------------------------------------------------------------
+    def load(self, artifact: Artifact, build_dir: Path, intra_op_threads: int | None = None) -> "OnnxRunner":
+        """An onnxruntime session over the artifact's model, behind the Runner protocol."""
+        _require_backend()
+        return OnnxRunner(Path(build_dir) / artifact.path, intra_op_threads=intra_op_threads)
+
+
+def _describe(rec: dict[str, Any]) -> str:
+    if rec["form"] == "MatMulNBits":
+        return (f"MatMulNBits int{rec['bits']} block {rec['block_size']}"
+                + ("" if rec["symmetric"] else " asym") + (" + GatherBlockQuantized" if rec.get("gather") else ""))
+    return f"{rec['form']} {rec['dtype']}"
+
+
+def _reload(path: Path) -> "ir.Model":
+    import onnx_ir as ir
+
+    return ir.load(path)
+
+
+class OnnxRunner:
+    """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache.
+
+    Implements `omnic.targets.base.Runner`: int64 tokens [T] in, float32 logits [T, vocab] out;
+    the position advances by T per call; `reset()` empties the cache.
+    """
+
+    def __init__(self, model_path: Path, intra_op_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if intra_op_threads is not None:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._past_shapes = {
+            i.name: i.shape for i in self.session.get_inputs() if i.name.startswith("past_key_values.")
+        }
+        self.reset()
+
+    def reset(self) -> None:
+        self.position = 0
+        self.past = {
+            name: np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+            for name, shape in self._past_shapes.items()
+        }
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+        t = ids.shape[1]
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, self.position + t), dtype=np.int64),
+            "position_ids": np.arange(self.position, self.position + t, dtype=np.int64)[None],
+            **self.past,
+        }
+        result = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        self.past = {name: result[name.replace("past_key_values.", "present.")] for name in self.past}
+        self.position += t
+        return np.asarray(result["logits"][0], dtype=np.float32)
+
+
+def read_genai_config(folder: Path) -> dict[str, Any]:
+    """The genai_config.json of an ONNX folder."""
+    from omnic.targets.onnx_genai import CONFIG_NAME
+
+    return json.loads((Path(folder) / CONFIG_NAME).read_text())

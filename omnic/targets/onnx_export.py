@@ -1,0 +1,196 @@
+"""Export the decoder with the torch.onnx dynamo exporter, in onnxruntime-genai's I/O layout.
+
+The graph's inputs and outputs are named and shaped the way onnxruntime-genai's decoder expects
+(its model builder is the reference):
+  inputs   input_ids [batch, sequence_length] int64, attention_mask [batch, total_sequence_length]
+           int64, position_ids [batch, sequence_length] int64,
+           past_key_values.{i}.key/value [batch, n_kv_heads, past_sequence_length, head_dim]
+  outputs  logits [batch, sequence_length, vocab] float32,
+           present.{i}.key/value [batch, n_kv_heads, total_sequence_length, head_dim]
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (input_names, output_names)
+
+`finalize` makes the file a pure function of the graph: no exporter metadata or stack traces,
+names assigned in topological order, producer "omnic" (two lowerings are byte-identical).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    import torch
+
+# Above this many bytes of initializers the weights go to `<model>.data` beside the model:
+# protobuf cannot serialise a message past 2 GiB; the margin leaves room for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+# Dimension names used by onnxruntime-genai's model builder.
+BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+
+# onnxruntime 1.31 reads IR version <= 13 (onnx 1.23 writes 14 by default); opset 21 is IR 10.
+# ref: https://onnxruntime.ai/docs/reference/compatibility.html
+IR_VERSION_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11}
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """Graph input and output names, in the exporter's argument order."""
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    inputs += [f"past_key_values.{i}.key" for i in range(n_layers)]
+    inputs += [f"past_key_values.{i}.value" for i in range(n_layers)]
+    outputs = ["logits"]
+    outputs += [f"present.{i}.key" for i in range(n_layers)]
+    outputs += [f"present.{i}.value" for i in range(n_layers)]
+    return inputs, outputs
+
+
+def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
+    """The decoder's `forward_concat` as an unoptimised ONNX model (onnx_ir), canonical names.
+
+    Initializers keep the state-dict names (`layers.0.attn.q.weight`), which the weight
+    storage pass relies on; no optimizer has run yet.
+    """
+    import torch
+
+    c = decoder.config
+    # Example sizes > 1 everywhere: torch.export specialises dimensions of size 0 or 1.
+    b, t, p = 2, 3, 4
+    ids = torch.zeros((b, t), dtype=torch.int64)
+    mask = torch.ones((b, p + t), dtype=torch.int64)
+    pos = torch.arange(p, p + t, dtype=torch.int64)[None].expand(b, t).contiguous()
+    kv = (b, c.n_kv_heads, p, c.head_dim)
+    past_k = [torch.zeros(kv) for _ in range(c.n_layers)]
+    past_v = [torch.zeros(kv) for _ in range(c.n_layers)]
+    cache_axes = {0: BATCH, 2: PAST}
+    dynamic = {
+        "input_ids": {0: BATCH, 1: SEQ},
+        "attention_mask": {0: BATCH, 1: TOTAL},
+        "position_ids": {0: BATCH, 1: SEQ},
+        "past_k": [cache_axes] * c.n_layers,
+        "past_v": [cache_axes] * c.n_layers,
+    }
+    inputs, outputs = io_names(c.n_layers)
+    entry = decoder.concat_entry() if hasattr(decoder, "concat_entry") else _ConcatEntry(decoder)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            entry, (ids, mask, pos, past_k, past_v), dynamo=True, opset_version=opset,
+            dynamic_shapes=dynamic, input_names=inputs, output_names=outputs, optimize=False,
+            verbose=False,
+        )
+    model = program.model
+    _fix_io_shapes(model, c)
+    return model
+
+
+class _ConcatEntry:  # fallback for decoders without `concat_entry` (wraps, adds a name prefix)
+    def __new__(cls, decoder):
+        import torch
+
+        class Entry(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.decoder = decoder
+
+            def forward(self, input_ids, attention_mask, position_ids, past_k, past_v):
+                return decoder.forward_concat(input_ids, attention_mask, position_ids, past_k, past_v)
+
+        return Entry()
+
+
+def _fix_io_shapes(model: "ir.Model", c: Any) -> None:
+    """Write the genai symbolic shapes on every graph input and output."""
+    import onnx_ir as ir
+
+    cache_in = [BATCH, c.n_kv_heads, PAST, c.head_dim]
+    cache_out = [BATCH, c.n_kv_heads, TOTAL, c.head_dim]
+    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL], "position_ids": [BATCH, SEQ],
+              "logits": [BATCH, SEQ, c.vocab_size]}
+    for v in model.graph.inputs:
+        v.shape = ir.Shape(shapes.get(v.name, cache_in))
+    for v in model.graph.outputs:
+        v.shape = ir.Shape(shapes.get(v.name, cache_out))
+
+
+def finalize(model: "ir.Model", opset: int, producer_version: str) -> None:
+    """Make the model deterministic and loadable by onnxruntime (in place).
+
+    Clears exporter metadata and doc strings (stack traces, file paths, graph signatures), names
+    every node and intermediate value by its position in topological order, and stamps producer
+    "omnic" with the IR version of the opset.
+    """
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+
+    keep = {k: v for k, v in model.metadata_props.items() if k.startswith("omnic.")}
+    common.ClearMetadataAndDocStringPass()(model)
+    common.TopologicalSortPass()(model)
+    model.metadata_props.clear()
+    model.metadata_props.update(dict(sorted(keep.items())))
+    model.graph.metadata_props.clear()
+    model.producer_name, model.producer_version = "omnic", producer_version
+    model.domain, model.doc_string, model.model_version = "", None, 0
+    model.graph.name = "omnic_decoder"
+    model.ir_version = IR_VERSION_FOR_OPSET.get(opset, 10)
+    model.opset_imports[""] = opset
+    io = {v.name for v in model.graph.inputs} | {v.name for v in model.graph.outputs}
+    io |= set(model.graph.initializers)
+    for i, node in enumerate(model.graph):
+        node.name = f"{node.op_type}_{i}"
+        for j, out in enumerate(node.outputs):
+            if out.name not in io:
+                out.name = f"{node.op_type.lower()}_{i}" + (f"_{j}" if j else "")
+    # Symbolic dims inside the graph keep the exporter's names, which are derived from the
+    # graph only; intermediate shapes are dropped entirely when they carry torch's symbols.
+    for node in model.graph:
+        for out in node.outputs:
+            if out.name not in io and out.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value and
+                                             d.value.startswith(("s", "u")) and d.value[1:2].isdigit()
+                                             for d in out.shape):
+                out.shape = None
+
+
+def save(model: "ir.Model", path: Path, external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
+    """Write `model` to `path`; weights go to `<name>.data` when they pass `external_threshold` bytes.
+
+    Returns:
+        The files written (the model, and the external data file when used).
+    """
+    import onnx_ir as ir
+
+    path = Path(path)
+    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if total > external_threshold:
+        data = path.name + ".data"
+        ir.save(model, path, external_data=data, size_threshold_bytes=1024)
+        return [path, path.with_name(data)]
+    ir.save(model, path)
+    return [path]
+
+
+def signature(model: "ir.Model") -> dict[str, Any]:
+    """Inputs and outputs: name -> {dtype, shape} with symbolic dims as strings."""
+
+    def describe(v: "ir.Value") -> dict[str, Any]:
+        dims = [d if isinstance(d, int) else str(d) for d in (v.shape or [])]
+        return {"dtype": v.dtype.numpy().name if v.dtype is not None else None, "shape": dims}
+
+    return {"inputs": {v.name: describe(v) for v in model.graph.inputs},
+            "outputs": {v.name: describe(v) for v in model.graph.outputs}}
+
+
+def op_histogram(model: "ir.Model") -> dict[str, int]:
+    """op_type counts; contrib ops are qualified by domain (com.microsoft::MatMulNBits)."""
+    counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                     for n in model.graph)
+    return dict(sorted(counts.items()))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

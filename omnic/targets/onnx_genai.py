@@ -1,0 +1,93 @@
+"""The onnxruntime-genai side of the ONNX folder: `genai_config.json` and the tokenizer files.
+
+With these beside `model.onnx`, `onnxruntime_genai.Model(folder)` loads and generates. The
+config follows the one onnxruntime-genai's model builder writes for a Llama-style decoder with a
+growing (concatenated) KV cache, hence `past_present_share_buffer: false`.
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (make_genai_config)
+  ref: https://onnxruntime.ai/docs/genai/reference/config.html
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnic.spec import ResolvedSpec
+
+CONFIG_NAME = "genai_config.json"
+
+
+def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any) -> dict[str, Any]:
+    """The genai_config.json content for the decoder of `spec` stored in `model_file`.
+
+    Args:
+        spec: the resolved spec (head counts, context length).
+        model_file: the ONNX file name, relative to the folder.
+        tokenizer: omnic tokenizer (bos_id, eos_ids, pad_id).
+    """
+    m = spec.model
+    eos = list(tokenizer.eos_ids) or [0]
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos[0]
+    bos = tokenizer.bos_id if tokenizer.bos_id is not None else eos[0]
+    return {
+        "model": {
+            "bos_token_id": int(bos),
+            "context_length": m.context_length,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": model_file,
+                "head_size": m.dim_per_head,
+                "hidden_size": m.d_model,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "num_attention_heads": m.n_heads,
+                "num_hidden_layers": m.n_layers,
+                "num_key_value_heads": m.kv_heads,
+            },
+            "eos_token_id": [int(e) for e in eos] if len(eos) > 1 else int(eos[0]),
+            "pad_token_id": int(pad),
+            # genai picks the decoder-only pipeline by type; "llama" is the plain one whose
+            # inputs are exactly the names above (the graph carries every architectural detail).
+            "type": "llama",
+            "vocab_size": m.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0,
+            "do_sample": False,
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "max_length": m.context_length,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,  # the graph concatenates past and new keys
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }
+
+
+def write_genai_files(spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str) -> list[Path]:
+    """Write genai_config.json and the tokenizer files into `folder`; return the paths written."""
+    from omnic.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(spec, spec_dir)
+    config = genai_config(spec, model_file, tokenizer)
+    path = Path(folder) / CONFIG_NAME
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return [path, *tokenizer.save(Path(folder))]

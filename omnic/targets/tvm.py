@@ -1,0 +1,381 @@
+"""TVM target: the decoder through Relax, compiled for the host and cross-compiled for a device.
+
+    check(spec)     what the Relax frontend / LLVM backend cannot take, before any work
+    lower(program)  torch.export (dynamic T) -> from_exported_program -> tvm.compile; writes
+                    a directory <name>-tvm/ with
+                      decoder.so                    host library (Relax VM executable + kernels)
+                      decoder.params.safetensors    the weights, packed when quantized
+                      decoder.json                  inputs, outputs, weight order, quantization
+                      decoder.<triple>.tar          objects for the device (when a triple is set)
+    load(artifact)  relax.VirtualMachine on the host library; the KV cache stays as TVM tensors
+                    between calls (the graph returns the updated cache, fed back next call)
+
+One function `main(tokens[1,T], input_pos[T], k_0..k_{L-1}, v_0..v_{L-1}, *weights) ->
+(logits[1,T,V], k_0.., v_0..)` serves prefill (any T up to context_length) and decode (T=1).
+Weights are graph inputs (`keep_params_as_input`), so the library holds code only and the params
+file can be swapped. Quantized weights are dequantized inside the graph (see tvm_quant).
+
+On the device (cross build): link the objects with the NDK's clang into a shared library, e.g.
+  tar xf decoder.aarch64-linux-android.tar && \
+  $NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang++ -shared -fPIC \
+      lib0.o devc.o -o decoder.so
+(or set TVM_NDK_CC before compiling and omnic links it), then load it with a TVM runtime built
+for Android (`tvm.runtime.load_module` / `Module::LoadFromFile` + `relax.VirtualMachine`) and
+feed the same arguments as decoder.json lists, weights read from decoder.params.safetensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+
+from omnic.constants import Components, Targets
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+
+if TYPE_CHECKING:
+    from omnic.compiler.program import Program
+    from omnic.spec import ResolvedSpec
+
+_log = Console(stderr=True)
+
+FORMAT = "omnic-tvm-relax-vm/1"  # the layout of decoder.json; bump on any change
+LIBRARY, PARAMS, DESCRIPTOR = "decoder.so", "decoder.params.safetensors", "decoder.json"
+_MISSING = "apache-tvm is not installed: install omnic[tvm] (apache-tvm==0.27.*)"
+
+
+def _tvm_available() -> str | None:
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        return _MISSING
+    return None
+
+
+def _cross_triple(spec: "ResolvedSpec") -> tuple[str | None, str | None]:
+    """(triple, where it came from): the tvm target's own, else the device preset's."""
+    cfg = spec.targets.tvm
+    if cfg is not None and cfg.target_triple:
+        return cfg.target_triple, "targets.tvm.target_triple"
+    if spec.device.target_triple:
+        return spec.device.target_triple, "device.target_triple"
+    return None, None
+
+
+def _problems(spec: "ResolvedSpec") -> list[Problem]:
+    from omnic.quant.select import tensor_schemes
+    from omnic.spec.inventory import decoder_tensors
+    from omnic.targets.tvm_quant import packing_problem
+
+    tid = Targets.TVM
+    problems: list[Problem] = []
+    missing = _tvm_available()
+    if missing:
+        return [Problem(tid, "targets.tvm", missing)]
+    import tvm
+    from tvm.target import codegen
+
+    cfg = spec.targets.tvm
+    target_str = cfg.target if cfg is not None else "llvm"
+    try:
+        target = tvm.target.Target(target_str)
+    except Exception as err:  # noqa: BLE001 - TVM raises its own error types
+        problems.append(Problem(tid, "targets.tvm.target", f"not a TVM target: {err}"))
+    else:
+        if target.kind.name != "llvm":
+            problems.append(Problem(
+                tid, "targets.tvm.target",
+                f"{target.kind.name!r}: omnic builds CPU (llvm) targets only; GPU targets need "
+                "thread-bound schedules (dlight / meta-schedule) that this lowering does not apply",
+            ))
+    triple, field = _cross_triple(spec)
+    if triple:
+        arch = triple.split("-")[0]
+        known = {str(t) for t in codegen.llvm_get_targets()}
+        if arch not in known and arch != "arm64":
+            problems.append(Problem(tid, field or "targets.tvm.target_triple",
+                                    f"TVM's LLVM has no backend for {arch!r} (has: {sorted(known)})"))
+    if spec.quantization.kv_cache != "none":
+        problems.append(Problem(
+            tid, "quantization.kv_cache",
+            f"{spec.quantization.kv_cache} KV cache is not lowered to TVM (the cache is a float32 "
+            "VM argument); nearest supported: none",
+        ))
+    shapes = {t.name: t.shape for t in decoder_tensors(spec.model)}
+    for name, ts in tensor_schemes(spec).items():
+        why = packing_problem(shapes[name], ts.scheme, ts.group_size)
+        if why:
+            nearest = "int8 per channel (group_size null)" if ts.scheme == "int4" else "fp16"
+            problems.append(Problem(tid, "quantization", f"{name}: {why}; nearest: {nearest}"))
+    problems += _model_problems(spec)
+    mods = spec.modalities
+    for name in ("vision", "audio", "sensors", "action_head"):
+        if getattr(mods, name, None) is not None:
+            problems.append(Problem(tid, f"modalities.{name}",
+                                    "the TVM target lowers the text decoder only"))
+    return problems
+
+
+def _model_problems(spec: "ResolvedSpec") -> list[Problem]:
+    """Architecture features the Relax frontend or this lowering cannot take (see tests)."""
+    problems = []
+    m = spec.model
+    if m.moe is not None:
+        problems.append(Problem(
+            Targets.TVM, "model.moe",
+            "mixture of experts: the routing's aten.topk + scatter import, but TVM 0.27's "
+            "scatter_elements has no dynamic-shape legalization for the prefill length T",
+        ))
+    return problems
+
+
+@register_target(Targets.TVM)
+class TvmTarget:
+    """Apache TVM Relax, run in the Relax VM."""
+
+    id = Targets.TVM
+
+    def check(self, spec: "ResolvedSpec") -> list[Problem]:
+        """Everything the TVM frontend, backend or this lowering cannot take, with reasons."""
+        return _problems(spec)
+
+    def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
+        """Export, import, compile; write the library, params and descriptor; never mutates
+        `program` (the decoder is copied before its weights are packed)."""
+        missing = _tvm_available()
+        if missing:
+            raise RuntimeError(f"tvm: {missing}")
+        problems = _problems(program.spec)
+        if problems:
+            raise ValueError("tvm cannot take this spec:\n" + "\n".join(map(str, problems)))
+        import tvm
+        from safetensors.numpy import save_file
+
+        from omnic.quant.select import tensor_schemes
+        from omnic.targets import tvm_lowering as L
+        from omnic.targets.tvm_quant import apply_packing, dequantize, pack, precision_of, stored_name
+
+        spec = program.spec
+        cfg = spec.targets.tvm
+        target_str = cfg.target if cfg is not None else "llvm"
+        opt_level = cfg.opt_level if cfg is not None else 3
+        plan = program.annotations.get("quant_plan") or tensor_schemes(spec)
+        config = program.decoder.config
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        decoder = copy.deepcopy(program.decoder).eval()
+        state = {k: v.detach().to("cpu").float().numpy() for k, v in decoder.state_dict().items()}
+        packed = {name: pack(name, state[name], ts) for name, ts in plan.items()
+                  if ts.scheme != "fp32" and name in state}
+        apply_packing(decoder, packed)
+        timings["pack_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ep = L.export_decoder(decoder, config)
+        timings["export_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mod, targets, num_input = L.to_relax(ep)
+        timings["import_s"] = time.perf_counter() - t0
+        histogram = L.op_histogram(mod)
+
+        # The weights in main's argument order, named as in the params file.
+        weights: dict[str, np.ndarray] = {}
+        for tgt in targets:
+            local = tgt.removeprefix("decoder.")
+            name = stored_name(local, packed)
+            base, _, suffix = name.rpartition(".")
+            weights[name] = packed[base].arrays[suffix] if base in packed else state[local]
+        expected = L.param_signature(mod, num_input)
+        for (name, arr), (shape, dtype) in zip(weights.items(), expected):
+            if list(arr.shape) != shape or str(arr.dtype) != dtype:
+                raise RuntimeError(f"tvm: weight {name} is {arr.dtype}{list(arr.shape)}, main "
+                                   f"expects {dtype}{shape}")
+
+        out_dir = Path(out_dir)
+        dirname = f"{spec.name}-tvm"
+        root = out_dir / dirname
+        root.mkdir(parents=True, exist_ok=True)
+
+        t0 = time.perf_counter()
+        host = L.host_target(target_str)
+        executable = L.build(mod, host, opt_level)
+        L.export_host(executable, root / LIBRARY)
+        timings["compile_host_s"] = time.perf_counter() - t0
+        save_file(weights, str(root / PARAMS), metadata={"format": FORMAT})
+
+        triple, triple_from = _cross_triple(spec)
+        cross: dict[str, Any] | None = None
+        if triple:
+            t0 = time.perf_counter()
+            device_exe = L.build(mod, L.cross_target(triple), opt_level)
+            tar_path = root / f"decoder.{triple}.tar"
+            members = L.export_cross(device_exe, tar_path)
+            linked = L.link_with_ndk(device_exe, root / f"decoder.{triple}.so")
+            timings["compile_cross_s"] = time.perf_counter() - t0
+            cross = {"triple": triple, "from": triple_from, "archive": tar_path.name,
+                     "members": members, "format": "tar of ELF relocatable objects",
+                     "linked_so": f"decoder.{triple}.so" if linked else None,
+                     "target": str(L.cross_target(triple))}
+
+        L_, kv, c, hd = config.n_layers, config.n_kv_heads, config.context_length, config.head_dim
+        cache = {"shape": [1, kv, c, hd], "dtype": "float32"}
+        inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
+                  "input_pos": {"shape": ["T"], "dtype": "int64"}}
+        inputs.update({f"k_cache.{i}": cache for i in range(L_)})
+        inputs.update({f"v_cache.{i}": cache for i in range(L_)})
+        outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}}
+        outputs.update({f"k_cache.{i}": cache for i in range(L_)})
+        outputs.update({f"v_cache.{i}": cache for i in range(L_)})
+        descriptor = {
+            "format": FORMAT,
+            "function": "main",
+            "library": LIBRARY,
+            "params": PARAMS,
+            "inputs": inputs,
+            "outputs": outputs,
+            "weights": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+                        for n, a in weights.items()],
+            "T": {"min": 1, "max": c},
+            "context_length": c,
+            "n_layers": L_,
+            "vocab_size": config.vocab_size,
+            "quantization": {name: p.describe() for name, p in packed.items()},
+            "target": str(host),
+            "cross": cross,
+        }
+        (root / DESCRIPTOR).write_text(json.dumps(descriptor, indent=1, sort_keys=True) + "\n")
+
+        files = sorted(p for p in root.iterdir() if p.is_file())
+        sizes = {p.name: p.stat().st_size for p in files}
+        total = sum(sizes.values())
+        lowering_s = sum(timings.values())
+        precision = precision_of(packed)
+        _log.print(f"tvm: {len(histogram)} Relax op kinds, {sum(histogram.values())} calls; "
+                   f"{len(packed)} of {len(state)} tensors packed ({precision}); host {host.kind.name}"
+                   + (f", cross {triple} (from {triple_from})" if triple else "")
+                   + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s)")
+        rel = Path(out_dir.name) / dirname if out_dir.name == Targets.TVM else Path(dirname)
+        return [Artifact(
+            component=Components.DECODER,
+            target=Targets.TVM,
+            path=str(rel),
+            signature={"inputs": inputs, "outputs": outputs},
+            op_histogram=histogram,
+            quantization={
+                "packed": {n: f"{p.scheme} g{p.group} {'sym' if p.symmetric else 'asym'} "
+                           f"scales {p.arrays['scale'].dtype}" if "scale" in p.arrays
+                           else p.scheme for n, p in packed.items()},
+                "weight_bytes": int(sum(a.nbytes for a in weights.values())),
+            },
+            details={
+                "target": str(host),
+                "opt_level": opt_level,
+                "relax_pipeline": "default (tvm.compile)",
+                "target_triple": triple,
+                "target_triple_from": triple_from,
+                "cross": cross,
+                "tvm_version": tvm.__version__,
+                "files": sizes,
+                "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+                "bytes": total,
+                "context_length": c,
+                "dynamic_T": [1, c],
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            },
+            precision=precision,
+            reference_weights={n: dequantize(p) for n, p in packed.items()} or None,
+        )]
+
+    def load(self, artifact: Artifact, build_dir: Path, num_threads: int | None = None) -> "TvmRunner":
+        """A Relax VM runner over the host library.
+
+        Args:
+            artifact: what `lower` returned.
+            build_dir: the directory `artifact.path` is relative to.
+            num_threads: TVM worker threads; None keeps TVM's default (TVM_NUM_THREADS, else
+                the number of cores).
+        """
+        missing = _tvm_available()
+        if missing:
+            raise NotRunnable(missing)
+        root = _resolve(Path(build_dir), artifact.path)
+        return TvmRunner(root, num_threads=num_threads)
+
+
+class TvmRunner:
+    """`omnic.targets.base.Runner` over a lowered directory: batch 1, static KV cache."""
+
+    def __init__(self, root: Path, num_threads: int | None = None) -> None:
+        import tvm
+        from safetensors.numpy import load_file
+        from tvm import relax
+
+        meta = json.loads((root / DESCRIPTOR).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"tvm: {root / DESCRIPTOR} has format {meta.get('format')!r}, "
+                             f"this omnic reads {FORMAT!r}")
+        if num_threads is not None:
+            set_threads(num_threads)
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / meta["library"])),
+                                       self.device)
+        self.main = self.vm[meta["function"]]
+        stored = load_file(str(root / meta["params"]))
+        self.weights = [tvm.runtime.tensor(stored[w["name"]], self.device) for w in meta["weights"]]
+        self.context_length = int(meta["context_length"])
+        self.n_layers = int(meta["n_layers"])
+        self.vocab_size = int(meta["vocab_size"])
+        self._cache_shape = tuple(meta["inputs"]["k_cache.0"]["shape"])
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the cache (fresh TVM tensors) and start again at position 0."""
+        import tvm
+
+        zeros = np.zeros(self._cache_shape, dtype=np.float32)
+        self.cache = [tvm.runtime.tensor(zeros, self.device) for _ in range(2 * self.n_layers)]
+        self.position = 0
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        """Append int64 tokens [T]; float32 logits [T, vocab]."""
+        import tvm
+
+        ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+        t = ids.shape[1]
+        if t == 0 or self.position + t > self.context_length:
+            raise ValueError(f"position {self.position} + {t} tokens is outside 1..context_length "
+                             f"{self.context_length}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:  # the graph's gathers are unchecked
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+        pos = np.arange(self.position, self.position + t, dtype=np.int64)
+        out = self.main(tvm.runtime.tensor(ids, self.device), tvm.runtime.tensor(pos, self.device),
+                        *self.cache, *self.weights)
+        self.cache = list(out[1:])  # the updated cache stays on the TVM side
+        self.position += t
+        return out[0].numpy()[0]
+
+
+def set_threads(n: int) -> None:
+    """Configure TVM's CPU thread pool to `n` workers (same effect as TVM_NUM_THREADS)."""
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1 = kBig: the fast cores
+
+
+def _resolve(build_dir: Path, rel: str) -> Path:
+    path = build_dir / rel
+    if path.exists():
+        return path
+    found = sorted(p for p in build_dir.rglob(Path(rel).name) if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{rel} not found under {build_dir}")

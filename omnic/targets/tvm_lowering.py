@@ -1,0 +1,266 @@
+"""The TVM target's stages: torch.export -> Relax -> compiled library (host and cross).
+
+    flat_entry()        Decoder.forward with the KV cache flattened into positional tensors
+    export_decoder()    torch.export with a dynamic token count T (1..context_length)
+    to_relax()          tvm.relax.frontend.torch.from_exported_program, weights kept as inputs
+    op_histogram()      Relax operator counts of `main` before any lowering
+    build()             tvm.compile under the spec's opt_level
+    export_host()       a shared library for this machine (`export_library` with the system cc)
+    export_cross()      the same module compiled for a target triple, as a tar of object files
+
+Backend libraries (torch, tvm) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import torch
+    import tvm
+
+# Lines the Relax frontend and TVM print on stderr that carry no information for the user:
+# IndexPut's notes on broadcast indices are printed for every cache write (2 per layer); the
+# fully broadcast form is what `_index_put` below emits on purpose.
+_NOISE = (
+    re.compile(r"IndexPut: index tensor \d+ has ndim=\d+ for broadcasting"),
+    re.compile(r"IndexPut typically expects values to be 1D"),
+    # take(mode="fast") of the embedding and RoPE tables skips bounds checks; TvmRunner checks
+    # token ids and positions before every call instead.
+    re.compile(r"Fast mode segfaults when there are out-of-bounds indices"),
+    # LLVM codegen ignores the scheduling hint `pragma_scope` that legalized extern ops carry.
+    re.compile(r"Unknown pragma pragma_scope"),
+)
+
+
+def flat_entry(decoder: "torch.nn.Module", n_layers: int) -> "torch.nn.Module":
+    """`decoder.forward` as forward(tokens, input_pos, k_0..k_{L-1}, v_0..v_{L-1}) ->
+    (logits, k_0.., v_0..): the cache stays outside the graph, one VM argument per tensor."""
+    from torch import nn
+
+    class FlatDecoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, tokens, input_pos, *caches):  # type: ignore[no-untyped-def]
+            logits, k, v = self.decoder(tokens, input_pos, list(caches[:n_layers]),
+                                        list(caches[n_layers:]))
+            return (logits, *k, *v)
+
+    return FlatDecoder().eval()
+
+
+def export_decoder(decoder: "torch.nn.Module", config: Any) -> "torch.export.ExportedProgram":
+    """torch.export of the flattened decoder; T (prefill length) is dynamic in [1, context].
+
+    Weights that `tvm_quant.apply_packing` parametrized are computed once per call
+    (`parametrize.cached`), so a tied embedding is dequantized once, not twice.
+    """
+    import torch
+    from torch.export import Dim
+    from torch.nn.utils import parametrize
+
+    ctx, n_layers = config.context_length, config.n_layers
+    module = flat_entry(decoder, n_layers)
+    example_t = min(4, ctx)  # any size >= 2 keeps T symbolic (torch specialises 0 and 1)
+    tokens = torch.zeros((1, example_t), dtype=torch.int64)
+    input_pos = torch.arange(example_t, dtype=torch.int64)
+    k, v = decoder.empty_cache(batch=1)
+    t = Dim("T", min=1, max=ctx)
+    dynamic = ({1: t}, {0: t}, tuple(None for _ in range(2 * n_layers)))
+    with torch.no_grad(), parametrize.cached():
+        return torch.export.export(module, (tokens, input_pos, *k, *v),
+                                   dynamic_shapes=dynamic, strict=False)
+
+
+@contextmanager
+def _filtered_stderr() -> Iterator[None]:
+    """Hold native stderr (fd 2) while TVM runs; replay every line that is not known noise."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode("utf-8", "replace").splitlines():
+                if line.strip() and not any(p.search(line) for p in _NOISE):
+                    sys.stderr.write(line + "\n")
+
+
+def _index_put(node: Any, importer: Any) -> Any:
+    """aten.index_put with `None` (whole-axis) indices, as `Tensor.index_copy` decomposes to.
+
+    The stock converter (TVM 0.27) does not pad the index list to the tensor's rank and gives
+    every whole axis the same broadcast position, so `cache.index_copy(2, pos, k)` fails
+    ("number of index tensors (3) must match data dimensions (4)"). Here each axis gets an index
+    tensor shaped to broadcast along its own axis only; the one real index (input_pos, 1-D)
+    along its axis. The result is relax.index_put with fully broadcast indices.
+    """
+    from tvm import relax
+
+    bb = importer.block_builder
+    args = importer.retrieve_args(node)
+    data, indices, values = args[0], list(args[1]), args[2]
+    accumulate = bool(args[3]) if len(args) > 3 else False
+    shape = importer.shape_of(data)
+    rank = len(shape)
+    given = [i for i in indices if i is not None]
+    if len(given) != 1 or len(importer.shape_of(given[0])) != 1:
+        return importer._index_put(node)  # several advanced indices: the stock semantics
+    indices += [None] * (rank - len(indices))
+    full = []
+    for axis, index in enumerate(indices):
+        grid = [1] * rank
+        if index is None:
+            grid[axis] = shape[axis]
+            index = bb.emit(relax.op.arange(relax.prim_value(0), shape[axis], relax.prim_value(1),
+                                            "int64"))
+        else:
+            grid[axis] = importer.shape_of(index)[0]
+        full.append(bb.emit(relax.op.reshape(index, grid)))
+    return bb.emit(relax.op.index_put(data, relax.Tuple(full), values, accumulate))
+
+
+def to_relax(ep: "torch.export.ExportedProgram") -> tuple["tvm.IRModule", list[str], int]:
+    """The Relax module of `ep` with weights as trailing inputs of `main`.
+
+    Returns:
+        The module (parameters detached), the parameter targets of `ep` in `main`'s argument
+        order, and the number of user inputs that precede them.
+    """
+    import torch
+    from tvm.relax.frontend import detach_params
+    from tvm.relax.frontend.torch import from_exported_program
+
+    with _filtered_stderr():
+        mod = from_exported_program(
+            ep, keep_params_as_input=True,
+            custom_convert_map={"index_put.default": _index_put, "index_put_.default": _index_put},
+        )
+    mod, _ = detach_params(mod)  # the values come from omnic's own packed arrays instead
+    kinds = torch.export.graph_signature.InputKind
+    targets = [s.target for s in ep.graph_signature.input_specs if s.kind == kinds.PARAMETER]
+    num_input = int(mod["main"].attrs["num_input"])
+    if len(mod["main"].params) - num_input != len(targets):
+        raise RuntimeError(
+            f"tvm: main takes {len(mod['main'].params) - num_input} weights, the exported "
+            f"program has {len(targets)} parameters"
+        )
+    return mod, targets, num_input
+
+
+def param_signature(mod: "tvm.IRModule", num_input: int) -> list[tuple[list[int], str]]:
+    """(shape, dtype) of each weight argument of `main`, in order."""
+    out = []
+    for var in mod["main"].params[num_input:]:
+        ty = var.ty  # relax.TensorType (struct_info in TVM < 0.27)
+        out.append(([int(d) for d in ty.shape.values], str(ty.dtype)))
+    return out
+
+
+def op_histogram(mod: "tvm.IRModule") -> dict[str, int]:
+    """How many times each Relax operator is called in `main` (before legalization)."""
+    import tvm
+    from tvm import relax
+
+    counts: dict[str, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            counts[expr.op.name] = counts.get(expr.op.name, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return dict(sorted(counts.items()))
+
+
+def host_target(target: str) -> "tvm.target.Target":
+    import tvm
+
+    return tvm.target.Target(target)
+
+
+def cross_target(triple: str) -> "tvm.target.Target":
+    """An LLVM target for `triple` (CPU features left at the triple's defaults: NEON on aarch64)."""
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mtriple": triple})
+
+
+def build(mod: "tvm.IRModule", target: "tvm.target.Target", opt_level: int) -> Any:
+    """tvm.compile with the default Relax and TIR pipelines for `target`."""
+    import tvm
+
+    with _filtered_stderr(), tvm.transform.PassContext(opt_level=opt_level):
+        return tvm.compile(mod, target=target)
+
+
+def export_host(executable: Any, path: Path) -> None:
+    """A shared library loadable with `tvm.runtime.load_module` on this machine."""
+    with _filtered_stderr():
+        executable.export_library(str(path))
+
+
+def _deterministic_tar(output: str, files: list[str]) -> None:
+    """tar of `files` by base name, sorted, with zeroed times and owners (reproducible bytes)."""
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate object names in {names}")
+    with tarfile.open(output, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, src in sorted(zip(names, files)):
+            data = Path(src).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+
+
+_deterministic_tar.output_format = "tar"  # type: ignore[attr-defined]
+
+
+def export_cross(executable: Any, path: Path) -> list[str]:
+    """The cross-compiled module as a tar of object files (no cross linker needed).
+
+    Returns the member names (the kernels' object, `lib0.o`, and the packed VM bytecode and
+    constants, `devc.o`).
+    """
+    with _filtered_stderr():
+        executable.export_library(str(path), fcompile=_deterministic_tar)
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+def link_with_ndk(executable: Any, path: Path) -> bool:
+    """When `TVM_NDK_CC` names an Android NDK clang, also link a device .so (ref: TVM's
+    `tvm.support.ndk.create_shared`). Returns whether it did."""
+    if not os.environ.get("TVM_NDK_CC"):
+        return False
+    from tvm.support import ndk
+
+    with _filtered_stderr():
+        executable.export_library(str(path), fcompile=ndk.create_shared)
+    return True
+
+
+def elf_machine(data: bytes) -> str | None:
+    """The ELF machine of an object file's header ("AArch64", "x86-64", ...), None if not ELF."""
+    if data[:4] != b"\x7fELF":
+        return None
+    little = data[5] == 1
+    machine = int.from_bytes(data[18:20], "little" if little else "big")
+    return {3: "x86", 40: "ARM", 62: "x86-64", 183: "AArch64", 243: "RISC-V"}.get(machine, str(machine))

@@ -1,0 +1,249 @@
+"""Packed weights of the TVM target, dequantized inside the graph.
+
+Every tensor the quant plan stores below fp32 is written to the params file in a packed form and
+becomes a graph input; the exported graph recomputes the float32 matrix from it with plain torch
+ops (bitwise and, casts, multiply) that the Relax frontend imports and TVM fuses in front of the
+matmul. Nothing is pre-dequantized at build time, so the deployed file is the packed one.
+
+Layouts (a matrix is [out, in], groups of `g` consecutive inputs share a scale; G = in / g):
+
+| scheme          | `.q`                                  | `.scale`      | `.zero`      | w'                 |
+|-----------------|---------------------------------------|---------------|--------------|--------------------|
+| fp16 / bf16     | float16 / bfloat16 [out, in]          | -             | -            | float32(q)         |
+| int8 symmetric  | int8 [out, in], codes -127..127       | f16/f32 [out,G] | -          | q * s              |
+| int8 asymmetric | uint8 [out, in], codes 0..255         | f16/f32 [out,G] | uint8 [out,G] | (q - z) * s      |
+| int4 symmetric  | uint8 [out, in/2], nibble = code + 8  | f16/f32 [out,G] | -          | (nibble - 8) * s   |
+| int4 asymmetric | uint8 [out, in/2], nibble = code      | f16/f32 [out,G] | uint8 [out,G] | (nibble - z) * s |
+
+int4 packs two codes per byte, element 2j in the low nibble and 2j+1 in the high nibble (the
+order of onnxruntime's MatMulNBits and MLC-LLM's q4f16 along the reduction axis).
+ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
+Scales are stored as float16 (as MLC-LLM's q4f16_1 does) when every scale of the tensor is a
+normal float16 number; otherwise that tensor keeps float32 scales rather than lose precision.
+ref: https://github.com/mlc-ai/mlc-llm/blob/main/python/mlc_llm/quantization/group_quantization.py
+
+The codes come from omnic's numpy reference quantizer (`omnic.quant.reference.quantize`); the
+float16 rounding of the scales is this target's own, so `dequantize` (numpy, from the stored
+arrays) is what the artifact really computes with and becomes `artifact.reference_weights`.
+The graph and `dequantize` perform the same float32 operations, so they agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from omnic.quant.reference import quantize
+
+if TYPE_CHECKING:
+    import torch
+
+    from omnic.quant.select import TensorScheme
+
+# Smallest normal float16: below it a scale would lose mantissa bits (subnormal).
+_F16_MIN_NORMAL = 2.0**-14
+_F16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class PackedTensor:
+    """One weight as this target stores it.
+
+    Attributes:
+        name: canonical tensor name (`layers.0.attn.q.weight`).
+        scheme: fp16, bf16, int8 or int4.
+        shape: the logical [out, in] shape.
+        group_size: elements per scale along `in` (None: one per row; float schemes: None).
+        symmetric: no zero point when True.
+        arrays: stored arrays by suffix, in graph-input order: "q", then "scale", then "zero".
+    """
+
+    name: str
+    scheme: str
+    shape: tuple[int, ...]
+    group_size: int | None
+    symmetric: bool
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def group(self) -> int:
+        return self.shape[-1] if self.group_size is None else self.group_size
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts for the artifact's descriptor and quantization summary."""
+        return {
+            "scheme": self.scheme,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "stored": {k: {"dtype": str(a.dtype), "shape": list(a.shape)} for k, a in self.arrays.items()},
+        }
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+def packing_problem(shape: tuple[int, ...], scheme: str, group_size: int | None) -> str | None:
+    """Why a tensor cannot be packed in this layout, or None."""
+    if scheme in ("fp32", "fp16", "bf16"):
+        return None
+    if len(shape) != 2:
+        return f"{scheme} packs matrices only, got shape {list(shape)}"
+    width = shape[-1]
+    g = width if group_size is None else group_size
+    if width % g:
+        return f"group_size {g} does not divide the input width {width}"
+    if scheme == "int4" and g % 2:
+        return f"int4 packs two codes per byte: group_size {g} must be even"
+    return None
+
+
+def _scales(scale: np.ndarray) -> np.ndarray:
+    s = np.asarray(scale, dtype=np.float32)
+    mag = np.abs(s[s != 0])
+    if mag.size == 0 or (mag.min() >= _F16_MIN_NORMAL and mag.max() <= _F16_MAX):
+        return s.astype(np.float16)
+    return s
+
+
+def pack(name: str, w: np.ndarray, ts: "TensorScheme") -> PackedTensor:
+    """Quantize one float32 tensor with the reference quantizer and pack it (see module table)."""
+    w = np.asarray(w, dtype=np.float32)
+    problem = packing_problem(w.shape, ts.scheme, ts.group_size)
+    if problem:
+        raise ValueError(f"tvm: {name}: {problem}")
+    if ts.scheme in ("fp16", "bf16"):
+        if ts.scheme == "fp16":
+            stored = w.astype(np.float16)
+        else:
+            import ml_dtypes  # numpy's bfloat16 (a dependency of TVM and onnx)
+
+            bits = quantize(w, "bf16").codes  # the reference rounding (nearest even)
+            stored = bits.view(ml_dtypes.bfloat16).reshape(w.shape)
+        return PackedTensor(name, ts.scheme, tuple(w.shape), None, True, {"q": stored})
+    q = quantize(w, ts.scheme, ts.group_size, ts.symmetric)
+    out_f, in_f = w.shape
+    codes = q.codes.reshape(out_f, in_f)
+    arrays: dict[str, np.ndarray] = {}
+    if ts.scheme == "int8":
+        arrays["q"] = codes.astype(np.int8 if ts.symmetric else np.uint8)
+    else:
+        nib = (codes.astype(np.int16) + (8 if ts.symmetric else 0)).astype(np.uint8)
+        arrays["q"] = (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
+    arrays["scale"] = _scales(q.scale)
+    if not ts.symmetric:
+        arrays["zero"] = q.zero_point.astype(np.uint8)
+    return PackedTensor(name, ts.scheme, tuple(w.shape), ts.group_size, ts.symmetric, arrays)
+
+
+def dequantize(p: PackedTensor) -> np.ndarray:
+    """The float32 matrix the graph computes from the stored arrays (numpy, same float ops)."""
+    q = p.arrays["q"]
+    if p.scheme in ("fp16", "bf16"):
+        return q.astype(np.float32)
+    out_f, in_f = p.shape
+    if p.scheme == "int4":
+        lo = (q & 15).astype(np.float32)
+        hi = (q.astype(np.float32) - lo) * np.float32(0.0625)
+        codes = np.stack([lo, hi], axis=-1).reshape(out_f, in_f)
+    else:
+        codes = q.astype(np.float32)
+    codes = codes.reshape(out_f, in_f // p.group, p.group)
+    if p.symmetric:
+        if p.scheme == "int4":
+            codes = codes - np.float32(8.0)
+    else:
+        codes = codes - p.arrays["zero"].astype(np.float32)[..., None]
+    w = codes * p.arrays["scale"].astype(np.float32)[..., None]
+    return w.reshape(out_f, in_f).astype(np.float32)
+
+
+def _dequant_module() -> type:
+    import torch
+    from torch import nn
+
+    class Dequantize(nn.Module):
+        """Parametrization: the float32 weight from its packed arrays (same ops as `dequantize`)."""
+
+        def __init__(self, packed: PackedTensor) -> None:
+            super().__init__()
+            self.scheme, self.symmetric = packed.scheme, packed.symmetric
+            self.shape, self.group = packed.shape, packed.group
+            self.stored = tuple(torch.from_numpy(np.ascontiguousarray(a)) if a.dtype.name != "bfloat16"
+                                else torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16)
+                                for a in packed.arrays.values())
+
+        def right_inverse(self, weight: "torch.Tensor") -> tuple["torch.Tensor", ...]:
+            return self.stored  # registration stores the packed arrays as the parameters
+
+        def forward(self, q: "torch.Tensor", *rest: "torch.Tensor") -> "torch.Tensor":
+            f32 = torch.float32
+            if self.scheme in ("fp16", "bf16"):
+                return q.to(f32)
+            out_f, in_f = self.shape
+            if self.scheme == "int4":
+                lo = (q & 15).to(f32)
+                hi = (q.to(f32) - lo) * 0.0625  # exact: the high nibble times 16, divided back
+                codes = torch.stack([lo, hi], dim=-1).reshape(out_f, in_f)
+            else:
+                codes = q.to(f32)
+            codes = codes.reshape(out_f, in_f // self.group, self.group)
+            scale = rest[0]
+            if self.symmetric:
+                if self.scheme == "int4":
+                    codes = codes - 8.0
+            else:
+                codes = codes - rest[1].to(f32)[..., None]
+            return (codes * scale.to(f32)[..., None]).reshape(out_f, in_f)
+
+    return Dequantize
+
+
+def apply_packing(decoder: "torch.nn.Module", packed: Mapping[str, PackedTensor]) -> None:
+    """Replace each packed weight of `decoder` (a copy the caller owns) by its dequantizing
+    parametrization: `module.weight` is then computed from uint8/int8/fp16 parameters."""
+    from torch.nn.utils import parametrize
+
+    dequantize_cls = _dequant_module()
+    for name, p in packed.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = decoder.get_submodule(owner_name)
+        parametrize.register_parametrization(owner, attr, dequantize_cls(p), unsafe=True)
+
+
+def stored_name(param_target: str, packed: Mapping[str, PackedTensor]) -> str:
+    """The params-file name of a parameter of the packed decoder.
+
+    `layers.0.attn.q.parametrizations.weight.original1` -> `layers.0.attn.q.weight.scale`.
+    """
+    marker = ".parametrizations."
+    if marker not in param_target:
+        return param_target
+    owner, _, rest = param_target.partition(marker)
+    attr, _, original = rest.partition(".")
+    name = f"{owner}.{attr}"
+    index = int(original.removeprefix("original") or 0)
+    return f"{name}.{list(packed[name].arrays)[index]}"
+
+
+def precision_of(packed: Mapping[str, PackedTensor]) -> str:
+    """The tolerance-table row of the artifact: its coarsest scheme, the one that bounds quality
+    (int4 before int8 before bf16 before fp16), spelled with its grouping ("int4_g32",
+    "int8_pc", "int4_g64_asym", "fp16"); among variants of that scheme the one holding the most
+    elements. "fp32" when nothing is packed."""
+    order = {"int4": 0, "int8": 1, "bf16": 2, "fp16": 3}
+    if not packed:
+        return "fp32"
+    coarsest = min(order[p.scheme] for p in packed.values())
+    by_kind: dict[str, int] = {}
+    for p in packed.values():
+        if order[p.scheme] != coarsest:
+            continue
+        kind = p.scheme
+        if p.scheme in ("int4", "int8"):
+            kind += "_pc" if p.group_size is None else f"_g{p.group_size}"
+            kind += "" if p.symmetric else "_asym"
+        by_kind[kind] = by_kind.get(kind, 0) + int(np.prod(p.shape))
+    return max(sorted(by_kind), key=lambda k: by_kind[k])

@@ -1,0 +1,169 @@
+"""Tokenizers: the built-in byte tokenizer and Hugging Face `tokenizer.json` files.
+
+`load_tokenizer(spec, spec_dir)` returns an object with `encode(text)`, `decode(ids)`, `bos_id`,
+`eos_ids`, `pad_id`, `vocab_size` and `save(dir)`, which writes a Hugging Face `tokenizer.json`
+and `tokenizer_config.json` that every runtime (transformers, onnxruntime-genai, llama.cpp's
+converter) can read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from omnic.spec import ResolvedSpec
+
+BYTE_SPECIALS = ("<s>", "</s>", "<pad>")  # ids 256, 257, 258
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be loaded or does not fit the model."""
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255, then `<s>`=256, `</s>`=257, `<pad>`=258, `<unused_N>` to vocab_size."""
+
+    def __init__(self, vocab_size: int) -> None:
+        if vocab_size < 256 + len(BYTE_SPECIALS):
+            raise TokenizerError(f"the byte tokenizer needs vocab_size >= 259, the model has {vocab_size}")
+        self.vocab_size = vocab_size
+        self.bos_id, self.pad_id = 256, 258
+        self.eos_ids = [257]
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens`, `<s>` first."""
+        ids = list(text.encode("utf-8"))
+        return [self.bos_id, *ids] if add_special_tokens else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of the byte ids; special and unused ids are skipped, bad UTF-8 replaced."""
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def tokens(self) -> list[str]:
+        """Every token string by id."""
+        unused = [f"<unused_{n}>" for n in range(self.vocab_size - 256 - len(BYTE_SPECIALS))]
+        return [f"<0x{b:02X}>" for b in range(256)] + list(BYTE_SPECIALS) + unused
+
+    def hf_tokenizer(self) -> Any:
+        """This tokenizer as a `tokenizers.Tokenizer`: BPE with no merges and byte fallback, so
+        every byte maps to its `<0xNN>` token, as SentencePiece-converted Llama tokenizers do."""
+        from tokenizers import AddedToken, Tokenizer, decoders, processors
+        from tokenizers.models import BPE
+
+        vocab = {tok: i for i, tok in enumerate(self.tokens())}
+        tok = Tokenizer(BPE(vocab=vocab, merges=[], byte_fallback=True, fuse_unk=False))
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in self.tokens()[256:]])
+        # add_special_tokens=True prepends <s>, like Llama's tokenizer and like `encode` here.
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", self.bos_id)]
+        )
+        return tok
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write tokenizer.json and tokenizer_config.json into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "tokenizer.json"
+        self.hf_tokenizer().save(str(path))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+            "add_bos_token": True, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+        }
+        cfg_path = directory / "tokenizer_config.json"
+        cfg_path.write_text(json.dumps(config, indent=2) + "\n")
+        return [path, cfg_path]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as err:
+        raise TokenizerError(f"{path}: not valid JSON: {err}") from None
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):  # {"content": "<s>", ...} in older tokenizer_config.json files
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` read with the `tokenizers` library.
+
+    Special ids: eos from generation_config.json, then config.json, then tokenizer_config.json
+    (all distinct ids kept, in that order); bos and pad from config.json, else tokenizer_config.json.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise TokenizerError("the tokenizers library is missing: install omnic[torch]") from None
+        self.directory = Path(directory)
+        path = self.directory / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"no tokenizer.json in {self.directory}")
+        self._tok = Tokenizer.from_file(str(path))
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        tcfg = _read_json(self.directory / "tokenizer_config.json")
+        cfg = _read_json(self.directory / "config.json")
+        gcfg = _read_json(self.directory / "generation_config.json")
+
+        def by_text(key: str) -> list[int]:
+            text = _token_text(tcfg.get(key))
+            tid = self._tok.token_to_id(text) if text else None
+            return [] if tid is None else [tid]
+
+        eos = _as_list(gcfg.get("eos_token_id")) + _as_list(cfg.get("eos_token_id")) + by_text("eos_token")
+        self.eos_ids = list(dict.fromkeys(eos))
+        bos = _as_list(gcfg.get("bos_token_id")) or _as_list(cfg.get("bos_token_id")) or by_text("bos_token")
+        self.bos_id = bos[0] if bos else None
+        pad = _as_list(cfg.get("pad_token_id")) or by_text("pad_token")
+        self.pad_id = pad[0] if pad else None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens`, the tokenizer's post-processor runs."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save(self, directory: Path) -> list[Path]:
+        """Copy tokenizer.json and tokenizer_config.json (and special_tokens_map.json) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        out = []
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            src = self.directory / name
+            if src.is_file():
+                out.append(Path(shutil.copyfile(src, directory / name)))
+        return out
+
+
+def load_tokenizer(spec: "ResolvedSpec", spec_dir: Path) -> ByteTokenizer | HFTokenizer:
+    """The tokenizer a spec names; `huggingface` paths are relative to `spec_dir`."""
+    tok = spec.tokenizer
+    if tok.kind == "byte":
+        return ByteTokenizer(spec.model.vocab_size)
+    path = Path(tok.path)
+    if not path.is_absolute():
+        path = Path(spec_dir) / path
+    out = HFTokenizer(path)
+    if out.vocab_size > spec.model.vocab_size:
+        raise TokenizerError(
+            f"{path}: tokenizer has {out.vocab_size} tokens, more than the model's vocab_size "
+            f"{spec.model.vocab_size}"
+        )
+    return out

@@ -1,0 +1,1 @@
+"""Maintenance tools run as `python -m omnic.tools.<name>`."""

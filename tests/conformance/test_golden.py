@@ -1,0 +1,81 @@
+"""Golden conformance over the example specs: the numbers in golden/ (written only by
+`omnic golden update`) must not move, and every artifact of a compiled example passes its check.
+
+- Each example spec's golden inputs and reference outputs (fp32, and quantized with the
+  reference quantizers) are recomputed and compared with golden/<spec>/: a refactor of the
+  builder, the quantizers or the golden inputs that changes any number fails here.
+- specs/mobile_2gb.yaml compiled once (the shared `mobile_2gb_build` fixture) must carry those
+  same inputs and fp32 outputs, and no artifact may have failed its golden check.
+
+Specs with more than MAX_PARAMS parameters are recomputed only with OMNIC_GOLDEN_ALL=1 (their
+random weights alone take minutes to generate on a laptop CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omnic.compiler.golden import summary
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = sorted((REPO / "specs").glob("*.yaml"))
+MAX_PARAMS = 50_000_000
+
+
+def _golden(spec: Path) -> tuple[dict, dict]:
+    d = REPO / "golden" / spec.stem
+    if not (d / "expected.json").exists():
+        pytest.fail(f"golden/{spec.stem}/ is missing: run `omnic golden update {spec}`")
+    return (json.loads((d / "inputs.json").read_text()),
+            json.loads((d / "expected.json").read_text()))
+
+
+def test_every_example_spec_has_golden_data():
+    assert SPECS, "no example specs"
+    missing = [s.stem for s in SPECS if not (REPO / "golden" / s.stem / "expected.json").exists()]
+    assert not missing, f"run `omnic golden update` (missing: {missing})"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_reference_outputs_match_golden(spec):
+    from omnic.spec.inventory import parameter_count
+    from omnic.spec.validate import load_resolved
+
+    params = parameter_count(load_resolved(spec).model)
+    if params > MAX_PARAMS and not os.environ.get("OMNIC_GOLDEN_ALL"):
+        pytest.skip(f"{params / 1e6:.0f}M parameters; set OMNIC_GOLDEN_ALL=1 to recompute")
+    golden_inputs, golden_expected = _golden(spec)
+    inputs, expected = summary.compute(spec)
+    assert expected["spec_sha256"] == golden_expected["spec_sha256"], \
+        "the resolved spec changed: review it and run `omnic golden update`"
+    assert inputs == golden_inputs
+    assert sorted(expected["references"]) == sorted(golden_expected["references"])
+    problems = []
+    for name, ref in golden_expected["references"].items():
+        problems += summary.compare_reference(name, ref, expected["references"][name])
+    assert not problems, "\n".join(problems)
+
+
+def test_compiled_example_matches_golden_and_passes(mobile_2gb_build):
+    spec = REPO / "specs" / "mobile_2gb.yaml"
+    golden_inputs, golden_expected = _golden(spec)
+    build = mobile_2gb_build.out_dir
+    prompts = np.load(build / "golden" / "inputs.npz")["prompts"]
+    assert prompts.tolist() == golden_inputs["prompts"]
+    fp32 = np.load(build / "golden" / "fp32.npz")
+    actual = summary.summarize_reference(
+        summary.ReferenceData("fp32", fp32["tokens"], fp32["logits"], fp32["logits"],
+                              fp32["fp32_tokens"]))
+    problems = summary.compare_reference("fp32", golden_expected["references"]["fp32"], actual)
+    assert not problems, "\n".join(problems)
+    m = mobile_2gb_build.manifest
+    assert m.spec_sha256 == golden_expected["spec_sha256"]
+    failed = [f"{a.target} {a.path}: {a.golden.reason}" for a in m.artifacts
+              if a.golden.status == "failed"]
+    assert not failed, "\n".join(failed)
+    assert m.status == "passed" and mobile_2gb_build.exit_code == 0

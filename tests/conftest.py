@@ -1,0 +1,93 @@
+"""Session-scoped fixtures shared by the whole suite.
+
+- `tiny_spec_file`: a factory writing a tiny spec YAML (2 layers, d_model 64, vocab 320) with
+  deep-merged overrides, for tests that go through files (compile, validate, golden).
+- `mobile_2gb_build`: specs/mobile_2gb.yaml compiled ONCE per session with every target that
+  exists in this checkout (importable and passing its pre-flight), shared by every target's tests
+  and by the golden conformance tests. Its BuildResult has `.out_dir` (the build, or
+  OUT_DIR.failed when a golden check failed) and `.manifest`.
+
+Nothing here imports torch at import time: torch-free test modules stay fast.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SPEC: dict[str, Any] = {
+    "omnic": 1,
+    "name": "tiny",
+    "device": {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0,
+               "os": "linux"},
+    "model": {
+        "vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+        "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True,
+    },
+    "weights": {"source": "random", "seed": 0},
+    "tokenizer": {"kind": "byte"},
+    "targets": {"onnx": {}},
+    "golden": {"cases": 2, "prompt_tokens": 8, "decode_steps": 4, "seed": 0},
+}
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else in `top` replaces; a None value deletes."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_spec_file(tmp_path_factory) -> Callable[..., Path]:
+    """`tiny_spec_file(name="x", overrides={...})` -> path of a spec YAML (a fresh directory)."""
+
+    def make(name: str = "tiny", overrides: dict[str, Any] | None = None) -> Path:
+        data = deep_merge(TINY_SPEC, {"name": name, **(overrides or {})})
+        path = tmp_path_factory.mktemp(f"spec-{name}") / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    return make
+
+
+def available_targets(spec_path: Path) -> list[str]:
+    """Targets of a spec whose module exists here and whose pre-flight accepts the spec."""
+    from omnic.spec.validate import load_resolved
+    from omnic.targets.base import get_target
+
+    spec = load_resolved(spec_path)
+    out = []
+    for t in spec.targets.enabled():
+        try:
+            target = get_target(t)
+        except (KeyError, ImportError):
+            continue
+        if not target.check(spec):
+            out.append(t)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mobile_2gb_build(tmp_path_factory):
+    """specs/mobile_2gb.yaml compiled once with every available target (a BuildResult)."""
+    from omnic.compiler.pipeline import compile
+
+    spec = REPO / "specs" / "mobile_2gb.yaml"
+    targets = available_targets(spec)
+    if not targets:
+        pytest.skip("no target of specs/mobile_2gb.yaml is available in this checkout")
+    out = tmp_path_factory.mktemp("mobile_2gb") / "build"
+    return compile(spec, out, targets=targets, progress=False)

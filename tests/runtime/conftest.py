@@ -1,0 +1,24 @@
+"""Fixtures of the runtime tests: a tiny random decoder."""
+
+from __future__ import annotations
+
+import pytest
+
+from omnic.spec import ResolvedSpec
+
+DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
+TINY = {
+    "vocab_size": 300, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+    "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 48, "tie_embeddings": True,
+}
+
+
+def resolved_spec(model=None, **top) -> ResolvedSpec:
+    body = {"omnic": 1, "name": "tiny", "device": DEVICE, "model": {**TINY, **(model or {})},
+            "quantization": {}, "targets": {}, **top}
+    return ResolvedSpec.model_validate(body)
+
+
+@pytest.fixture(scope="session")
+def make_spec():
+    return resolved_spec

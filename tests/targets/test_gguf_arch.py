@@ -1,0 +1,217 @@
+"""GGUF target pre-flight: architecture choice, tensor names, types, check() - no llama.cpp needed.
+
+The references here are gguf-py's own tables (tensor names per architecture) and an independent
+numpy implementation of both RoPE conventions, never the code under test.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+from omnic.spec import ResolvedSpec
+from omnic.targets.gguf import GgufTarget
+from omnic.targets.gguf_arch import (
+    GGUF_NAMES, from_gguf, plan_arch, tensor_plan, to_gguf,
+)
+from omnic.targets.gguf_quant import plan_types
+
+gguf = pytest.importorskip("gguf")
+
+DEVICE = {"name": "host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
+TINY = {"vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+        "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64}
+
+
+def spec(model: dict[str, Any] | None = None, quant: dict[str, Any] | None = None,
+         file_type: str = "auto", **top: Any) -> ResolvedSpec:
+    return ResolvedSpec.model_validate({
+        "omnic": 1, "name": "tiny", "device": DEVICE, "model": {**TINY, **(model or {})},
+        "quantization": quant or {"weights": {"scheme": "fp32"}},
+        "targets": {"gguf": {"file_type": file_type}}, **top})
+
+
+GEMMA2 = {"ffn": {"kind": "geglu", "hidden": 128}, "norm": {"kind": "rmsnorm", "unit_offset": True},
+          "scale_embeddings": True, "post_norms": True, "tie_embeddings": True,
+          "attn_softcap": 50.0, "final_softcap": 30.0, "sliding_window": {"size": 16, "layers": "even"}}
+
+ARCH_CASES = {
+    "llama": ({}, "llama"),
+    "qwen2": ({"qkv_bias": True, "tie_embeddings": True}, "qwen2"),
+    "qwen3": ({"qk_norm": True, "head_dim": 32}, "qwen3"),
+    "mixtral": ({"moe": {"experts": 4, "top_k": 2}}, "llama"),
+    "qwen3moe": ({"qk_norm": True, "moe": {"experts": 4, "top_k": 2}}, "qwen3moe"),
+    "deepseek": ({"moe": {"experts": 4, "top_k": 2, "shared_experts": 1, "normalize_top_k": False}},
+                 "deepseek"),
+    "gemma": ({"ffn": {"kind": "geglu", "hidden": 128}, "norm": {"unit_offset": True},
+               "scale_embeddings": True, "tie_embeddings": True}, "gemma"),
+    "gemma2": (GEMMA2, "gemma2"),
+    "mistral_window_covers_context": ({"sliding_window": {"size": 64}}, "llama"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARCH_CASES))
+def test_architecture_and_names_are_llama_cpp_s(case: str) -> None:
+    """The chosen arch, and every tensor name written is one gguf-py lists for that arch."""
+    model, expected = ARCH_CASES[case]
+    s = spec(model)
+    plan, problems = plan_arch(s.model)
+    assert problems == [] and plan is not None
+    assert plan.arch == expected
+    arch_enum = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == plan.arch)
+    allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch_enum]}
+    for t in tensor_plan(s.model, plan):
+        base = t.name.rsplit(".", 1)[0]
+        generic = re.sub(r"^blk\.\d+\.", "blk.{bid}.", base)
+        assert generic in allowed, f"{t.name} is not a {plan.arch} tensor in gguf-py"
+    assert GgufTarget().check(s) == []
+
+
+def test_names_equal_gguf_py_constants() -> None:
+    """The plain-string name table equals gguf-py's TENSOR_NAMES (kept torch/gguf-free)."""
+    values = set(gguf.TENSOR_NAMES.values())
+    for name in GGUF_NAMES.values():
+        assert name in values, name
+
+
+def _rope_neox(x: np.ndarray, pos: int, theta: float = 10000.0) -> np.ndarray:
+    """HF rotate_half: pairs (i, i + d/2)."""
+    d = x.shape[-1]
+    inv = theta ** (-np.arange(0, d, 2) / d)
+    c, s = np.cos(pos * inv), np.sin(pos * inv)
+    a, b = x[..., : d // 2], x[..., d // 2:]
+    return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+
+
+def _rope_norm(x: np.ndarray, pos: int, theta: float = 10000.0) -> np.ndarray:
+    """ggml's "normal" rope (GGML_ROPE_TYPE_NORM): consecutive pairs (2i, 2i + 1)."""
+    d = x.shape[-1]
+    inv = theta ** (-np.arange(0, d, 2) / d)
+    c, s = np.cos(pos * inv), np.sin(pos * inv)
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = a * c - b * s, a * s + b * c
+    return out
+
+
+def test_qk_permutation_turns_neox_rope_into_normal_rope() -> None:
+    """Scores q.k with NeoX rope on HF weights == with llama.cpp's rope on the written weights."""
+    s = spec({"n_heads": 4, "n_kv_heads": 2})
+    plan, _ = plan_arch(s.model)
+    tensors = {t.sources[0]: t for t in tensor_plan(s.model, plan)}
+    rng = np.random.default_rng(0)
+    d, hd = 64, 16
+    wq = rng.standard_normal((64, d)).astype(np.float32)
+    wk = rng.standard_normal((32, d)).astype(np.float32)
+    x1, x2 = rng.standard_normal(d), rng.standard_normal(d)
+    gq = to_gguf(tensors["layers.0.attn.q.weight"], lambda n: wq, s.model, plan)
+    gk = to_gguf(tensors["layers.0.attn.k.weight"], lambda n: wk, s.model, plan)
+    for qh in range(4):
+        kh = qh // 2  # GQA: 2 query heads per kv head
+        q_hf = (wq @ x1).reshape(4, hd)[qh]
+        k_hf = (wk @ x2).reshape(2, hd)[kh]
+        q_gg = (gq @ x1).reshape(4, hd)[qh]
+        k_gg = (gk @ x2).reshape(2, hd)[kh]
+        ref = _rope_neox(q_hf, 7) @ _rope_neox(k_hf, 3)
+        got = _rope_norm(q_gg, 7) @ _rope_norm(k_gg, 3)
+        assert got == pytest.approx(ref, rel=1e-9, abs=1e-9)
+    back = from_gguf(tensors["layers.0.attn.q.weight"], gq, s.model, plan)
+    np.testing.assert_array_equal(back["layers.0.attn.q.weight"], wq)
+
+
+def test_unit_offset_and_experts_round_trip() -> None:
+    s = spec({**ARCH_CASES["gemma"][0]})
+    plan, _ = plan_arch(s.model)
+    t = next(t for t in tensor_plan(s.model, plan) if t.sources == ("layers.0.attn_norm.weight",))
+    w = np.linspace(-0.5, 0.5, 64).astype(np.float32)
+    stored = to_gguf(t, lambda n: w, s.model, plan)
+    np.testing.assert_allclose(stored, w + 1, rtol=0, atol=0)  # llama.cpp applies x * w
+    s = spec(ARCH_CASES["mixtral"][0])
+    plan, _ = plan_arch(s.model)
+    exps = next(t for t in tensor_plan(s.model, plan) if t.name == "blk.1.ffn_up_exps.weight")
+    assert exps.shape == (4, 128, 64)  # [experts, hidden, d_model]: ggml {d, hidden, experts}
+    mats = {n: np.full((128, 64), i, np.float32) for i, n in enumerate(exps.sources)}
+    stacked = to_gguf(exps, mats.__getitem__, s.model, plan)
+    back = from_gguf(exps, stacked, s.model, plan)
+    for n in exps.sources:
+        np.testing.assert_array_equal(back[n], mats[n])
+
+
+REFUSED = {
+    "gelu": ({"ffn": {"kind": "gelu", "hidden": 128}}, "model.ffn.kind"),
+    "layernorm": ({"norm": {"kind": "layernorm"}}, "model.norm.kind"),
+    "attn_scale": ({"attn_scale": 0.5}, "model.attn_scale"),
+    "window": ({"sliding_window": {"size": 16}}, "model.sliding_window"),
+    "softcap_on_llama": ({"final_softcap": 30.0}, "model.final_softcap"),
+    "gemma_untied": ({**ARCH_CASES["gemma"][0], "tie_embeddings": False}, "model.tie_embeddings"),
+    "shared_normalized": ({"moe": {"experts": 4, "top_k": 2, "shared_experts": 1}}, "model.moe"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_check_names_the_block_it_cannot_express(case: str) -> None:
+    model, field = REFUSED[case]
+    problems = GgufTarget().check(spec(model))
+    assert problems, case
+    assert any(p.field == field for p in problems), [str(p) for p in problems]
+
+
+def test_auto_file_type_follows_the_quantization() -> None:
+    cases = [
+        ({"weights": {"scheme": "int4", "group_size": 32}}, "Q4_0"),
+        ({"weights": {"scheme": "int4", "group_size": 32, "symmetric": False}}, "Q4_1"),
+        ({"weights": {"scheme": "int8"}}, "Q8_0"),
+        ({"weights": {"scheme": "fp16"}}, "F16"),
+        ({"weights": {"scheme": "bf16"}}, "BF16"),
+        ({"weights": {"scheme": "fp32"}}, "F32"),
+    ]
+    for quant, expected in cases:
+        s = spec(quant=quant)
+        plan, _ = plan_arch(s.model)
+        types, problems = plan_types(s, tensor_plan(s.model, plan))
+        assert problems == [] and types.file_type.name == expected
+        matrices = {n: t for n, t in types.types.items() if "norm" not in n}
+        assert set(matrices.values()) == {expected}
+
+
+def test_overrides_are_honoured_per_tensor() -> None:
+    s = spec(quant={"weights": {"scheme": "int4", "group_size": 32},
+                    "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"},
+                                  {"match": {"name": r"layers\.1\..*"}, "scheme": "fp16"}]})
+    plan, _ = plan_arch(s.model)
+    types, problems = plan_types(s, tensor_plan(s.model, plan))
+    assert problems == []
+    assert types.types["token_embd.weight"] == "Q8_0"
+    assert types.types["blk.0.attn_q.weight"] == "Q4_0"
+    assert types.types["blk.1.ffn_down.weight"] == "F16"
+    assert types.types["blk.1.attn_norm.weight"] == "F32"  # 1-D stays F32 as in llama.cpp
+    assert types.types["output.weight"] == "Q4_0"
+
+
+def test_group_size_without_a_gguf_type_is_refused_with_the_nearest() -> None:
+    s = spec(quant={"weights": {"scheme": "int4", "group_size": 128}})
+    problems = GgufTarget().check(s)
+    assert len(problems) == 1
+    assert problems[0].field == "quantization.weights"
+    assert "Q4_0" in problems[0].message and "32" in problems[0].message
+
+
+def test_k_quants_need_rows_of_256() -> None:
+    problems = GgufTarget().check(spec(file_type="Q4_K_M"))
+    assert problems and all("256" in p.message for p in problems)
+    ok = spec({"d_model": 256, "n_heads": 4, "n_kv_heads": 2, "ffn": {"kind": "swiglu", "hidden": 512}},
+              file_type="Q4_K_M")
+    assert GgufTarget().check(ok) == []
+
+
+def test_check_imports_neither_torch_nor_llama_cpp() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from omnic.targets.base import get_target; "
+            "from omnic.spec import ResolvedSpec; t = get_target('gguf'); "
+            "assert 'torch' not in sys.modules and 'llama_cpp' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
