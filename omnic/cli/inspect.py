@@ -39,7 +39,6 @@ def key_metrics(metrics: dict) -> str:
 
 
 def artifact_table(manifest: "Manifest", title: str | None = None) -> "Table":
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title or f"{manifest.name}: {manifest.status}", title_justify="left")
@@ -48,11 +47,20 @@ def artifact_table(manifest: "Manifest", title: str | None = None) -> "Table":
     for a in manifest.artifacts:
         style = _STATUS_STYLE.get(a.golden.status, "")
         golden = f"[{style}]{a.golden.status}[/]"
-        if a.golden.status != "passed" and a.golden.reason:
-            golden += f"\n[dim]{escape(a.golden.reason[:160])}[/]"
         table.add_row(a.target, a.component, a.path, human_bytes(a.bytes), a.precision, golden,
                       key_metrics(a.golden.metrics))
     return table
+
+
+def print_reasons(manifest: "Manifest", console) -> None:
+    """Why each artifact failed or was not run, one full line each (tables would fold them)."""
+    from rich.markup import escape
+
+    for a in manifest.artifacts:
+        if a.golden.status != "passed":
+            style = _STATUS_STYLE.get(a.golden.status, "")
+            console.print(f"[{style}]{a.golden.status}[/] {a.target} {a.component} {a.path}: "
+                          f"{escape(a.golden.reason or '')}", soft_wrap=True)
 
 
 def print_summary(manifest: "Manifest", console=None) -> None:
@@ -62,6 +70,7 @@ def print_summary(manifest: "Manifest", console=None) -> None:
 
     console = console or Console()
     console.print(artifact_table(manifest))
+    print_reasons(manifest, console)
     if manifest.test_fault:
         console.print(f"[bold red]built with test fault {manifest.test_fault}[/]")
     plan = Table(title="plan vs actual", title_justify="left")

@@ -52,7 +52,7 @@ def run(args) -> int:
     from pydantic import ValidationError
     from rich.console import Console
 
-    from omnic.cli.inspect import artifact_table
+    from omnic.cli.inspect import artifact_table, print_reasons
     from omnic.compiler import manifest as mf
 
     build_dir = Path(args.build)
@@ -77,5 +77,7 @@ def run(args) -> int:
                                   reference=g.reference, limits=g.limits)
         rerun.artifacts.append(e)
     rerun.status = mf.overall_status(rerun.artifacts)
-    Console().print(artifact_table(rerun, title=f"verify {build_dir}: {rerun.status}"))
+    console = Console()
+    console.print(artifact_table(rerun, title=f"verify {build_dir}: {rerun.status}"))
+    print_reasons(rerun, console)
     return 1 if rerun.status == "failed" else 0

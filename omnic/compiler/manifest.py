@@ -26,7 +26,7 @@ FLOAT_DIGITS = 6
 # Distributions whose versions are recorded (those installed): the toolchain that made the build.
 TOOLCHAIN = (
     "torch", "numpy", "onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "gguf",
-    "llama_cpp_python", "executorch", "torchao", "coremltools", "apache-tvm", "transformers",
+    "llama-cpp-python", "executorch", "torchao", "coremltools", "apache-tvm", "transformers",
     "tokenizers", "safetensors",
 )
 

@@ -123,6 +123,19 @@ def _select_targets(resolved: Any, requested: Sequence[str] | None) -> list[str]
     return out
 
 
+def _exported_graph(decoder: Any) -> str:
+    """The torch.export graph of the decoder the targets receive (for --dump-dir only)."""
+    import torch
+
+    try:
+        k, v = decoder.empty_cache(1)
+        ep = torch.export.export(decoder, (torch.zeros(1, 2, dtype=torch.int64),
+                                           torch.arange(2), k, v), strict=False)
+        return ep.graph_module.print_readable(print_output=False)
+    except Exception as err:  # noqa: BLE001 - a debugging aid must not fail the compile
+        return f"torch.export failed: {type(err).__name__}: {err}\n"
+
+
 def _weights_versions(decoder: Any) -> dict[str, int]:
     return {k: v._version for k, v in decoder.state_dict(keep_vars=True).items()}
 
@@ -287,6 +300,9 @@ def compile(
     if fault:
         console.print(f"[bold red]TEST FAULT {fault}[/]: the targets get a damaged program")
         lowered = apply_fault(program, fault)
+    if dump is not None:
+        with stage("dump graph"):
+            _dump(dump, "05-program-graph.txt", _exported_graph(lowered.decoder))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.omnic-staging-{os.getpid()}")

@@ -1,7 +1,7 @@
 """Hugging Face checkpoint tensors -> omnic canonical tensors, per family.
 
 Reads `model.safetensors` or the shards listed in `model.safetensors.index.json` through
-memory maps, one tensor at a time, and renames (and, for Phi-3's fused projections and
+memory maps, one tensor at a time (`omnic.compiler.build.weights.read_safetensors`), and renames (and, for Phi-3's fused projections and
 transformers 5's fused experts, splits) each into omnic's names. Tensors stay unpermuted:
 omnic's RoPE uses the same rotate_half convention as transformers.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from omnic.compiler.build.weights import WeightError, check_weights
+from omnic.compiler.build.weights import WeightError, check_weights, read_safetensors, safetensors_keys
 from omnic.importers.hf import family_of, read_config
 
 if TYPE_CHECKING:
@@ -115,8 +115,6 @@ def checkpoint_files(hf_dir: Path) -> list[Path]:
 
 def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under omnic's names, float32, checked against `inventory`."""
-    from safetensors import safe_open
-
     hf_dir = Path(hf_dir)
     arch, _ = family_of(read_config(hf_dir))
     by_name = {t.name: t for t in inventory}
@@ -129,23 +127,28 @@ def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, torch.T
     for path in checkpoint_files(hf_dir):
         if not path.is_file():
             raise WeightError(f"{path}: shard listed in the index is missing")
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for hf_name in f.keys():
-                target = rename(hf_name)
-                if target is None:
-                    if not _IGNORED.fullmatch(hf_name):
-                        unknown.append(hf_name)
-                    continue
-                if target == "lm_head.weight" and tied:
-                    continue  # a tied checkpoint may still store a copy of the embedding
-                tensor = f.get_tensor(hf_name)
-                pieces = [(target, tensor)] if isinstance(target, str) else list(target(tensor))
-                for name, piece in pieces:
-                    state[name] = piece.to(torch.float32).contiguous()
-                del tensor, pieces
+        wanted: dict[str, str | Split] = {}
+        for hf_name in safetensors_keys(path):
+            target = rename(hf_name)
+            if target is None:
+                if not _IGNORED.fullmatch(hf_name):
+                    unknown.append(hf_name)
+            elif target == "lm_head.weight" and tied:
+                continue  # a tied checkpoint may still store a copy of the embedding
+            elif isinstance(target, str) and target not in by_name:
+                unknown.append(f"{hf_name} (as {target})")  # e.g. an o_proj bias
+            else:
+                wanted[hf_name] = target
+        for hf_name, tensor in read_safetensors(path, list(wanted)):
+            target = wanted[hf_name]
+            pieces = [(target, tensor)] if isinstance(target, str) else target(tensor)
+            for name, piece in pieces:
+                state[name] = piece.contiguous()
+            del tensor
     if unknown:
         raise WeightError(
-            f"{hf_dir} ({arch}): {len(unknown)} tensors have no omnic equivalent: "
+            f"{hf_dir} ({arch}): {len(unknown)} checkpoint tensors have no place in the spec's "
+            f"model: "
             f"{', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}"
         )
     check_weights(state, inventory, f"{hf_dir} ({arch})")

@@ -197,7 +197,8 @@ def _onnx_blocks(ctx: Context):
                 continue
             seen.add(ctx.source(s))
             yield Finding(ctx.source(s) + ("group_size",),
-                          f"onnx MatMulNBits needs a power-of-two group_size >= 16, got {g}")
+                          f"onnx MatMulNBits needs a power-of-two group_size >= 16, got {g}; "
+                          f"nearest: {max(16, min((1 << (g.bit_length() - 1), 1 << g.bit_length()), key=lambda b: (abs(b - g), b)))}")
 
 
 # --- GGUF ---------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ class CoremlTarget:
 
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Write `<name>.mlpackage` under out_dir; never mutates `program`."""
+        spec = program.spec
+        problems = _problems(spec)
+        if problems:
+            raise ValueError("coreml cannot take this spec:\n" + "\n".join(map(str, problems)))
         ct = _require_coremltools()
         from omnic.quant.select import tensor_schemes
         from omnic.spec.inventory import decoder_tensors
@@ -73,10 +77,6 @@ class CoremlTarget:
         from omnic.targets import coreml_inspect as ins
         from omnic.targets import coreml_quant as q
 
-        spec = program.spec
-        problems = _problems(spec)
-        if problems:
-            raise ValueError("coreml cannot take this spec:\n" + "\n".join(map(str, problems)))
         c, m = spec.targets.coreml, spec.model
         plan = program.annotations.get("quant_plan") or tensor_schemes(spec)
         out_dir = Path(out_dir)
@@ -119,7 +119,8 @@ class CoremlTarget:
         _log.print(
             f"coreml: {c.deployment_target} {c.compute_precision} {c.compute_units}, "
             f"{len(items)} weights compressed {compressed or '-'}, {2 * m.n_layers} KV states "
-            f"-> {package.name} ({nbytes / 2**20:.2f} MiB, {seconds:.1f} s)")
+            f"-> {package.name} ({nbytes / 2**20:.2f} MiB, {seconds:.1f} s: export "
+            f"{t_export:.1f}, convert {t_convert:.1f}, compress {t_compress:.1f})")
         rel = Path(out_dir.name) / package.name if out_dir.name == Targets.COREML else Path(package.name)
         return [Artifact(
             component=Components.DECODER,
@@ -150,8 +151,6 @@ class CoremlTarget:
                 "vocab_size": m.vocab_size,
                 "frontend": "torch.export",
                 "coremltools": ct.__version__,
-                "seconds": {"export": round(t_export, 2), "convert": round(t_convert, 2),
-                            "compress": round(t_compress, 2)},
                 "numeric_check": f"runs on macOS only ({NEEDS_MACOS}); structure checked here",
             },
             precision=precision,

@@ -66,9 +66,18 @@ def compute_precision(name: str) -> Any:
     return {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}[name]
 
 
-def make_wrapper(decoder: "torch.nn.Module") -> "torch.nn.Module":
-    """A `StatefulDecoder` around `decoder` (shares its parameters; never modifies them)."""
+def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" = None
+                 ) -> "torch.nn.Module":
+    """A `StatefulDecoder` around `decoder` (shares its parameters; never modifies them).
+
+    Args:
+        decoder: an omnic `Decoder`.
+        cache_dtype: dtype of the KV buffers; float16 (the default) is what Core ML stores, and
+            float32 exists for tests that compare the wrapper bit-for-bit with the reference.
+    """
     import torch
+
+    cache_dtype = torch.float16 if cache_dtype is None else cache_dtype
 
     class StatefulDecoder(torch.nn.Module):
         """`forward(input_ids [1, T], input_pos [T]) -> logits [1, T, V]`, KV cache in buffers."""
@@ -80,7 +89,7 @@ def make_wrapper(decoder: "torch.nn.Module") -> "torch.nn.Module":
             self.n_layers = c.n_layers
             shape = (1, c.n_kv_heads, c.context_length, c.head_dim)
             for name in state_names(c.n_layers):
-                self.register_buffer(name, torch.zeros(shape, dtype=torch.float16))
+                self.register_buffer(name, torch.zeros(shape, dtype=cache_dtype))
 
         def caches(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
             names = state_names(self.n_layers)
@@ -127,12 +136,17 @@ _REGISTERED = False
 
 
 def register_missing_ops() -> None:
-    """Teach coremltools' torch frontend `index_copy`, which it lacks (coremltools 9.0).
+    """Teach coremltools' torch frontend (9.0) the two ATen ops the decoder uses that it lacks.
 
-    `x.index_copy(dim, index, src)` writes src's slices at `index` along `dim`: exactly MIL
-    `scatter(data=x, indices=index, updates=src, axis=dim, mode="update")`.
+    - `index_copy(x, dim, index, src)` writes src's slices at `index` along `dim`: exactly MIL
+      `scatter(data=x, indices=index, updates=src, axis=dim, mode="update")`.
       ref: https://apple.github.io/coremltools/source/coremltools.converters.mil.mil.ops.defs.html
       (iOS17 scatter: updates have data's shape with `axis` replaced by len(indices))
+    - `aten::__and__.Tensor` (the sliding-window mask `causal & in_window`): the torch.export
+      frontend looks it up as "__and__" while coremltools registers the bool `and` converter
+      only under "and"/"bitwise_and"; the same converter is registered under the missing name.
+      ref: coremltools/converters/mil/frontend/torch/internal_graph.py (sanitize_op_kind keeps
+      the underscores of "aten::__and__.tensor") and ops.py (bitwise_and, bool inputs only)
     """
     global _REGISTERED
     if _REGISTERED:
@@ -140,25 +154,26 @@ def register_missing_ops() -> None:
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
     from coremltools.converters.mil.frontend.torch.torch_op_registry import (
-        _TORCH_OPS_REGISTRY,
-        register_torch_op,
+        _TORCH_OPS_REGISTRY as registry,
     )
     from coremltools.converters.mil.mil import types
 
-    if "index_copy" not in _TORCH_OPS_REGISTRY:
+    def index_copy(context, node):  # noqa: ANN001 - coremltools' converter signature
+        x, dim, index, src = _get_inputs(context, node, expected=4)
+        axis = int(dim.val) + (x.rank if int(dim.val) < 0 else 0)
+        if index.dtype != types.int32:
+            index = mb.cast(x=index, dtype="int32")
+        if src.dtype != x.dtype:  # the decoder casts k/v to the cache dtype; the frontend may
+            # hold the fp16 state as fp32 at this point (the fp16 pass removes the casts later)
+            src = mb.cast(x=src, dtype=types.builtin_to_string(x.dtype))
+        context.add(mb.scatter(data=x, indices=index, updates=src, axis=axis, mode="update",
+                               name=node.name))
 
-        @register_torch_op
-        def index_copy(context, node):  # noqa: ANN001 - coremltools' converter signature
-            x, dim, index, src = _get_inputs(context, node, expected=4)
-            axis = int(dim.val) + (x.rank if int(dim.val) < 0 else 0)
-            if index.dtype != types.int32:
-                index = mb.cast(x=index, dtype="int32")
-            if src.dtype != x.dtype:  # the decoder casts k/v to the cache dtype; the frontend
-                # may already hold the (fp16) state as fp32 at this point
-                src = mb.cast(x=src, dtype=types.builtin_to_string(x.dtype))
-            context.add(mb.scatter(data=x, indices=index, updates=src, axis=axis, mode="update",
-                                   name=node.name))
-
+    known = registry.name_to_func_mapping
+    if "index_copy" not in known:
+        registry.set_func_by_name(index_copy, "index_copy")
+    if "__and__" not in known:
+        registry.set_func_by_name(known["bitwise_and"], "__and__")
     _REGISTERED = True
 
 

@@ -7,9 +7,10 @@ An .mlpackage is a directory:
     executorch_debug_handle_mapping.json       written by coremltools for torch.export sources
   ref: https://apple.github.io/coremltools/docs-guides/source/convert-to-ml-program.html
 
-Determinism: coremltools gives each Manifest item a random UUID and stamps the conversion date
-into the model's metadata. `normalise_package` replaces the UUIDs with name-based ones (uuid5 of
-the item path) and drops the date, so two lowerings of the same program are byte-identical.
+Determinism: coremltools gives each Manifest item a random UUID, stamps the conversion date into
+the model's metadata and serialises protobuf maps in no fixed order. The target drops the date
+and `normalise_package` replaces the UUIDs with name-based ones (uuid5 of the item path) and
+re-serialises the protobuf deterministically, so two lowerings of one program are byte-identical.
 
 `structural_check` is the conformance check this host can run (Core ML itself only runs on
 macOS): it re-opens the package and compares it with what the spec implies and with what
@@ -44,7 +45,15 @@ _DTYPES = {"INT32": "int32", "FLOAT32": "float32", "FLOAT16": "float16", "DOUBLE
 
 
 def normalise_package(package: Path) -> None:
-    """Make a saved package deterministic: name-based Manifest ids (the layout is unchanged)."""
+    """Make a saved package deterministic: name-based Manifest ids (the layout is unchanged), and
+    the protobuf re-serialised with sorted map entries (protobuf's map order is unspecified, so
+    coremltools' bytes differ from run to run even when the message is equal)."""
+    from coremltools.proto import Model_pb2
+
+    model_path = package / MODEL_FILE
+    model = Model_pb2.Model()
+    model.ParseFromString(model_path.read_bytes())
+    model_path.write_bytes(model.SerializeToString(deterministic=True))
     path = package / "Manifest.json"
     manifest = json.loads(path.read_text())
     remap = {old: str(uuid.uuid5(_UUID_NS, "omnic:" + entry["path"])).upper()

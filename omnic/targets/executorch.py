@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import platform
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,6 @@ from rich.console import Console
 
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
-from omnic.targets.executorch_quant import plan_problems
 
 if TYPE_CHECKING:
     import torch
@@ -202,48 +202,19 @@ class ExecutorchTarget:
     id = Targets.EXECUTORCH
 
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
-        """What the backend cannot take, before anything is built (torch-free)."""
+        """What the backend cannot take, before anything is built (torch-free).
+
+        The rules are the shared capabilities table (`omnic/targets/executorch_rules.py` and
+        `omnic.spec.capabilities`), so `omnic validate` reports the same problems.
+        """
+        from omnic.spec.capabilities import problems
+
         out: list[Problem] = []
-        backend = _backend(spec)
-        for mod in ("executorch", "torchao"):
+        needed = ["executorch", "torchao"] + (["coremltools"] if _backend(spec) == "coreml" else [])
+        for mod in needed:
             if importlib.util.find_spec(mod) is None:
                 out.append(Problem(self.id, "targets.executorch", f"{mod} is missing: {INSTALL_HINT}"))
-        if backend == "coreml":
-            out += self._check_coreml(spec)
-        if backend in ("xnnpack", "coreml"):
-            out += [Problem(self.id, p.field, p.message) for p in plan_problems(spec)]
-        if backend == "coreml" and any(
-            ts.scheme in ("int4", "int8") for ts in _plan(spec).values()
-        ):
-            out.append(Problem(
-                self.id, "targets.executorch.backend",
-                "the Core ML variant stores fp32/fp16 weights only in omnic (Core ML's own "
-                "compression is the coreml target's job); nearest: backend: xnnpack",
-            ))
-        if spec.modalities.model_dump(exclude_none=True):
-            out.append(Problem(
-                self.id, "modalities", "only the text decoder is lowered to ExecuTorch; encoders "
-                "are not exported by this target",
-            ))
-        return out
-
-    def _check_coreml(self, spec: "ResolvedSpec") -> list[Problem]:
-        import platform
-
-        out = []
-        if importlib.util.find_spec("coremltools") is None:
-            out.append(Problem(self.id, "targets.executorch.backend",
-                               "the Core ML delegate needs coremltools: install omnic[coreml]"))
-        cfg = spec.targets.coreml
-        if cfg is not None and cfg.deployment_target in ("iOS16", "iOS17", "macOS14"):
-            out.append(Problem(self.id, "targets.coreml.deployment_target",
-                               f"{cfg.deployment_target} is supported by Core ML but omnic's "
-                               "ExecuTorch Core ML variant is validated for iOS18/macOS15"))
-        if platform.system() != "Darwin":
-            # Not a blocker for lowering (coremltools converts on Linux); the runtime check is.
-            _log.print("executorch: Core ML delegate lowers here but runs only on macOS/iOS: "
-                       "the golden check will be not_run")
-        return out
+        return out + problems(spec, self.id)
 
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Export, quantize, lower and serialize the decoder; write the tokenizer beside it."""
@@ -261,11 +232,13 @@ class ExecutorchTarget:
 
         spec = program.spec
         problems = self.check(spec)
-        blocking = [p for p in problems if p.field != "modalities"]
-        if blocking:
-            raise ValueError("ExecuTorch cannot take this spec:\n" + "\n".join(map(str, blocking)))
+        if problems:
+            raise ValueError("ExecuTorch cannot take this spec:\n" + "\n".join(map(str, problems)))
         backend = _backend(spec)
         dynamic = backend != "coreml"  # export_llm: "Dynamic shape is not supported with coreml"
+        if backend == "coreml" and platform.system() != "Darwin":
+            _log.print("executorch: the Core ML delegate lowers here but runs only on macOS/iOS; "
+                       "its golden check will be not_run")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -273,7 +246,7 @@ class ExecutorchTarget:
         quant = quantize_decoder(decoder, program.annotations.get("quant_plan") or _plan(spec))
         for form, n in sorted(Counter(quant.forms.values()).items()):
             _log.print(f"executorch: {n} tensor(s) → {form}")
-        dtype = torch.float16 if quant.dtype == "float16" else torch.float32
+        dtype = getattr(torch, quant.dtype)
         module = _kv_module(decoder, dtype)
 
         c = spec.model.context_length
@@ -323,8 +296,7 @@ class ExecutorchTarget:
             "metadata": meta,
             "tokenizer": tokenizer_files,
             "compute_dtype": quant.dtype,
-            "kv_cache": "mutable buffers, static, fp32" if quant.dtype == "float32" else
-                        f"mutable buffers, static, {quant.dtype}",
+            "kv_cache": f"mutable buffers, static, {quant.dtype}",
         }
         if quant.dynamic_activations:
             details["activations"] = ("int8 asymmetric per token, quantized at run time inside "

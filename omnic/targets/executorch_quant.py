@@ -7,15 +7,21 @@ One table decides, per tensor of the quant plan, what the .pte stores and which 
 | int4 symmetric, group g      | linear             | 8da4w, group g (int8 dynamic acts)   | XNNPACK qd8-f32-qb4w gemm       |
 | int8 symmetric, per channel  | linear             | 8da8w, per channel                   | XNNPACK qd8-f32-qc8w gemm       |
 | int8 any, int4 any           | embedding lookup   | weight-only, torchao's embedding     | quantized_decomposed::embedding_byte / embedding_4bit |
-| fp16 (every matrix)          | whole model        | fp16 weights and activations         | XNNPACK f16 kernels             |
+| fp16 (every matrix)          | whole model        | fp16 weights, activations, KV cache  | XNNPACK f16 kernels             |
+| bf16 (portable backend only) | whole model        | bf16 weights, activations, KV cache  | portable kernels                |
 
-The integer codes and scales are omnic's own (`omnic.quant.reference.quantize`), placed into
-torchao's `IntxUnpackedToInt8Tensor` directly instead of letting torchao choose its parameters,
-so "int4 group 32" stores the same numbers here as in every other target. XNNPACK keeps
-group-wise scales in bfloat16, so those scales are rounded to bf16 before lowering and the
-reference weights use the rounded scales.
+The integer codes are placed into torchao's `IntxUnpackedToInt8Tensor` directly instead of
+letting torchao choose its parameters (torchao's `hqq_scale_only` default is data-dependent
+optimisation). int8 and every embedding store omnic's own codes and scales
+(`omnic.quant.reference.quantize`), so they hold the same numbers as the other targets. int4
+linears cannot: XNNPACK takes only positive, normal block scales and keeps them in bfloat16,
+while omnic's int4 puts each block's largest-magnitude weight m on code -8 (a negative scale
+when m > 0). Those blocks use s = m / 7 instead (m still exact, on code +7); every block scale
+is rounded to bf16 and the codes are chosen for the rounded scale (`_xnnpack_int4`). The
+reference weights are always the stored codes times the stored scales.
   ref: executorch/backends/xnnpack/operators/node_visitor.py (`scale.to(torch.bfloat16)` for
-  per_channel_group weights)
+  per_channel_group weights); XNNPACK's xnn_define_blockwise_quantized_tensor_value rejects
+  non-positive scales (a .pte built with them fails to load: "Failed to define tensor").
 XNNPACK has no fp32-activation kernel for group-wise int4 or a weight-only int8 linear it will
 take from a dequantize node (its partitioner wants a dequantized activation), so linears
 quantize their input activations per token at run time (8da = "8-bit dynamic activations", as
@@ -34,28 +40,17 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from omnic.constants import Roles, Schemes, TensorNames
+from omnic.constants import Schemes, TensorNames
 
 if TYPE_CHECKING:
     import torch
 
     from omnic.quant.select import TensorScheme
-    from omnic.spec import ResolvedSpec
 
 # Native forms, as written into artifact.quantization and the precision key.
-FORM_FP32 = "fp32"
-FORM_FP16 = "fp16"
 FORM_8DA4W = "8da4w_g{g}"
 FORM_8DA8W = "8da8w"
 FORM_EMBED = "embedding_{bits}bit{group}"
-
-
-@dataclass(frozen=True)
-class PlanProblem:
-    """A tensor scheme the ExecuTorch backend cannot store, with the nearest one it can."""
-
-    field: str
-    message: str
 
 
 @dataclass
@@ -63,7 +58,7 @@ class QuantResult:
     """What `quantize_decoder` did to the decoder."""
 
     precision: str  # row key of the tolerance table
-    dtype: str  # compute dtype of the exported model: "float32" or "float16"
+    dtype: str  # compute dtype of the exported model: "float32", "float16" or "bfloat16"
     forms: dict[str, str] = field(default_factory=dict)  # tensor name -> native form (non-fp32 only)
     reference_weights: dict[str, np.ndarray] | None = None
     dynamic_activations: bool = False
@@ -71,78 +66,6 @@ class QuantResult:
 
 def _is_embedding(name: str) -> bool:
     return name == TensorNames.EMBED
-
-
-def plan_problems(spec: "ResolvedSpec", plan: Mapping[str, "TensorScheme"] | None = None) -> list[PlanProblem]:
-    """Schemes of `plan` (default: the spec's quant plan) that ExecuTorch cannot store.
-
-    Torch-free: `check()` calls it before anything is built.
-    """
-    from omnic.quant.select import tensor_schemes
-    from omnic.spec.inventory import decoder_tensors
-
-    plan = plan if plan is not None else tensor_schemes(spec)
-    roles = {t.name: t.role for t in decoder_tensors(spec.model)}
-    out: list[PlanProblem] = []
-    if spec.quantization.kv_cache != "none":
-        out.append(PlanProblem(
-            "quantization.kv_cache",
-            f"an {spec.quantization.kv_cache} KV cache needs ExecuTorch's quantized SDPA custom op, "
-            "which omnic's attention does not use; nearest: kv_cache: none",
-        ))
-    schemes = {ts.scheme for name, ts in plan.items() if name in roles}
-    floats = schemes & {Schemes.FP16, Schemes.BF16}
-    if Schemes.BF16 in schemes:
-        out.append(PlanProblem(
-            "quantization", "bf16 is off by default in XNNPACK (fp32 fallback on the portable "
-            "kernels); nearest: fp16",
-        ))
-    elif floats and len(schemes - {Schemes.FP32}) > 1:
-        out.append(PlanProblem(
-            "quantization", "XNNPACK computes a whole model in one float type: fp16 tensors mixed "
-            f"with {sorted(schemes - {Schemes.FP16, Schemes.FP32})} cannot be stored; nearest: "
-            "fp16 for every matrix, or no fp16 override",
-        ))
-    elif Schemes.FP16 in schemes and any(
-        ts.scheme == Schemes.FP32 for n, ts in plan.items() if n in roles and roles[n] != Roles.NORM
-        and ts.override is not None
-    ):
-        out.append(PlanProblem(
-            "quantization.overrides", "fp32 overrides inside an fp16 model cannot be stored; "
-            "XNNPACK computes the whole model in fp16",
-        ))
-    tied = spec.model.tie_embeddings
-    for name, ts in plan.items():
-        if ts.scheme not in (Schemes.INT4, Schemes.INT8):
-            continue
-        where = "quantization.weights" if ts.override is None else f"quantization.overrides[{ts.override}]"
-        embedding = _is_embedding(name)
-        if embedding and not tied:
-            continue  # embedding_byte / embedding_4bit take every group size, with zero points
-        used = "the tied embedding, also the lm_head," if embedding else name
-        if not ts.symmetric:
-            out.append(PlanProblem(
-                where, f"{used}: XNNPACK's quantized linear kernels have no weight zero point; "
-                "nearest: symmetric: true",
-            ))
-        elif ts.scheme == Schemes.INT4 and ts.group_size % 32:
-            # ref: executorch/backends/xnnpack/operators/node_visitor.py ("group_size to be a
-            # multiple of 32")
-            out.append(PlanProblem(
-                where, f"{used}: XNNPACK's 4-bit block kernels need a group_size that is a "
-                f"multiple of 32, not {ts.group_size}; nearest: group_size 32",
-            ))
-        elif ts.scheme == Schemes.INT8 and ts.group_size is not None:
-            out.append(PlanProblem(
-                where, f"{used}: XNNPACK has group-wise weights only for 4 bits (int8 is per "
-                "channel); nearest: int8 with group_size null, or int4",
-            ))
-    # one message per override / the default is enough
-    unique: dict[tuple[str, str], PlanProblem] = {}
-    for p in out:
-        key = (p.field, p.message.split(":", 1)[-1])
-        unique.setdefault(key, p)
-    return list(unique.values())
 
 
 def _group_blocks(shape: tuple[int, ...], group_size: int | None) -> tuple[int, int]:
@@ -169,9 +92,31 @@ def _intx_tensor(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, b
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
-    from omnic.quant.reference import _bf16_bits
+    from omnic.quant.reference import fake_quantize
 
-    return (_bf16_bits(x).astype(np.uint32) << 16).view(np.float32).reshape(x.shape)
+    return fake_quantize(x, Schemes.BF16)
+
+
+def _xnnpack_int4(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes int8 [out, in] in [-8, 7] and positive bf16 scales [out, in/group] for XNNPACK.
+
+    omnic's int4 maps each group's largest-magnitude weight m to code -8 (s = m / -8, the Q4_0
+    rule), so s is negative when m is positive; XNNPACK only takes positive, normal scales
+    (xnn_define_blockwise_quantized_tensor_value rejects the rest). Groups with m < 0 keep
+    omnic's scale; groups with m > 0 use s = m / 7, so m still lands exactly on a level (+7).
+    The scale is rounded to bf16 first (XNNPACK stores it so) and the codes are chosen for the
+    rounded scale. All-zero groups get scale 1 (their codes are 0).
+    """
+    from omnic.quant.reference import round_half_away
+
+    out_f, in_f = w.shape
+    x = w.reshape(out_f, in_f // group, group)
+    idx = np.abs(x).argmax(axis=-1)[..., None]
+    m = np.take_along_axis(x, idx, axis=-1)[..., 0]
+    scale = np.where(m < 0, m / -8.0, m / 7.0).astype(np.float32)
+    scale = np.where(scale > 0, _bf16(scale), np.float32(1.0)).astype(np.float32)
+    codes = np.clip(round_half_away(x / scale[..., None]), -8, 7).astype(np.int8)
+    return codes.reshape(out_f, in_f), scale
 
 
 def _signed(q: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -210,15 +155,18 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
 
     params = dict(decoder.named_parameters())
     schemes = {ts.scheme for name, ts in plan.items() if name in params}
-    if schemes - {Schemes.FP32, Schemes.INT4, Schemes.INT8, Schemes.FP16}:
-        raise ValueError(f"ExecuTorch cannot store {sorted(schemes)}; nearest: fp16")
-    if Schemes.FP16 in schemes:
-        if schemes & {Schemes.INT4, Schemes.INT8}:
-            raise ValueError("fp16 cannot be mixed with int schemes on XNNPACK")
-        decoder.to(torch.float16)
-        matrices = {n for n, ts in plan.items() if ts.scheme == Schemes.FP16}
+    floats = schemes & {Schemes.FP16, Schemes.BF16}
+    if floats:
+        # One float type for the whole program (export_llm's dtype_override): weights,
+        # activations and the KV cache. The rules reject mixing it with anything else.
+        (scheme,) = floats
+        if schemes - {scheme, Schemes.FP32}:
+            raise ValueError(f"{scheme} cannot be mixed with {sorted(schemes - floats)} (see check())")
+        dtype = torch.float16 if scheme == Schemes.FP16 else torch.bfloat16
+        decoder.to(dtype)
         ref = {n: p.detach().float().numpy().copy() for n, p in decoder.named_parameters()}
-        return QuantResult("fp16", "float16", {n: FORM_FP16 for n in sorted(matrices)}, ref)
+        forms = {n: scheme for n, ts in plan.items() if ts.scheme == scheme}
+        return QuantResult(scheme, str(dtype).removeprefix("torch."), forms, ref)
 
     result = QuantResult("fp32", "float32")
     ref: dict[str, np.ndarray] = {}
@@ -229,18 +177,23 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
             continue
         param = params[name]
         w = param.detach().float().cpu().numpy()
-        q = quantize(w, ts.scheme, ts.group_size, ts.symmetric)
         bits = 4 if ts.scheme == Schemes.INT4 else 8
-        codes, zp = _signed(q)
-        scale = q.scale.reshape(w.shape[0], -1).astype(np.float32)
         embedding = _is_embedding(name)
         linear = not embedding or tied
         if linear and (not ts.symmetric or (bits == 8 and ts.group_size is not None)):
             raise ValueError(f"{name}: {ts} has no XNNPACK linear kernel (see check())")
-        grouped = bits == 4  # XNNPACK's per-channel-group (qb4w) path; int8 is per channel
-        if linear and grouped:
-            scale = _bf16(scale)  # what XNNPACK keeps, see the module docstring
         block = _group_blocks(w.shape, ts.group_size)
+        if linear and bits == 4:
+            codes, scale = _xnnpack_int4(w, block[1])
+            zp = np.zeros(scale.shape, np.int8)
+        else:
+            # omnic's own codes (int8 symmetric: s = max|w| / 127 > 0; embeddings take any
+            # scale sign and zero points). XNNPACK rejects a zero scale: all-zero rows get 1.
+            q = quantize(w, ts.scheme, ts.group_size, ts.symmetric)
+            codes, zp = _signed(q)
+            scale = q.scale.reshape(w.shape[0], -1).astype(np.float32)
+            if linear:
+                scale = np.where(scale == 0, np.float32(1.0), scale)
         tensor = _intx_tensor(codes, scale, zp, bits, block, dynamic=linear)
         # The stored values, dequantized the way both kernels do it: (q - z) * s.
         stored = (codes.astype(np.float32).reshape(w.shape[0], -1, block[1])

@@ -117,7 +117,8 @@ class GgufTarget:
                 first.unlink(missing_ok=True)
             quantize_s = time.perf_counter() - t1
             unexpected = [w for w in warnings_of(records)
-                          if not any(e in w for e in _EXPECTED_QUANTIZE_WARNINGS)]
+                          if not any(e in w for e in _EXPECTED_QUANTIZE_WARNINGS)
+                          and not _expected_fallback(w, types_plan.k_fallbacks)]
             if unexpected:
                 raise RuntimeError("llama.cpp warned while quantizing: " + " | ".join(unexpected[:5]))
 
@@ -147,6 +148,8 @@ class GgufTarget:
                 "context_length": spec.model.context_length,
                 "kv_cache_type": kv_type,
                 "writer": "streamed (tensor infos declared first, one tensor in memory at a time)",
+                # K mixtures: tensors llama.cpp stored in a 32-block type (rows not 256-blocks)
+                "k_quant_fallbacks": {n: facts["types"][n] for n in types_plan.k_fallbacks},
             },
             precision=ft.precision,
             reference_weights=weights,
@@ -168,6 +171,12 @@ class GgufTarget:
             raise RuntimeError("llama.cpp warned while loading " + path.name + ": "
                                + " | ".join(runner.load_warnings[:5]))
         return runner
+
+
+def _expected_fallback(line: str, names: list[str]) -> bool:
+    """llama.cpp's K-quant fallback line for a tensor plan_types predicted (rows not 256-blocks)."""
+    return ("not divisible by 256" in line and "falling back" in line and "F16" not in line
+            and any(n in line for n in names))
 
 
 def _resolve(build_dir: Path, rel: str) -> Path:

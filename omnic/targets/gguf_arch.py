@@ -19,11 +19,18 @@ llama-cpp-python 0.3.36 vendored copy), not guessed:
 - `gemma2`  ref: src/models/gemma2.cpp - gemma plus sandwich norms, attention and final logit
   soft-caps (always applied), sliding window on the layers of `sliding_window_pattern`.
 
+- `granite_swa` ref: src/models/granite-swa.cpp - llama blocks (optional q/k/v biases) with a
+  sliding window on the layers of a per-layer pattern: the carrier for Mistral-style windows
+  shorter than the context. Its attention sinks are required tensors; omnic writes -inf sinks
+  (exp(-inf) = 0 adds nothing to the softmax denominator) and its Granite scales at their
+  neutral values (logit scale 1, no residual or embedding scale).
+
 Phi-3 checkpoints are llama blocks once imported (omnic splits the fused qkv/gate_up), so they are
 written as `llama`: llama.cpp's `phi3` arch wants the fused tensors, and it switches its sliding
 window off with a load-time warning (src/models/phi3.cpp), which this target treats as a failure.
-Mistral's sliding window has no llama.cpp counterpart on llama blocks (convert_hf_to_gguf drops
-it); a window at least as long as the context is a no-op and is accepted, a shorter one is refused.
+Mistral's sliding window has no counterpart in llama.cpp's `llama` arch (convert_hf_to_gguf drops
+it): a window at least as long as the context is a no-op and stays `llama`, a shorter one is
+written as `granite_swa`.
 """
 
 from __future__ import annotations
@@ -73,7 +80,9 @@ GGUF_NAMES = {
 
 # Architectures whose RoPE rotates consecutive pairs (LLAMA_ROPE_TYPE_NORM in llama-model.cpp
 # `llama_model_rope_type`); omnic weights are in the HF rotate-half layout and get permuted.
-NORM_ROPE_ARCHS = frozenset({"llama", "deepseek"})
+NORM_ROPE_ARCHS = frozenset({"llama", "deepseek", "granite_swa"})
+# Architectures that load the optional `rope_freqs` tensor (llama3 scaling), per src/models/*.cpp.
+ROPE_FREQS_ARCHS = frozenset({"llama", "granite_swa"})
 
 # Soft-cap written when a gemma2-arch spec has none: llama.cpp's gemma2 graph always applies
 # tanh(x / c) * c; with c = 1e6 that is x to within float32 rounding for |x| < 1e3.
@@ -190,28 +199,30 @@ def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[Any]]:
         if arch == "llama" and model.qk_norm:
             problems.append(_problem("model.qk_norm", "q/k norms need qwen3 (no experts mix)"))
 
-    if model.attn_scale is not None and not _approx(model.attn_scale, scale):
-        problems.append(_problem("model.attn_scale", f"llama.cpp's {arch} uses a fixed score "
-                                 f"scale {scale:.6g} here; {model.attn_scale:.6g} cannot be set"))
-
     swa: tuple[bool, ...] | None = None
     sw = model.sliding_window
     if sw is not None and sw.size < model.context_length:
-        if arch == "gemma2":
-            swa = tuple(sw.layers == "all" or i % 2 == 0 for i in range(model.n_layers))
-        else:
+        swa = tuple(sw.layers == "all" or i % 2 == 0 for i in range(model.n_layers))
+        if arch in ("llama", "qwen2") and (moe is None or not moe.shared_experts):
+            arch = "granite_swa"  # llama blocks with a per-layer sliding window
+        elif arch != "gemma2":
             problems.append(_problem("model.sliding_window", f"llama.cpp's {arch} has no "
                                      f"sliding-window attention; window {sw.size} < "
                                      f"context_length {model.context_length} would attend too far "
                                      "(use a window >= context_length or a shorter context)"))
 
+    # granite_swa reads {arch}.attention.scale; the others fix the score scale
+    if arch != "granite_swa" and model.attn_scale is not None and not _approx(model.attn_scale, scale):
+        problems.append(_problem("model.attn_scale", f"llama.cpp's {arch} uses a fixed score "
+                                 f"scale {scale:.6g} here; {model.attn_scale:.6g} cannot be set"))
+
     rs = model.rope.scaling
     if rs is not None and rs.kind == "yarn" and (rs.beta_fast != 32.0 or rs.beta_slow != 1.0):
         problems.append(_problem("model.rope.scaling", f"llama.cpp's {arch} reads no YaRN beta "
                                  "keys; only beta_fast 32 / beta_slow 1 are expressible"))
-    if rs is not None and rs.kind == "llama3" and arch not in NORM_ROPE_ARCHS | {"qwen2", "qwen3"}:
+    if rs is not None and rs.kind == "llama3" and arch not in ROPE_FREQS_ARCHS:
         problems.append(_problem("model.rope.scaling", f"llama.cpp's {arch} loads no rope_freqs "
-                                 "tensor (llama3 scaling)"))
+                                 "tensor (llama3 scaling); llama/granite_swa do"))
     if problems:
         return None, problems
     return ArchPlan(arch, arch in NORM_ROPE_ARCHS, 1.0 if model.norm.unit_offset else 0.0, swa), []
@@ -337,6 +348,15 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
             # llama.cpp multiplies by 0.1*ln(factor)+1 itself (llama-context.cpp, yarn_attn_factor)
             default = 0.1 * math.log(rs.factor) + 1.0 if rs.factor > 1 else 1.0
             w.add_rope_scaling_attn_factors(rs.attention_factor / default)
+    if plan.arch == "granite_swa":
+        # ref: src/models/granite-swa.cpp - logit scale is required (output / scale), the
+        # residual and embedding scales are optional and off when absent
+        w.add_logit_scale(1.0)
+        w.add_key_value(gguf.Keys.Attention.SCALE.format(arch=plan.arch),
+                        model.attn_scale or hd**-0.5, gguf.GGUFValueType.FLOAT32)
+        assert model.sliding_window is not None and plan.swa_pattern is not None
+        w.add_sliding_window(model.sliding_window.size)
+        w.add_sliding_window_pattern(list(plan.swa_pattern))
     if plan.arch == "gemma2":
         w.add_attn_logit_softcapping(model.attn_softcap or NO_SOFTCAP)
         w.add_final_logit_softcapping(model.final_softcap or NO_SOFTCAP)
@@ -346,6 +366,20 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
             w.add_sliding_window_pattern(list(plan.swa_pattern))
         else:  # gemma2 defaults to a 4096 window on even layers; make every window exceed context
             w.add_sliding_window(model.context_length)
+
+
+def extra_tensors(model: "Model", plan: ArchPlan) -> list[tuple[str, "np.ndarray"]]:
+    """Tensors llama.cpp needs that have no omnic counterpart (F32, written as they are)."""
+    import numpy as np
+
+    out = []
+    freqs = rope_freq_factors(model)
+    if freqs is not None:
+        out.append(("rope_freqs.weight", freqs))
+    if plan.arch == "granite_swa":  # required sinks; -inf: exp(-inf) = 0, no attention mass
+        sinks = np.full(model.n_heads, -np.inf, dtype=np.float32)
+        out += [(f"blk.{i}.attn_sinks.weight", sinks) for i in range(model.n_layers)]
+    return out
 
 
 def rope_freq_factors(model: "Model") -> "np.ndarray | None":

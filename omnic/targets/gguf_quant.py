@@ -101,6 +101,7 @@ class TypePlan:
     file_type: FileType
     types: dict[str, str]  # GGUF tensor name -> ggml type written by omnic (F32 for K mixtures)
     k_overrides: dict[str, str]  # K mixtures: GGUF name -> ggml type forced on llama.cpp's quantizer
+    k_fallbacks: list[str]  # K mixtures: tensors whose rows are not whole 256-blocks (32-block type)
 
 
 def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]) -> tuple[TypePlan | None, list[Any]]:
@@ -120,6 +121,7 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]) -> tuple[TypeP
 
     types: dict[str, str] = {}
     k_overrides: dict[str, str] = {}
+    k_fallbacks: list[str] = []
     for t in tensors:
         chosen = {schemes[s] for s in t.sources}
         if len(chosen) > 1:
@@ -140,24 +142,29 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]) -> tuple[TypeP
         else:
             qtype = ft.tensor_type
         width = t.shape[-1]
-        block = FILE_TYPES[qtype].block if qtype else ft.block
+        # llama.cpp's K mixtures fall back to a 32-block type (Q4_K -> Q5_0, Q5_K -> Q5_1,
+        # Q6_K -> Q8_0; llama-quant.cpp tensor_type_fallback) for rows that are not whole
+        # 256-blocks, as for SmolLM's 576: allowed and reported. Anything that would end in F16
+        # (rows not a multiple of 32) is refused, as it is for the block types.
+        block = FILE_TYPES[qtype].block if qtype else 32
         if width % block:
             problems.append(_problem("targets.gguf.file_type" if ts.override is None else
                                      f"quantization.overrides[{ts.override}]",
                                      f"{t.name} has rows of {width}, not a multiple of the "
-                                     f"{qtype or ft.name} block ({block}); llama.cpp would fall back "
-                                     "with a warning (nearest: F16, or a 32-block type when the "
-                                     "width is a multiple of 32)"))
+                                     f"{qtype or ft.name} block ({block}); llama.cpp would store it "
+                                     "as F16 with a warning (nearest: F16 for this tensor)"))
             continue
         if ft.tensor_type is None:
             types[t.name] = "F32"
             if qtype is not None:
                 k_overrides[t.name] = qtype
+            elif width % ft.block:
+                k_fallbacks.append(t.name)
         else:
             types[t.name] = qtype or "F32"
     if problems:
         return None, problems
-    return TypePlan(ft, types, k_overrides), []
+    return TypePlan(ft, types, k_overrides, k_fallbacks), []
 
 
 def _default_scheme(spec: "ResolvedSpec") -> "TensorScheme":

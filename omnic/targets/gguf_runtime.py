@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Iterator
 if TYPE_CHECKING:
     import numpy as np
 
-# ggml_log_level (ggml.h): 0 none, 1 info, 2 warn, 3 error, 4 debug, 5 continue previous line
-LOG_WARN, LOG_ERROR, LOG_CONT = 2, 3, 5
+# ggml_log_level of the vendored ggml.h: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continue the
+# previous line (llama-cpp-python's own _logger still maps the older order).
+LOG_WARN, LOG_ERROR, LOG_CONT = 3, 4, 5
 
 
 class LlamaCppMissing(ImportError):
@@ -62,9 +63,51 @@ def capture_llama_log() -> Iterator[list[tuple[int, str]]]:
         llama_cpp.llama_log_set(_logger.llama_log_callback, None)
 
 
-def warnings_of(records: list[tuple[int, str]]) -> list[str]:
-    """The warning and error lines of a captured log."""
-    return [text.strip() for level, text in records if level in (LOG_WARN, LOG_ERROR) and text.strip()]
+def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None) -> list[str]:
+    """The warning and error lines of a captured log.
+
+    Args:
+        n_ctx: the context asked for. llama.cpp rounds every context up to a multiple of 256
+            and then warns that the rounded size exceeds the model's context (llama-context.cpp,
+            "n_ctx_seq (256) > n_ctx_train (64)"); that one line, with exactly those numbers, is
+            llama.cpp's allocation, not the file, and the runner never goes past n_ctx.
+    """
+    padded = f"n_ctx_seq ({-(-n_ctx // 256) * 256}) > n_ctx_train ({n_ctx})" if n_ctx else None
+    out = []
+    for level, text in records:
+        line = text.strip()
+        if level in (LOG_WARN, LOG_ERROR) and line and not (padded and padded in line):
+            out.append(line)
+    return out
+
+
+def extra_buffer_types() -> bool:
+    """Whether llama.cpp may repack weights into its "extra" CPU buffer types (AMX, repack).
+
+    Off unless OMNIC_LLAMA_EXTRA_BUFTS=1: with a llama-cpp-python 0.3.36 built natively on an
+    AMX-capable x86 host, every quantized matmul crashes in `ggml_backend_amx_mul_mat` (seen on
+    this project's CI host). The numbers are the same either way; repacking is a speed-up.
+    """
+    return os.environ.get("OMNIC_LLAMA_EXTRA_BUFTS", "0") == "1"
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """llama-cpp-python's `Llama` exposes no `use_extra_bufts`; set it on the defaults it reads."""
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def patched():  # noqa: ANN202
+        params = original()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    lib.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
 
 
 def default_threads() -> int:
@@ -88,7 +131,7 @@ class LlamaCppRunner:
         from gguf import GGMLQuantizationType
 
         kv = int(GGMLQuantizationType[kv_type])
-        with capture_llama_log() as records:
+        with capture_llama_log() as records, _model_params(extra_buffer_types()):
             self.llama = llama_cpp.Llama(
                 model_path=path,
                 n_ctx=n_ctx,
@@ -102,13 +145,15 @@ class LlamaCppRunner:
                 type_k=kv,
                 type_v=kv,
                 flash_attn=kv_type != "F32",
-                swa_full=True,  # keep every position so evaluation can resume anywhere
+                # llama.cpp's default full-size SWA cache logs a warning; the runner only appends
+                # or resets, which the window-sized cache supports
+                swa_full=False,
                 # -1: take YaRN betas from the file (llama-cpp-python passes 32/1 otherwise)
                 yarn_beta_fast=-1.0,
                 yarn_beta_slow=-1.0,
             )
         self.load_log = records
-        self.load_warnings = warnings_of(records)
+        self.load_warnings = warnings_of(records, n_ctx)
         self.n_vocab = self.llama.n_vocab()
         self.n_ctx = n_ctx
 

@@ -94,37 +94,48 @@ def _pad(vocab: GgufVocab, size: int) -> None:
             vocab.scores.append(-1000.0)
 
 
-def byte_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
-    """omnic's byte tokenizer: the ids of `omnic.tokenizer`, the byte alphabet of GPT-2."""
-    names, bos, eos, pad = _byte_layout(spec, spec_dir)
+def _bytes_as_gpt2(names: list[str], types: list[int], bos: int | None, eos: int | None,
+                   pad: int | None, add_bos: bool) -> GgufVocab:
+    """A vocabulary whose only text tokens are single bytes `<0xXX>`, as a byte-level "gpt2" vocab.
+
+    Each `<0xXX>` becomes the GPT-2 alphabet character of byte XX at the same id (type NORMAL),
+    so llama.cpp's byte-level BPE maps every byte of any text to exactly that id; the other
+    tokens (specials, unused) keep their names and types.
+    """
     alphabet = bytes_to_unicode()
-    tokens, types = [], []
-    for i, name in enumerate(names):
-        if i < 256:
-            tokens.append(alphabet[i])
-            types.append(NORMAL)
-        else:
-            tokens.append(name)
-            types.append(UNUSED if name.startswith("<unused") else CONTROL)
-    # llama.cpp refuses a BPE vocab without merges; this one pairs two control tokens, which the
-    # text splitter never produces, so it never fires and every byte stays its own token.
-    merges = [f"{names[bos]} {names[eos]}"]
+    tokens, out_types = [], []
+    for name, ty in zip(names, types):
+        m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", name)
+        tokens.append(alphabet[int(m.group(1), 16)] if m else name)
+        out_types.append(NORMAL if m else ty)
+    # llama.cpp refuses a BPE vocab without merges. This one pairs two multi-character special
+    # tokens, which the text splitter never produces as symbols, so it never fires.
+    specials = [t for t, ty in zip(tokens, out_types) if ty != NORMAL and len(t) > 1]
+    if len(specials) < 2:
+        raise TokenizerError("a byte vocabulary needs two special tokens to anchor llama.cpp's "
+                             "mandatory merges list")
+    merges = [f"{specials[0]} {specials[1]}"]
+    return GgufVocab("gpt2", tokens, out_types, None, merges, "gpt-2", bos, eos, pad, add_bos=add_bos)
+
+
+def byte_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
+    """omnic's byte tokenizer (ids 0..255 the bytes, then <s>, </s>, <pad>, <unused_N>)."""
+    from omnic.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(spec, spec_dir)
+    names = tok.tokens()
+    types = [NORMAL if i < 256 else UNUSED if n.startswith("<unused") else CONTROL
+             for i, n in enumerate(names)]
     # add_bos: omnic's tokenizer (like Llama's) prepends <s> when asked for special tokens
-    vocab = GgufVocab("gpt2", tokens, types, None, merges, "gpt-2", bos, eos, pad, add_bos=True)
+    vocab = _bytes_as_gpt2(names, types, tok.bos_id, tok.eos_ids[0], tok.pad_id, add_bos=True)
     _pad(vocab, spec.model.vocab_size)
     return vocab
 
 
-def _byte_layout(spec: "ResolvedSpec", spec_dir: Path) -> tuple[list[str], int, int, int | None]:
-    """Token names by id and the bos/eos/pad ids of omnic's byte tokenizer."""
-    from omnic.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(spec, spec_dir)
-    return tok.tokens(), tok.bos_id, tok.eos_ids[0], tok.pad_id
-
-
 def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
     """A Hugging Face tokenizer directory (tokenizer.json, tokenizer_config.json)."""
+    from omnic.tokenizer import load_tokenizer
+
     path = Path(spec.tokenizer.path)  # type: ignore[union-attr]
     if not path.is_absolute():
         path = Path(spec_dir) / path
@@ -156,24 +167,24 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
             tokens.append(f"[PAD{i}]")
             types.append(UNUSED)
 
-    def special(key: str) -> int | None:
-        value = config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if value is None:
-            return None
-        ids = [i for i, t in enumerate(tokens) if t == value]
-        return ids[0] if ids else None
-
-    from omnic.tokenizer import load_tokenizer
-
     tok = load_tokenizer(spec, spec_dir)  # bos/eos/pad as omnic resolves them (generation_config...)
-    common = dict(bos_id=tok.bos_id, eos_id=tok.eos_ids[0] if tok.eos_ids else None,
-                  pad_id=tok.pad_id, unk_id=special("unk_token"),
-                  add_bos=bool(config.get("add_bos_token", False)),
-                  add_eos=bool(config.get("add_eos_token", False)),
-                  chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None)
-    if byte_fallback:
+    ids = dict(bos=tok.bos_id, eos=tok.eos_ids[0] if tok.eos_ids else None, pad=tok.pad_id)
+    add_bos = bool(config.get("add_bos_token", False))
+    template = config.get("chat_template")
+    template = template if isinstance(template, str) else None
+    unk = model.get("unk_token")
+    unk_id = tokens.index(unk) if unk in tokens else None
+
+    if byte_fallback and not _uses_metaspace(data):
+        # Raw-UTF-8 BPE with byte fallback (omnic's byte tokenizer saved as tokenizer.json is
+        # one): llama.cpp's SPM tokenizer would rewrite spaces as U+2581 first. With no merges
+        # every byte is its own token, which the byte-level "gpt2" form reproduces exactly.
+        if merges or any(ty == NORMAL for ty in types):
+            raise TokenizerError("byte-fallback BPE over raw UTF-8 (no SentencePiece '▁') with "
+                                 "multi-byte tokens has no llama.cpp tokenizer that matches it")
+        vocab = _bytes_as_gpt2(tokens, types, ids["bos"], ids["eos"], ids["pad"], add_bos)
+        vocab.chat_template = template
+    elif byte_fallback:
         # SentencePiece-style: score = -(rank of the merge producing the token); llama.cpp's SPM
         # tokenizer merges the highest-scoring bigram first, which is BPE's rank order.
         rank: dict[str, int] = {}
@@ -181,12 +192,27 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
             left, right = m.split(" ", 1)
             rank.setdefault(left + right, r)
         scores = [-float(rank.get(t, 0)) if ty == NORMAL else -1000.0 for t, ty in zip(tokens, types)]
-        prefix = _space_prefix(data)
-        vocab = GgufVocab("llama", tokens, types, scores, [], None, add_space_prefix=prefix, **common)
+        vocab = GgufVocab("llama", tokens, types, scores, [], None, ids["bos"], ids["eos"],
+                          ids["pad"], unk_id, add_bos, bool(config.get("add_eos_token", False)),
+                          _space_prefix(data), template)
     else:
-        vocab = GgufVocab("gpt2", tokens, types, None, merges, _pre_tokenizer(data), **common)
+        vocab = GgufVocab("gpt2", tokens, types, None, merges, _pre_tokenizer(data), ids["bos"],
+                          ids["eos"], ids["pad"], None, add_bos,
+                          bool(config.get("add_eos_token", False)), None, template)
     _pad(vocab, spec.model.vocab_size)
     return vocab
+
+
+def _uses_metaspace(data: dict[str, Any]) -> bool:
+    """Whether spaces become '▁' before the model (Metaspace pre-tokenizer or a Replace normalizer)."""
+    pre = data.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre else []
+    if any(p.get("type") == "Metaspace" for p in pres):
+        return True
+    norm = data.get("normalizer") or {}
+    steps = norm.get("normalizers", [norm]) if norm else []
+    return any(st.get("type") == "Replace" and st.get("content") == "\u2581"
+               for st in steps)
 
 
 def _space_prefix(data: dict[str, Any]) -> bool:

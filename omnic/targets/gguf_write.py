@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from omnic.constants import GgufKeys
-from omnic.targets.gguf_arch import ArchPlan, GgufTensor, from_gguf, rope_freq_factors, to_gguf, write_hparams
+from omnic.targets.gguf_arch import ArchPlan, GgufTensor, extra_tensors, from_gguf, to_gguf, write_hparams
 from omnic.targets.gguf_quant import FileType, quantize, stored_nbytes
 from omnic.targets.gguf_tokenizer import GgufVocab, write_vocab
 
@@ -25,15 +25,35 @@ if TYPE_CHECKING:
 
     from omnic.spec import ResolvedSpec
 
-ROPE_FREQS = "rope_freqs.weight"
-
-
 def spec_digest(spec: "ResolvedSpec") -> tuple[str, str]:
     """(canonical JSON, sha256) of the resolved spec, as the manifest computes them."""
     from omnic.compiler.manifest import canonical_json, spec_sha256
 
     data = spec.model_dump(mode="json")
     return canonical_json(data), spec_sha256(data)
+
+
+# llama.cpp keys tokenizer rules on general.name: a name containing "phi3"/"phi-3" makes it look up
+# these tokens with unordered_map::at (load fails if one is missing), "modern-bert" warns without
+# [MASK]. ref: https://github.com/ggml-org/llama.cpp/blob/master/src/llama-vocab.cpp (load, "set
+# attributes by model/tokenizer/architecture name")
+_NAME_RULES = {"phi-3": ("</s>", "<unk>", "<s>", "<|endoftext|>"),
+               "phi3": ("</s>", "<unk>", "<s>", "<|endoftext|>"),
+               "modern-bert": ("[MASK]",)}
+
+
+def general_name(name: str, tokens: list[str]) -> str:
+    """`general.name`: the spec's name, unless it would trigger one of llama.cpp's name-keyed
+    vocabulary rules whose tokens this vocabulary lacks (then the trigger is broken with '_')."""
+    have = set(tokens)
+    out = name
+    for trigger, needed in _NAME_RULES.items():
+        if trigger in out.lower() and not all(t in have for t in needed):
+            i = out.lower().index(trigger)
+            seg = out[i:i + len(trigger)]
+            seg = seg.replace("-", "_") if "-" in seg else seg[:-1] + "_" + seg[-1]
+            out = out[:i] + seg + out[i + len(trigger):]
+    return out
 
 
 def write_gguf(
@@ -63,7 +83,7 @@ def write_gguf(
     model = spec.model
     writer = gguf.GGUFWriter(path, plan.arch)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(spec.name)
+    writer.add_name(general_name(spec.name, vocab.tokens))
     writer.add_file_type(file_type.llama_ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_hparams(writer, model, plan)
@@ -74,10 +94,8 @@ def write_gguf(
     writer.add_string(GgufKeys.SPEC, spec_json)
     writer.add_string(GgufKeys.FILE_TYPE, file_type.name)
 
-    freqs = rope_freq_factors(model)
-    order: list[tuple[str, tuple[int, ...], str]] = []
-    if freqs is not None:
-        order.append((ROPE_FREQS, tuple(freqs.shape), "F32"))
+    extras = extra_tensors(model, plan)
+    order = [(name, tuple(a.shape), "F32") for name, a in extras]
     order += [(t.name, t.shape, types[t.name]) for t in tensors]
     for name, shape, tname in order:
         qtype = gguf.GGMLQuantizationType[tname]
@@ -88,9 +106,9 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     total = 0
-    if freqs is not None:
-        writer.write_tensor_data(freqs)
-        total += freqs.nbytes
+    for _, array in extras:
+        writer.write_tensor_data(array)
+        total += array.nbytes
     for t in tensors:
         data = quantize(to_gguf(t, fetch, model, plan), types[t.name])
         writer.write_tensor_data(data)

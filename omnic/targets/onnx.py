@@ -1,8 +1,9 @@
 """The ONNX target: onnxruntime / onnxruntime-genai folder for the text decoder.
 
-`lower` writes `<out_dir>/onnx/`:
+`lower(program, out_dir)` writes the folder `out_dir` (the pipeline passes BUILD/onnx):
   model.onnx (+ model.onnx.data past 2 GB)   the decoder, torch.onnx dynamo export, genai I/O
   genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
+The artifact is that folder (what a user deploys), its path `out_dir.name` relative to the build.
 
 Stages, in order (each a function in a small module):
   export (onnx_export) -> store weights (onnx_quant: must see the exporter's canonical names,
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 _log = Console(stderr=True)
 
-FOLDER = "onnx"
 MODEL_FILE = "model.onnx"
 INSTALL_HINT = "install omnic[onnx]"
 
@@ -77,9 +77,9 @@ class OnnxTarget:
     # -- pre-flight --------------------------------------------------------------------------
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """Problems that would stop this target, found from the spec alone (torch-free)."""
-        from omnic.targets.onnx_check import problems
+        from omnic.spec.capabilities import problems
 
-        return problems(spec)
+        return problems(spec, Targets.ONNX)
 
     # -- lowering ----------------------------------------------------------------------------
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
@@ -103,24 +103,24 @@ class OnnxTarget:
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
         records = onnx_quant.store_weights(model, _quant_plan(program))
-        quant = onnx_quant.summary(records)
-        _log.print(f"onnx: weights → {', '.join(f'{k} ({v})' for k, v in quant['forms'].items())}")
         onnx_fusions.cleanup(model)
         fusion_counts: dict[str, int] = {}
         if opts is None or opts.fusions:
             fusion_counts = onnx_fusions.fuse(model)
             _log.print(f"onnx: fusions {', '.join(f'{k}={v}' for k, v in fusion_counts.items() if v) or 'none matched'}")
         onnx_quant.narrow_floats(model, records)
+        quant = onnx_quant.summary(records)
+        _log.print(f"onnx: weights → {', '.join(f'{k} ({v})' for k, v in quant['forms'].items())}")
         onnx_export.finalize(model, opset, omnic.__version__)
 
-        folder = out_dir / FOLDER
+        folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
         files = onnx_export.save(model, folder / MODEL_FILE, self.external_data_threshold)
         files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE)
         stored = _reload(folder / MODEL_FILE)  # read back what the file holds
         reference = onnx_quant.read_weights(stored)
         details = {
-            "folder": FOLDER,
+            "model_file": MODEL_FILE,
             "opset": opset,
             "files": {p.name: {"bytes": p.stat().st_size, "sha256": onnx_export.sha256(p)}
                       for p in sorted(files)},
@@ -133,7 +133,7 @@ class OnnxTarget:
         return Artifact(
             component=Components.DECODER,
             target=Targets.ONNX,
-            path=f"{FOLDER}/{MODEL_FILE}",
+            path=folder.name,  # relative to the build directory, out_dir's parent
             signature=onnx_export.signature(stored),
             op_histogram=onnx_export.op_histogram(stored),
             quantization=quant,
@@ -146,7 +146,11 @@ class OnnxTarget:
     def load(self, artifact: Artifact, build_dir: Path, intra_op_threads: int | None = None) -> "OnnxRunner":
         """An onnxruntime session over the artifact's model, behind the Runner protocol."""
         _require_backend()
-        return OnnxRunner(Path(build_dir) / artifact.path, intra_op_threads=intra_op_threads)
+        path = Path(build_dir) / artifact.path
+        model = path / artifact.details.get("model_file", MODEL_FILE) if path.is_dir() else path
+        if not model.is_file():
+            raise FileNotFoundError(f"onnx: {model} does not exist")
+        return OnnxRunner(model, intra_op_threads=intra_op_threads)
 
 
 def _describe(rec: dict[str, Any]) -> str:

@@ -15,7 +15,10 @@ names assigned in topological order, producer "omnic" (two lowerings are byte-id
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,12 +77,19 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     }
     inputs, outputs = io_names(c.n_layers)
     entry = decoder.concat_entry() if hasattr(decoder, "concat_entry") else _ConcatEntry(decoder)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            entry, (ids, mask, pos, past_k, past_v), dynamo=True, opset_version=opset,
-            dynamic_shapes=dynamic, input_names=inputs, output_names=outputs, optimize=False,
-            verbose=False,
-        )
+    # The exporter prints progress to stdout and warns about each shared dim name; keep it for
+    # the error message only.
+    chatter = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                entry, (ids, mask, pos, past_k, past_v), dynamo=True, opset_version=opset,
+                dynamic_shapes=dynamic, input_names=inputs, output_names=outputs, optimize=False,
+                verbose=False,
+            )
+        except Exception as err:
+            raise RuntimeError(f"torch.onnx export failed: {err}\n{chatter.getvalue()}") from err
     model = program.model
     _fix_io_shapes(model, c)
     return model

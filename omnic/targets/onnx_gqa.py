@@ -120,7 +120,7 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
     def __init__(self) -> None:
         super().__init__("OmnicGroupQueryAttention")
 
-    def pattern(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, mask, scale, neg):
+    def pattern(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked, scale, neg):
         def heads(x, name):
             return op.Transpose(op.Reshape(x, _ANY, _outputs=[name]), perm=[0, 2, 1, 3])
 
@@ -133,17 +133,19 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         present_k = op.Concat(past_k, k, axis=2)
         present_v = op.Concat(past_v, v, axis=2)
         scores = op.Mul(op.MatMul(q, op.Transpose(repeat(present_k), perm=[0, 1, 3, 2])), scale)
-        probs = op.Softmax(op.Where(op.Not(mask), neg, scores), axis=-1)
+        # `masked` = Not(mask) is shared by every layer, so it is an input here, checked below.
+        probs = op.Softmax(op.Where(masked, neg, scores), axis=-1)
         out = op.Transpose(op.MatMul(probs, repeat(present_v)), perm=[0, 2, 1, 3])
         return op.Reshape(out, _ANY), present_k, present_v
 
-    def check(self, context, q_bsd, k_bsd, v_bsd, past_k, cos, mask, scale, neg, q_rot, k_rot, **_):
+    def check(self, context, q_bsd, k_bsd, v_bsd, past_k, cos, masked, scale, neg, q_rot, k_rot, **_):
         result = pattern.MatchResult()
         c, s, n = _const(cos), _const(scale), _const(neg)
         if c is None or c.ndim != 2:
             return result.fail("rotary cache is not a constant table")
         head_dim = 2 * c.shape[1]
-        if s is None or s.size != 1 or n is None or n.size != 1 or not (np.isinf(n).all() and (n < 0).all()):
+        # The exporter writes masked_fill(-inf) as the float32 minimum; both mean "never attend".
+        if s is None or s.size != 1 or n is None or n.size != 1 or not float(n.reshape(())) <= -1e30:
             return result.fail("scale or the -inf mask fill is not a scalar constant")
         for rot in (q_rot, k_rot):
             if rot.producer().attributes.get_int("interleaved", 0) != 0:
@@ -153,16 +155,17 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
             return result.fail("q/k/v widths are not whole heads", [q_bsd, k_bsd, v_bsd])
         if past_k.shape is None or past_k.shape.rank() != 4 or past_k.shape[3] != head_dim:
             return result.fail("past key is not [batch, kv_heads, past, head_dim]", past_k)
-        if not _is_causal_and_padding(mask):
-            return result.fail("mask is not causal & attention_mask (sliding window?)", mask)
+        negation = masked.producer()
+        if negation is None or negation.op_type != "Not" or not _is_causal_and_padding(negation.inputs[0]):
+            return result.fail("mask is not causal & attention_mask (sliding window?)", masked)
         self._heads = (widths[0] // head_dim, widths[1] // head_dim)
         if self._heads[0] % self._heads[1]:
             return result.fail("kv heads do not divide query heads")
         self._scale = float(s.reshape(()))
         return result
 
-    def rewrite(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, mask, **_):
-        attention_mask = _attention_mask_input(mask)
+    def rewrite(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked, **_):
+        attention_mask = _attention_mask_input(masked)
         summed = op.ReduceSum(attention_mask, op.Constant(value_ints=[1]), keepdims=0)
         one = op.Constant(value=ir.tensor(np.array(1, np.int64)))
         seqlens_k = op.Cast(op.Sub(summed, one), to=ir.DataType.INT32)

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 WEIGHTS_KEY = "omnic.weights"  # model metadata_props key of the storage records
 MS = "com.microsoft"
+# The largest MatMulNBits block onnxruntime's CPU kernels accept (16, 32, 64, 128, 256).
+# ref: https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/contrib_ops/cpu/quantization/matmul_nbits.cc
+MAX_BLOCK = 256
 
 
 # -- packing --------------------------------------------------------------------------------------
@@ -52,14 +55,18 @@ class NBits:
 
 
 def block_size(k: int, group_size: int | None) -> int:
-    """MatMulNBits block for a group size; per-channel (None) is one block covering all of K.
+    """MatMulNBits block for a group size; per channel (None), several blocks sharing a scale.
 
-    onnxruntime needs a power of two >= 16, so a per-channel block is K rounded up to one, and
-    the padding holds zero-valued codes.
+    onnxruntime's CPU kernels take power-of-two blocks from 16 to 256, so a per-channel row is
+    cut into the largest such blocks that divide K, each carrying the row's scale (exactly the
+    per-channel values); when none divides K, blocks of up to 256 are padded with zero codes.
     """
     if group_size is not None:
         return int(group_size)
-    return max(16, 1 << (int(k) - 1).bit_length())
+    for b in (MAX_BLOCK, 128, 64, 32, 16):
+        if k % b == 0:
+            return b
+    return min(MAX_BLOCK, max(16, 1 << (int(k) - 1).bit_length()))
 
 
 def _pack_nibbles(u: np.ndarray) -> np.ndarray:
@@ -80,21 +87,25 @@ def pack_nbits(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool
     q = quantize(np.asarray(w, dtype=np.float32), scheme, group_size, symmetric)
     block = block_size(k, group_size)
     offset = 1 << (bits - 1)  # MatMulNBits' default zero point when none is given
-    codes = q.codes.astype(np.int16) + (offset if symmetric else 0)  # [N, k_blocks, g], unsigned
-    if codes.shape[-1] < block:  # per-channel block rounded up: pad with the code of 0.0
-        pad_code = np.full((n, codes.shape[1], 1), offset) if symmetric else q.zero_point[..., None]
-        pad = np.broadcast_to(pad_code, (n, codes.shape[1], block - codes.shape[-1]))
-        codes = np.concatenate([codes, pad], axis=-1)
+    codes = q.codes.astype(np.int16) + (offset if symmetric else 0)  # [N, groups, g], unsigned
+    scales, zero = q.scale, q.zero_point
+    if group_size is None:  # one scale per row, spread over the row's blocks
+        k_blocks = -(-k // block)
+        pad_code = np.full((n, 1), offset) if symmetric else zero.reshape(n, 1)
+        row = np.concatenate([codes.reshape(n, k), np.broadcast_to(pad_code, (n, k_blocks * block - k))], axis=1)
+        codes = row.reshape(n, k_blocks, block)
+        scales = np.repeat(scales.reshape(n, 1), k_blocks, axis=1)
+        zero = None if zero is None else np.repeat(zero.reshape(n, 1), k_blocks, axis=1)
     u = codes.astype(np.uint8)
     data = _pack_nibbles(u) if bits == 4 else u
     zp = None
     if not symmetric:
-        zp = q.zero_point.astype(np.uint8)  # [N, k_blocks]
+        zp = zero.astype(np.uint8)  # [N, k_blocks]
         if bits == 4:
             if zp.shape[1] % 2:  # an odd block count leaves the last high nibble unused: 0
                 zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)
             zp = _pack_nibbles(zp)
-    return NBits(bits, block, n, k, np.ascontiguousarray(data), q.scale.astype(np.float32), zp)
+    return NBits(bits, block, n, k, np.ascontiguousarray(data), scales.astype(np.float32), zp)
 
 
 def unpack_nbits(
@@ -186,6 +197,7 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any]) -> dict[str, dict[
     import onnx_ir as ir
 
     st = _Store(model, plan)
+    model.opset_imports.setdefault(MS, 1)
     transposed: dict[str, ir.Value] = {}
     for node in list(st.graph):
         if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):

@@ -15,6 +15,13 @@ One function `main(tokens[1,T], input_pos[T], k_0..k_{L-1}, v_0..v_{L-1}, *weigh
 Weights are graph inputs (`keep_params_as_input`), so the library holds code only and the params
 file can be swapped. Quantized weights are dequantized inside the graph (see tvm_quant).
 
+What the frontend takes (each verified on the Relax VM against PyTorch): GQA/MQA, sliding
+windows (all or even layers), MoE (dense routing: aten.topk + scatter), qkv bias, qk norm,
+layernorm, GELU/GeGLU, Gemma 2 post-norms and soft-caps, tied embeddings. The static cache
+write (`index_copy`) needs omnic's own index_put converter (tvm_lowering._index_put).
+What it cannot: an int8 KV cache (the cache is a float32 VM argument), non-CPU targets (no
+thread-bound schedules are applied), encoders (decoder only); `check` reports these.
+
 On the device (cross build): link the objects with the NDK's clang into a shared library, e.g.
   tar xf decoder.aarch64-linux-android.tar && \
   $NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang++ -shared -fPIC \
@@ -114,25 +121,11 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
         if why:
             nearest = "int8 per channel (group_size null)" if ts.scheme == "int4" else "fp16"
             problems.append(Problem(tid, "quantization", f"{name}: {why}; nearest: {nearest}"))
-    problems += _model_problems(spec)
     mods = spec.modalities
     for name in ("vision", "audio", "sensors", "action_head"):
         if getattr(mods, name, None) is not None:
             problems.append(Problem(tid, f"modalities.{name}",
                                     "the TVM target lowers the text decoder only"))
-    return problems
-
-
-def _model_problems(spec: "ResolvedSpec") -> list[Problem]:
-    """Architecture features the Relax frontend or this lowering cannot take (see tests)."""
-    problems = []
-    m = spec.model
-    if m.moe is not None:
-        problems.append(Problem(
-            Targets.TVM, "model.moe",
-            "mixture of experts: the routing's aten.topk + scatter import, but TVM 0.27's "
-            "scatter_elements has no dynamic-shape legalization for the prefill length T",
-        ))
     return problems
 
 
@@ -363,12 +356,22 @@ class TvmRunner:
         return out[0].numpy()[0]
 
 
-def set_threads(n: int) -> None:
-    """Configure TVM's CPU thread pool to `n` workers (same effect as TVM_NUM_THREADS)."""
+def set_threads(n: int) -> int:
+    """Use `n` of TVM's CPU worker threads; returns how many TVM will use.
+
+    TVM sizes its thread pool once, at first use, from TVM_NUM_THREADS (else half the logical
+    cores on x86, to skip hyper-threads); later calls can lower the count, not raise it past
+    that size. To use more threads, set TVM_NUM_THREADS before the first TVM call.
+    """
     import tvm
 
-    os.environ["TVM_NUM_THREADS"] = str(n)
+    os.environ.setdefault("TVM_NUM_THREADS", str(n))  # effective only if the pool is not built
     tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1 = kBig: the fast cores
+    used = int(tvm.get_global_func("runtime.NumThreads")())
+    if used != n:
+        _log.print(f"tvm: {used} worker thread(s), not {n}: the pool was sized at first use "
+                   "(set TVM_NUM_THREADS before starting)")
+    return used
 
 
 def _resolve(build_dir: Path, rel: str) -> Path:

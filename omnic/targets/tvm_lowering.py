@@ -201,12 +201,38 @@ def cross_target(triple: str) -> "tvm.target.Target":
     return tvm.target.Target({"kind": "llvm", "mtriple": triple})
 
 
+def relax_pipeline() -> Any:
+    """TVM's CPU pipeline (`relax.backend.cpu_generic`) with `FuseTransposeMatmul` in front.
+
+    torch's `linear` imports as matmul(x, permute_dims(W)); the stock pipeline materialises
+    W^T on every call and then reduces along its strided axis. Fusing the pair into one
+    "NT" matmul reads W row by row: 4-5x less CPU time per decode step on this machine. The
+    dlight CPU rules (GEMV, Reduction) were measured too and left out: with the token count
+    dynamic they do not apply to the matmuls, and on T=1 functions they were slower.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="OmnicCpuPipeline")
+    def _pipeline(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
+        target = tvm.target.Target.current()
+        passes = (cpu.library_dispatch_passes(target)
+                  + [relax.transform.FuseTransposeMatmul()]
+                  + cpu.legalize_passes(target)
+                  + cpu.dataflow_lower_passes(target)
+                  + cpu.finalize_passes(target))
+        return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
 def build(mod: "tvm.IRModule", target: "tvm.target.Target", opt_level: int) -> Any:
-    """tvm.compile with the default Relax and TIR pipelines for `target`."""
+    """tvm.compile with omnic's Relax pipeline and TVM's default TIR pipeline for `target`."""
     import tvm
 
-    with _filtered_stderr(), tvm.transform.PassContext(opt_level=opt_level):
-        return tvm.compile(mod, target=target)
+    with _filtered_stderr(), target, tvm.transform.PassContext(opt_level=opt_level):
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline())
 
 
 def export_host(executable: Any, path: Path) -> None:

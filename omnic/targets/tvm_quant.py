@@ -95,8 +95,8 @@ def packing_problem(shape: tuple[int, ...], scheme: str, group_size: int | None)
     g = width if group_size is None else group_size
     if width % g:
         return f"group_size {g} does not divide the input width {width}"
-    if scheme == "int4" and g % 2:
-        return f"int4 packs two codes per byte: group_size {g} must be even"
+    if scheme == "int4" and width % 2:
+        return f"int4 packs two codes per byte along the input: the width {width} must be even"
     return None
 
 

@@ -137,6 +137,10 @@ class TorchInt8Target:
             decoder = Decoder(DecoderConfig(**blob["config"]))
         weights = {}
         for name, t in blob["tensors"].items():
-            weights[name] = t["fp32"] if "fp32" in t else t["codes"].float() * t["scale"]
+            if "fp32" in t:
+                weights[name] = t["fp32"]
+            else:  # codes [out, groups, group] * scales [out, groups] -> [out, in]
+                codes = t["codes"].float()
+                weights[name] = (codes * t["scale"][..., None]).reshape(codes.shape[0], -1)
         decoder.load_state_dict(weights, assign=True)
         return TorchRunner(decoder.eval())

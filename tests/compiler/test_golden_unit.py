@@ -160,3 +160,27 @@ def test_greedy_departures_are_failures_unless_a_tie(gap, tie):
         assert status == "failed"
         assert f"greedy: case 0 generated token 1 (logits of position 5): runtime chose " \
                f"token {second}, the reference {first}" in reason
+
+
+def test_nan_logits_fail():
+    def nan_at_3(row, pos):
+        return row * np.nan if pos == 3 else row
+
+    status, reason, _ = compare(ReplayRunner(damage=nan_at_3), INPUTS, REF, FP32)
+    assert status == "failed" and "non-finite logits (NaN or inf) at case 0 prompt position 3" \
+        in reason
+
+
+def test_golden_summary_catches_drift():
+    from omnic.compiler.golden import summary
+
+    base = summary.summarize_reference(REF)
+    assert summary.compare_reference("fp32", base, summary.summarize_reference(REF)) == []
+    drift = ReferenceData("fp32", REF.tokens, REF.logits * (1 + 1e-3), REF.logits, REF.tokens)
+    problems = summary.compare_reference("fp32", base, summary.summarize_reference(drift))
+    assert any("std" in p for p in problems) and any("slice" in p for p in problems)
+    other = REF.tokens.copy()
+    other[1, 2] += 1
+    moved = ReferenceData("fp32", other, REF.logits, REF.logits, other)
+    assert summary.compare_reference("fp32", base, summary.summarize_reference(moved))[0] \
+        .startswith("fp32: greedy tokens")

@@ -87,8 +87,9 @@ def test_manifest_validates_against_its_committed_schema(build_a):
 def test_dump_dir_has_every_stage(build_a):
     names = sorted(p.name for p in build_a.dump_dir.iterdir())
     assert names == ["01-spec.yaml", "02-resolved.yaml", "03-plan.json", "04-model.txt",
-                     "05-passes.json", "06-torch_export-artifacts.json",
+                     "05-passes.json", "05-program-graph.txt", "06-torch_export-artifacts.json",
                      "06-torch_int8-artifacts.json", "07-manifest.json"]
+    assert "aten.embedding" in (build_a.dump_dir / "05-program-graph.txt").read_text()
     passes = json.loads((build_a.dump_dir / "05-passes.json").read_text())
     assert passes["quant_plan"]["layers.0.attn.k.weight"]["scheme"] == "fp32"
 
@@ -162,6 +163,7 @@ def test_verify_reruns_the_checks_from_the_build_alone(build_a, fault_build, cap
 
 
 def test_verify_reports_not_run(build_a, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "300")  # rich tables: no folding inside cells
     monkeypatch.setattr(export_target.TorchExportTarget, "not_runnable", True)
     assert main(["verify", str(build_a.out_dir), "--targets", "torch_export"]) == 0
     out = _text(capsys.readouterr().out)
@@ -179,7 +181,8 @@ def test_build_runner_opens_an_artifact_from_the_manifest(build_a):
         open_build_runner(build_a.out_dir, "onnx")
 
 
-def test_inspect(build_a, capsys):
+def test_inspect(build_a, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
     assert main(["inspect", str(build_a.out_dir)]) == 0
     out = _text(capsys.readouterr().out)
     assert "torch_export/decoder.pt2" in out and "passed" in out

@@ -67,4 +67,21 @@ def make_checkpoint(family: str, root: Path, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {family: make_checkpoint(family, root) for family in FAMILIES}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {family: make_checkpoint(family, root) for family in FAMILIES}
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine torch's
+    spinning worker threads make each forward ~50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

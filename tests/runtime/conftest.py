@@ -22,3 +22,15 @@ def resolved_spec(model=None, **top) -> ResolvedSpec:
 @pytest.fixture(scope="session")
 def make_spec():
     return resolved_spec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine torch's
+    spinning worker threads make each forward ~50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -54,8 +54,9 @@ def build_model(spec: "ResolvedSpec", spec_dir: Path) -> Decoder:
     from omnic.spec.inventory import decoder_tensors
 
     config = decoder_config(spec.model)
-    with torch.device("meta"):
-        decoder = Decoder(config)
+    # Parameters on the meta device (explicit device= rather than a `with torch.device("meta")`
+    # block, whose function-mode hook costs seconds of lazy imports).
+    decoder = Decoder(config, device="meta")
     inventory = decoder_tensors(spec.model)
     try:  # the modules' parameter names and shapes must be the inventory's exactly
         check_weights(dict(decoder.state_dict()), inventory, "decoder modules")

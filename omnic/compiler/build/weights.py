@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
@@ -61,8 +61,18 @@ def random_tensor(info: "TensorInfo", seed: int, unit_offset: bool) -> torch.Ten
 def random_weights(
     inventory: Iterable["TensorInfo"], seed: int, unit_offset: bool
 ) -> dict[str, torch.Tensor]:
-    """Seeded random weights for every tensor of the inventory."""
-    return {t.name: random_tensor(t, seed, unit_offset) for t in inventory}
+    """Seeded random weights for every tensor of the inventory.
+
+    Tensors are drawn on a few threads (each has its own generator, so the result does not
+    depend on scheduling; torch releases the GIL inside the kernels).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    inventory = list(inventory)
+    workers = max(1, min(4, torch.get_num_threads(), len(inventory)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        tensors = pool.map(lambda t: random_tensor(t, seed, unit_offset), inventory)
+        return {t.name: x for t, x in zip(inventory, tensors)}
 
 
 def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"], source: str) -> None:
@@ -85,22 +95,37 @@ def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"],
         raise WeightError(f"{source}: weights do not match the spec's model: " + " | ".join(problems))
 
 
-def safetensors_weights(path: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
-    """A .safetensors file in omnic's canonical names, read through a memory map.
+def read_safetensors(path: Path, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, float32 tensor) for `names` of a .safetensors file, through memory maps.
 
-    float32 tensors stay backed by the mapped file (no copy); other dtypes are converted.
+    float32 tensors stay backed by the mapped file (no copy; the mapping lives as long as the
+    tensor). Other dtypes are converted, and the file is opened anew for each tensor so that the
+    mapped pages of the source are released right after: peak memory is the float32 model plus
+    one source tensor, not plus the whole file.
     """
     from safetensors import safe_open
 
+    for name in names:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensor = f.get_tensor(name)
+        yield name, tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Tensor names stored in a .safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return list(f.keys())
+
+
+def safetensors_weights(path: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
+    """A .safetensors file in omnic's canonical names (see `read_safetensors`)."""
     if not path.is_file():
         raise WeightError(f"weights file not found: {path}")
-    state = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        names = set(f.keys())
-        want = {t.name for t in inventory}
-        for name in sorted(names - want):
-            state[name] = torch.empty(0)  # reported as unexpected below
-        for name in sorted(names & want):
-            state[name] = f.get_tensor(name).to(torch.float32)
+    names = safetensors_keys(path)
+    want = {t.name for t in inventory}
+    state: dict[str, torch.Tensor] = {n: torch.empty(0) for n in names if n not in want}  # reported below
+    state.update(read_safetensors(path, [n for n in names if n in want]))
     check_weights(state, inventory, str(path))
     return state

@@ -175,7 +175,6 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
     T, S, V = inputs.prompt_tokens, inputs.decode_steps, ref.logits.shape[-1]
     scale = float(np.abs(ref.logits).max())
     abs_limit = tol.atol + tol.rtol * scale
-    worst: dict[str, tuple[float, str]] = {}
     violations: list[str] = []
     top1_hits = top1_fp32_hits = rows_total = 0
     kld_sum = ref_kld_sum = 0.0
@@ -185,6 +184,11 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
     for c, prompt in enumerate(inputs.prompts):
         exact, fp32 = ref.logits[c], ref.fp32_logits[c]
         got = run_forced(runner, prompt, ref.tokens[c][:-1], V)
+        bad_rows = np.nonzero(~np.isfinite(got).all(axis=-1))[0]
+        if len(bad_rows):  # NaN compares false with every limit: fail it explicitly
+            violations.append(f"non-finite logits (NaN or inf) at case {c} "
+                              f"{_where(int(bad_rows[0]), T)}")
+            got = np.nan_to_num(got, nan=0.0, posinf=1e30, neginf=-1e30)
         err = M.abs_err_rows(got, exact)
         r = int(err.argmax())
         if err[r] > abs_worst[0]:

@@ -50,9 +50,14 @@ METRIC_KEYS = tuple(f.name for f in fields(Tolerance) if f.name != "source")
 # Q8_0 mean KLD 0.0014 and 98.5 % same top token; Q4_0 mean KLD 0.074 (Q4_K_M 0.031, 92.2 %).
 # ref: https://github.com/ggml-org/llama.cpp/blob/master/tools/perplexity/README.md
 # Random-weight golden models have near-flat distributions (small absolute KLD) but argmaxes
-# that flip easily, so top-1 limits are looser than the published agreement.
+# that flip easily: omnic measured on specs/mobile_2gb.yaml (the omnic reference quantizers,
+# 2 cases x 23 positions) int4 g32 + int8 embedding KLD 0.0033 / top-1 80 %, int8 per-channel
+# KLD 1.5e-5 / top-1 97.8 %. The KLD limits keep room for trained checkpoints (Q4_0 0.074 on
+# LLaMA 3 8B); the top-1 limits sit below what flat random models reach.
+# weight_nmse: a quantized tensor against its fp32 original; measured int4 g32 0.0043 and int8
+# 1.5e-5 on Gaussian weights. A permuted or misplaced tensor gives ~2 (uncorrelated rows).
 _INT8_QUALITY = dict(kld=0.01, top1_fp32=0.80, weight_nmse=1e-3)
-_INT4_QUALITY = dict(kld=0.15, top1_fp32=0.50, weight_nmse=0.05)
+_INT4_QUALITY = dict(kld=0.10, top1_fp32=0.50, weight_nmse=0.2)
 
 TABLE: dict[tuple[str, str], Tolerance] = {
     # fp32 runtimes. onnxruntime's test checkers compare single ops at atol 1e-5 / rtol 1e-4;

@@ -20,18 +20,18 @@ class Attention(nn.Module):
     def __init__(
         self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, qkv_bias: bool,
         qk_norm: bool, norm_eps: float, unit_offset: bool, scale: float,
-        softcap: float | None,
+        softcap: float | None, device=None,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale, self.softcap = scale, softcap
-        self.q = nn.Linear(d_model, n_heads * head_dim, bias=qkv_bias)
-        self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias)
-        self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias)
-        self.o = nn.Linear(n_heads * head_dim, d_model, bias=False)
+        self.q = nn.Linear(d_model, n_heads * head_dim, bias=qkv_bias, device=device)
+        self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
+        self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
+        self.o = nn.Linear(n_heads * head_dim, d_model, bias=False, device=device)
         if qk_norm:  # RMSNorm whatever the model's norm kind (Qwen3, Gemma 3, OLMo 2 all do)
-            self.q_norm = RMSNorm(head_dim, norm_eps, unit_offset)
-            self.k_norm = RMSNorm(head_dim, norm_eps, unit_offset)
+            self.q_norm = RMSNorm(head_dim, norm_eps, unit_offset, device)
+            self.k_norm = RMSNorm(head_dim, norm_eps, unit_offset, device)
         else:
             self.q_norm = self.k_norm = None
 

@@ -21,15 +21,15 @@ from omnic.compiler.build.modules.rope import Rope
 class Block(nn.Module):
     """Pre-norm transformer block, with Gemma 2's optional post-attention/post-FFN norms."""
 
-    def __init__(self, c: DecoderConfig, layer: int) -> None:
+    def __init__(self, c: DecoderConfig, layer: int, device=None) -> None:
         super().__init__()
-        norm = lambda: make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset)  # noqa: E731
+        norm = lambda: make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)  # noqa: E731
         self.window = c.window_of(layer)
         self.attn_norm = norm()
         self.attn = Attention(
             c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm,
             norm_eps=c.norm_eps, unit_offset=c.norm_unit_offset,
-            scale=c.scale, softcap=c.attn_softcap,
+            scale=c.scale, softcap=c.attn_softcap, device=device,
         )
         self.post_attn_norm = norm() if c.post_norms else None
         self.ffn_norm = norm()
@@ -37,10 +37,10 @@ class Block(nn.Module):
             shared = (c.moe_shared_hidden or c.ffn_hidden) * c.moe_shared_experts
             self.ffn = MoE(
                 c.d_model, c.ffn_hidden, c.ffn_kind, c.moe_experts, c.moe_top_k,
-                c.moe_normalize_top_k, shared or None,
+                c.moe_normalize_top_k, shared or None, device,
             )
         else:
-            self.ffn = FeedForward(c.d_model, c.ffn_hidden, c.ffn_kind)
+            self.ffn = FeedForward(c.d_model, c.ffn_hidden, c.ffn_kind, device)
         self.post_ffn_norm = norm() if c.post_norms else None
 
     def forward(
@@ -77,13 +77,18 @@ def _allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> to
 class Decoder(nn.Module):
     """A decoder-only transformer. State dict keys are omnic's canonical tensor names."""
 
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: DecoderConfig, device: torch.device | str | None = None) -> None:
+        """Args: config: the decoder's numbers; device: where parameters are allocated ("meta"
+        to allocate nothing; the rope tables and the embedding scale are always built on CPU)."""
         super().__init__()
         c = self.config = config
-        self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.layers = nn.ModuleList(Block(c, i) for i in range(c.n_layers))
-        self.norm = make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset)
-        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
+        # _weight skips reset_parameters(): normal_() on meta tensors lazily imports torch._dynamo
+        self.embed = nn.Embedding(
+            c.vocab_size, c.d_model, _weight=torch.empty(c.vocab_size, c.d_model, device=device)
+        )
+        self.layers = nn.ModuleList(Block(c, i, device) for i in range(c.n_layers))
+        self.norm = make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False, device=device)
         self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.context_length)
         # Gemma multiplies embeddings by sqrt(d_model) cast to the activation dtype: a buffer that
         # follows `.to(dtype)` reproduces that rounding.

@@ -11,15 +11,15 @@ class FeedForward(nn.Module):
     """swiglu: down(silu(gate(x)) * up(x)); geglu: the same with tanh-GELU (Gemma's
     `gelu_pytorch_tanh`); gelu: down(gelu(up(x))) with tanh-GELU as GPT-2 and Phi-2 (`gelu_new`)."""
 
-    def __init__(self, d_model: int, hidden: int, kind: str) -> None:
+    def __init__(self, d_model: int, hidden: int, kind: str, device=None) -> None:
         super().__init__()
         if kind not in ("swiglu", "geglu", "gelu"):
             raise ValueError(f"unknown ffn kind {kind!r}")
         self.kind = kind
         if kind != "gelu":
-            self.gate = nn.Linear(d_model, hidden, bias=False)
-        self.up = nn.Linear(d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+            self.gate = nn.Linear(d_model, hidden, bias=False, device=device)
+        self.up = nn.Linear(d_model, hidden, bias=False, device=device)
+        self.down = nn.Linear(hidden, d_model, bias=False, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
@@ -44,14 +44,14 @@ class MoE(nn.Module):
 
     def __init__(
         self, d_model: int, hidden: int, kind: str, experts: int, top_k: int, normalize_top_k: bool,
-        shared_hidden: int | None,
+        shared_hidden: int | None, device=None,
     ) -> None:
         super().__init__()
         self.top_k = top_k
         self.normalize_top_k = normalize_top_k
-        self.router = nn.Linear(d_model, experts, bias=False)
-        self.experts = nn.ModuleList(FeedForward(d_model, hidden, kind) for _ in range(experts))
-        self.shared = FeedForward(d_model, shared_hidden, kind) if shared_hidden else None
+        self.router = nn.Linear(d_model, experts, bias=False, device=device)
+        self.experts = nn.ModuleList(FeedForward(d_model, hidden, kind, device) for _ in range(experts))
+        self.shared = FeedForward(d_model, shared_hidden, kind, device) if shared_hidden else None
 
     def routing(self, x: torch.Tensor) -> torch.Tensor:
         """Dense routing weights [..., experts]: zero except at each token's top k experts."""

@@ -18,9 +18,9 @@ class RMSNorm(nn.Module):
     # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py (LlamaRMSNorm)
     # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/gemma/modeling_gemma.py (GemmaRMSNorm)
 
-    def __init__(self, width: int, eps: float, unit_offset: bool = False) -> None:
+    def __init__(self, width: int, eps: float, unit_offset: bool = False, device=None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
+        self.weight = nn.Parameter(torch.ones(width, device=device))
         self.eps = eps
         self.unit_offset = unit_offset
 
@@ -36,10 +36,10 @@ class RMSNorm(nn.Module):
 class LayerNorm(nn.Module):
     """torch LayerNorm with weight and bias (weight applied as 1 + w with `unit_offset`)."""
 
-    def __init__(self, width: int, eps: float, unit_offset: bool = False) -> None:
+    def __init__(self, width: int, eps: float, unit_offset: bool = False, device=None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
-        self.bias = nn.Parameter(torch.zeros(width))
+        self.weight = nn.Parameter(torch.ones(width, device=device))
+        self.bias = nn.Parameter(torch.zeros(width, device=device))
         self.eps = eps
         self.unit_offset = unit_offset
 
@@ -48,10 +48,10 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), w, self.bias, self.eps)
 
 
-def make_norm(kind: str, width: int, eps: float, unit_offset: bool) -> nn.Module:
+def make_norm(kind: str, width: int, eps: float, unit_offset: bool, device=None) -> nn.Module:
     """A norm module of `kind` ('rmsnorm' or 'layernorm')."""
     if kind == "rmsnorm":
-        return RMSNorm(width, eps, unit_offset)
+        return RMSNorm(width, eps, unit_offset, device)
     if kind == "layernorm":
-        return LayerNorm(width, eps, unit_offset)
+        return LayerNorm(width, eps, unit_offset, device)
     raise ValueError(f"unknown norm kind {kind!r}")

@@ -1,0 +1,57 @@
+"""The ONNX target's pre-flight rules, registered on the shared capabilities table (torch-free).
+
+`omnic validate` imports this module for specs that enable the ONNX target, and
+`OnnxTarget.check` reads the same table, so both report the same problems. The MatMulNBits
+block-size rule lives in `omnic.spec.capabilities` itself.
+"""
+
+from __future__ import annotations
+
+from omnic.constants import KVCache, Schemes, Targets
+from omnic.spec.capabilities import Context, Finding, register
+
+MIN_OPSET = 18  # the lowest opset the torch.onnx dynamo exporter emits
+MAX_BLOCK = 256  # onnxruntime's CPU MatMulNBits kernels take blocks of 16 to 256
+
+
+@register(Targets.ONNX, "onnx.opset", f"the torch.onnx dynamo exporter emits opset {MIN_OPSET}+",
+          "https://pytorch.org/docs/stable/onnx_dynamo.html")
+def _opset(ctx: Context):
+    opts = ctx.spec.targets.onnx
+    if opts is not None and opts.opset < MIN_OPSET:
+        yield Finding(("targets", "onnx", "opset"),
+                      f"opset {opts.opset} is below {MIN_OPSET}, the lowest the torch.onnx dynamo "
+                      f"exporter emits; nearest: {MIN_OPSET} (21 recommended)")
+
+
+@register(Targets.ONNX, "onnx.kv_cache", "the ONNX decoder's KV cache is float32 graph I/O",
+          "https://onnxruntime.ai/docs/genai/reference/config.html")
+def _kv_cache(ctx: Context):
+    if ctx.spec.quantization.kv_cache != KVCache.NONE:
+        yield Finding(("quantization", "kv_cache"),
+                      f"the ONNX target keeps the KV cache in float32 (the past/present graph "
+                      f"inputs and outputs); {ctx.spec.quantization.kv_cache} is not supported; "
+                      "nearest: none")
+
+
+@register(Targets.ONNX, "onnx.decoder_only", "the ONNX target exports the text decoder only",
+          "https://onnxruntime.ai/docs/genai/reference/config.html")
+def _modalities(ctx: Context):
+    for name in ("vision", "audio", "sensors", "action_head"):
+        if getattr(ctx.spec.modalities, name, None) is not None:
+            yield Finding(("modalities", name),
+                          "the ONNX target lowers the text decoder only; this component would be "
+                          "missing from the ONNX folder")
+
+
+@register(Targets.ONNX, "onnx.block_max", f"MatMulNBits CPU kernels take blocks up to {MAX_BLOCK}",
+          "https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/contrib_ops/cpu/quantization/matmul_nbits.cc")
+def _block_max(ctx: Context):
+    seen = set()
+    for scheme in (Schemes.INT4, Schemes.INT8):
+        for _, s in ctx.using(scheme):
+            if s.group_size is not None and s.group_size > MAX_BLOCK and ctx.source(s) not in seen:
+                seen.add(ctx.source(s))
+                yield Finding(ctx.source(s) + ("group_size",),
+                              f"onnxruntime's MatMulNBits takes blocks of at most {MAX_BLOCK}, got "
+                              f"{s.group_size}; nearest: {MAX_BLOCK} (or null for per channel)")

@@ -1,0 +1,297 @@
+"""ExecuTorch target: tiny decoders lowered to .pte, run on the ExecuTorch runtime, compared.
+
+References: the PyTorch decoder (`TorchRunner`) with the fp32 weights, and the same decoder with
+the artifact's `reference_weights` (the weights as stored, dequantized) for the quantized
+program; omnic's numpy quantizer for the stored codes; ExecuTorch's own C++ LLM runner
+(`TextLLMRunner`) for the program's contract with its ecosystem.
+Tolerances: fp32 logits within atol 1e-5 (ExecuTorch's backend Tester compares with atol=rtol=
+1e-3, ref: executorch/backends/test/harness/tester.py; XNNPACK's fp32 kernels hold 1e-5 here,
+measured 2.4e-7). The 8da4w program quantizes linear inputs to int8 per token at run time, so it
+is compared by NMSE 5e-4 (llama.cpp's test-backend-ops bound for matmul-heavy graphs; measured
+4e-5) against its quant-exact reference, plus equal greedy tokens.
+
+Lowering is slow on a shared 2-core machine (~40 s idle per program): each program is lowered
+once per session (fp32, int4) plus once more for the determinism check.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("executorch")
+pytest.importorskip("torchao")
+
+from omnic.compiler.build import build_model  # noqa: E402
+from omnic.compiler.program import Program  # noqa: E402
+from omnic.quant.reference import fake_quantize  # noqa: E402
+from omnic.runtime.generate import greedy  # noqa: E402
+from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
+from omnic.spec import ResolvedSpec  # noqa: E402
+from omnic.targets.base import Artifact, NotRunnable, get_target  # noqa: E402
+from omnic.tokenizer import ByteTokenizer  # noqa: E402
+
+DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
+TINY = {"vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+        "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True}
+FP32 = {"weights": {"scheme": "fp32"}}
+INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True},
+        "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"}]}
+PROMPT = [int(t) for t in np.random.default_rng(7).integers(0, 256, 20)]
+STEPS = 10
+
+
+def make_spec(quant: dict[str, Any] = FP32, model: dict[str, Any] | None = None,
+              backend: str = "xnnpack", **top: Any) -> ResolvedSpec:
+    return ResolvedSpec.model_validate({
+        "omnic": 1, "name": "tiny", "device": DEVICE, "model": {**TINY, **(model or {})},
+        "quantization": quant, "targets": {"executorch": {"backend": backend}}, **top})
+
+
+class Builds:
+    """Each quantization compiled once per session into its own build directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.decoder = build_model(make_spec(), Path("."))
+        self.built: dict[str, tuple[ResolvedSpec, Artifact, Path]] = {}
+
+    def compile(self, key: str, quant: dict[str, Any]) -> tuple[ResolvedSpec, Artifact, Path]:
+        if key not in self.built:
+            spec = make_spec(quant)
+            build = self.root / key
+            before = {k: v.clone() for k, v in self.decoder.state_dict().items()}
+            (artifact,) = get_target("executorch").lower(Program(spec, Path("."), self.decoder), build / "executorch")
+            after = self.decoder.state_dict()
+            assert all(torch.equal(before[k], after[k]) for k in before), "lower() mutated the program"
+            self.built[key] = (spec, artifact, build)
+        return self.built[key]
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    return Builds(tmp_path_factory.mktemp("executorch"))
+
+
+@pytest.fixture(scope="session")
+def fp32(builds):
+    spec, artifact, build = builds.compile("fp32", FP32)
+    return spec, artifact, build, get_target("executorch").load(artifact, build)
+
+
+@pytest.fixture(scope="session")
+def int4(builds):
+    spec, artifact, build = builds.compile("int4", INT4)
+    return spec, artifact, build, get_target("executorch").load(artifact, build)
+
+
+def _reference(decoder, weights: dict[str, np.ndarray] | None):
+    model = copy.deepcopy(decoder)
+    if weights:
+        state = model.state_dict()
+        state.update({k: torch.from_numpy(v) for k, v in weights.items()})
+        model.load_state_dict(state)
+    return TorchRunner(model)
+
+
+def _nmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a - b) ** 2).mean() / (b**2).mean())
+
+
+# -- pre-flight ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("quant, field, words", [
+    ({"weights": {"scheme": "int4", "group_size": 32, "symmetric": False}},
+     "quantization.weights.symmetric", "symmetric"),
+    ({"weights": {"scheme": "int4", "group_size": 16}}, "quantization.weights.group_size",
+     "multiple of 32"),
+    ({"weights": {"scheme": "int8", "group_size": 32}}, "quantization.weights.group_size",
+     "per channel"),
+    ({"weights": {"scheme": "int8", "symmetric": False}}, "quantization.weights.symmetric",
+     "zero point"),
+    ({"weights": {"scheme": "bf16"}}, "quantization.weights.scheme", "fp16"),
+    ({"weights": {"scheme": "int4", "group_size": 32},
+      "overrides": [{"match": {"name": "layers\\.0\\..*"}, "scheme": "fp16"}]},
+     "quantization.overrides[0].scheme", "one float type"),
+    ({"weights": {"scheme": "fp32"}, "kv_cache": "int8"}, "quantization.kv_cache", "nearest: none"),
+])
+def test_check_names_what_xnnpack_cannot_take(quant, field, words):
+    problems = get_target("executorch").check(make_spec(quant))
+    assert [p.field for p in problems] == [field], problems
+    assert words in problems[0].message
+
+
+def test_check_accepts_supported_schemes():
+    target = get_target("executorch")
+    assert target.check(make_spec(INT4)) == []
+    assert target.check(make_spec({"weights": {"scheme": "int8"}})) == []
+    assert target.check(make_spec({"weights": {"scheme": "fp16"}})) == []
+    # An untied embedding is only looked up: any int scheme with zero points is fine.
+    untied = {"weights": {"scheme": "int4", "group_size": 32},
+              "overrides": [{"match": {"role": "embedding"}, "scheme": "int8", "group_size": 16,
+                             "symmetric": False}]}
+    assert target.check(make_spec(untied, {"tie_embeddings": False})) == []
+
+
+def test_lower_refuses_what_check_rejects(tmp_path, builds):
+    spec = make_spec({"weights": {"scheme": "int8", "group_size": 32}})
+    with pytest.raises(ValueError, match="group_size"):
+        get_target("executorch").lower(Program(spec, Path("."), builds.decoder), tmp_path / "executorch")
+
+
+def test_coreml_variant_is_not_runnable_here(tmp_path):
+    artifact = Artifact("decoder", "executorch", "executorch/x.pte", details={"backend": "coreml"})
+    with pytest.raises(NotRunnable, match="CoreMLBackend"):
+        get_target("executorch").load(artifact, tmp_path)
+
+
+# -- fp32 on the runtime ---------------------------------------------------------------------------
+def test_fp32_logits_match_torch(fp32, builds):
+    spec, artifact, build, runner = fp32
+    ref = TorchRunner(builds.decoder)
+    runner.reset()
+    got, want = runner.forward(np.array(PROMPT)), ref.forward(np.array(PROMPT))
+    assert got.shape == (len(PROMPT), TINY["vocab_size"]) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    for token in [5, 77, 300, 12, 250]:  # decode steps read the cache the prefill wrote
+        np.testing.assert_allclose(runner.forward(np.array([token])), ref.forward(np.array([token])),
+                                   atol=1e-5, rtol=0)
+    assert artifact.precision == "fp32" and artifact.reference_weights is None
+
+
+def test_fp32_greedy_matches_torch(fp32, builds):
+    runner = fp32[3]
+    for prompt in (PROMPT, [256, 72, 105, 33]):
+        want, _ = greedy(TorchRunner(builds.decoder), prompt, STEPS)
+        got, _ = greedy(runner, prompt, STEPS)
+        assert got == want and len(got) == STEPS
+
+
+def test_kv_cache_lives_in_the_program(fp32):
+    runner = fp32[3]
+    runner.reset()
+    whole = runner.forward(np.array(PROMPT))
+    runner.reset()
+    pieces = np.concatenate([runner.forward(np.array(PROMPT[:7])), runner.forward(np.array(PROMPT[7:8])),
+                             runner.forward(np.array(PROMPT[8:]))])
+    np.testing.assert_allclose(pieces, whole, atol=1e-5, rtol=0)
+    runner.reset()  # a fresh program: position 0 and an empty cache again
+    np.testing.assert_allclose(runner.forward(np.array(PROMPT)), whole, atol=0, rtol=0)
+
+
+def test_every_method_loads_and_metadata_is_right(fp32):
+    spec, artifact, build, runner = fp32
+    tok = ByteTokenizer(TINY["vocab_size"])
+    expected = {
+        "get_max_seq_len": 64, "get_max_context_len": 64, "get_vocab_size": 320, "get_n_layers": 2,
+        "use_kv_cache": True, "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True,
+        "get_bos_id": tok.bos_id, "get_eos_ids": tok.eos_ids,
+    }
+    assert runner.metadata == expected
+    assert runner.method_names == sorted(["forward", *expected])
+    assert artifact.details["methods"] == runner.method_names
+
+
+def test_broken_program_fails_to_load(fp32, tmp_path):
+    spec, artifact, build, runner = fp32
+    data = (build / artifact.path).read_bytes()
+    (tmp_path / "executorch").mkdir()
+    (tmp_path / artifact.path).write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception):
+        get_target("executorch").load(artifact, tmp_path)
+
+
+def test_delegation_is_recorded(fp32):
+    spec, artifact, build, runner = fp32
+    d = artifact.details
+    assert d["backend"] == "xnnpack" and d["delegated_ops"] > 0 and d["delegate_partitions"] > 0
+    assert "linear" not in d["not_delegated"]  # every matmul of the model runs in XNNPACK
+    assert artifact.op_histogram["linear"] == 2 * 7 + 1  # q k v o gate up down per layer + lm_head
+    assert sum(artifact.op_histogram.values()) == d["delegated_ops"] + d["non_delegated_ops"]
+    assert d["runtime_ops"]["<delegate>"] == d["delegate_partitions"]
+    assert artifact.signature["inputs"]["tokens"]["shape"] == [1, "seq"]
+    assert artifact.signature["state"]["k_cache_1"]["shape"] == [1, 2, 64, 16]
+
+
+def test_tokenizer_beside_the_pte(fp32):
+    from tokenizers import Tokenizer
+
+    spec, artifact, build, runner = fp32
+    pte = build / artifact.path
+    hf = Tokenizer.from_file(str(pte.parent / "tokenizer.json"))
+    assert hf.encode("héllo", add_special_tokens=False).ids == list("héllo".encode())
+
+
+def test_executorch_llm_runner_drives_the_program(fp32, builds):
+    """ExecuTorch's own C++ text runner loads the .pte and tokenizer.json and decodes greedily."""
+    llm = pytest.importorskip("executorch.extension.llm.runner")
+    spec, artifact, build, runner = fp32
+    pte = build / artifact.path
+    text = "hello"
+    want, _ = greedy(TorchRunner(builds.decoder), list(text.encode()), 8)
+    pieces: list[str] = []
+    et = llm.TextLLMRunner(str(pte), str(pte.parent / "tokenizer.json"))
+    config = llm.GenerationConfig(echo=False, max_new_tokens=8, temperature=0.0, num_bos=0)
+    et.generate(text, config, token_callback=pieces.append)
+    assert "".join(pieces) == ByteTokenizer(TINY["vocab_size"]).decode(want)
+
+
+def test_lowering_is_deterministic(fp32, builds, tmp_path):
+    spec, artifact, build, runner = fp32
+    (again,) = get_target("executorch").lower(Program(spec, Path("."), builds.decoder), tmp_path / "executorch")
+    assert (tmp_path / again.path).read_bytes() == (build / artifact.path).read_bytes()
+    assert again.details == artifact.details and again.op_histogram == artifact.op_histogram
+
+
+# -- int4 (8da4w) ---------------------------------------------------------------------------------
+def test_int4_reference_weights_are_the_stored_blocks(int4, builds):
+    spec, artifact, build, runner = int4
+    ref = artifact.reference_weights
+    weights = {k: v.numpy() for k, v in builds.decoder.state_dict().items()}
+    assert artifact.precision == "8da4w_g32"
+    assert set(ref) == {k for k, v in weights.items() if v.ndim == 2}
+    # The embedding lookup is exact: omnic's own int8 codes and scales.
+    np.testing.assert_array_equal(ref["embed.weight"], fake_quantize(weights["embed.weight"], "int8"))
+    for name, stored in ref.items():
+        if name == "embed.weight":
+            continue
+        w = weights[name].reshape(weights[name].shape[0], -1, 32).astype(np.float64)
+        q = stored.reshape(w.shape).astype(np.float64)
+        # Each block of 32 is k * s with integer k in [-8, 7] and one positive scale s; the
+        # block's largest-magnitude weight sits on the code -8 (if negative) or +7 (if positive).
+        idx = np.abs(q).argmax(axis=-1)[..., None]
+        ext = np.take_along_axis(q, idx, axis=-1)
+        s = np.abs(ext) / np.where(ext < 0, 8.0, 7.0)
+        s = np.where(s == 0, 1.0, s)
+        k = q / s
+        assert (s > 0).all() and np.abs(k - np.round(k)).max() < 1e-3, name
+        assert k.min() > -8.001 and k.max() < 7.001, name
+        # ...and every weight is within half a step of what is stored
+        assert (np.abs(q - w) <= 0.5 * s * (1 + 1e-2)).all(), name
+
+
+def test_int4_matches_its_exact_reference(int4, builds):
+    spec, artifact, build, runner = int4
+    ref = _reference(builds.decoder, artifact.reference_weights)
+    got_ids, got = greedy(runner, PROMPT, STEPS)
+    want_ids, want = greedy(ref, PROMPT, STEPS)
+    assert _nmse(got, want) < 5e-4
+    assert got_ids == want_ids
+    # and the quantization is real: the fp32 model is further away than the exact reference
+    _, fp = greedy(TorchRunner(builds.decoder), PROMPT, 1)
+    assert _nmse(got, fp) > 2 * _nmse(got, want)
+
+
+def test_int4_is_small_and_delegated(int4, fp32):
+    spec, artifact, build, runner = int4
+    fp32_bytes = (fp32[2] / fp32[1].path).stat().st_size
+    assert (build / artifact.path).stat().st_size < 0.35 * fp32_bytes
+    assert artifact.quantization["forms"]["layers.0.attn.q.weight"] == "8da4w_g32"
+    assert artifact.quantization["forms"]["embed.weight"] == "embedding_8bit+8da8w"
+    assert "linear" not in artifact.details["not_delegated"]
+    assert artifact.details["runtime_ops"].get("quantized_decomposed::embedding_byte.out") == 1
+    assert "int8" in artifact.details["activations"]

@@ -1,0 +1,245 @@
+"""The ONNX target on tiny decoders, against the PyTorch reference and onnxruntime's own tools.
+
+Three exports in all (the expensive step, ~20 s each): an fp32 decoder (lowered with and without
+fusions and with external data from one export), and a mixed int4/int8/fp16 decoder lowered twice
+through `lower()` to prove byte-identical output.
+
+Tolerances: fp32 and quantization-exact comparisons use 1e-4 max abs on logits, the fp32 row of
+onnxruntime's own model checkers (the arithmetic is the same float32 math, reordered by fusions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+torch = pytest.importorskip("torch")
+
+from omnic.compiler.build import build_model  # noqa: E402
+from omnic.compiler.program import Program  # noqa: E402
+from omnic.runtime.generate import greedy  # noqa: E402
+from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
+from omnic.spec import ResolvedSpec  # noqa: E402
+from omnic.targets.base import get_target  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ATOL = 1e-4
+VOCAB = 320
+STEPS = 10
+
+
+def tiny_spec(*, tie: bool, quantization: dict | None = None, onnx: dict | None = None, **extra) -> ResolvedSpec:
+    return ResolvedSpec.model_validate(dict(
+        omnic=1, name="tiny-onnx",
+        device=dict(name="host", memory_budget_mb=1024, bandwidth_gbps=10, os="linux", arch="x86_64"),
+        model=dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                   ffn=dict(kind="swiglu", hidden=128), context_length=64, tie_embeddings=tie),
+        weights=dict(source="random", seed=3),
+        quantization=quantization or dict(weights=dict(scheme="fp32")),
+        targets=dict(onnx=onnx or {}), **extra,
+    ))
+
+
+MIXED = dict(
+    weights=dict(scheme="int4", group_size=32, symmetric=True),
+    overrides=[
+        dict(match=dict(role="embedding"), scheme="int8"),  # per channel; tied: also the lm_head
+        dict(match=dict(name=r"layers\.1\.ffn\..*"), scheme="int4", group_size=16, symmetric=False),
+        dict(match=dict(name=r"layers\.0\.attn\.o\.weight"), scheme="fp16"),
+    ],
+)
+
+
+def _copy(model):
+    import onnx_ir as ir
+
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    """fp32, untied: one export, lowered three ways (fused, unfused, external data)."""
+    from omnic.targets import onnx as onnx_target
+    from omnic.targets.onnx_export import export_decoder
+
+    spec = tiny_spec(tie=False)
+    decoder = build_model(spec, Path("."))
+    raw = export_decoder(decoder, 21)
+    root = tmp_path_factory.mktemp("onnx_fp32")
+    out = {"spec": spec, "decoder": decoder, "root": root}
+    for key, fusions, threshold in (("fused", True, None), ("plain", False, None), ("external", True, 1024)):
+        s = spec.model_copy(update={"targets": spec.targets.model_copy(
+            update={"onnx": spec.targets.onnx.model_copy(update={"fusions": fusions})})})
+        program = Program(spec=s, spec_dir=Path("."), decoder=decoder)
+        target = onnx_target.OnnxTarget(external_data_threshold=threshold)
+        out[key] = target.lower_exported(program, _copy(raw), root / key / "onnx")
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """int4 g32 / int4 g16 asymmetric / int8 per-channel tied embedding / fp16, lowered twice."""
+    spec = tiny_spec(tie=True, quantization=MIXED)
+    decoder = build_model(spec, Path("."))
+    program = Program(spec=spec, spec_dir=Path("."), decoder=decoder)
+    root = tmp_path_factory.mktemp("onnx_mixed")
+    target = get_target("onnx")
+    first = target.lower(program, root / "a" / "onnx")
+    second = target.lower(program, root / "b" / "onnx")
+    return {"spec": spec, "decoder": decoder, "root": root, "artifact": first[0], "again": second[0]}
+
+
+def _reference_decoder(spec, decoder, weights):
+    """The fp32 decoder with `weights` (name -> array) substituted: the quantization-exact reference."""
+    state = {k: v.clone() for k, v in decoder.state_dict().items()}
+    for name, value in weights.items():
+        state[name] = torch.from_numpy(np.asarray(value))
+    ref = build_model(spec, Path("."))
+    ref.load_state_dict(state, strict=True)
+    return ref
+
+
+def _compare_decode(runner, reference, prompt, steps=4):
+    """Max |logits difference| over a prefill and `steps` single-token decode steps."""
+    runner.reset()
+    reference.reset()
+    a, b = runner.forward(prompt), reference.forward(prompt)
+    worst = float(np.abs(a - b).max())
+    for _ in range(steps):
+        token = np.array([int(np.argmax(b[-1]))], dtype=np.int64)
+        a, b = runner.forward(token), reference.forward(token)
+        worst = max(worst, float(np.abs(a - b).max()))
+    return worst
+
+
+PROMPT = np.random.default_rng(7).integers(0, 256, 9).astype(np.int64)
+
+
+@pytest.mark.parametrize("variant", ["fused", "plain", "external"])
+def test_fp32_logits_match_torch(fp32, variant):
+    runner = get_target("onnx").load(fp32[variant], fp32["root"] / variant, intra_op_threads=1)
+    assert _compare_decode(runner, TorchRunner(fp32["decoder"]), PROMPT) <= ATOL
+    assert fp32[variant].precision == "fp32" and fp32[variant].reference_weights is None
+
+
+def test_fusions_are_recorded_and_only_when_asked(fp32):
+    fused, plain = fp32["fused"], fp32["plain"]
+    assert fused.details["fused_ops"] == {
+        "SimplifiedLayerNormalization": 1,  # the final norm; the others fuse with the residual
+        "com.microsoft::SkipSimplifiedLayerNormalization": 4,
+        "com.microsoft::GroupQueryAttention": 2,  # rotary embedding inside (do_rotary=1)
+    }
+    assert fused.op_histogram["com.microsoft::GroupQueryAttention"] == 2
+    assert "Softmax" not in fused.op_histogram
+    assert plain.details["fused_ops"] == {}
+    assert not any("::" in op for op in plain.op_histogram)
+    assert plain.op_histogram["Softmax"] == 2
+
+
+def test_external_data_past_the_threshold(fp32):
+    files = fp32["external"].details["files"]
+    assert fp32["external"].details["external_data"] and "model.onnx.data" in files
+    assert files["model.onnx"]["bytes"] < 64 * 1024 < files["model.onnx.data"]["bytes"]
+    assert not fp32["fused"].details["external_data"] and "model.onnx.data" not in fp32["fused"].details["files"]
+
+
+def test_signature_is_onnxruntime_genai_layout(fp32):
+    sig = fp32["fused"].signature
+    cache_in = {"dtype": "float32", "shape": ["batch_size", 2, "past_sequence_length", 16]}
+    cache_out = {"dtype": "float32", "shape": ["batch_size", 2, "total_sequence_length", 16]}
+    expected_in = {
+        "input_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+        "attention_mask": {"dtype": "int64", "shape": ["batch_size", "total_sequence_length"]},
+        "position_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+        **{f"past_key_values.{i}.{kv}": cache_in for i in range(2) for kv in ("key", "value")},
+    }
+    expected_out = {
+        "logits": {"dtype": "float32", "shape": ["batch_size", "sequence_length", VOCAB]},
+        **{f"present.{i}.{kv}": cache_out for i in range(2) for kv in ("key", "value")},
+    }
+    assert sig == {"inputs": expected_in, "outputs": expected_out}
+
+
+def test_mixed_quantization_matches_quant_exact_reference(mixed):
+    art = mixed["artifact"]
+    ref = _reference_decoder(mixed["spec"], mixed["decoder"], art.reference_weights)
+    runner = get_target("onnx").load(art, mixed["root"] / "a")
+    assert _compare_decode(runner, TorchRunner(ref), PROMPT) <= ATOL
+    # The stored weights really are quantized: far from fp32, and exactly what omnic's scheme means.
+    from omnic.quant.reference import fake_quantize
+
+    fp32_state = mixed["decoder"].state_dict()
+    w = art.reference_weights["layers.1.attn.q.weight"]
+    assert np.abs(w - fp32_state["layers.1.attn.q.weight"].numpy()).max() > 1e-3
+    expect = {
+        "layers.1.attn.q.weight": ("int4", 32, True),
+        "layers.1.ffn.down.weight": ("int4", 16, False),
+        "embed.weight": ("int8", None, True),
+        "layers.0.attn.o.weight": ("fp16", None, True),
+    }
+    for name, (scheme, group, sym) in expect.items():
+        np.testing.assert_array_equal(
+            art.reference_weights[name], fake_quantize(fp32_state[name].numpy(), scheme, group, sym))
+
+
+def test_mixed_storage_forms(mixed):
+    art = mixed["artifact"]
+    assert art.precision == "int4_g32"
+    assert art.quantization["forms"] == {
+        "MatMul float16": 1,
+        "MatMulNBits int4 block 16 asymmetric": 3,
+        "MatMulNBits int4 block 32 symmetric": 10,
+        "MatMulNBits int8 block 64 symmetric per-channel + GatherBlockQuantized": 1,
+    }
+    assert art.op_histogram["com.microsoft::MatMulNBits"] == 14  # 13 matrices + the tied lm_head
+    assert art.op_histogram["com.microsoft::GatherBlockQuantized"] == 1
+    assert set(art.reference_weights) == {
+        n for n in mixed["decoder"].state_dict() if n.endswith(".weight") and "norm" not in n}
+
+
+def test_relowering_is_byte_identical(mixed):
+    a, b = mixed["root"] / "a" / "onnx", mixed["root"] / "b" / "onnx"
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) and "model.onnx" in names
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert mixed["artifact"].details == mixed["again"].details
+
+
+@pytest.mark.parametrize("case", ["fp32", "mixed"])
+def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
+    og = pytest.importorskip("onnxruntime_genai")
+    if case == "fp32":
+        folder, reference = fp32["root"] / "fused" / "onnx", fp32["decoder"]
+    else:
+        art = mixed["artifact"]
+        folder = mixed["root"] / "a" / "onnx"
+        reference = _reference_decoder(mixed["spec"], mixed["decoder"], art.reference_weights)
+    expected, _ = greedy(TorchRunner(reference), PROMPT.tolist(), STEPS)
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(PROMPT) + STEPS, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(PROMPT.astype(np.int32)[None])
+    got = []
+    while not generator.is_done() and len(got) < STEPS:
+        generator.generate_next_token()
+        got.append(int(generator.get_next_tokens()[0]))
+    assert got == expected
+
+
+def test_genai_config_numbers(fp32):
+    from omnic.targets.onnx import read_genai_config
+
+    cfg = read_genai_config(fp32["root"] / "fused" / "onnx")
+    dec = cfg["model"]["decoder"]
+    assert (dec["num_attention_heads"], dec["num_key_value_heads"], dec["head_size"],
+            dec["hidden_size"], dec["num_hidden_layers"]) == (4, 2, 16, 64, 2)
+    assert cfg["model"]["context_length"] == cfg["search"]["max_length"] == 64
+    assert (cfg["model"]["bos_token_id"], cfg["model"]["eos_token_id"], cfg["model"]["pad_token_id"]) == (256, 257, 258)
+    assert cfg["search"]["past_present_share_buffer"] is False
