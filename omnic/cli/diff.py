@@ -56,7 +56,7 @@ def _print(d, broken: list[str]) -> None:
     for col in ("target", "component", "file", "status", "size", "hash", "what changed"):
         t.add_column(col, overflow="fold")
     for a in d.artifacts:
-        size = "-"
+        size = "-" if a.status in ("added", "removed") else "same"
         if a.bytes:
             delta, rel = a.size_delta
             size = f"{a.bytes[0]} -> {a.bytes[1]} ({delta:+d}" + (f", {rel:+.1%})" if rel

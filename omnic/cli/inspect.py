@@ -30,7 +30,7 @@ def human_bytes(n: int | None) -> str:
 def key_metrics(metrics: dict) -> str:
     """The few numbers a reader looks at first."""
     parts = []
-    for name, fmt in (("nmse", "{:.1e}"), ("max_abs", "{:.1e}"), ("kld", "{:.4f}"),
+    for name, fmt in (("nmse", "{:.1e}"), ("max_abs", "{:.1e}"), ("kld", "{:.2g}"),
                       ("top1_fp32", "{:.0%}"), ("greedy_match", "{:.0%}")):
         value = metrics.get(name)
         if value is not None:

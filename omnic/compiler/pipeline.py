@@ -136,6 +136,41 @@ def _exported_graph(decoder: Any) -> str:
         return f"torch.export failed: {type(err).__name__}: {err}\n"
 
 
+def _lower(target_id: str, target: Any, program: Any, build_dir: Path) -> list["Artifact"]:
+    """`target.lower` into build_dir/<id>/, checking that it left the program untouched."""
+    before = _weights_versions(program.decoder)
+    try:
+        artifacts = target.lower(program, build_dir / target_id)
+    except Exception as err:  # noqa: BLE001 - any crash in a target fails the compile
+        if os.environ.get("OMNIC_DEBUG"):
+            traceback.print_exc()
+        raise CompileError(f"{target_id}: lowering failed: {type(err).__name__}: {err}"
+                           " (OMNIC_DEBUG=1 shows the traceback)") from err
+    if _weights_versions(program.decoder) != before:
+        raise CompileError(f"{target_id}: lower() modified the program's weights; a target "
+                           "must never mutate its input")
+    _normalise_paths(artifacts, target_id, build_dir)
+    return artifacts
+
+
+def _golden(session: Any, target: Any, artifacts: list["Artifact"], console: Console
+            ) -> list[tuple["Artifact", "GoldenResult"]]:
+    out = []
+    for a in artifacts:
+        g = session.check(target, a)
+        out.append((a, g))
+        colour = {"passed": "green", "failed": "red"}.get(g.status, "yellow")
+        console.print(f"  {a.path}: [{colour}]{g.status}[/]"
+                      + (f" — {escape(g.reason)}" if g.reason else ""))
+    gc.collect()  # runtimes (sessions, mmaps) go before the next target loads its own
+    return out
+
+
+def _golden_files(build_dir: Path) -> dict[str, str]:
+    return {p.relative_to(build_dir).as_posix(): mf.file_sha256(p)
+            for p in sorted((build_dir / "golden").rglob("*")) if p.is_file()}
+
+
 def _weights_versions(decoder: Any) -> dict[str, int]:
     return {k: v._version for k, v in decoder.state_dict(keep_vars=True).items()}
 
@@ -316,36 +351,15 @@ def compile(
             session.fp32()
         results: list[tuple["Artifact", "GoldenResult"]] = []
         for t in target_ids:
-            before = _weights_versions(lowered.decoder)
             with stage(f"{t}: lower", "targets"):
-                try:
-                    artifacts = objs[t].lower(lowered, staging / t)
-                except Exception as err:  # noqa: BLE001
-                    if os.environ.get("OMNIC_DEBUG"):
-                        traceback.print_exc()
-                    raise CompileError(f"{t}: lowering failed: {type(err).__name__}: {err}"
-                                       " (OMNIC_DEBUG=1 shows the traceback)") from err
-                if _weights_versions(lowered.decoder) != before:
-                    raise CompileError(f"{t}: lower() modified the program's weights; a target "
-                                       "must never mutate its input")
-                _normalise_paths(artifacts, t, staging)
+                artifacts = _lower(t, objs[t], lowered, staging)
             with stage(f"{t}: golden", "targets"):
-                for a in artifacts:
-                    g = session.check(objs[t], a)
-                    results.append((a, g))
-                    colour = {"passed": "green", "failed": "red"}.get(g.status, "yellow")
-                    console.print(f"  {a.path}: [{colour}]{g.status}[/]"
-                                  + (f" — {escape(g.reason)}" if g.reason else ""))
-                gc.collect()
+                results += _golden(session, objs[t], artifacts, console)
             _dump(dump, f"06-{t}-artifacts.json", [
                 {k: v for k, v in vars(a).items() if k != "reference_weights"}
                 for a in artifacts])
         with stage("manifest"):
             entries = [_artifact_entry(a, g, staging) for a, g in results]
-            golden_files = {
-                p.relative_to(staging).as_posix(): mf.file_sha256(p)
-                for p in sorted((staging / "golden").rglob("*")) if p.is_file()
-            }
             g = resolved.golden
             manifest = mf.Manifest(
                 omnic_version=_version(), manifest_format=MANIFEST_FORMAT_VERSION,
@@ -355,7 +369,8 @@ def compile(
                 passes=[mf.PassEntry(id=r.id, changed=r.changed) for r in pass_records],
                 artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries),
                 golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
-                                     decode_steps=g.decode_steps, seed=g.seed, files=golden_files),
+                                     decode_steps=g.decode_steps, seed=g.seed,
+                                     files=_golden_files(staging)),
             )
         manifest.timings = mf.Timings(
             stages=stage.records["stages"], targets=stage.records["targets"],

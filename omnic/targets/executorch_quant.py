@@ -221,9 +221,9 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
         elif result.dynamic_activations:
             result.precision = FORM_8DA8W
         else:
-            result.precision = "int8_embedding" if all(
-                f.startswith("embedding_8") for f in result.forms.values()
-            ) else "int_embedding"
+            # only the (untied) embedding is quantized, and looked up exactly
+            bits = "8" if all(f.startswith("embedding_8") for f in result.forms.values()) else "4"
+            result.precision = f"int{bits}_embedding"
     return result
 
 

@@ -122,7 +122,9 @@ class GgufTarget:
             if unexpected:
                 raise RuntimeError("llama.cpp warned while quantizing: " + " | ".join(unexpected[:5]))
 
-        stores_fp32 = ft.name == "F32"
+        # the quantization-exact reference is needed as soon as one tensor is not F32 (an F32
+        # file may still hold, say, the spec's int8 embedding override as Q8_0)
+        stores_fp32 = not k_quant and set(types_plan.types.values()) == {"F32"}
         facts, weights = read_back(final, spec, plan, tensors, with_weights=not stores_fp32)
         nbytes = final.stat().st_size
         _log.print(f"gguf: {plan.arch} {ft.name} -> {final.name} ({nbytes / 2**20:.1f} MiB, "
@@ -151,7 +153,7 @@ class GgufTarget:
                 # K mixtures: tensors llama.cpp stored in a 32-block type (rows not 256-blocks)
                 "k_quant_fallbacks": {n: facts["types"][n] for n in types_plan.k_fallbacks},
             },
-            precision=ft.precision,
+            precision=precision_of(ft, facts["types"]),
             reference_weights=weights,
         )]
 
@@ -173,10 +175,31 @@ class GgufTarget:
         return runner
 
 
+# Coarseness of ggml types (bits per weight, llama.cpp's ggml-common.h block sizes): the
+# tolerance row of a file is that of its coarsest matrix type.
+_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 15.9, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_1": 6.0,
+         "Q5_0": 5.5, "Q5_K": 5.5, "Q4_1": 5.0, "Q4_0": 4.5, "Q4_K": 4.5}
+_MIXTURE_MAIN = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}
+
+
+def precision_of(ft, types: dict[str, str]) -> str:  # noqa: ANN001 - gguf_quant.FileType
+    """artifact.precision: the file type's, unless an override stored something coarser."""
+    main = _MIXTURE_MAIN.get(ft.name, ft.tensor_type or "F32")
+    coarsest = min(types.values(), key=lambda t: _BITS.get(t, 32.0), default=main)
+    if _BITS.get(coarsest, 32.0) < _BITS.get(main, 32.0) and coarsest not in _MIXTURE_MAIN.values():
+        return coarsest.lower()
+    return ft.precision
+
+
 def _expected_fallback(line: str, names: list[str]) -> bool:
-    """llama.cpp's K-quant fallback line for a tensor plan_types predicted (rows not 256-blocks)."""
+    """llama.cpp's K-quant fallback lines for the tensors plan_types predicted (rows not 256-blocks):
+    one per tensor, and the count at the end (llama-quant.cpp)."""
+    import re
+
+    if re.search(r"\d+ of \d+ tensor\(s\) required fallback quantization", line):
+        return bool(names)  # the summary; each tensor's own line is checked below
     return ("not divisible by 256" in line and "falling back" in line and "F16" not in line
-            and any(n in line for n in names))
+            and any(re.search(re.escape(n) + r"\s", line) for n in names))
 
 
 def _resolve(build_dir: Path, rel: str) -> Path:

@@ -39,7 +39,8 @@ def import_llama_cpp():  # noqa: ANN201 - the module
 def capture_llama_log() -> Iterator[list[tuple[int, str]]]:
     """Collect llama.cpp/ggml log records [(level, text)] instead of printing them.
 
-    Continuation records (level 5) take the level of the line they continue. The previous
+    Continuation records (level 5) and the rest of an unterminated line are joined to the line
+    they continue (keeping the higher level). The previous
     callback (llama-cpp-python's own) is restored on exit.
     """
     llama_cpp = import_llama_cpp()
@@ -50,9 +51,11 @@ def capture_llama_log() -> Iterator[list[tuple[int, str]]]:
     @llama_cpp.llama_log_callback
     def _callback(level: int, text: bytes, _user: object) -> None:
         msg = text.decode("utf-8", errors="replace")
-        if level == LOG_CONT and records:
+        # a record continues the previous one when marked so, or when the previous line was
+        # left open (llama.cpp prints some warnings in two calls, the first without "\n")
+        if records and (level == LOG_CONT or not records[-1][1].endswith("\n")):
             prev_level, prev = records[-1]
-            records[-1] = (prev_level, prev + msg)
+            records[-1] = (max(prev_level, level if level != LOG_CONT else 0), prev + msg)
         else:
             records.append((level, msg))
 

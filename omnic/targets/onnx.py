@@ -14,7 +14,6 @@ Stages, in order (each a function in a small module):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +102,10 @@ class OnnxTarget:
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
         records = onnx_quant.store_weights(model, _quant_plan(program))
+        lost = sorted(n for n, r in records.items() if r["form"] == "unrecognised" and r["planned"] != "fp32")
+        if lost:
+            _log.print(f"[yellow]onnx: {len(lost)} matrices kept float32, their use in the graph "
+                       f"was not recognised: {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}")
         onnx_fusions.cleanup(model)
         fusion_counts: dict[str, int] = {}
         if opts is None or opts.fusions:
@@ -128,7 +131,7 @@ class OnnxTarget:
             "fusions": bool(opts is None or opts.fusions),
             "fusion_counts": fusion_counts,
             "fused_ops": onnx_fusions.fused_ops(stored),
-            "weights": {name: _describe(rec) for name, rec in sorted(records.items())},
+            "context_length": spec.model.context_length,
         }
         return Artifact(
             component=Components.DECODER,
@@ -150,14 +153,8 @@ class OnnxTarget:
         model = path / artifact.details.get("model_file", MODEL_FILE) if path.is_dir() else path
         if not model.is_file():
             raise FileNotFoundError(f"onnx: {model} does not exist")
-        return OnnxRunner(model, intra_op_threads=intra_op_threads)
-
-
-def _describe(rec: dict[str, Any]) -> str:
-    if rec["form"] == "MatMulNBits":
-        return (f"MatMulNBits int{rec['bits']} block {rec['block_size']}"
-                + ("" if rec["symmetric"] else " asym") + (" + GatherBlockQuantized" if rec.get("gather") else ""))
-    return f"{rec['form']} {rec['dtype']}"
+        return OnnxRunner(model, intra_op_threads=intra_op_threads,
+                          context_length=artifact.details.get("context_length"))
 
 
 def _reload(path: Path) -> "ir.Model":
@@ -173,9 +170,11 @@ class OnnxRunner:
     the position advances by T per call; `reset()` empties the cache.
     """
 
-    def __init__(self, model_path: Path, intra_op_threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, intra_op_threads: int | None = None,
+                 context_length: int | None = None) -> None:
         import onnxruntime as ort
 
+        self.context_length = context_length
         opts = ort.SessionOptions()
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
@@ -197,6 +196,9 @@ class OnnxRunner:
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
         t = ids.shape[1]
+        if self.context_length is not None and self.position + t > self.context_length:
+            raise ValueError(f"position {self.position} + {t} tokens exceeds context_length "
+                             f"{self.context_length}")
         feed = {
             "input_ids": ids,
             "attention_mask": np.ones((1, self.position + t), dtype=np.int64),
@@ -207,10 +209,3 @@ class OnnxRunner:
         self.past = {name: result[name.replace("past_key_values.", "present.")] for name in self.past}
         self.position += t
         return np.asarray(result["logits"][0], dtype=np.float32)
-
-
-def read_genai_config(folder: Path) -> dict[str, Any]:
-    """The genai_config.json of an ONNX folder."""
-    from omnic.targets.onnx_genai import CONFIG_NAME
-
-    return json.loads((Path(folder) / CONFIG_NAME).read_text())

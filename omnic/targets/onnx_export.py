@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -80,8 +81,11 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     # The exporter prints progress to stdout and warns about each shared dim name; keep it for
     # the error message only.
     chatter = io.StringIO()
+    torch_log = logging.getLogger("torch.onnx")
+    level = torch_log.level
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
         warnings.simplefilter("ignore")
+        torch_log.setLevel(logging.ERROR)  # "torchvision is not installed" and similar
         try:
             program = torch.onnx.export(
                 entry, (ids, mask, pos, past_k, past_v), dynamo=True, opset_version=opset,
@@ -90,6 +94,8 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
             )
         except Exception as err:
             raise RuntimeError(f"torch.onnx export failed: {err}\n{chatter.getvalue()}") from err
+        finally:
+            torch_log.setLevel(level)
     model = program.model
     _fix_io_shapes(model, c)
     return model

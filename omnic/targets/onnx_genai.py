@@ -91,3 +91,8 @@ def write_genai_files(spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_
     path = Path(folder) / CONFIG_NAME
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return [path, *tokenizer.save(Path(folder))]
+
+
+def read_genai_config(folder: Path) -> dict[str, Any]:
+    """The genai_config.json of an ONNX folder."""
+    return json.loads((Path(folder) / CONFIG_NAME).read_text())

@@ -124,21 +124,23 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         def heads(x, name):
             return op.Transpose(op.Reshape(x, _ANY, _outputs=[name]), perm=[0, 2, 1, 3])
 
-        def repeat(cache):  # transformers' repeat_kv, absent when n_kv_heads == n_heads
-            return pattern.OrValue([op.Reshape(op.Expand(op.Unsqueeze(cache, _ANY), _ANY), _ANY), cache])
+        def repeat(cache, name):  # transformers' repeat_kv, absent when n_kv_heads == n_heads
+            unsqueezed = op.Unsqueeze(cache, _ANY, _outputs=[name])
+            return pattern.OrValue([op.Reshape(op.Expand(unsqueezed, _ANY), _ANY), cache])
 
         q = op.RotaryEmbedding(heads(q_bsd, "q_bshd"), position_ids, cos, sin, _domain=MS, _outputs=["q_rot"])
         k = op.RotaryEmbedding(heads(k_bsd, "k_bshd"), position_ids, cos, sin, _domain=MS, _outputs=["k_rot"])
         v = heads(v_bsd, "v_bshd")
         present_k = op.Concat(past_k, k, axis=2)
         present_v = op.Concat(past_v, v, axis=2)
-        scores = op.Mul(op.MatMul(q, op.Transpose(repeat(present_k), perm=[0, 1, 3, 2])), scale)
+        scores = op.Mul(op.MatMul(q, op.Transpose(repeat(present_k, "k_unsqueezed"), perm=[0, 1, 3, 2])), scale)
         # `masked` = Not(mask) is shared by every layer, so it is an input here, checked below.
         probs = op.Softmax(op.Where(masked, neg, scores), axis=-1)
-        out = op.Transpose(op.MatMul(probs, repeat(present_v)), perm=[0, 2, 1, 3])
+        out = op.Transpose(op.MatMul(probs, repeat(present_v, "v_unsqueezed")), perm=[0, 2, 1, 3])
         return op.Reshape(out, _ANY), present_k, present_v
 
-    def check(self, context, q_bsd, k_bsd, v_bsd, past_k, cos, masked, scale, neg, q_rot, k_rot, **_):
+    def check(self, context, q_bsd, k_bsd, v_bsd, past_k, cos, masked, scale, neg, q_rot, k_rot,
+              q_bshd, k_bshd, v_bshd, k_unsqueezed=None, v_unsqueezed=None, **_):
         result = pattern.MatchResult()
         c, s, n = _const(cos), _const(scale), _const(neg)
         if c is None or c.ndim != 2:
@@ -161,6 +163,17 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         self._heads = (widths[0] // head_dim, widths[1] // head_dim)
         if self._heads[0] % self._heads[1]:
             return result.fail("kv heads do not divide query heads")
+        # Heads are split off the last axis, head-major: [B, S, heads, head_dim].
+        for x, split, heads in ((q_bsd, q_bshd, self._heads[0]), (k_bsd, k_bshd, self._heads[1]),
+                                (v_bsd, v_bshd, self._heads[1])):
+            if x.shape.rank() != 3 or split.shape is None or list(split.shape)[2:] != [heads, head_dim]:
+                return result.fail("q/k/v are not split into [batch, seq, heads, head_dim]", split)
+        # repeat_kv inserts the group axis right after the kv heads, so query head h reads kv
+        # head h // group, GroupQueryAttention's own mapping.
+        for unsq in (k_unsqueezed, v_unsqueezed):
+            if unsq is not None and (
+                (axes := _const(unsq.producer().inputs[1])) is None or axes.reshape(-1).tolist() != [2]):
+                return result.fail("kv heads are repeated in an order GroupQueryAttention does not use", unsq)
         self._scale = float(s.reshape(()))
         return result
 
@@ -180,13 +193,14 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
 
 def _attention_mask_input(mask: ir.Value) -> ir.Value:
     """The graph input `attention_mask` that `mask` was built from (checked by the rule)."""
-    stack = [mask]
+    stack, seen = [mask], set()
     while stack:
         v = stack.pop()
         if v.is_graph_input() and v.name == "attention_mask":
             return v
         node = v.producer()
-        if node is not None:
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
             stack.extend(i for i in node.inputs if i is not None)
     raise ValueError("attention_mask not found")
 

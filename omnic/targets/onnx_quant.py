@@ -233,6 +233,12 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any]) -> dict[str, dict[
                 st.records.setdefault(name, {"form": "Gather", "init": name, "transposed": False,
                                              "dtype": "float32", "scheme": ts.scheme})
     _drop_unused_initializers(st.graph)
+    # A planned matrix the exporter used in a form not recognised above stays float32, and the
+    # record says so (the quantization summary shows it; the golden reference keeps it fp32).
+    for name, ts in plan.items():
+        if name not in st.records and name in st.graph.initializers and len(st.graph.initializers[name].shape or ()) == 2:
+            st.records[name] = {"form": "unrecognised", "init": name, "transposed": False,
+                                "dtype": "float32", "scheme": "fp32", "planned": ts.scheme}
     model.metadata_props[WEIGHTS_KEY] = json.dumps(st.records, sort_keys=True)
     return st.records
 
@@ -275,16 +281,12 @@ def _replace(graph: "ir.Graph", old: "ir.Node", new: "ir.Node") -> None:
 
 
 def _drop_unused_initializers(graph: "ir.Graph") -> None:
-    for name, value in list(graph.initializers.items()):
-        if not value.uses() and value not in graph.outputs:
-            del graph.initializers[name]
-    # Transposes of weights that were replaced are now dangling.
+    """Remove the weight Transposes and initializers the rewritten matrices no longer read."""
     for node in reversed(list(graph)):
-        if all(not o.uses() and o not in graph.outputs for o in node.outputs):
-            if node.op_type in ("Transpose",):
-                graph.remove(node, safe=True)
+        if node.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in node.outputs):
+            graph.remove(node, safe=True)
     for name, value in list(graph.initializers.items()):
-        if not value.uses() and value not in graph.outputs:
+        if not value.uses() and not value.is_graph_output():
             del graph.initializers[name]
 
 

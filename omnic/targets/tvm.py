@@ -199,7 +199,8 @@ class TvmTarget:
 
         t0 = time.perf_counter()
         host = L.host_target(target_str)
-        executable = L.build(mod, host, opt_level)
+        kernels: dict[str, int] = {}
+        executable = L.build(mod, host, opt_level, kernels)
         L.export_host(executable, root / LIBRARY)
         timings["compile_host_s"] = time.perf_counter() - t0
         save_file(weights, str(root / PARAMS), metadata={"format": FORMAT})
@@ -254,7 +255,8 @@ class TvmTarget:
         _log.print(f"tvm: {len(histogram)} Relax op kinds, {sum(histogram.values())} calls; "
                    f"{len(packed)} of {len(state)} tensors packed ({precision}); host {host.kind.name}"
                    + (f", cross {triple} (from {triple_from})" if triple else "")
-                   + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s)")
+                   + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s: "
+                   + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items()) + ")")
         rel = Path(out_dir.name) / dirname if out_dir.name == Targets.TVM else Path(dirname)
         return [Artifact(
             component=Components.DECODER,
@@ -271,7 +273,8 @@ class TvmTarget:
             details={
                 "target": str(host),
                 "opt_level": opt_level,
-                "relax_pipeline": "default (tvm.compile)",
+                "relax_pipeline": "cpu_generic + FuseTransposeMatmul + rfactor-vectorized NT matmul",
+                "kernels": kernels,
                 "target_triple": triple,
                 "target_triple_from": triple_from,
                 "cross": cross,
@@ -281,7 +284,6 @@ class TvmTarget:
                 "bytes": total,
                 "context_length": c,
                 "dynamic_T": [1, c],
-                "timings_s": {k: round(v, 3) for k, v in timings.items()},
             },
             precision=precision,
             reference_weights={n: dequantize(p) for n, p in packed.items()} or None,

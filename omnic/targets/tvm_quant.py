@@ -13,10 +13,12 @@ Layouts (a matrix is [out, in], groups of `g` consecutive inputs share a scale; 
 | int8 symmetric  | int8 [out, in], codes -127..127       | f16/f32 [out,G] | -          | q * s              |
 | int8 asymmetric | uint8 [out, in], codes 0..255         | f16/f32 [out,G] | uint8 [out,G] | (q - z) * s      |
 | int4 symmetric  | uint8 [out, in/2], nibble = code + 8  | f16/f32 [out,G] | -          | (nibble - 8) * s   |
-| int4 asymmetric | uint8 [out, in/2], nibble = code      | f16/f32 [out,G] | uint8 [out,G] | (nibble - z) * s |
+| int4 asymmetric | uint8 [out, in/2], nibble = code      | f16/f32 [out,G] | uint8 [ceil(out*G/2)] | (nibble - z) * s |
 
 int4 packs two codes per byte, element 2j in the low nibble and 2j+1 in the high nibble (the
-order of onnxruntime's MatMulNBits and MLC-LLM's q4f16 along the reduction axis).
+order of onnxruntime's MatMulNBits and MLC-LLM's q4f16 along the reduction axis); its zero points
+are nibbles too, the [out, G] matrix flattened row-major, two per byte, padded with one zero
+nibble when out*G is odd (the memory plan's "uint4 per group").
 ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
 Scales are stored as float16 (as MLC-LLM's q4f16_1 does) when every scale of the tensor is a
 normal float16 number; otherwise that tensor keeps float32 scales rather than lose precision.
@@ -131,11 +133,27 @@ def pack(name: str, w: np.ndarray, ts: "TensorScheme") -> PackedTensor:
         arrays["q"] = codes.astype(np.int8 if ts.symmetric else np.uint8)
     else:
         nib = (codes.astype(np.int16) + (8 if ts.symmetric else 0)).astype(np.uint8)
-        arrays["q"] = (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
+        arrays["q"] = _pack_nibbles(nib)
     arrays["scale"] = _scales(q.scale)
     if not ts.symmetric:
-        arrays["zero"] = q.zero_point.astype(np.uint8)
+        zero = q.zero_point.astype(np.uint8)  # [out, G]
+        if ts.scheme == "int4":
+            flat = zero.reshape(-1)
+            zero = _pack_nibbles(np.concatenate([flat, np.zeros(flat.size % 2, np.uint8)]))
+        arrays["zero"] = zero
     return PackedTensor(name, ts.scheme, tuple(w.shape), ts.group_size, ts.symmetric, arrays)
+
+
+def _pack_nibbles(nib: np.ndarray) -> np.ndarray:
+    """Pairs along the last axis: element 2j -> low nibble, 2j+1 -> high nibble."""
+    return (nib[..., 0::2] | (nib[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """float32 nibbles, twice as many along the last axis (the graph's exact float ops)."""
+    lo = (packed & 15).astype(np.float32)
+    hi = (packed.astype(np.float32) - lo) * np.float32(0.0625)
+    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
 
 
 def dequantize(p: PackedTensor) -> np.ndarray:
@@ -144,18 +162,17 @@ def dequantize(p: PackedTensor) -> np.ndarray:
     if p.scheme in ("fp16", "bf16"):
         return q.astype(np.float32)
     out_f, in_f = p.shape
-    if p.scheme == "int4":
-        lo = (q & 15).astype(np.float32)
-        hi = (q.astype(np.float32) - lo) * np.float32(0.0625)
-        codes = np.stack([lo, hi], axis=-1).reshape(out_f, in_f)
-    else:
-        codes = q.astype(np.float32)
-    codes = codes.reshape(out_f, in_f // p.group, p.group)
+    groups = in_f // p.group
+    codes = _unpack_nibbles(q) if p.scheme == "int4" else q.astype(np.float32)
+    codes = codes.reshape(out_f, groups, p.group)
     if p.symmetric:
         if p.scheme == "int4":
             codes = codes - np.float32(8.0)
     else:
-        codes = codes - p.arrays["zero"].astype(np.float32)[..., None]
+        zero = p.arrays["zero"]
+        if p.scheme == "int4":
+            zero = _unpack_nibbles(zero)[: out_f * groups].reshape(out_f, groups)
+        codes = codes - zero.astype(np.float32)[..., None]
     w = codes * p.arrays["scale"].astype(np.float32)[..., None]
     return w.reshape(out_f, in_f).astype(np.float32)
 
@@ -178,24 +195,29 @@ def _dequant_module() -> type:
         def right_inverse(self, weight: "torch.Tensor") -> tuple["torch.Tensor", ...]:
             return self.stored  # registration stores the packed arrays as the parameters
 
+        @staticmethod
+        def _nibbles(packed: "torch.Tensor") -> "torch.Tensor":
+            lo = (packed & 15).to(torch.float32)
+            hi = (packed.to(torch.float32) - lo) * 0.0625  # exact: (high nibble * 16) / 16
+            return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+
         def forward(self, q: "torch.Tensor", *rest: "torch.Tensor") -> "torch.Tensor":
             f32 = torch.float32
             if self.scheme in ("fp16", "bf16"):
                 return q.to(f32)
             out_f, in_f = self.shape
-            if self.scheme == "int4":
-                lo = (q & 15).to(f32)
-                hi = (q.to(f32) - lo) * 0.0625  # exact: the high nibble times 16, divided back
-                codes = torch.stack([lo, hi], dim=-1).reshape(out_f, in_f)
-            else:
-                codes = q.to(f32)
-            codes = codes.reshape(out_f, in_f // self.group, self.group)
+            groups = in_f // self.group
+            codes = self._nibbles(q) if self.scheme == "int4" else q.to(f32)
+            codes = codes.reshape(out_f, groups, self.group)
             scale = rest[0]
             if self.symmetric:
                 if self.scheme == "int4":
                     codes = codes - 8.0
             else:
-                codes = codes - rest[1].to(f32)[..., None]
+                zero = rest[1]
+                if self.scheme == "int4":
+                    zero = self._nibbles(zero)[: out_f * groups].reshape(out_f, groups)
+                codes = codes - zero.to(f32)[..., None]
             return (codes * scale.to(f32)[..., None]).reshape(out_f, in_f)
 
     return Dequantize

@@ -15,7 +15,7 @@ from omnic.runtime.generate import greedy
 from omnic.runtime.torch_runner import TorchRunner
 from omnic.spec.validate import load_resolved
 
-from conftest import FAMILIES
+from hf_checkpoints import FAMILIES
 
 PROMPT = [256, 12, 250, 99, 7, 301, 45, 45, 3, 510, 128, 64]  # longer than every sliding window
 STEPS = 16

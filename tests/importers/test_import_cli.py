@@ -12,7 +12,7 @@ from omnic.cli.main import main as omnic_main
 from omnic.compiler.build import build_model
 from omnic.spec.validate import load_resolved
 
-from conftest import COMMON, make_checkpoint
+from hf_checkpoints import COMMON, make_checkpoint
 
 
 def _config_dir(tmp_path, **config):

@@ -299,3 +299,31 @@ def test_k_quant_override_reaches_llama_cpp(builds) -> None:
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(build / artifact.path).tensors}
     assert types["token_embd.weight"] == "Q8_0"
     assert types["blk.0.attn_q.weight"] == "Q4_K"
+
+
+def test_k_mixture_falls_back_on_narrow_rows_like_llama_cpp(builds, runners) -> None:
+    """Rows of 64 are not 256-blocks: llama.cpp stores Q5_K_M's tensors as Q5_1 (its own
+    fallback, as for SmolLM's 576); the file still loads cleanly and matches its exact reference."""
+    spec, artifact, build = builds.compile("llama", {}, "Q5_K_M")
+    fallbacks = artifact.details["k_quant_fallbacks"]
+    assert fallbacks and set(fallbacks.values()) <= {"Q5_1", "Q8_0"}, fallbacks
+    runner = runners(artifact, build)
+    assert runner.load_warnings == []
+    decoder = builds.decoder("llama", {})
+    exact = TorchRunner(reference_decoder(decoder, artifact.reference_weights))
+    tokens, _ = greedy(exact, PROMPT, STEPS)
+    assert nmse(decode_logits(runner, PROMPT, tokens[:-1]), decode_logits(exact, PROMPT, tokens[:-1])) < 5e-3
+
+
+def test_an_override_coarser_than_the_file_type_sets_the_precision(builds) -> None:
+    """An F32 file holding the spec's int8 embedding as Q8_0 is judged as q8_0, with its exact
+    reference (the stored embedding, dequantized)."""
+    quant = {"weights": {"scheme": "fp32"},
+             "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"}]}
+    _, artifact, _ = builds.compile("llama-embed8", {}, "F32", quantization=quant)
+    assert artifact.precision == "q8_0"
+    assert artifact.quantization["tensor_types"] == {"F32": 20, "Q8_0": 1}
+    weights = artifact.reference_weights
+    true = builds.decoder("llama-embed8", {}).state_dict()
+    assert not np.array_equal(weights["embed.weight"], true["embed.weight"].numpy())
+    np.testing.assert_array_equal(weights["layers.0.attn.q.weight"], true["layers.0.attn.q.weight"].numpy())

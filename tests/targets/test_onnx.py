@@ -51,6 +51,7 @@ MIXED = dict(
         dict(match=dict(role="embedding"), scheme="int8"),  # per channel; tied: also the lm_head
         dict(match=dict(name=r"layers\.1\.ffn\..*"), scheme="int4", group_size=16, symmetric=False),
         dict(match=dict(name=r"layers\.0\.attn\.o\.weight"), scheme="fp16"),
+        dict(match=dict(name=r"layers\.1\.attn\.v\.weight"), scheme="bf16"),
     ],
 )
 
@@ -83,7 +84,7 @@ def fp32(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    """int4 g32 / int4 g16 asymmetric / int8 per-channel tied embedding / fp16, lowered twice."""
+    """int4 g32 / int4 g16 asym / int8 per-channel tied embedding / fp16 / bf16, lowered twice."""
     spec = tiny_spec(tie=True, quantization=MIXED)
     decoder = build_model(spec, Path("."))
     program = Program(spec=spec, spec_dir=Path("."), decoder=decoder)
@@ -181,6 +182,7 @@ def test_mixed_quantization_matches_quant_exact_reference(mixed):
         "layers.1.ffn.down.weight": ("int4", 16, False),
         "embed.weight": ("int8", None, True),
         "layers.0.attn.o.weight": ("fp16", None, True),
+        "layers.1.attn.v.weight": ("bf16", None, True),
     }
     for name, (scheme, group, sym) in expect.items():
         np.testing.assert_array_equal(
@@ -191,12 +193,13 @@ def test_mixed_storage_forms(mixed):
     art = mixed["artifact"]
     assert art.precision == "int4_g32"
     assert art.quantization["forms"] == {
+        "MatMul bfloat16": 1,
         "MatMul float16": 1,
         "MatMulNBits int4 block 16 asymmetric": 3,
-        "MatMulNBits int4 block 32 symmetric": 10,
+        "MatMulNBits int4 block 32 symmetric": 9,
         "MatMulNBits int8 block 64 symmetric per-channel + GatherBlockQuantized": 1,
     }
-    assert art.op_histogram["com.microsoft::MatMulNBits"] == 14  # 13 matrices + the tied lm_head
+    assert art.op_histogram["com.microsoft::MatMulNBits"] == 13  # 12 matrices + the tied lm_head
     assert art.op_histogram["com.microsoft::GatherBlockQuantized"] == 1
     assert set(art.reference_weights) == {
         n for n in mixed["decoder"].state_dict() if n.endswith(".weight") and "norm" not in n}
@@ -234,7 +237,7 @@ def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
 
 
 def test_genai_config_numbers(fp32):
-    from omnic.targets.onnx import read_genai_config
+    from omnic.targets.onnx_genai import read_genai_config
 
     cfg = read_genai_config(fp32["root"] / "fused" / "onnx")
     dec = cfg["model"]["decoder"]

@@ -186,7 +186,10 @@ def _decode_stored(stored: dict[str, np.ndarray], name: str, q: dict[str, Any],
     g = q["group_size"] or in_f
     codes = codes.astype(np.float64).reshape(out_f, in_f // g, g)
     if not q["symmetric"]:
-        codes = codes - stored[f"{name}.zero"].astype(np.float64)[..., None]
+        zero = stored[f"{name}.zero"]
+        if q["scheme"] == "int4":  # nibbles of the flattened [out, G] matrix
+            zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(-1)[: out_f * (in_f // g)]
+        codes = codes - zero.reshape(out_f, in_f // g).astype(np.float64)[..., None]
     return (codes * stored[f"{name}.scale"].astype(np.float64)[..., None]).reshape(shape)
 
 
@@ -223,8 +226,10 @@ def test_int4_params_file_is_packed(int4: Build) -> None:
             continue
         q = quant[t.name]
         groups = t.numel // (q["group_size"] or t.shape[-1])
-        expected += t.numel // (2 if q["scheme"] == "int4" else 1) + 2 * groups
-        expected += 0 if q["symmetric"] else groups
+        int4 = q["scheme"] == "int4"
+        expected += t.numel // (2 if int4 else 1) + 2 * groups  # codes + fp16 scales
+        if not q["symmetric"]:
+            expected += (groups + 1) // 2 if int4 else groups  # uint4 / uint8 zero points
     stored = sum(w["shape"] and int(np.prod(w["shape"])) * np.dtype(w["dtype"]).itemsize
                  for w in int4.meta["weights"])
     assert stored == expected
