@@ -4,7 +4,7 @@ quality against the fp32 PyTorch decoder (KL divergence, top-1 agreement) on lla
     PYTHONPATH=. .venv/bin/python bench/gguf_quality.py [--threads 2] [--types F16,Q8_0,...]
 
 The model: 12 layers, d_model 768, 12 heads (4 kv), SwiGLU 2048, vocab 32768, tied embeddings,
-about 110 M parameters, seeded random weights (uniform, std 0.02). The shape is GPT-2-small /
+about 100 M parameters, seeded random weights (uniform, std 0.02). The shape is GPT-2-small /
 SmolLM class with every width a multiple of 256, so llama.cpp's K-quants apply without fallback
 (SmolLM-135M's d_model 576 is not: llama.cpp falls back to Q5_0/Q8_0 with warnings there).
 

@@ -89,7 +89,9 @@ class GoldenInfo(_Model):
 class StageTiming(_Model):
     stage: str = Field(description="Stage (load, validate, ..., golden:onnx) or pass id.")
     seconds: float = Field(description="Wall-clock seconds.")
-    peak_rss_mb: float | None = Field(None, description="Process peak RSS after it, MiB.")
+    peak_rss_mb: float | None = Field(
+        None, description="Peak RSS while it ran, MiB (Linux: its own high-water mark, reset at "
+        "its start; elsewhere the process peak so far).")
 
 
 class Timings(_Model):
@@ -98,6 +100,7 @@ class Timings(_Model):
     targets: list[StageTiming] = Field(
         default_factory=list, description="Per target: check, lower, golden.")
     total_seconds: float = Field(0.0, description="Whole compile.")
+    peak_rss_mb: float | None = Field(None, description="Peak RSS of the whole compile, MiB.")
 
 
 class Manifest(_Model):
@@ -244,8 +247,29 @@ def overall_status(artifacts: list[ArtifactEntry]) -> str:
     return GoldenStatus.FAILED if failed else GoldenStatus.PASSED
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window: Linux resets VmHWM when "5" is written to clear_refs.
+
+    Returns False where that is unsupported (peak_rss_mb then stays the process peak so far).
+    ref: https://www.kernel.org/doc/html/latest/admin-guide/mm/soft-dirty.html (clear_refs)
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far, MiB (None where unsupported)."""
+    """Peak resident set size of this process, MiB: since the last reset_peak_rss() on Linux
+    (VmHWM; ru_maxrss keeps the peak of exited threads), else so far (None where unsupported)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows

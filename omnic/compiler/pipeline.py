@@ -74,15 +74,20 @@ class _Stages:
     def __init__(self, console: Console):
         self.console = console
         self.records: dict[str, list[mf.StageTiming]] = {"stages": [], "targets": []}
+        self.peak_mb = 0.0  # the whole compile's peak RSS, over every window
+        mf.reset_peak_rss()  # not the peak of whatever this process did before compiling
 
     @contextlib.contextmanager
     def __call__(self, name: str, kind: str = "stages") -> Iterator[None]:
+        self.peak_mb = max(self.peak_mb, mf.peak_rss_mb() or 0.0)  # the window that ends here
+        mf.reset_peak_rss()  # each stage records its own peak (Linux)
         start = time.perf_counter()
         with self.console.status(f"[bold]{name}[/]…"):
             yield
         seconds = time.perf_counter() - start
-        self.records[kind].append(mf.StageTiming(stage=name, seconds=seconds,
-                                                 peak_rss_mb=mf.peak_rss_mb()))
+        peak = mf.peak_rss_mb()
+        self.peak_mb = max(self.peak_mb, peak or 0.0)
+        self.records[kind].append(mf.StageTiming(stage=name, seconds=seconds, peak_rss_mb=peak))
         self.console.print(f"[green]✓[/] {name:<18} {seconds:7.2f}s")
 
 
@@ -375,7 +380,8 @@ def compile(
         manifest.timings = mf.Timings(
             stages=stage.records["stages"], targets=stage.records["targets"],
             passes=[mf.StageTiming(stage=r.id, seconds=r.seconds) for r in pass_records],
-            total_seconds=time.perf_counter() - started)
+            total_seconds=time.perf_counter() - started,
+            peak_rss_mb=max(stage.peak_mb, mf.peak_rss_mb() or 0.0) or None)
         mf.write(manifest, staging)
         _dump(dump, "07-manifest.json", mf.dumps(manifest))
         passed = manifest.status == GoldenStatus.PASSED

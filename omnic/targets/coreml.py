@@ -87,11 +87,16 @@ class CoremlTarget:
         exported = cv.export(cv.make_wrapper(program.decoder), m.context_length)
         t_export = time.perf_counter() - t0
         mlmodel = cv.convert(exported, target=c.deployment_target, units=c.compute_units,
-                             precision=c.compute_precision, metadata={})
+                             precision=c.compute_precision)
         t_convert = time.perf_counter() - t0 - t_export
         const_names = {op.name for op in q.main_ops(mlmodel._mil_program) if op.op_type == "const"}
         consts = q.weight_consts(exported, const_names, cv.DECODER_ATTR)
         items = q.compressions(plan, consts)
+        if c.compute_precision == "fp16":
+            _log.print("coreml: compute precision fp16: float weights are stored fp16 (as on "
+                       "device), the KV cache is fp16 state")
+        for line in q.describe(items):
+            _log.print(f"coreml: {line}")
         mlmodel = q.compress(mlmodel, items)
         t_compress = time.perf_counter() - t0 - t_export - t_convert
         meta = mlmodel.user_defined_metadata
@@ -113,7 +118,7 @@ class CoremlTarget:
         stored = q.stored_weights(saved, consts)
         weights = self._reference_weights(program, stored, c.compute_precision)
         shapes = {t.name: t.shape for t in decoder_tensors(m)}
-        precision = q.precision_label(plan, shapes, c.compute_precision)
+        precision = q.precision_label(plan, shapes)
         compressed = {t: histogram.get(t, 0) for t in q.COMPRESSION_OPS if histogram.get(t)}
         nbytes = ins.package_bytes(package)
         _log.print(
@@ -121,7 +126,9 @@ class CoremlTarget:
             f"{len(items)} weights compressed {compressed or '-'}, {2 * m.n_layers} KV states "
             f"-> {package.name} ({nbytes / 2**20:.2f} MiB, {seconds:.1f} s: export "
             f"{t_export:.1f}, convert {t_convert:.1f}, compress {t_compress:.1f})")
-        rel = Path(out_dir.name) / package.name if out_dir.name == Targets.COREML else Path(package.name)
+        # Relative to the build directory when out_dir is BUILD/coreml (the pipeline's layout).
+        rel = Path(out_dir.name) / package.name if out_dir.name == Targets.COREML else \
+            Path(package.name)
         return [Artifact(
             component=Components.DECODER,
             target=Targets.COREML,
@@ -141,13 +148,15 @@ class CoremlTarget:
                 "compute_precision": c.compute_precision,
                 "states": sorted(signature["states"]),
                 "kv_cache_dtype": "float16",  # Core ML states are fp16 only
-                "state_bytes": sum(2 * int(np.prod(s["shape"])) for s in signature["states"].values()),
+                "state_bytes": sum(2 * int(np.prod(s["shape"]))
+                                   for s in signature["states"].values()),
                 "compressed_weight_ops": compressed,
                 "weight_ops": dict(sorted(consts.items())),
                 "reference_weights_derived": sorted(set(shapes) - set(consts)),
                 "bytes": nbytes,
                 "weight_bin_bytes": (package / ins.WEIGHTS_FILE).stat().st_size,
                 "context_length": m.context_length,
+                "token_range": [1, m.context_length],  # default shape 1: decode may use the ANE
                 "vocab_size": m.vocab_size,
                 "frontend": "torch.export",
                 "coremltools": ct.__version__,
@@ -166,7 +175,8 @@ class CoremlTarget:
         the fp32 weight cast to the compute precision, which is what the converter would have
         stored. None when the package stores the fp32 weights unchanged.
         """
-        state = {k: v.detach().float().cpu().numpy() for k, v in program.decoder.state_dict().items()}
+        state = {k: v.detach().float().cpu().numpy()
+                 for k, v in program.decoder.state_dict().items()}
         out = {}
         for name, w in state.items():
             if name in stored:

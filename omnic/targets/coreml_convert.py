@@ -14,6 +14,13 @@ I/O (batch 1):
     logits     fp32  [1, T, vocab]
     k_cache_{i}, v_cache_{i}      states fp16 [1, n_kv_heads, context_length, head_dim]
 
+The token count is a range (1..context_length) whose default shape is 1: Core ML runs a
+range-flexible model on the Neural Engine only at its default shape, so decode steps (T=1) can
+use the ANE while prefill runs on GPU/CPU. Enumerated shapes would put a few prefill lengths on
+the ANE too, but Core ML enumerates the shapes of one input only, and this model has two.
+  ref: https://developer.apple.com/forums/thread/724930 (Apple engineer on range flexibility)
+  ref: https://github.com/pytorch/executorch/issues/9632 (enumerated shapes: single input)
+
 `input_pos` instead of a `causal_mask` input: the decoder builds its causal / sliding-window mask
 from positions, so the mask cannot disagree with the cache slots written (coremltools' toy
 example passes a mask; the ExecuTorch Llama export passes `input_pos` as here).
@@ -177,8 +184,7 @@ def register_missing_ops() -> None:
     _REGISTERED = True
 
 
-def convert(exported: Any, *, target: str, units: str, precision: str,
-            metadata: dict[str, str]) -> Any:
+def convert(exported: Any, *, target: str, units: str, precision: str) -> Any:
     """`ct.convert` of the exported wrapper to an ML Program (not loaded: may run off macOS).
 
     Inputs, states and their shapes come from the exported program (its Dim and buffers); only
@@ -197,6 +203,4 @@ def convert(exported: Any, *, target: str, units: str, precision: str,
         compute_precision=compute_precision(precision),
         skip_model_load=True,  # Core ML cannot compile/load off macOS; saving needs no load
     )
-    for key, value in sorted(metadata.items()):
-        model.user_defined_metadata[key] = value
     return model

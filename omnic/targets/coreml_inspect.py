@@ -162,11 +162,11 @@ def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec"
 
     Checks: the package opens (Manifest, protobuf, weights); ML Program at the deployment
     target's specification version; I/O names, dtypes and shapes and the KV states as the spec
-    implies (and as recorded in `artifact.signature`); every state read and written
-    exactly once; the op histogram equals `artifact.op_histogram`; every weight
-    the quantization plan compresses is a constexpr op with the plan's dtype, block layout and
-    zero point, and no other weight is compressed; linear/matmul compute in the spec's precision;
-    the compute units and precision recorded in the model's metadata.
+    implies (and as recorded in `artifact.signature`), one token as the default input shape;
+    every state read and written exactly once; the op histogram equals `artifact.op_histogram`;
+    every weight the quantization plan compresses is a constexpr op with the plan's dtype, block
+    layout and zero point, and no other weight is compressed; linear/matmul compute in the
+    spec's precision; the compute units and precision recorded in the model's metadata.
 
     Args:
         artifact: the Artifact `CoremlTarget.lower` returned (path relative to build_dir).
@@ -211,6 +211,13 @@ def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec"
             for name in got:
                 if name in exp and got[name] != exp[name]:
                     failures.append(f"{part}.{name}: {got[name]}, {label} expects {exp[name]}")
+
+    # The default shape of the token range is a single token (decode): the shape Core ML can
+    # run on the Neural Engine (see coreml_convert).
+    defaults = {i.name: [int(d) for d in i.type.multiArrayType.shape]
+                for i in spec_pb.description.input}
+    if defaults and defaults != {INPUT_IDS: [1, 1], INPUT_POS: [1]}:
+        failures.append(f"default input shapes {defaults}, expected one token")
 
     histogram = op_histogram(spec_pb)
     if histogram != artifact.op_histogram:

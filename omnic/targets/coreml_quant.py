@@ -5,13 +5,14 @@ Mapping (coremltools.optimize.coreml.linear_quantize_weights, one `OpLinearQuant
 weight const, keyed by the const's name; nothing else is touched, `weight_threshold=0` so that
 small matrices the plan quantizes are not skipped by the default 2048-element threshold):
 
-| omnic scheme            | OpLinearQuantizerConfig                                   | MIL op (iOS18)                   |
-|-------------------------|-----------------------------------------------------------|----------------------------------|
-| int8, group_size null   | dtype int8, granularity per_channel                       | constexpr_blockwise_shift_scale  |
-| int8, group_size g      | dtype int8, granularity per_block, block_size [1, g]      | constexpr_blockwise_shift_scale  |
-| int4, group_size g      | dtype int4, granularity per_block, block_size [1, g]      | constexpr_blockwise_shift_scale  |
-| symmetric true / false  | mode linear_symmetric / linear                             |                                  |
-(before iOS18 per-channel int8 becomes `constexpr_affine_dequantize`; per-block and 4-bit need iOS18.)
+| omnic scheme          | OpLinearQuantizerConfig                               |
+|-----------------------|-------------------------------------------------------|
+| int8, group_size null | dtype int8, granularity per_channel                   |
+| int8, group_size g    | dtype int8, granularity per_block, block_size [1, g]  |
+| int4, group_size g    | dtype int4, granularity per_block, block_size [1, g]  |
+| symmetric true/false  | mode linear_symmetric / linear (zero point = offset)  |
+Each becomes a `constexpr_blockwise_shift_scale` op at iOS18 (before iOS18 only per-channel
+int8 exists, as `constexpr_affine_dequantize`; omnic's stateful model needs iOS18 anyway).
   ref: https://apple.github.io/coremltools/docs-guides/source/opt-quantization-api.html
 
 Core ML's quantizer is not omnic's numpy reference: linear_symmetric uses levels [-7, 7] for
@@ -61,8 +62,8 @@ def quantized_schemes(plan: Mapping[str, "TensorScheme"]) -> dict[str, "TensorSc
     return {n: s for n, s in plan.items() if s.scheme in (Schemes.INT8, Schemes.INT4)}
 
 
-def precision_label(plan: Mapping[str, "TensorScheme"], shapes: Mapping[str, tuple[int, ...]],
-                    compute_precision: str) -> str:
+def precision_label(plan: Mapping[str, "TensorScheme"],
+                    shapes: Mapping[str, tuple[int, ...]]) -> str:
     """Tolerance-table key: the scheme holding most matrix elements (int4_g32, int8, ...).
 
     Unquantized artifacts are "fp16": at fp16 compute every weight and activation is fp16, and at
@@ -76,7 +77,7 @@ def precision_label(plan: Mapping[str, "TensorScheme"], shapes: Mapping[str, tup
             label += "_asym"
         counts[label] = counts.get(label, 0) + int(np.prod(shapes[name]))
     if not counts:
-        return Schemes.FP16 if compute_precision in ("fp16", "fp32") else compute_precision
+        return Schemes.FP16
     return max(sorted(counts), key=lambda k: counts[k])
 
 
@@ -101,7 +102,8 @@ def weight_consts(exported: Any, mil_const_names: set[str], decoder_attr: str) -
     return out
 
 
-def compressions(plan: Mapping[str, "TensorScheme"], consts: Mapping[str, str]) -> list[Compression]:
+def compressions(plan: Mapping[str, "TensorScheme"],
+                 consts: Mapping[str, str]) -> list[Compression]:
     """One Compression per quantized tensor of the plan; raises when a const cannot be found."""
     out = []
     missing = []
@@ -114,6 +116,17 @@ def compressions(plan: Mapping[str, "TensorScheme"], consts: Mapping[str, str]) 
         raise ValueError(f"coreml: quantized tensors without a weight const in the ML Program: "
                          f"{missing[:5]}")
     return out
+
+
+def describe(items: list[Compression]) -> list[str]:
+    """One log line per compression kind: what the plan becomes in the ML Program."""
+    kinds: dict[str, int] = {}
+    for c in items:
+        how = "per channel" if c.block is None else f"block {c.block}"
+        sym = "symmetric" if c.symmetric else "with zero point"
+        key = f"{c.dtype} {how} {sym} -> constexpr_blockwise_shift_scale"
+        kinds[key] = kinds.get(key, 0) + 1
+    return [f"{k} ({n} weights)" for k, n in sorted(kinds.items())]
 
 
 def optimization_config(items: list[Compression]) -> Any:

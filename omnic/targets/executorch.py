@@ -46,7 +46,9 @@ _log = Console(stderr=True)
 INSTALL_HINT = "install omnic[executorch] (executorch, torchao)"
 FORWARD = "forward"
 # Core ML deployment targets and compute units when the spec has no `targets.coreml` block.
-COREML_DEFAULTS = {"deployment_target": "iOS18", "compute_units": "cpu_only", "compute_precision": "fp16"}
+COREML_DEFAULTS = {
+    "deployment_target": "iOS18", "compute_units": "cpu_only", "compute_precision": "fp16",
+}
 
 
 def _backend(spec: "ResolvedSpec") -> str:
@@ -54,11 +56,15 @@ def _backend(spec: "ResolvedSpec") -> str:
     return et.backend if et is not None else "xnnpack"
 
 
-def metadata(spec: "ResolvedSpec", bos_id: int | None, eos_ids: list[int], dynamic: bool) -> dict[str, Any]:
+def metadata(
+    spec: "ResolvedSpec", bos_id: int | None, eos_ids: list[int], dynamic: bool
+) -> dict[str, Any]:
     """The constant methods ExecuTorch's LLM runner reads, as export_llm writes them.
 
-    `get_max_seq_len` is the most tokens one `forward` call takes; with the static cache it is
-    the context length too. Absent ids are left out (the runner then asks the tokenizer).
+    `get_max_seq_len` is the longest sequence (prompt + generated) and, with dynamic shapes, the
+    most tokens one `forward` call takes; a static-shape program (`enable_dynamic_shape` false)
+    takes one token per call, as the runner knows. Absent ids are left out (the runner then asks
+    the tokenizer).
     """
     m = spec.model
     out: dict[str, Any] = {}
@@ -67,7 +73,7 @@ def metadata(spec: "ResolvedSpec", bos_id: int | None, eos_ids: list[int], dynam
     if eos_ids:
         out["get_eos_ids"] = [int(e) for e in eos_ids]
     out.update({
-        "get_max_seq_len": m.context_length if dynamic else 1,
+        "get_max_seq_len": m.context_length,
         "get_max_context_len": m.context_length,
         "get_n_layers": m.n_layers,
         "get_vocab_size": m.vocab_size,
@@ -90,8 +96,10 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
             self.n_layers = c.n_layers
             shape = (1, c.n_kv_heads, c.context_length, c.head_dim)
             for i in range(c.n_layers):
-                self.register_buffer(f"k_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False)
-                self.register_buffer(f"v_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False)
+                for kv in ("k", "v"):
+                    self.register_buffer(
+                        f"{kv}_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False
+                    )
 
         def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
             positions = input_pos[:1] + torch.arange(tokens.shape[1], dtype=torch.int64)
@@ -143,6 +151,24 @@ def delegation_summary(graph_module: "torch.fx.GraphModule") -> dict[str, Any]:
     }
 
 
+def _coreml_options(spec: "ResolvedSpec") -> dict[str, str]:
+    """Deployment target, compute units and precision: the spec's `targets.coreml`, if any."""
+    c = spec.targets.coreml
+    return {k: getattr(c, k) for k in COREML_DEFAULTS} if c is not None else dict(COREML_DEFAULTS)
+
+
+def _coreml_fp16(decoder: "torch.nn.Module", quant: Any) -> None:
+    """Core ML at fp16 compute precision stores and computes in fp16 (coremltools casts the
+    fp32 program): the artifact's precision and reference weights say so."""
+    from omnic.quant.reference import fake_quantize
+
+    if quant.dtype != "float32":
+        return
+    quant.precision = "fp16"
+    quant.reference_weights = {n: fake_quantize(p.detach().numpy(), "fp16")
+                               for n, p in decoder.named_parameters()}
+
+
 def _partitioners(spec: "ResolvedSpec") -> list[Any]:
     backend = _backend(spec)
     if backend == "portable":
@@ -155,10 +181,11 @@ def _partitioners(spec: "ResolvedSpec") -> list[Any]:
     from executorch.backends.apple.coreml.compiler import CoreMLBackend
     from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-    cfg = spec.targets.coreml.model_dump() if spec.targets.coreml is not None else COREML_DEFAULTS
+    cfg = _coreml_options(spec)
     target = getattr(ct.target, cfg["deployment_target"])
     units = {"cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
-             "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU, "all": ct.ComputeUnit.ALL}[cfg["compute_units"]]
+             "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU, "all": ct.ComputeUnit.ALL}
+    units = units[cfg["compute_units"]]
     precision = ct.precision.FLOAT16 if cfg["compute_precision"] == "fp16" else ct.precision.FLOAT32
     specs = CoreMLBackend.generate_compile_specs(
         minimum_deployment_target=target, compute_precision=precision, compute_unit=units,
@@ -167,6 +194,43 @@ def _partitioners(spec: "ResolvedSpec") -> list[Any]:
     # export_llm keeps the KV cache out of the Core ML delegate: the open-source Core ML runtime
     # of ExecuTorch does not carry Core ML state. ref: extension/llm/export/partitioner_lib.py
     return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
+
+
+def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[str, Any],
+                  dynamic: bool) -> tuple[Any, dict[str, Any]]:
+    """torch.export -> edge + delegates -> ExecuTorch program; and the delegation summary."""
+    import torch
+    from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
+    from executorch.exir import (
+        EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower,
+    )
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    c = spec.model.context_length
+    tokens = torch.zeros(1, 2 if dynamic else 1, dtype=torch.int64)
+    example = (tokens, torch.zeros(1, dtype=torch.int64))
+    shapes = ({1: torch.export.Dim("seq", min=1, max=c)}, {0: 1}) if dynamic else None
+    with torch.no_grad():
+        ep = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+        ep = ep.run_decompositions({})  # unwrap torchao tensor subclasses, as export_llm does
+    edge = to_edge_transform_and_lower(
+        ep,
+        partitioner=_partitioners(spec),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+        constant_methods=meta,
+    )
+    summary = delegation_summary(edge.exported_program().graph_module)
+    # Linears left outside a delegate run as one op_linear, not transpose + mm (export_llm's
+    # LLMEdgeManager.to_executorch does the same).
+    edge = edge.transform([ConvertToLinearPass()])
+    program = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True,
+        do_quant_fusion_and_const_prop=True,  # torchao embeddings -> embedding_byte / 4bit
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+    ))
+    return program, summary
 
 
 def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool) -> dict[str, Any]:
@@ -213,19 +277,17 @@ class ExecutorchTarget:
         needed = ["executorch", "torchao"] + (["coremltools"] if _backend(spec) == "coreml" else [])
         for mod in needed:
             if importlib.util.find_spec(mod) is None:
-                out.append(Problem(self.id, "targets.executorch", f"{mod} is missing: {INSTALL_HINT}"))
+                out.append(Problem(self.id, "targets.executorch",
+                                   f"{mod} is missing: {INSTALL_HINT}"))
         return out + problems(spec, self.id)
 
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Export, quantize, lower and serialize the decoder; write the tokenizer beside it."""
         try:
             import torch
-            from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+            import executorch.exir  # noqa: F401
         except ImportError as err:
             raise RuntimeError(f"ExecuTorch target: {err}; {INSTALL_HINT}") from None
-        from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
-        from executorch.exir.passes import MemoryPlanningPass
-        from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
         from omnic.targets.executorch_quant import quantize_decoder
         from omnic.tokenizer import load_tokenizer
@@ -246,34 +308,14 @@ class ExecutorchTarget:
         quant = quantize_decoder(decoder, program.annotations.get("quant_plan") or _plan(spec))
         for form, n in sorted(Counter(quant.forms.values()).items()):
             _log.print(f"executorch: {n} tensor(s) → {form}")
+        if backend == "coreml" and _coreml_options(spec)["compute_precision"] == "fp16":
+            _coreml_fp16(decoder, quant)
         dtype = getattr(torch, quant.dtype)
         module = _kv_module(decoder, dtype)
 
-        c = spec.model.context_length
-        example = (torch.zeros(1, 2 if dynamic else 1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
-        shapes = ({1: torch.export.Dim("seq", min=1, max=c)}, {0: 1}) if dynamic else None
-        with torch.no_grad():
-            ep = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
-            ep = ep.run_decompositions({})  # unwrap torchao tensor subclasses (as export_llm)
-
         tok = load_tokenizer(spec, program.spec_dir)
         meta = metadata(spec, tok.bos_id, list(tok.eos_ids), dynamic)
-        edge = to_edge_transform_and_lower(
-            ep,
-            partitioner=_partitioners(spec),
-            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
-            constant_methods=meta,
-        )
-        summary = delegation_summary(edge.exported_program().graph_module)
-        # ConvertToLinearPass: linears left outside the delegate run as one op_linear, not
-        # transpose + mm (export_llm's LLMEdgeManager.to_executorch does the same).
-        edge = edge.transform([ConvertToLinearPass()])
-        et_program = edge.to_executorch(ExecutorchBackendConfig(
-            extract_delegate_segments=True,
-            do_quant_fusion_and_const_prop=True,  # torchao embeddings -> embedding_byte/4bit
-            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
-        ))
+        et_program, summary = _lower_module(module, spec, meta, dynamic)
         pte = out_dir / f"{spec.name}.pte"
         pte.write_bytes(et_program.buffer)
         tokenizer_files = [p.name for p in tok.save(out_dir)]
@@ -298,6 +340,8 @@ class ExecutorchTarget:
             "compute_dtype": quant.dtype,
             "kv_cache": f"mutable buffers, static, {quant.dtype}",
         }
+        if backend == "coreml":
+            details["coreml"] = _coreml_options(spec)
         if quant.dynamic_activations:
             details["activations"] = ("int8 asymmetric per token, quantized at run time inside "
                                       "XNNPACK's quantized linears (8da)")
@@ -372,7 +416,7 @@ class ExecutorchRunner:
         self.method_names: list[str] = []
         self.reset()
         self.context_length = int(self.metadata.get("get_max_context_len", 0))
-        self.max_seq_len = int(self.metadata.get("get_max_seq_len", 1))
+        self.dynamic = bool(self.metadata.get("enable_dynamic_shape", True))
 
     def reset(self) -> None:
         from executorch.runtime import Runtime
@@ -384,7 +428,9 @@ class ExecutorchRunner:
             try:
                 method = self._program.load_method(name)
             except Exception as err:  # the bindings raise RuntimeError with the ET error code
-                raise RuntimeError(f"{self.path.name}: method {name!r} does not load: {err}") from None
+                raise RuntimeError(
+                    f"{self.path.name}: method {name!r} does not load: {err}"
+                ) from None
             if method is None:
                 raise RuntimeError(f"{self.path.name}: method {name!r} does not load")
             if name != FORWARD:
@@ -402,8 +448,7 @@ class ExecutorchRunner:
             raise ValueError(f"position {self.position} + {t} tokens exceeds context_length "
                              f"{self.context_length}")
         chunks = []
-        # A static-shape program (the Core ML variant) takes one token per call.
-        step = t if self.max_seq_len >= t else self.max_seq_len
+        step = t if self.dynamic else 1  # a static-shape program takes one token per call
         for start in range(0, t, step):
             part = ids[:, start:start + step]
             pos = torch.tensor([self.position], dtype=torch.int64)

@@ -2,13 +2,16 @@
 
 One table decides, per tensor of the quant plan, what the .pte stores and which kernel runs it:
 
-| plan scheme                  | used as            | ExecuTorch form                      | kernel                          |
-|------------------------------|--------------------|--------------------------------------|---------------------------------|
-| int4 symmetric, group g      | linear             | 8da4w, group g (int8 dynamic acts)   | XNNPACK qd8-f32-qb4w gemm       |
-| int8 symmetric, per channel  | linear             | 8da8w, per channel                   | XNNPACK qd8-f32-qc8w gemm       |
-| int8 any, int4 any           | embedding lookup   | weight-only, torchao's embedding     | quantized_decomposed::embedding_byte / embedding_4bit |
-| fp16 (every matrix)          | whole model        | fp16 weights, activations, KV cache  | XNNPACK f16 kernels             |
-| bf16 (portable backend only) | whole model        | bf16 weights, activations, KV cache  | portable kernels                |
+| plan scheme                 | used as   | ExecuTorch form               | kernel                 |
+|-----------------------------|-----------|-------------------------------|------------------------|
+| int4 symmetric, group g     | linear    | 8da4w g (int8 dynamic acts)   | XNNPACK qd8-f32-qb4w   |
+| int8 symmetric, per channel | linear    | 8da8w, per channel            | XNNPACK qd8-f32-qc8w   |
+| int8 / int4, any group      | embedding | torchao weight-only embedding | embedding_byte / _4bit |
+| fp16 (every matrix)         | all       | fp16 weights, acts, KV cache  | XNNPACK f16 kernels    |
+| bf16 (portable backend)     | all       | bf16 weights, acts, KV cache  | portable kernels       |
+
+(embedding_byte / embedding_4bit are `quantized_decomposed::` kernels of the runtime, produced
+from torchao's dequantize + embedding by `to_executorch`'s quant fusion.)
 
 The integer codes are placed into torchao's `IntxUnpackedToInt8Tensor` directly instead of
 letting torchao choose its parameters (torchao's `hqq_scale_only` default is data-dependent
@@ -59,7 +62,7 @@ class QuantResult:
 
     precision: str  # row key of the tolerance table
     dtype: str  # compute dtype of the exported model: "float32", "float16" or "bfloat16"
-    forms: dict[str, str] = field(default_factory=dict)  # tensor name -> native form (non-fp32 only)
+    forms: dict[str, str] = field(default_factory=dict)  # name -> native form, non-fp32 only
     reference_weights: dict[str, np.ndarray] | None = None
     dynamic_activations: bool = False
 
@@ -161,7 +164,8 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
         # activations and the KV cache. The rules reject mixing it with anything else.
         (scheme,) = floats
         if schemes - {scheme, Schemes.FP32}:
-            raise ValueError(f"{scheme} cannot be mixed with {sorted(schemes - floats)} (see check())")
+            raise ValueError(f"{scheme} cannot be mixed with {sorted(schemes - floats)} "
+                             "(see check())")
         dtype = torch.float16 if scheme == Schemes.FP16 else torch.bfloat16
         decoder.to(dtype)
         ref = {n: p.detach().float().numpy().copy() for n, p in decoder.named_parameters()}

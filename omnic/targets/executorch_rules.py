@@ -1,4 +1,4 @@
-"""The ExecuTorch target's pre-flight rules, registered on the shared capabilities table (torch-free).
+"""The ExecuTorch target's pre-flight rules, on the shared capabilities table (torch-free).
 
 `omnic validate` imports this module for specs that enable the ExecuTorch target, and
 `ExecutorchTarget.check` reads the same table. The bf16 and asymmetric-int4 rules live in
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, TensorNames, Targets
 from omnic.spec.capabilities import Context, Finding, register
+
+_ET = "https://github.com/pytorch/executorch/blob/main/"
 
 XNNPACK_BLOCK = 32  # qb4w group sizes are multiples of 32
 
@@ -27,19 +29,20 @@ def _linear_uses(ctx: Context, scheme: str):
 
 @register(Targets.EXECUTORCH, "executorch.xnnpack_int_symmetric",
           "XNNPACK's quantized linears (qd8-f32-qc8w / qb4w) take weights without zero points",
-          "https://github.com/pytorch/executorch/blob/main/backends/xnnpack/operators/quant_params.py")
+          _ET + "backends/xnnpack/operators/quant_params.py")
 def _int8_asym(ctx: Context):
     if backend(ctx) != "xnnpack":
         return
     # int4 is covered by capabilities' executorch.xnnpack_int4_symmetric
-    for path in sorted({ctx.source(s) for _, s in _linear_uses(ctx, Schemes.INT8) if not s.symmetric}):
+    asym = [s for _, s in _linear_uses(ctx, Schemes.INT8) if not s.symmetric]
+    for path in sorted({ctx.source(s) for s in asym}):
         yield Finding(path + ("symmetric",),
                       "XNNPACK's int8 linear weights have no zero point; nearest: symmetric: true")
 
 
 @register(Targets.EXECUTORCH, "executorch.xnnpack_int8_per_channel",
           "XNNPACK has group-wise weights for 4 bits only; int8 weights are per channel",
-          "https://github.com/pytorch/executorch/blob/main/backends/xnnpack/operators/node_visitor.py")
+          _ET + "backends/xnnpack/operators/node_visitor.py")
 def _int8_groups(ctx: Context):
     if backend(ctx) != "xnnpack":
         return
@@ -52,7 +55,7 @@ def _int8_groups(ctx: Context):
 
 @register(Targets.EXECUTORCH, "executorch.xnnpack_block_32",
           "XNNPACK's 4-bit block kernels need group sizes that are multiples of 32",
-          "https://github.com/pytorch/executorch/blob/main/backends/xnnpack/operators/node_visitor.py")
+          _ET + "backends/xnnpack/operators/node_visitor.py")
 def _int4_block(ctx: Context):
     if backend(ctx) != "xnnpack":
         return
@@ -67,7 +70,7 @@ def _int4_block(ctx: Context):
 
 @register(Targets.EXECUTORCH, "executorch.one_float_type",
           "an XNNPACK program computes in one float type; fp16 is the whole model or nothing",
-          "https://github.com/pytorch/executorch/blob/main/extension/llm/export/builder.py")
+          _ET + "extension/llm/export/builder.py")
 def _fp16_mixed(ctx: Context):
     if backend(ctx) == "portable":
         return
@@ -85,7 +88,7 @@ def _fp16_mixed(ctx: Context):
 
 @register(Targets.EXECUTORCH, "executorch.kv_cache",
           "omnic's ExecuTorch program keeps the KV cache in the model's float type",
-          "https://github.com/pytorch/executorch/blob/main/extension/llm/custom_ops/custom_ops.py")
+          _ET + "extension/llm/custom_ops/custom_ops.py")
 def _kv_cache(ctx: Context):
     if ctx.spec.quantization.kv_cache != KVCache.NONE:
         yield Finding(("quantization", "kv_cache"),
@@ -93,7 +96,8 @@ def _kv_cache(ctx: Context):
                       "SDPA custom op, which omnic's attention does not use; nearest: none")
 
 
-@register(Targets.EXECUTORCH, "executorch.decoder_only", "the ExecuTorch target lowers the text decoder only",
+@register(Targets.EXECUTORCH, "executorch.decoder_only",
+          "the ExecuTorch target lowers the text decoder only",
           "https://github.com/pytorch/executorch/tree/main/examples/models/llama")
 def _modalities(ctx: Context):
     for name in ("vision", "audio", "sensors", "action_head"):
@@ -105,7 +109,7 @@ def _modalities(ctx: Context):
 
 @register(Targets.EXECUTORCH, "executorch.coreml_float_only",
           "omnic's Core ML delegate variant stores fp32/fp16 weights",
-          "https://github.com/pytorch/executorch/blob/main/backends/apple/coreml/partition/coreml_partitioner.py")
+          _ET + "backends/apple/coreml/partition/coreml_partitioner.py")
 def _coreml_ints(ctx: Context):
     if backend(ctx) != "coreml":
         return

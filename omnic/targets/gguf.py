@@ -8,6 +8,13 @@
                     exactly as stored (artifact.reference_weights)
     load(artifact)  llama-cpp-python; any llama.cpp warning while loading is a failure
 
+Types: `targets.gguf.file_type: auto` takes the type of `quantization.weights` (int4 g32 -> Q4_0,
+asymmetric -> Q4_1, int8 -> Q8_0, fp16 -> F16, ...); an explicit file type sets the matrices'
+default instead. Either way the spec's per-tensor overrides are honoured (an int8 embedding is
+Q8_0, also inside an F32 or Q4_K_M file), 1-D tensors and the MoE router stay F32 as in
+llama.cpp, and `artifact.precision` is the coarsest thing stored (the file type, a coarser
+override, or the q8_0 KV cache of `kv_cache: int8`).
+
 The pieces: gguf_arch (architecture, names, keys), gguf_quant (types, quantizers),
 gguf_tokenizer (tokenizer.ggml.*), gguf_write (streaming writer, read-back), gguf_runtime
 (llama-cpp-python runner with the log captured).
@@ -51,6 +58,10 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
             problems.append(Problem(Targets.GGUF, f"modalities.{name}",
                                     "the GGUF target writes the text decoder only; llama.cpp keeps "
                                     "encoders in a separate mmproj file that omnic does not write"))
+    if spec.quantization.kv_cache == "int8" and spec.model.dim_per_head % 32:
+        problems.append(Problem(Targets.GGUF, "quantization.kv_cache", "llama.cpp's int8 KV cache "
+                                f"is q8_0 (blocks of 32); head_dim {spec.model.dim_per_head} is not "
+                                "a multiple of 32 (llama_init_from_model refuses it)"))
     if spec.tokenizer.kind == "byte" and spec.model.vocab_size < 259:
         problems.append(Problem(Targets.GGUF, "model.vocab_size", "the byte tokenizer needs "
                                 "256 bytes + <s>, </s>, <pad>: vocab_size >= 259"))
@@ -73,6 +84,7 @@ class GgufTarget:
         from omnic.targets.gguf_write import read_back, write_gguf
 
         spec = program.spec
+        _require_backends(spec)
         problems = _problems(spec)
         if problems:
             raise ValueError("gguf cannot take this spec:\n" + "\n".join(map(str, problems)))
@@ -106,21 +118,12 @@ class GgufTarget:
         write_s = time.perf_counter() - t0
         quantize_s = 0.0
         if k_quant:
-            from omnic.targets.gguf_quant import run_llama_quantize
-            from omnic.targets.gguf_runtime import default_threads, warnings_of
-
             t1 = time.perf_counter()
             try:
-                records = run_llama_quantize(str(first), str(final), ft, types_plan.k_overrides,
-                                             default_threads())
+                _llama_quantize(first, final, types_plan)
             finally:
                 first.unlink(missing_ok=True)
             quantize_s = time.perf_counter() - t1
-            unexpected = [w for w in warnings_of(records)
-                          if not any(e in w for e in _EXPECTED_QUANTIZE_WARNINGS)
-                          and not _expected_fallback(w, types_plan.k_fallbacks)]
-            if unexpected:
-                raise RuntimeError("llama.cpp warned while quantizing: " + " | ".join(unexpected[:5]))
 
         # the quantization-exact reference is needed as soon as one tensor is not F32 (an F32
         # file may still hold, say, the spec's int8 embedding override as Q8_0)
@@ -153,7 +156,7 @@ class GgufTarget:
                 # K mixtures: tensors llama.cpp stored in a 32-block type (rows not 256-blocks)
                 "k_quant_fallbacks": {n: facts["types"][n] for n in types_plan.k_fallbacks},
             },
-            precision=precision_of(ft, facts["types"]),
+            precision=precision_of(ft, facts["types"], kv_type),
             reference_weights=weights,
         )]
 
@@ -175,6 +178,33 @@ class GgufTarget:
         return runner
 
 
+def _require_backends(spec: "ResolvedSpec") -> None:
+    """gguf-py always, llama-cpp-python for K mixtures: a one-line message when missing."""
+    from omnic.targets.gguf_runtime import import_llama_cpp
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ImportError("the gguf package is not installed: pip install 'omnic[gguf]'") from None
+    ft = spec.targets.gguf.file_type if spec.targets.gguf is not None else "auto"
+    if ft in K_QUANTS:
+        import_llama_cpp()  # llama.cpp's own quantizer makes the K mixtures
+
+
+def _llama_quantize(src: Path, dst: Path, types_plan) -> None:  # noqa: ANN001 - TypePlan
+    """Run llama.cpp's quantizer; any warning it prints that omnic did not plan for fails."""
+    from omnic.targets.gguf_quant import run_llama_quantize
+    from omnic.targets.gguf_runtime import default_threads, warnings_of
+
+    records = run_llama_quantize(str(src), str(dst), types_plan.file_type, types_plan.k_overrides,
+                                 default_threads())
+    unexpected = [w for w in warnings_of(records)
+                  if not any(e in w for e in _EXPECTED_QUANTIZE_WARNINGS)
+                  and not _expected_fallback(w, types_plan.k_fallbacks)]
+    if unexpected:
+        raise RuntimeError("llama.cpp warned while quantizing: " + " | ".join(unexpected[:5]))
+
+
 # Coarseness of ggml types (bits per weight, llama.cpp's ggml-common.h block sizes): the
 # tolerance row of a file is that of its coarsest matrix type.
 _BITS = {"F32": 32.0, "F16": 16.0, "BF16": 15.9, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_1": 6.0,
@@ -182,10 +212,11 @@ _BITS = {"F32": 32.0, "F16": 16.0, "BF16": 15.9, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_
 _MIXTURE_MAIN = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}
 
 
-def precision_of(ft, types: dict[str, str]) -> str:  # noqa: ANN001 - gguf_quant.FileType
-    """artifact.precision: the file type's, unless an override stored something coarser."""
+def precision_of(ft, types: dict[str, str], kv_type: str = "F32") -> str:  # noqa: ANN001
+    """artifact.precision: the file type's (ft, a gguf_quant.FileType), unless an override stored
+    something coarser, or the KV cache is q8_0 (the references keep an fp32 cache)."""
     main = _MIXTURE_MAIN.get(ft.name, ft.tensor_type or "F32")
-    coarsest = min(types.values(), key=lambda t: _BITS.get(t, 32.0), default=main)
+    coarsest = min([*types.values(), kv_type], key=lambda t: _BITS.get(t, 32.0), default=main)
     if _BITS.get(coarsest, 32.0) < _BITS.get(main, 32.0) and coarsest not in _MIXTURE_MAIN.values():
         return coarsest.lower()
     return ft.precision

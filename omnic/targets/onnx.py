@@ -102,18 +102,22 @@ class OnnxTarget:
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
         records = onnx_quant.store_weights(model, _quant_plan(program))
-        lost = sorted(n for n, r in records.items() if r["form"] == "unrecognised" and r["planned"] != "fp32")
+        lost = sorted(n for n, r in records.items()
+                      if r["form"] == "unrecognised" and r["planned"] != "fp32")
         if lost:
+            more = " ..." if len(lost) > 3 else ""
             _log.print(f"[yellow]onnx: {len(lost)} matrices kept float32, their use in the graph "
-                       f"was not recognised: {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}")
+                       f"was not recognised: {', '.join(lost[:3])}{more}")
         onnx_fusions.cleanup(model)
         fusion_counts: dict[str, int] = {}
         if opts is None or opts.fusions:
             fusion_counts = onnx_fusions.fuse(model)
-            _log.print(f"onnx: fusions {', '.join(f'{k}={v}' for k, v in fusion_counts.items() if v) or 'none matched'}")
+            fired = ", ".join(f"{k}={v}" for k, v in fusion_counts.items() if v)
+            _log.print(f"onnx: fusions {fired or 'none matched'}")
         onnx_quant.narrow_floats(model, records)
         quant = onnx_quant.summary(records)
-        _log.print(f"onnx: weights → {', '.join(f'{k} ({v})' for k, v in quant['forms'].items())}")
+        forms = ", ".join(f"{k} ({v})" for k, v in quant["forms"].items())
+        _log.print(f"onnx: weights → {forms}")
         onnx_export.finalize(model, opset, omnic.__version__)
 
         folder = Path(out_dir)
@@ -146,7 +150,9 @@ class OnnxTarget:
         )
 
     # -- running -----------------------------------------------------------------------------
-    def load(self, artifact: Artifact, build_dir: Path, intra_op_threads: int | None = None) -> "OnnxRunner":
+    def load(
+        self, artifact: Artifact, build_dir: Path, intra_op_threads: int | None = None
+    ) -> "OnnxRunner":
         """An onnxruntime session over the artifact's model, behind the Runner protocol."""
         _require_backend()
         path = Path(build_dir) / artifact.path
@@ -179,10 +185,12 @@ class OnnxRunner:
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_path), opts, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._past_shapes = {
-            i.name: i.shape for i in self.session.get_inputs() if i.name.startswith("past_key_values.")
+            i.name: i.shape for i in self.session.get_inputs()
+            if i.name.startswith("past_key_values.")
         }
         self.reset()
 
@@ -206,6 +214,6 @@ class OnnxRunner:
             **self.past,
         }
         result = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
-        self.past = {name: result[name.replace("past_key_values.", "present.")] for name in self.past}
+        self.past = {n: result[n.replace("past_key_values.", "present.")] for n in self.past}
         self.position += t
         return np.asarray(result["logits"][0], dtype=np.float32)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 # Dimension names used by onnxruntime-genai's model builder.
-BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+BATCH, SEQ = "batch_size", "sequence_length"
+PAST, TOTAL = "past_sequence_length", "total_sequence_length"
 
 # onnxruntime 1.31 reads IR version <= 13 (onnx 1.23 writes 14 by default); opset 21 is IR 10.
 # ref: https://onnxruntime.ai/docs/reference/compatibility.html
@@ -77,7 +78,7 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
         "past_v": [cache_axes] * c.n_layers,
     }
     inputs, outputs = io_names(c.n_layers)
-    entry = decoder.concat_entry() if hasattr(decoder, "concat_entry") else _ConcatEntry(decoder)
+    entry = decoder.concat_entry()  # forward_concat as forward, canonical parameter names
     # The exporter prints progress to stdout and warns about each shared dim name; keep it for
     # the error message only.
     chatter = io.StringIO()
@@ -101,29 +102,14 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     return model
 
 
-class _ConcatEntry:  # fallback for decoders without `concat_entry` (wraps, adds a name prefix)
-    def __new__(cls, decoder):
-        import torch
-
-        class Entry(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.decoder = decoder
-
-            def forward(self, input_ids, attention_mask, position_ids, past_k, past_v):
-                return decoder.forward_concat(input_ids, attention_mask, position_ids, past_k, past_v)
-
-        return Entry()
-
-
 def _fix_io_shapes(model: "ir.Model", c: Any) -> None:
     """Write the genai symbolic shapes on every graph input and output."""
     import onnx_ir as ir
 
     cache_in = [BATCH, c.n_kv_heads, PAST, c.head_dim]
     cache_out = [BATCH, c.n_kv_heads, TOTAL, c.head_dim]
-    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL], "position_ids": [BATCH, SEQ],
-              "logits": [BATCH, SEQ, c.vocab_size]}
+    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL],
+              "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size]}
     for v in model.graph.inputs:
         v.shape = ir.Shape(shapes.get(v.name, cache_in))
     for v in model.graph.outputs:
@@ -160,16 +146,20 @@ def finalize(model: "ir.Model", opset: int, producer_version: str) -> None:
                 out.name = f"{node.op_type.lower()}_{i}" + (f"_{j}" if j else "")
     # Symbolic dims inside the graph keep the exporter's names, which are derived from the
     # graph only; intermediate shapes are dropped entirely when they carry torch's symbols.
+    def torch_symbol(d: Any) -> bool:  # s26, u1: names torch.export made up
+        return isinstance(d, ir.SymbolicDim) and bool(d.value) and d.value[0] in "su" \
+            and d.value[1:2].isdigit()
+
     for node in model.graph:
         for out in node.outputs:
-            if out.name not in io and out.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value and
-                                             d.value.startswith(("s", "u")) and d.value[1:2].isdigit()
-                                             for d in out.shape):
+            if out.name not in io and out.shape is not None and any(map(torch_symbol, out.shape)):
                 out.shape = None
 
 
-def save(model: "ir.Model", path: Path, external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
-    """Write `model` to `path`; weights go to `<name>.data` when they pass `external_threshold` bytes.
+def save(
+    model: "ir.Model", path: Path, external_threshold: int = EXTERNAL_DATA_THRESHOLD
+) -> list[Path]:
+    """Write `model` to `path`; weights go to `<name>.data` past `external_threshold` bytes.
 
     Returns:
         The files written (the model, and the external data file when used).
@@ -177,7 +167,8 @@ def save(model: "ir.Model", path: Path, external_threshold: int = EXTERNAL_DATA_
     import onnx_ir as ir
 
     path = Path(path)
-    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    total = sum(v.const_value.nbytes for v in model.graph.initializers.values()
+                if v.const_value is not None)
     if total > external_threshold:
         data = path.name + ".data"
         ir.save(model, path, external_data=data, size_threshold_bytes=1024)

@@ -82,7 +82,9 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any) -> dict[
     }
 
 
-def write_genai_files(spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str) -> list[Path]:
+def write_genai_files(
+    spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str
+) -> list[Path]:
     """Write genai_config.json and the tokenizer files into `folder`; return the paths written."""
     from omnic.tokenizer import load_tokenizer
 

@@ -54,7 +54,7 @@ class RopeTable(pattern.RewriteRuleClassBase):
         if cos is None or sin is None or cos.ndim != 2 or cos.shape != sin.shape:
             return result.fail("cos/sin are not constant [positions, head_dim] tables")
         half = cos.shape[1] // 2
-        if not (np.array_equal(cos[:, :half], cos[:, half:]) and np.array_equal(sin[:, :half], sin[:, half:])):
+        if not all(np.array_equal(t[:, :half], t[:, half:]) for t in (cos, sin)):
             return result.fail("the table is not cat(freqs, freqs)")
         if x.shape is None or x.shape.rank() != 4 or x.shape[3] != cos.shape[1]:
             return result.fail("x is not [batch, heads, seq, head_dim]")
@@ -70,9 +70,9 @@ class RopeTable(pattern.RewriteRuleClassBase):
         if key not in self._halves:
             cos, sin = _const(cos_table), _const(sin_table)
             half = cos.shape[1] // 2
-            self._halves[key] = (
-                op.initializer(ir.tensor(np.ascontiguousarray(cos[:, :half])), name=f"{cos_table.name}.half"),
-                op.initializer(ir.tensor(np.ascontiguousarray(sin[:, :half])), name=f"{sin_table.name}.half"),
+            self._halves[key] = tuple(
+                op.initializer(ir.tensor(np.ascontiguousarray(t[:, :half])), name=f"{v.name}.half")
+                for t, v in ((cos, cos_table), (sin, sin_table))
             )
         cos_half, sin_half = self._halves[key]
         return op.RotaryEmbedding(x, position_ids, cos_half, sin_half, interleaved=0, _domain=MS)
@@ -109,7 +109,8 @@ def _is_causal_and_padding(mask: ir.Value) -> bool:
             continue
         zero = _const(n.inputs[1])
         sub = n.inputs[0].producer()
-        if zero is not None and zero.size == 1 and float(zero.reshape(())) == 0 and sub is not None and sub.op_type == "Sub":
+        is_zero = zero is not None and zero.size == 1 and float(zero.reshape(())) == 0
+        if is_zero and sub is not None and sub.op_type == "Sub":
             return True
     return False
 
@@ -120,7 +121,9 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
     def __init__(self) -> None:
         super().__init__("OmnicGroupQueryAttention")
 
-    def pattern(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked, scale, neg):
+    def pattern(
+        self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked, scale, neg
+    ):
         def heads(x, name):
             return op.Transpose(op.Reshape(x, _ANY, _outputs=[name]), perm=[0, 2, 1, 3])
 
@@ -128,12 +131,15 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
             unsqueezed = op.Unsqueeze(cache, _ANY, _outputs=[name])
             return pattern.OrValue([op.Reshape(op.Expand(unsqueezed, _ANY), _ANY), cache])
 
-        q = op.RotaryEmbedding(heads(q_bsd, "q_bshd"), position_ids, cos, sin, _domain=MS, _outputs=["q_rot"])
-        k = op.RotaryEmbedding(heads(k_bsd, "k_bshd"), position_ids, cos, sin, _domain=MS, _outputs=["k_rot"])
+        q = op.RotaryEmbedding(heads(q_bsd, "q_bshd"), position_ids, cos, sin, _domain=MS,
+                               _outputs=["q_rot"])
+        k = op.RotaryEmbedding(heads(k_bsd, "k_bshd"), position_ids, cos, sin, _domain=MS,
+                               _outputs=["k_rot"])
         v = heads(v_bsd, "v_bshd")
         present_k = op.Concat(past_k, k, axis=2)
         present_v = op.Concat(past_v, v, axis=2)
-        scores = op.Mul(op.MatMul(q, op.Transpose(repeat(present_k, "k_unsqueezed"), perm=[0, 1, 3, 2])), scale)
+        keys_t = op.Transpose(repeat(present_k, "k_unsqueezed"), perm=[0, 1, 3, 2])
+        scores = op.Mul(op.MatMul(q, keys_t), scale)
         # `masked` = Not(mask) is shared by every layer, so it is an input here, checked below.
         probs = op.Softmax(op.Where(masked, neg, scores), axis=-1)
         out = op.Transpose(op.MatMul(probs, repeat(present_v, "v_unsqueezed")), perm=[0, 2, 1, 3])
@@ -147,7 +153,7 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
             return result.fail("rotary cache is not a constant table")
         head_dim = 2 * c.shape[1]
         # The exporter writes masked_fill(-inf) as the float32 minimum; both mean "never attend".
-        if s is None or s.size != 1 or n is None or n.size != 1 or not float(n.reshape(())) <= -1e30:
+        if s is None or s.size != 1 or n is None or n.size != 1 or float(n.reshape(())) > -1e30:
             return result.fail("scale or the -inf mask fill is not a scalar constant")
         for rot in (q_rot, k_rot):
             if rot.producer().attributes.get_int("interleaved", 0) != 0:
@@ -158,7 +164,8 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         if past_k.shape is None or past_k.shape.rank() != 4 or past_k.shape[3] != head_dim:
             return result.fail("past key is not [batch, kv_heads, past, head_dim]", past_k)
         negation = masked.producer()
-        if negation is None or negation.op_type != "Not" or not _is_causal_and_padding(negation.inputs[0]):
+        if negation is None or negation.op_type != "Not" \
+                or not _is_causal_and_padding(negation.inputs[0]):
             return result.fail("mask is not causal & attention_mask (sliding window?)", masked)
         self._heads = (widths[0] // head_dim, widths[1] // head_dim)
         if self._heads[0] % self._heads[1]:
@@ -166,14 +173,15 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         # Heads are split off the last axis, head-major: [B, S, heads, head_dim].
         for x, split, heads in ((q_bsd, q_bshd, self._heads[0]), (k_bsd, k_bshd, self._heads[1]),
                                 (v_bsd, v_bshd, self._heads[1])):
-            if x.shape.rank() != 3 or split.shape is None or list(split.shape)[2:] != [heads, head_dim]:
+            if x.shape.rank() != 3 or split.shape is None \
+                    or list(split.shape)[2:] != [heads, head_dim]:
                 return result.fail("q/k/v are not split into [batch, seq, heads, head_dim]", split)
         # repeat_kv inserts the group axis right after the kv heads, so query head h reads kv
         # head h // group, GroupQueryAttention's own mapping.
         for unsq in (k_unsqueezed, v_unsqueezed):
-            if unsq is not None and (
-                (axes := _const(unsq.producer().inputs[1])) is None or axes.reshape(-1).tolist() != [2]):
-                return result.fail("kv heads are repeated in an order GroupQueryAttention does not use", unsq)
+            axes = None if unsq is None else _const(unsq.producer().inputs[1])
+            if unsq is not None and (axes is None or axes.reshape(-1).tolist() != [2]):
+                return result.fail("kv heads repeated in an order GQA does not use", unsq)
         self._scale = float(s.reshape(()))
         return result
 

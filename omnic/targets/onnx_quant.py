@@ -3,11 +3,11 @@
 Each matrix of the exported graph is found by its canonical name (the exporter names initializers
 after the module's state-dict keys) and rewritten into the form its scheme asks for:
 
-| scheme       | MatMul (x @ W.T)                              | embedding Gather                          |
-|--------------|-----------------------------------------------|-------------------------------------------|
-| fp32         | MatMul(x, W.T) with W.T pre-transposed        | Gather(W)                                 |
-| fp16 / bf16  | the same, stored 16-bit, Cast to float32      | Gather(Cast(W))                           |
-| int4 / int8  | com.microsoft MatMulNBits (bits, block)       | com.microsoft GatherBlockQuantized (bits) |
+| scheme      | MatMul (x @ W.T)                         | embedding Gather                     |
+|-------------|------------------------------------------|--------------------------------------|
+| fp32        | MatMul(x, W.T), W.T stored transposed    | Gather(W)                            |
+| fp16 / bf16 | the same, stored 16-bit, Cast to float32 | Gather(Cast(W))                      |
+| int4 / int8 | com.microsoft MatMulNBits (bits, block)  | com.microsoft GatherBlockQuantized   |
 
 A tied embedding is stored once: the lm_head's MatMulNBits weight, reshaped, is also the data of
 the GatherBlockQuantized (as onnxruntime-genai's model builder does).
@@ -92,7 +92,8 @@ def pack_nbits(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool
     if group_size is None:  # one scale per row, spread over the row's blocks
         k_blocks = -(-k // block)
         pad_code = np.full((n, 1), offset) if symmetric else zero.reshape(n, 1)
-        row = np.concatenate([codes.reshape(n, k), np.broadcast_to(pad_code, (n, k_blocks * block - k))], axis=1)
+        pad = np.broadcast_to(pad_code, (n, k_blocks * block - k))
+        row = np.concatenate([codes.reshape(n, k), pad], axis=1)
         codes = row.reshape(n, k_blocks, block)
         scales = np.repeat(scales.reshape(n, 1), k_blocks, axis=1)
         zero = None if zero is None else np.repeat(zero.reshape(n, 1), k_blocks, axis=1)
@@ -134,7 +135,8 @@ def _bits(scheme: str) -> int | None:
 def _const_init(graph: "ir.Graph", name: str, array: np.ndarray) -> "ir.Value":
     import onnx_ir as ir
 
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
+    dtype = ir.DataType.from_numpy(array.dtype)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(dtype))
     value.const_value = ir.tensor(array, name=name)
     graph.register_initializer(value)
     return value
@@ -236,7 +238,8 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any]) -> dict[str, dict[
     # A planned matrix the exporter used in a form not recognised above stays float32, and the
     # record says so (the quantization summary shows it; the golden reference keeps it fp32).
     for name, ts in plan.items():
-        if name not in st.records and name in st.graph.initializers and len(st.graph.initializers[name].shape or ()) == 2:
+        init = st.graph.initializers.get(name)
+        if name not in st.records and init is not None and len(init.shape or ()) == 2:
             st.records[name] = {"form": "unrecognised", "init": name, "transposed": False,
                                 "dtype": "float32", "scheme": "fp32", "planned": ts.scheme}
     model.metadata_props[WEIGHTS_KEY] = json.dumps(st.records, sort_keys=True)
@@ -283,7 +286,8 @@ def _replace(graph: "ir.Graph", old: "ir.Node", new: "ir.Node") -> None:
 def _drop_unused_initializers(graph: "ir.Graph") -> None:
     """Remove the weight Transposes and initializers the rewritten matrices no longer read."""
     for node in reversed(list(graph)):
-        if node.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in node.outputs):
+        dead = not any(o.uses() or o.is_graph_output() for o in node.outputs)
+        if node.op_type == "Transpose" and dead:
             graph.remove(node, safe=True)
     for name, value in list(graph.initializers.items()):
         if not value.uses() and not value.is_graph_output():

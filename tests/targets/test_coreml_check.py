@@ -59,7 +59,8 @@ def test_ios17_refuses_int4_per_block_with_its_own_reason():
 
 
 def test_int8_per_channel_is_not_refused_for_its_blocks_on_ios17():
-    found = problems(spec({"deployment_target": "iOS17"}, INT8_CHANNEL, device={"os_version": "17"}))
+    ios17 = {"os_version": "17"}
+    found = problems(spec({"deployment_target": "iOS17"}, INT8_CHANNEL, device=ios17))
     assert not any("int8" in m for _, m in found), found  # only the state rule fires
     blocks = {"weights": {"scheme": "int8", "group_size": 32}}
     found = problems(spec({"deployment_target": "iOS17"}, blocks, device={"os_version": "17"}))

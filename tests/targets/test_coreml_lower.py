@@ -189,7 +189,8 @@ def test_structural_check_fails_on_wrong_expectations(built):
     from omnic.targets.coreml import structural_check
 
     spec, _, build, artifact = built
-    longer = spec.model_copy(update={"model": spec.model.model_copy(update={"context_length": 128})})
+    longer = spec.model_copy(update={
+        "model": spec.model.model_copy(update={"context_length": 128})})
     failures = structural_check(artifact, build, longer)
     assert any(f.startswith("states.k_cache_0") for f in failures), failures
     assert any(f.startswith("inputs.input_ids") for f in failures), failures

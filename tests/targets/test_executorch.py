@@ -36,6 +36,8 @@ from omnic.spec import ResolvedSpec  # noqa: E402
 from omnic.targets.base import Artifact, NotRunnable, get_target  # noqa: E402
 from omnic.tokenizer import ByteTokenizer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # compiles real .pte files
+
 DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
 TINY = {"vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
         "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True}
@@ -66,9 +68,10 @@ class Builds:
             spec = make_spec(quant)
             build = self.root / key
             before = {k: v.clone() for k, v in self.decoder.state_dict().items()}
-            (artifact,) = get_target("executorch").lower(Program(spec, Path("."), self.decoder), build / "executorch")
+            program = Program(spec, Path("."), self.decoder)
+            (artifact,) = get_target("executorch").lower(program, build / "executorch")
             after = self.decoder.state_dict()
-            assert all(torch.equal(before[k], after[k]) for k in before), "lower() mutated the program"
+            assert all(torch.equal(before[k], after[k]) for k in before), "lower() mutated it"
             self.built[key] = (spec, artifact, build)
         return self.built[key]
 
@@ -140,7 +143,7 @@ def test_check_accepts_supported_schemes():
 def test_lower_refuses_what_check_rejects(tmp_path, builds):
     spec = make_spec({"weights": {"scheme": "int8", "group_size": 32}})
     with pytest.raises(ValueError, match="group_size"):
-        get_target("executorch").lower(Program(spec, Path("."), builds.decoder), tmp_path / "executorch")
+        get_target("executorch").lower(Program(spec, Path("."), builds.decoder), tmp_path / "et")
 
 
 def test_coreml_variant_is_not_runnable_here(tmp_path):
@@ -158,8 +161,8 @@ def test_fp32_logits_match_torch(fp32, builds):
     assert got.shape == (len(PROMPT), TINY["vocab_size"]) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     for token in [5, 77, 300, 12, 250]:  # decode steps read the cache the prefill wrote
-        np.testing.assert_allclose(runner.forward(np.array([token])), ref.forward(np.array([token])),
-                                   atol=1e-5, rtol=0)
+        step = np.array([token])
+        np.testing.assert_allclose(runner.forward(step), ref.forward(step), atol=1e-5, rtol=0)
     assert artifact.precision == "fp32" and artifact.reference_weights is None
 
 
@@ -176,8 +179,8 @@ def test_kv_cache_lives_in_the_program(fp32):
     runner.reset()
     whole = runner.forward(np.array(PROMPT))
     runner.reset()
-    pieces = np.concatenate([runner.forward(np.array(PROMPT[:7])), runner.forward(np.array(PROMPT[7:8])),
-                             runner.forward(np.array(PROMPT[8:]))])
+    pieces = np.concatenate([runner.forward(np.array(part))
+                             for part in (PROMPT[:7], PROMPT[7:8], PROMPT[8:])])
     np.testing.assert_allclose(pieces, whole, atol=1e-5, rtol=0)
     runner.reset()  # a fresh program: position 0 and an empty cache again
     np.testing.assert_allclose(runner.forward(np.array(PROMPT)), whole, atol=0, rtol=0)
@@ -242,7 +245,8 @@ def test_executorch_llm_runner_drives_the_program(fp32, builds):
 
 def test_lowering_is_deterministic(fp32, builds, tmp_path):
     spec, artifact, build, runner = fp32
-    (again,) = get_target("executorch").lower(Program(spec, Path("."), builds.decoder), tmp_path / "executorch")
+    program = Program(spec, Path("."), builds.decoder)
+    (again,) = get_target("executorch").lower(program, tmp_path / "executorch")
     assert (tmp_path / again.path).read_bytes() == (build / artifact.path).read_bytes()
     assert again.details == artifact.details and again.op_histogram == artifact.op_histogram
 
@@ -255,7 +259,8 @@ def test_int4_reference_weights_are_the_stored_blocks(int4, builds):
     assert artifact.precision == "8da4w_g32"
     assert set(ref) == {k for k, v in weights.items() if v.ndim == 2}
     # The embedding lookup is exact: omnic's own int8 codes and scales.
-    np.testing.assert_array_equal(ref["embed.weight"], fake_quantize(weights["embed.weight"], "int8"))
+    embed = fake_quantize(weights["embed.weight"], "int8")
+    np.testing.assert_array_equal(ref["embed.weight"], embed)
     for name, stored in ref.items():
         if name == "embed.weight":
             continue
@@ -269,8 +274,11 @@ def test_int4_reference_weights_are_the_stored_blocks(int4, builds):
         k = q / s
         assert (s > 0).all() and np.abs(k - np.round(k)).max() < 1e-3, name
         assert k.min() > -8.001 and k.max() < 7.001, name
-        # ...and every weight is within half a step of what is stored
-        assert (np.abs(q - w) <= 0.5 * s * (1 + 1e-2)).all(), name
+        # ...and every weight is within half a step of what is stored, except weights above
+        # +7 steps, clipped to +7 (the Q4_0 level set has no +8): within one step
+        # (|w| <= 8 s since the block maximum sits on -8 or +7).
+        bound = np.where(np.round(k) == 7, 1.0, 0.5) * s * (1 + 1e-2)
+        assert (np.abs(q - w) <= bound).all(), name
 
 
 def test_int4_matches_its_exact_reference(int4, builds):

@@ -33,10 +33,13 @@ VOCAB = 320
 STEPS = 10
 
 
-def tiny_spec(*, tie: bool, quantization: dict | None = None, onnx: dict | None = None, **extra) -> ResolvedSpec:
+HOST = dict(name="host", memory_budget_mb=1024, bandwidth_gbps=10, os="linux", arch="x86_64")
+
+
+def tiny_spec(*, tie: bool, quantization: dict | None = None, onnx: dict | None = None,
+              **extra) -> ResolvedSpec:
     return ResolvedSpec.model_validate(dict(
-        omnic=1, name="tiny-onnx",
-        device=dict(name="host", memory_budget_mb=1024, bandwidth_gbps=10, os="linux", arch="x86_64"),
+        omnic=1, name="tiny-onnx", device=HOST,
         model=dict(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
                    ffn=dict(kind="swiglu", hidden=128), context_length=64, tie_embeddings=tie),
         weights=dict(source="random", seed=3),
@@ -73,7 +76,8 @@ def fp32(tmp_path_factory):
     raw = export_decoder(decoder, 21)
     root = tmp_path_factory.mktemp("onnx_fp32")
     out = {"spec": spec, "decoder": decoder, "root": root}
-    for key, fusions, threshold in (("fused", True, None), ("plain", False, None), ("external", True, 1024)):
+    variants = (("fused", True, None), ("plain", False, None), ("external", True, 1024))
+    for key, fusions, threshold in variants:
         s = spec.model_copy(update={"targets": spec.targets.model_copy(
             update={"onnx": spec.targets.onnx.model_copy(update={"fusions": fusions})})})
         program = Program(spec=s, spec_dir=Path("."), decoder=decoder)
@@ -92,11 +96,12 @@ def mixed(tmp_path_factory):
     target = get_target("onnx")
     first = target.lower(program, root / "a" / "onnx")
     second = target.lower(program, root / "b" / "onnx")
-    return {"spec": spec, "decoder": decoder, "root": root, "artifact": first[0], "again": second[0]}
+    return {"spec": spec, "decoder": decoder, "root": root, "artifact": first[0],
+            "again": second[0]}
 
 
 def _reference_decoder(spec, decoder, weights):
-    """The fp32 decoder with `weights` (name -> array) substituted: the quantization-exact reference."""
+    """The fp32 decoder with `weights` (name -> array) substituted: the quant-exact reference."""
     state = {k: v.clone() for k, v in decoder.state_dict().items()}
     for name, value in weights.items():
         state[name] = torch.from_numpy(np.asarray(value))
@@ -146,7 +151,8 @@ def test_external_data_past_the_threshold(fp32):
     files = fp32["external"].details["files"]
     assert fp32["external"].details["external_data"] and "model.onnx.data" in files
     assert files["model.onnx"]["bytes"] < 64 * 1024 < files["model.onnx.data"]["bytes"]
-    assert not fp32["fused"].details["external_data"] and "model.onnx.data" not in fp32["fused"].details["files"]
+    inline = fp32["fused"].details
+    assert not inline["external_data"] and "model.onnx.data" not in inline["files"]
 
 
 def test_signature_is_onnxruntime_genai_layout(fp32):
@@ -186,7 +192,8 @@ def test_mixed_quantization_matches_quant_exact_reference(mixed):
     }
     for name, (scheme, group, sym) in expect.items():
         np.testing.assert_array_equal(
-            art.reference_weights[name], fake_quantize(fp32_state[name].numpy(), scheme, group, sym))
+            art.reference_weights[name],
+            fake_quantize(fp32_state[name].numpy(), scheme, group, sym))
 
 
 def test_mixed_storage_forms(mixed):
@@ -244,5 +251,6 @@ def test_genai_config_numbers(fp32):
     assert (dec["num_attention_heads"], dec["num_key_value_heads"], dec["head_size"],
             dec["hidden_size"], dec["num_hidden_layers"]) == (4, 2, 16, 64, 2)
     assert cfg["model"]["context_length"] == cfg["search"]["max_length"] == 64
-    assert (cfg["model"]["bos_token_id"], cfg["model"]["eos_token_id"], cfg["model"]["pad_token_id"]) == (256, 257, 258)
+    ids = [cfg["model"][f"{k}_token_id"] for k in ("bos", "eos", "pad")]
+    assert ids == [256, 257, 258]
     assert cfg["search"]["past_present_share_buffer"] is False

@@ -50,7 +50,8 @@ def _nibbles(b):
 
 
 @pytest.mark.parametrize("bits,k,group,symmetric", [
-    (4, 96, 32, True), (4, 96, 32, False), (4, 64, 16, False), (4, 128, 128, True), (8, 96, 32, False),
+    (4, 96, 32, True), (4, 96, 32, False), (4, 64, 16, False), (4, 128, 128, True),
+    (8, 96, 32, False),
 ])
 def test_packing_is_bit_identical_to_onnxruntime_quantizer(bits, k, group, symmetric):
     from omnic.targets.onnx_quant import pack_nbits
@@ -106,11 +107,13 @@ def test_unpack_matches_the_matmulnbits_kernel(bits, group, symmetric, k):
         inputs.append("Z")
     node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft", K=k, N=n,
                             bits=bits, block_size=nb.block)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [k, k])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [k, n])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=10)
-    kernel = ort.InferenceSession(model.SerializeToString()).run(None, {"A": np.eye(k, dtype=np.float32)})[0].T
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [k, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [k, n])], inits)
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
+    session = ort.InferenceSession(model.SerializeToString())
+    kernel = session.run(None, {"A": np.eye(k, dtype=np.float32)})[0].T
     unpacked = unpack_nbits(nb.data, nb.scales, nb.zero_points, bits=bits, block=nb.block, n=n, k=k)
     np.testing.assert_array_equal(unpacked, kernel)
     np.testing.assert_array_equal(unpacked, fake_quantize(w, f"int{bits}", group, symmetric))
@@ -119,7 +122,8 @@ def test_unpack_matches_the_matmulnbits_kernel(bits, group, symmetric, k):
 def _spec(quantization=None, onnx_opts=None, **extra):
     return ResolvedSpec.model_validate(dict(
         omnic=1, name="chk",
-        device=dict(name="host", memory_budget_mb=1024, bandwidth_gbps=10, os="linux", arch="x86_64"),
+        device=dict(name="host", memory_budget_mb=1024, bandwidth_gbps=10, os="linux",
+                    arch="x86_64"),
         model=dict(vocab_size=320, d_model=96, n_layers=2, n_heads=4, n_kv_heads=2,
                    ffn=dict(kind="swiglu", hidden=192), context_length=64),
         quantization=quantization or dict(weights=dict(scheme="int4", group_size=32)),
