@@ -129,6 +129,37 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
     return problems
 
 
+def _call_order_weights(targets: list[str], packed: dict[str, Any],
+                        state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays `main` takes after its user inputs, in order, keyed by params-file name.
+
+    Args:
+        targets: the exported program's parameter names, in `main`'s argument order.
+        packed: canonical name -> tvm_quant.PackedTensor (the tensors stored below fp32).
+        state: canonical name -> float32 array (everything else).
+    """
+    from omnic.targets.tvm_quant import stored_name
+
+    out: dict[str, np.ndarray] = {}
+    for target in targets:
+        local = target.removeprefix("decoder.")  # FlatDecoder holds the decoder as `decoder`
+        name = stored_name(local, packed)
+        base, _, suffix = name.rpartition(".")
+        out[name] = packed[base].arrays[suffix] if base in packed else state[local]
+    return out
+
+
+def _signature(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count."""
+    n, c = config.n_layers, config.context_length
+    cache = {"shape": [1, config.n_kv_heads, c, config.head_dim], "dtype": "float32"}
+    kv = {f"{kind}_cache.{i}": cache for kind in ("k", "v") for i in range(n)}
+    inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
+              "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
+    outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}, **kv}
+    return inputs, outputs
+
+
 @register_target(Targets.TVM)
 class TvmTarget:
     """Apache TVM Relax, run in the Relax VM."""
@@ -153,7 +184,7 @@ class TvmTarget:
 
         from omnic.quant.select import tensor_schemes
         from omnic.targets import tvm_lowering as L
-        from omnic.targets.tvm_quant import apply_packing, dequantize, pack, precision_of, stored_name
+        from omnic.targets.tvm_quant import apply_packing, dequantize, pack, precision_of
 
         spec = program.spec
         cfg = spec.targets.tvm
@@ -179,15 +210,8 @@ class TvmTarget:
         timings["import_s"] = time.perf_counter() - t0
         histogram = L.op_histogram(mod)
 
-        # The weights in main's argument order, named as in the params file.
-        weights: dict[str, np.ndarray] = {}
-        for tgt in targets:
-            local = tgt.removeprefix("decoder.")
-            name = stored_name(local, packed)
-            base, _, suffix = name.rpartition(".")
-            weights[name] = packed[base].arrays[suffix] if base in packed else state[local]
-        expected = L.param_signature(mod, num_input)
-        for (name, arr), (shape, dtype) in zip(weights.items(), expected):
+        weights = _call_order_weights(targets, packed, state)
+        for (name, arr), (shape, dtype) in zip(weights.items(), L.param_signature(mod, num_input)):
             if list(arr.shape) != shape or str(arr.dtype) != dtype:
                 raise RuntimeError(f"tvm: weight {name} is {arr.dtype}{list(arr.shape)}, main "
                                    f"expects {dtype}{shape}")
@@ -219,15 +243,8 @@ class TvmTarget:
                      "linked_so": f"decoder.{triple}.so" if linked else None,
                      "target": str(L.cross_target(triple))}
 
-        L_, kv, c, hd = config.n_layers, config.n_kv_heads, config.context_length, config.head_dim
-        cache = {"shape": [1, kv, c, hd], "dtype": "float32"}
-        inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
-                  "input_pos": {"shape": ["T"], "dtype": "int64"}}
-        inputs.update({f"k_cache.{i}": cache for i in range(L_)})
-        inputs.update({f"v_cache.{i}": cache for i in range(L_)})
-        outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}}
-        outputs.update({f"k_cache.{i}": cache for i in range(L_)})
-        outputs.update({f"v_cache.{i}": cache for i in range(L_)})
+        c = config.context_length
+        inputs, outputs = _signature(config)
         descriptor = {
             "format": FORMAT,
             "function": "main",
@@ -239,7 +256,7 @@ class TvmTarget:
                         for n, a in weights.items()],
             "T": {"min": 1, "max": c},
             "context_length": c,
-            "n_layers": L_,
+            "n_layers": config.n_layers,
             "vocab_size": config.vocab_size,
             "quantization": {name: p.describe() for name, p in packed.items()},
             "target": str(host),

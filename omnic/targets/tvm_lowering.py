@@ -4,7 +4,8 @@
     export_decoder()    torch.export with a dynamic token count T (1..context_length)
     to_relax()          tvm.relax.frontend.torch.from_exported_program, weights kept as inputs
     op_histogram()      Relax operator counts of `main` before any lowering
-    build()             tvm.compile under the spec's opt_level
+    relax_pipeline()    TVM's CPU pipeline + transpose-matmul fusion + a vectorised NT matmul
+    build()             tvm.compile with that pipeline under the spec's opt_level
     export_host()       a shared library for this machine (`export_library` with the system cc)
     export_cross()      the same module compiled for a target triple, as a tar of object files
 

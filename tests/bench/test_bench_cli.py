@@ -1,4 +1,4 @@
-"""`omnic bench` on a tiny onnx build (+ a Core ML entry): one row per artifact, every field,
+"""`omnic bench` on a tiny gguf build (+ a Core ML entry): one row per artifact, every field,
 numbers checked against quantities computed here independently."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ def test_one_row_per_artifact_and_exit_status(bench_run, tiny_build):
     assert bench_run.code == 0, bench_run.stderr  # not_run is reported, not failed
     assert [r["target"] for r in bench_run.report["rows"]] == [
         a.target for a in tiny_build.manifest.artifacts]
-    assert "onnx" in bench_run.stdout and "needs macOS" in bench_run.stdout  # the table
+    assert "gguf" in bench_run.stdout and "needs macOS" in bench_run.stdout  # the table
 
 
-def test_onnx_row_has_every_field(bench_run):
-    row = _row(bench_run.report, "onnx")
+def test_gguf_row_has_every_field(bench_run):
+    row = _row(bench_run.report, "gguf")
     assert row["status"] == "ok", row.get("reason")
     missing = [k for k in REQUIRED if row.get(k) is None]
     assert not missing
@@ -42,21 +42,19 @@ def test_onnx_row_has_every_field(bench_run):
 
 
 def test_threads_reach_the_runtime(bench_run):
-    settings = _row(bench_run.report, "onnx")["settings"]
-    assert settings["onnxruntime intra_op_num_threads"] == THREADS
+    settings = _row(bench_run.report, "gguf")["settings"]
+    assert settings["llama.cpp n_threads"] == settings["llama.cpp n_threads_batch"] == THREADS
     assert settings["env"]["OMP_NUM_THREADS"] == str(THREADS)
     assert bench_run.report["bandwidth"]["threads"] == THREADS
 
 
 def test_ceiling_from_bandwidth_and_bytes(bench_run, tiny_build):
-    """bytes per token = the onnx weight files (the fp32 tiny model, tied embeddings: all read)
-    + K and V of 2 layers x 2 kv heads x 16 dims x 4 bytes at the mean decode position."""
-    row = _row(bench_run.report, "onnx")
-    onnx_dir = tiny_build.dir / "onnx"
-    weights = sum(p.stat().st_size for p in onnx_dir.rglob("*")
-                  if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(".onnx.data")))
+    """bytes per token = the .gguf file (F32 weights of the tiny model, tied embeddings: all of
+    it is read) + K and V of 2 layers x 2 kv heads x 16 dims x 4 bytes at the mean position."""
+    row = _row(bench_run.report, "gguf")
+    weights = sum(p.stat().st_size for p in (tiny_build.dir / "gguf").glob("*.gguf"))
     assert row["weight_bytes"] == weights
-    # fp32 weights of the tiny model (tied: embed 320x64, 2 layers) are most of the file
+    # the fp32 weights are most of the file (the rest: metadata and the 320-token vocabulary)
     params = tiny_build.manifest.memory_plan["parameters"]
     assert 4 * params <= weights < 4 * params * 1.3
     mean_pos = PROMPT + (DECODE + 1) / 2
@@ -69,14 +67,12 @@ def test_ceiling_from_bandwidth_and_bytes(bench_run, tiny_build):
         row["decode_tokens_per_s"]["median"] / row["ceiling_tokens_per_s"])
 
 
-def test_decode_rate_matches_a_direct_timing(bench_run, tiny_build):
+def test_decode_rate_matches_a_direct_timing(bench_run, tiny_build, monkeypatch):
     """The same artifact timed here, in-process: the bench's tokens/s is tokens per second."""
-    from omnic.compiler.build_runner import artifact_from_entry, find_entry
-    from omnic.targets.base import get_target
+    from omnic.compiler.build_runner import open_build_runner
 
-    target = get_target("onnx")
-    runner = target.load(artifact_from_entry(find_entry(tiny_build.manifest, "onnx")),
-                         tiny_build.dir, intra_op_threads=THREADS)
+    monkeypatch.setenv("OMNIC_THREADS", str(THREADS))
+    runner = open_build_runner(tiny_build.dir, "gguf")
     rates = []
     for _ in range(3):
         runner.reset()
@@ -86,7 +82,7 @@ def test_decode_rate_matches_a_direct_timing(bench_run, tiny_build):
             runner.forward(np.array([t], dtype=np.int64))
         rates.append(DECODE / (time.perf_counter() - start))
     mine = float(np.median(rates))
-    theirs = _row(bench_run.report, "onnx")["decode_tokens_per_s"]["median"]
+    theirs = _row(bench_run.report, "gguf")["decode_tokens_per_s"]["median"]
     # a shared machine is noisy; a unit error (ms vs s, tokens vs steps x layers) is not 10x-close
     assert mine / 10 < theirs < mine * 10, (theirs, mine)
 
@@ -110,5 +106,5 @@ def test_bad_input_exits_2(tiny_build, capsys):
 
     assert main(["bench", str(tiny_build.dir), "--prompt-tokens", "60",
                  "--decode-tokens", "10"]) == 2  # 70 > context 64
-    assert main(["bench", str(tiny_build.dir), "--targets", "tvm"]) == 2
+    assert main(["bench", str(tiny_build.dir), "--targets", "onnx"]) == 2  # not in the build
     assert "context length 64" in capsys.readouterr().err

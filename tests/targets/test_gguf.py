@@ -327,3 +327,38 @@ def test_an_override_coarser_than_the_file_type_sets_the_precision(builds) -> No
     true = builds.decoder("llama-embed8", {}).state_dict()
     assert not np.array_equal(weights["embed.weight"], true["embed.weight"].numpy())
     np.testing.assert_array_equal(weights["layers.0.attn.q.weight"], true["layers.0.attn.q.weight"].numpy())
+
+
+# Blocks the HF families do not reach: each must run on llama.cpp like the PyTorch decoder.
+ARCH_CASES = {
+    "deepseek": ({"moe": {"experts": 4, "top_k": 2, "shared_experts": 1, "normalize_top_k": False}},
+                 "deepseek"),
+    "qwen3moe": ({"qk_norm": True, "head_dim": 16, "moe": {"experts": 4, "top_k": 2}}, "qwen3moe"),
+    "qwen2_window": ({"qkv_bias": True, "sliding_window": {"size": 8}}, "granite_swa"),
+    "even_window_scale": ({"sliding_window": {"size": 8, "layers": "even"}, "attn_scale": 0.2},
+                          "granite_swa"),
+    "yarn_attention_factor": ({"rope": {"scaling": {"kind": "yarn", "factor": 4.0,
+                                                    "original_context_length": 16,
+                                                    "attention_factor": 1.3}}}, "llama"),
+    "mixtral_qkv_bias": ({"qkv_bias": True, "head_dim": 32, "moe": {"experts": 4, "top_k": 2}}, "llama"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARCH_CASES))
+def test_block_combinations_run_like_the_reference(builds, runners, case: str) -> None:
+    model, arch = ARCH_CASES[case]
+    decoder = builds.decoder(case, model)
+    with torch.no_grad():  # std 0.1 weights: logits far from flat, so a wrong layout shows
+        g = torch.Generator().manual_seed(0)
+        for _, p in decoder.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    spec, artifact, build = builds.compile(case, model, "F32")
+    assert artifact.details["architecture"] == arch
+    runner = runners(artifact, build)
+    tokens = np.asarray(PROMPT + PROMPT, np.int64)  # 40 positions: past every window
+    runner.reset()
+    got = runner.forward(tokens)
+    ref = TorchRunner(decoder).forward(tokens)
+    assert np.abs(ref).max() > 1.0
+    assert np.abs(got - ref).max() <= 1e-4 + 1e-4 * np.abs(ref).max()

@@ -163,3 +163,50 @@ def test_check_catches_bad_specs():
     assert [p.field for p in check(_spec(onnx_opts=dict(opset=17)))] == ["targets.onnx.opset"]
     kv = check(_spec(dict(weights=dict(scheme="fp32"), kv_cache="int8")))
     assert [p.field for p in kv] == ["quantization.kv_cache"] and "nearest: none" in kv[0].message
+
+
+def test_store_weights_on_a_hand_built_graph():
+    """MatMul(x, Transpose(W)) -> MatMulNBits, Gather(E) -> GatherBlockQuantized, any other use of
+    a planned matrix (here Gemm) is kept float32 and reported; outputs match the fake-quantized
+    numpy computation."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from omnic.quant.reference import fake_quantize
+    from omnic.quant.select import TensorScheme
+    from omnic.targets.onnx_quant import read_weights, store_weights, summary
+
+    rng = np.random.default_rng(5)
+    w, g, e = (rng.standard_normal(s).astype(np.float32) for s in ((24, 64), (24, 64), (50, 64)))
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["x"], axis=0),
+        helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "Wt"], ["y"]),
+        helper.make_node("Reshape", ["x", "flat"], ["x2"]),
+        helper.make_node("Gemm", ["x2", "G"], ["z"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 24]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [3, 24])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(g, "G"),
+         numpy_helper.from_array(e, "E"), numpy_helper.from_array(np.array([3, 64]), "flat")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    model = ir.serde.deserialize_model(proto)
+    plan = {"W": TensorScheme("int4", 32, True), "G": TensorScheme("int4", 32, True),
+            "E": TensorScheme("int8", None, False)}
+    records = store_weights(model, plan)
+    assert {n: r["form"] for n, r in records.items()} == {
+        "W": "MatMulNBits", "E": "MatMulNBits", "G": "unrecognised"}
+    assert records["E"]["gather"] == "GatherBlockQuantized"
+    assert summary(records)["forms"]["unrecognised float32"] == 1
+    stored = read_weights(model)
+    assert set(stored) == {"W", "E"}
+    np.testing.assert_array_equal(stored["E"], fake_quantize(e, "int8", None, False))
+
+    ids = np.array([[4, 0, 49]], dtype=np.int64)
+    session = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
+    y, z = session.run(["y", "z"], {"ids": ids})
+    x = stored["E"][ids[0]][None]
+    np.testing.assert_allclose(y, x @ fake_quantize(w, "int4", 32, True).T, atol=1e-5)
+    np.testing.assert_allclose(z, x[0] @ g.T, atol=1e-5)

@@ -1,0 +1,282 @@
+"""Shared parts of the comparison scripts in bench/ (not a test, not part of the package).
+
+- `make_checkpoint`: a random Hugging Face checkpoint of a known shape, saved locally, with
+  omnic's byte tokenizer written as tokenizer.json (no download anywhere);
+- `run_measured`: a child process's wall time and its own peak RSS (os.wait4, per child);
+- `measure_in_worker`: decode timing of one model in a fresh process, by one of the harnesses
+  below, the same harness for both tools' files:
+    og     onnxruntime-genai Generator (the runtime both ONNX folders are made for)
+    ort    a plain onnxruntime session fed like omnic's OnnxRunner (inputs read off the graph)
+    llama  llama-cpp-python's Llama.eval (last-position logits only)
+  Each run: prefill P random token ids, then D greedy single-token steps; median over R runs
+  after one warm-up; the thread count goes to the runtime's own option.
+
+    python bench/harness.py --worker og|ort|llama PATH --threads N --prompt P --decode D
+        --repeat R --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# Shapes of public checkpoints (config.json numbers), random weights.
+# ref: https://huggingface.co/HuggingFaceTB/SmolLM-135M/blob/main/config.json
+# ref: https://huggingface.co/Qwen/Qwen2.5-0.5B/blob/main/config.json
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": {  # a smoke test of the scripts themselves, seconds per step
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+        "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 512, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+    },
+    "smollm_135m": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "vocab_size": 49152, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+    },
+    "qwen2.5_0.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
+        "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+    },
+}
+
+
+def make_checkpoint(shape: str, out: Path, context: int = 2048, seed: int = 0) -> dict[str, Any]:
+    """A random checkpoint of `shape` in `out` (fp32 safetensors + byte tokenizer.json)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from omnic.tokenizer import ByteTokenizer
+
+    cfg_dict = dict(SHAPES[shape], max_position_embeddings=context, bos_token_id=256,
+                    eos_token_id=257, pad_token_id=258)
+    out.mkdir(parents=True, exist_ok=True)
+    model_type = cfg_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg_dict)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    ByteTokenizer(config.vocab_size).save(out)
+    params = sum(p.numel() for p in model.parameters())  # tied: counted once
+    return {"shape": shape, "parameters": params, "fp32_bytes": 4 * params,
+            "dir": str(out), "context": context}
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+                 log: Path | None = None) -> dict[str, Any]:
+    """Run `cmd`; its wall seconds, its own peak RSS (MiB, from wait4) and exit status."""
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if log:
+        out.close()
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "returncode": proc.returncode,
+            "cmd": " ".join(map(str, cmd)), "log": str(log) if log else None}
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMNIC_THREADS", "TVM_NUM_THREADS"):
+        env[var] = str(threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def measure_in_worker(kind: str, path: Path, threads: int, prompt: int, decode: int,
+                      repeat: int, vocab: int) -> dict[str, Any]:
+    """Decode timing of `path` by harness `kind` in a fresh process (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        run = run_measured([PY, __file__, "--worker", kind, str(path), "--threads", str(threads),
+                            "--prompt", str(prompt), "--decode", str(decode), "--repeat",
+                            str(repeat), "--vocab", str(vocab), "--out", str(out)],
+                           env=thread_env(threads), log=Path(tmp) / "log.txt")
+        if not out.is_file():
+            tail = (Path(tmp) / "log.txt").read_text(errors="replace").strip().splitlines()[-5:]
+            return {"error": f"exit {run['returncode']}: " + " | ".join(tail), **run}
+        return {**json.loads(out.read_text()), "worker_peak_rss_mb": run["peak_rss_mb"]}
+
+
+def dir_bytes(path: Path, suffixes: tuple[str, ...] | None = None) -> int:
+    """Bytes of a file, or of a folder's files (only those ending with `suffixes` if given)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*")
+               if p.is_file() and (suffixes is None or p.name.endswith(suffixes)))
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]], notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, caption="\n".join(notes), caption_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*["—" if v is None else str(v) for v in r])
+    Console(width=max(120, Console().width)).print(t)
+
+
+# -- workers (run in their own process) ----------------------------------------------------------
+
+
+def _og_timer(folder: Path, threads: int, vocab: int):
+    import onnxruntime_genai as og
+
+    cfg = og.Config(str(folder))
+    cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads}}}}))
+    start = time.perf_counter()
+    model = og.Model(cfg)
+    load_s = time.perf_counter() - start
+
+    def one(prompt: np.ndarray, decode: int) -> tuple[float, float]:
+        params = og.GeneratorParams(model)
+        n = len(prompt) + decode + 1
+        # min_length = max_length: a random model must not stop early at its end token
+        params.set_search_options(max_length=n, min_length=n, do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(prompt.astype(np.int32))  # the prompt's forward pass
+        prefill = time.perf_counter() - t0
+        gen.generate_next_token()  # picks the first token from the prefill logits (no forward)
+        t1 = time.perf_counter()
+        for _ in range(decode):  # each: one forward of the previous token, then argmax
+            gen.generate_next_token()
+        return prefill, time.perf_counter() - t1
+
+    return load_s, one, {"onnxruntime-genai intra_op_num_threads": threads}
+
+
+def _ort_timer(folder: Path, threads: int, vocab: int):
+    import onnxruntime as ort
+
+    model = folder / "model.onnx" if folder.is_dir() else folder
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    start = time.perf_counter()
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    load_s = time.perf_counter() - start
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    past = {n: i for n, i in inputs.items() if n.startswith("past_key_values.")}
+    dtype = {n: (np.float16 if "float16" in i.type else np.float32) for n, i in past.items()}
+    ids_dtype = np.int32 if "int32" in inputs["input_ids"].type else np.int64
+
+    def step(ids: np.ndarray, pos: int, cache: dict) -> tuple[np.ndarray, dict]:
+        t = ids.shape[0]
+        feed = {"input_ids": ids.astype(ids_dtype)[None], **cache}
+        if "attention_mask" in inputs:
+            feed["attention_mask"] = np.ones((1, pos + t), dtype=np.int64)
+        if "position_ids" in inputs:
+            feed["position_ids"] = np.arange(pos, pos + t, dtype=np.int64)[None]
+        res = dict(zip(outputs, sess.run(outputs, feed)))
+        new = {n: res[n.replace("past_key_values.", "present.")] for n in cache}
+        return res["logits"][0, -1], new
+
+    # symbolic cache dims (the builder writes 'kv_cache_dim'): take them from genai_config.json
+    dec = json.loads((model.parent / "genai_config.json").read_text())["model"]["decoder"]
+    kv_heads = {1: dec["num_key_value_heads"], 3: dec["head_size"]}
+
+    def dim(shape: list, axis: int) -> int:
+        return shape[axis] if isinstance(shape[axis], int) else kv_heads[axis]
+
+    def one(prompt: np.ndarray, decode: int) -> tuple[float, float]:
+        cache = {n: np.zeros((1, dim(i.shape, 1), 0, dim(i.shape, 3)), dtype=dtype[n])
+                 for n, i in past.items()}
+        t0 = time.perf_counter()
+        logits, cache = step(prompt, 0, cache)
+        prefill = time.perf_counter() - t0
+        token, pos = int(np.argmax(logits)), len(prompt)
+        t1 = time.perf_counter()
+        for _ in range(decode):
+            logits, cache = step(np.array([token]), pos, cache)
+            token, pos = int(np.argmax(logits)), pos + 1
+        return prefill, time.perf_counter() - t1
+
+    return load_s, one, {"onnxruntime intra_op_num_threads": threads}
+
+
+def _llama_timer(path: Path, threads: int, vocab: int):
+    from llama_cpp import Llama
+
+    start = time.perf_counter()
+    llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, logits_all=False, verbose=False)
+    load_s = time.perf_counter() - start
+
+    def one(prompt: np.ndarray, decode: int) -> tuple[float, float]:
+        llm.reset()  # eval drops cached positions >= n_tokens
+        t0 = time.perf_counter()
+        llm.eval([int(t) for t in prompt])
+        prefill = time.perf_counter() - t0
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t1 = time.perf_counter()
+        for _ in range(decode):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return prefill, time.perf_counter() - t1
+
+    return load_s, one, {"llama.cpp n_threads": threads, "n_threads_batch": threads}
+
+
+def worker(kind: str, path: Path, threads: int, prompt_n: int, decode: int, repeat: int,
+           vocab: int) -> dict[str, Any]:
+    timer = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer}[kind]
+    load_s, one, settings = timer(path, threads, vocab)
+    prompt = np.random.default_rng(0).integers(0, min(vocab, 256), prompt_n, dtype=np.int64)
+    runs = [one(prompt, decode) for _ in range(repeat + 1)][1:]  # the first is a warm-up
+    prefill = [prompt_n / p for p, _ in runs]
+    dec = [decode / d for _, d in runs]
+    return {"kind": kind, "load_s": load_s, "settings": settings,
+            "prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(dec),
+            "decode_tok_s_min": min(dec), "decode_tok_s_max": max(dec), "runs": runs}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", choices=["og", "ort", "llama"], required=True)
+    p.add_argument("path", type=Path)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt", type=int, default=64)
+    p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    result = worker(a.worker, a.path, a.threads, a.prompt, a.decode, a.repeat, a.vocab)
+    a.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
