@@ -2,7 +2,7 @@
 
 - `make_checkpoint`: a random Hugging Face checkpoint of a known shape, saved locally, with
   omnic's byte tokenizer written as tokenizer.json (no download anywhere);
-- `run_measured`: a child process's wall time and its own peak RSS (os.wait4, per child);
+- `run_measured`: a child process's wall time and its own peak RSS (VmHWM, polled);
 - `measure_in_worker`: decode timing of one model in a fresh process, by one of the harnesses
   below, the same harness for both tools' files:
     og     onnxruntime-genai Generator (the runtime both ONNX folders are made for)
@@ -59,7 +59,18 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 
 def make_checkpoint(shape: str, out: Path, context: int = 2048, seed: int = 0) -> dict[str, Any]:
-    """A random checkpoint of `shape` in `out` (fp32 safetensors + byte tokenizer.json)."""
+    """A random checkpoint of `shape` in `out` (fp32 safetensors + byte tokenizer.json), made in
+    a child process so that this one stays small (torch and the model never load here)."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import harness; "
+            "print(json.dumps(harness._make_checkpoint(sys.argv[2], harness.Path(sys.argv[3]), "
+            "int(sys.argv[4]), int(sys.argv[5]))))")
+    res = subprocess.run([PY, "-c", code, str(Path(__file__).parent), shape, str(out),
+                          str(context), str(seed)], env=thread_env(os.cpu_count() or 1),
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _make_checkpoint(shape: str, out: Path, context: int, seed: int) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -82,18 +93,48 @@ def make_checkpoint(shape: str, out: Path, context: int = 2048, seed: int = 0) -
 # -- processes -----------------------------------------------------------------------------------
 
 
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
                  log: Path | None = None) -> dict[str, Any]:
-    """Run `cmd`; its wall seconds, its own peak RSS (MiB, from wait4) and exit status."""
+    """Run `cmd`; its wall seconds, its own peak RSS (MiB) and exit status.
+
+    The peak is the child's VmHWM, polled every 20 ms (the high-water mark of its own address
+    space since exec). wait4's ru_maxrss is not used: on Linux it also counts the parent's RSS
+    at fork time, so every child of a 500 MiB parent would report at least 500 MiB.
+    """
+    import threading
+
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = [0.0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            value = _vm_hwm_mb(proc.pid)
+            if value is not None:
+                peak[0] = max(peak[0], value)
+            done.wait(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    proc.wait()
+    done.set()
+    poller.join()
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if log:
         out.close()
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "returncode": proc.returncode,
+    return {"seconds": seconds, "peak_rss_mb": peak[0], "returncode": proc.returncode,
             "cmd": " ".join(map(str, cmd)), "log": str(log) if log else None}
 
 
@@ -227,26 +268,45 @@ def _ort_timer(folder: Path, threads: int, vocab: int):
 
 
 def _llama_timer(path: Path, threads: int, vocab: int):
+    import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
+    # No weight repacking into llama.cpp's "extra" CPU buffer types, as omnic's runner does by
+    # default: this llama-cpp-python build crashes in its AMX matmul on AMX hosts (see
+    # omnic/targets/gguf_runtime.py extra_buffer_types). Same for both files; it costs speed.
+    extra = os.environ.get("OMNIC_LLAMA_EXTRA_BUFTS", "0") == "1"
+    original = lib.llama_model_default_params
+
+    def params():  # noqa: ANN202
+        p = original()
+        p.use_extra_bufts = extra
+        return p
+
+    lib.llama_model_default_params = params
     start = time.perf_counter()
     llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=threads,
                 n_threads_batch=threads, logits_all=False, verbose=False)
     load_s = time.perf_counter() - start
+    lib.llama_model_default_params = original
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:  # the one row llama.cpp computed (logits_all=False)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))  # noqa: SLF001
 
     def one(prompt: np.ndarray, decode: int) -> tuple[float, float]:
         llm.reset()  # eval drops cached positions >= n_tokens
         t0 = time.perf_counter()
         llm.eval([int(t) for t in prompt])
         prefill = time.perf_counter() - t0
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
         t1 = time.perf_counter()
         for _ in range(decode):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(last_logits()))
         return prefill, time.perf_counter() - t1
 
-    return load_s, one, {"llama.cpp n_threads": threads, "n_threads_batch": threads}
+    return load_s, one, {"llama.cpp n_threads": threads, "n_threads_batch": threads,
+                         "use_extra_bufts": extra}
 
 
 def worker(kind: str, path: Path, threads: int, prompt_n: int, decode: int, repeat: int,

@@ -11,7 +11,7 @@
 4. Both folders measured by the same harnesses in fresh processes with the same thread count:
    onnxruntime-genai's Generator (og) and a plain onnxruntime session (ort); decode tokens/s,
    prefill tokens/s, load time. Size on disk and the compile's peak RSS (the whole process,
-   from wait4; omnic's includes its golden check, the manifest splits it per stage).
+   VmHWM of the process; omnic's includes its golden check, the manifest splits it per stage).
 
 Prints a table; not a test. Run it on a quiet machine (the load average is printed).
 """
@@ -120,7 +120,8 @@ def main() -> int:
                      f"{run['peak_rss_mb'] * 2**20 / fp32:.2f}"])
     og_ratio = ort_ratio = None
     if "error" not in results[("builder", "og")] and "error" not in results[("omnic", "og")]:
-        og_ratio = results[("omnic", "og")]["decode_tok_s"] / results[("builder", "og")]["decode_tok_s"]
+        og_ratio = (results[("omnic", "og")]["decode_tok_s"]
+                    / results[("builder", "og")]["decode_tok_s"])
     if "error" not in results[("builder", "ort")] and "error" not in results[("omnic", "ort")]:
         ort_ratio = (results[("omnic", "ort")]["decode_tok_s"]
                      / results[("builder", "ort")]["decode_tok_s"])
@@ -130,9 +131,9 @@ def main() -> int:
         f"median of {a.repeat} after 1 warm-up",
         "decode/prefill tok/s: og = onnxruntime-genai Generator, ort = plain onnxruntime session "
         "(same harness for both folders)",
-        "compile peak RSS: whole process (wait4); x fp32 = peak / fp32 weight bytes; omnic's "
+        "compile peak RSS: whole process (VmHWM); x fp32 = peak / fp32 weight bytes; omnic's "
         "includes import, PyTorch reference and golden check on onnxruntime",
-        f"omnic stages (s, peak MiB): " + ", ".join(f"{k} {v[0]:.0f}s/{v[1]:.0f}"
+        "omnic stages (s, peak MiB): " + ", ".join(f"{k} {v[0]:.0f}s/{v[1]:.0f}"
                                                     for k, v in stages.items()),
         f"decode omnic / builder: og {og_ratio and f'{og_ratio:.2f}x'}, "
         f"ort {ort_ratio and f'{ort_ratio:.2f}x'}",

@@ -59,7 +59,8 @@ def table(report: dict[str, Any]) -> Table:
             "—" if frac is None else f"{100 * frac:.0f}%",
             _num(r.get("peak_rss_mb"), "{:.0f}"),
         )
-    t.caption = "\n".join([escape(caption)] + [escape(f"[{i}] {n}") for i, n in enumerate(notes, 1)])
+    lines = [caption] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    t.caption = "\n".join(escape(line) for line in lines)
     return t
 
 

@@ -43,10 +43,12 @@ def run(args) -> int:
     from omnic.bench import report as rp
 
     err = Console(stderr=True, highlight=False)
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
+    targets = (tuple(t.strip() for t in args.targets.split(",") if t.strip())
+               if args.targets else None)
     settings = BenchSettings(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
                              repeat=args.repeat, warmup=args.warmup, targets=targets,
-                             bandwidth_bytes=args.bandwidth_mb * 2**20 if args.bandwidth_mb else None)
+                             bandwidth_bytes=(args.bandwidth_mb * 2**20
+                                              if args.bandwidth_mb else None))
     if args.threads is not None:
         if args.threads < 1:
             err.print("[bold red]error:[/] --threads must be at least 1")

@@ -107,8 +107,8 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
             v = [getattr(self, f"v_cache_{i}") for i in range(self.n_layers)]
             logits, new_k, new_v = self.decoder(tokens, positions, k, v)
             # The decoder writes its caches out of place (index_copy, which decomposes to
-            # index_put); copying back into the buffers makes them mutable state, and ExecuTorch's
-            # reinplace pass turns the index_put into an in-place write.
+            # index_put); copying back into the buffers makes them mutable state, and
+            # `run_reinplace_pass` (see _lower_module) turns the pair into one index_put_.
             for i in range(self.n_layers):
                 k[i].copy_(new_k[i])
                 v[i].copy_(new_v[i])
@@ -227,6 +227,10 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
     program = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,  # torchao embeddings -> embedding_byte / 4bit
+        # The cache write becomes index_put_ into the buffer: without it each layer copies its
+        # whole cache twice per call (index_put.out, then the buffer write-back copy_).
+        # Experimental in ExecuTorch 1.5; the tests check the cache across calls.
+        run_reinplace_pass=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
     ))

@@ -60,8 +60,8 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
                                     "encoders in a separate mmproj file that omnic does not write"))
     if spec.quantization.kv_cache == "int8" and spec.model.dim_per_head % 32:
         problems.append(Problem(Targets.GGUF, "quantization.kv_cache", "llama.cpp's int8 KV cache "
-                                f"is q8_0 (blocks of 32); head_dim {spec.model.dim_per_head} is not "
-                                "a multiple of 32 (llama_init_from_model refuses it)"))
+                                f"is q8_0 (blocks of 32); head_dim {spec.model.dim_per_head} is "
+                                "not a multiple of 32 (llama_init_from_model refuses it)"))
     if spec.tokenizer.kind == "byte" and spec.model.vocab_size < 259:
         problems.append(Problem(Targets.GGUF, "model.vocab_size", "the byte tokenizer needs "
                                 "256 bytes + <s>, </s>, <pad>: vocab_size >= 259"))
@@ -223,8 +223,8 @@ def precision_of(ft, types: dict[str, str], kv_type: str = "F32") -> str:  # noq
 
 
 def _expected_fallback(line: str, names: list[str]) -> bool:
-    """llama.cpp's K-quant fallback lines for the tensors plan_types predicted (rows not 256-blocks):
-    one per tensor, and the count at the end (llama-quant.cpp)."""
+    """llama.cpp's K-quant fallback lines for the tensors plan_types predicted (rows that are not
+    whole 256-blocks): one per tensor, and the count at the end (llama-quant.cpp)."""
     import re
 
     if re.search(r"\d+ of \d+ tensor\(s\) required fallback quantization", line):

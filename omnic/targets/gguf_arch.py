@@ -212,7 +212,8 @@ def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[Any]]:
                                      "(use a window >= context_length or a shorter context)"))
 
     # granite_swa reads {arch}.attention.scale; the others fix the score scale
-    if arch != "granite_swa" and model.attn_scale is not None and not _approx(model.attn_scale, scale):
+    fixed = arch != "granite_swa"
+    if fixed and model.attn_scale is not None and not _approx(model.attn_scale, scale):
         problems.append(_problem("model.attn_scale", f"llama.cpp's {arch} uses a fixed score "
                                  f"scale {scale:.6g} here; {model.attn_scale:.6g} cannot be set"))
 
@@ -267,12 +268,15 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
 
 
 def _permute(w: "np.ndarray", n_head: int) -> "np.ndarray":
-    # ref: https://github.com/ggml-org/llama.cpp/blob/master/conversion/llama.py (LlamaModel.permute)
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    # ref: https://github.com/ggml-org/llama.cpp/blob/master/conversion/llama.py
+    # (LlamaModel.permute): per head, rows [r0..r(h/2-1), r(h/2)..] -> interleaved pairs
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _unpermute(w: "np.ndarray", n_head: int) -> "np.ndarray":
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model", plan: ArchPlan

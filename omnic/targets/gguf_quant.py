@@ -1,10 +1,12 @@
 """GGUF tensor types: which type each tensor gets, and the quantizers that produce the bytes.
 
 The block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and BF16 are gguf-py's numpy quantizers, which are
-bit-exact with ggml-quants.c (ref: https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/quants.py,
-checked by gguf-py's tests/test_quants.py). The K-quant mixtures (Q4_K_M, Q5_K_M, Q6_K) are not
-re-implemented: the file is written in F32 first and llama.cpp's own `llama_model_quantize`
-(through llama-cpp-python's low-level binding) picks and quantizes each tensor's type.
+bit-exact with ggml-quants.c (checked by gguf-py's tests/test_quants.py, and here against
+llama.cpp's quantizer in tests/targets/test_gguf.py).
+ref: https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/quants.py
+The K-quant mixtures (Q4_K_M, Q5_K_M, Q6_K) are not re-implemented: the file is written in F32
+first and llama.cpp's own `llama_model_quantize` (through llama-cpp-python's low-level binding)
+picks and quantizes each tensor's type.
 
 Torch-free; the `gguf` package is imported only by the functions that write bytes.
 """
@@ -100,11 +102,12 @@ class TypePlan:
 
     file_type: FileType
     types: dict[str, str]  # GGUF tensor name -> ggml type written by omnic (F32 for K mixtures)
-    k_overrides: dict[str, str]  # K mixtures: GGUF name -> ggml type forced on llama.cpp's quantizer
-    k_fallbacks: list[str]  # K mixtures: tensors whose rows are not whole 256-blocks (32-block type)
+    k_overrides: dict[str, str]  # K mixtures: GGUF name -> type forced on llama.cpp's quantizer
+    k_fallbacks: list[str]  # K mixtures: tensors with rows not whole 256-blocks (32-block type)
 
 
-def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]) -> tuple[TypePlan | None, list[Any]]:
+def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]
+               ) -> tuple[TypePlan | None, list[Any]]:
     """Decide the file type and each tensor's type from `targets.gguf` and the quantization."""
     from omnic.quant.select import tensor_schemes
 
@@ -135,7 +138,8 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]) -> tuple[TypeP
         if ts.override is not None:
             qtype, why = type_for_scheme(ts)
             if qtype is None:
-                problems.append(_problem(f"quantization.overrides[{ts.override}]", f"{t.name}: {why}"))
+                problems.append(_problem(f"quantization.overrides[{ts.override}]",
+                                         f"{t.name}: {why}"))
                 continue
         elif ft.tensor_type is None:
             qtype = None  # llama.cpp's mixture decides
@@ -151,8 +155,8 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]) -> tuple[TypeP
             problems.append(_problem("targets.gguf.file_type" if ts.override is None else
                                      f"quantization.overrides[{ts.override}]",
                                      f"{t.name} has rows of {width}, not a multiple of the "
-                                     f"{qtype or ft.name} block ({block}); llama.cpp would store it "
-                                     "as F16 with a warning (nearest: F16 for this tensor)"))
+                                     f"{qtype or ft.name} block ({block}); llama.cpp would store "
+                                     "it as F16 with a warning (nearest: F16 for this tensor)"))
             continue
         if ft.tensor_type is None:
             types[t.name] = "F32"
@@ -237,7 +241,8 @@ def run_llama_quantize(src: str, dst: str, ft: FileType, overrides: dict[str, st
             arr[i].type = int(GGMLQuantizationType[tname])
         arr[len(overrides)].pattern = None
         keep.append(arr)
-        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        pointer = ctypes.POINTER(llama_cpp.llama_model_tensor_override)
+        params.tt_overrides = ctypes.cast(arr, pointer)
     with capture_llama_log() as records:
         rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     del keep

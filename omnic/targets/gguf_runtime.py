@@ -30,7 +30,8 @@ def import_llama_cpp():  # noqa: ANN201 - the module
         import llama_cpp
     except ImportError as err:
         raise LlamaCppMissing(
-            "llama-cpp-python is not installed: pip install 'omnic[gguf]' (llama-cpp-python==0.3.36)"
+            "llama-cpp-python is not installed: pip install 'omnic[gguf]' "
+            "(llama-cpp-python==0.3.36)"
         ) from err
     return llama_cpp
 

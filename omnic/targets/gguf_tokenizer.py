@@ -86,7 +86,8 @@ def bytes_to_unicode() -> dict[int, str]:
 def _pad(vocab: GgufVocab, size: int) -> None:
     """Pad to the embedding's row count as convert_hf_to_gguf does ([PAD{i}], UNUSED)."""
     if len(vocab.tokens) > size:
-        raise TokenizerError(f"the tokenizer has {len(vocab.tokens)} tokens but model.vocab_size is {size}")
+        raise TokenizerError(f"the tokenizer has {len(vocab.tokens)} tokens but model.vocab_size "
+                             f"is {size}")
     for i in range(len(vocab.tokens), size):
         vocab.tokens.append(f"[PAD{i}]")
         vocab.types.append(UNUSED)
@@ -115,7 +116,8 @@ def _bytes_as_gpt2(names: list[str], types: list[int], bos: int | None, eos: int
         raise TokenizerError("a byte vocabulary needs two special tokens to anchor llama.cpp's "
                              "mandatory merges list")
     merges = [f"{specials[0]} {specials[1]}"]
-    return GgufVocab("gpt2", tokens, out_types, None, merges, "gpt-2", bos, eos, pad, add_bos=add_bos)
+    return GgufVocab("gpt2", tokens, out_types, None, merges, "gpt-2", bos, eos, pad,
+                     add_bos=add_bos)
 
 
 def byte_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
@@ -152,7 +154,8 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
     added = {a["id"]: a for a in data.get("added_tokens", [])}
     n = max([*by_id, *added]) + 1
     if spec.model.vocab_size < n:
-        raise TokenizerError(f"tokenizer ids reach {n - 1} but model.vocab_size is {spec.model.vocab_size}")
+        raise TokenizerError(f"tokenizer ids reach {n - 1} but model.vocab_size is "
+                             f"{spec.model.vocab_size}")
     byte_fallback = bool(model.get("byte_fallback"))
     tokens, types = [], []
     for i in range(n):
@@ -162,12 +165,13 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
         elif i in by_id:
             text = by_id[i]
             tokens.append(text)
-            types.append(BYTE if byte_fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text) else NORMAL)
+            is_byte = byte_fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text)
+            types.append(BYTE if is_byte else NORMAL)
         else:
             tokens.append(f"[PAD{i}]")
             types.append(UNUSED)
 
-    tok = load_tokenizer(spec, spec_dir)  # bos/eos/pad as omnic resolves them (generation_config...)
+    tok = load_tokenizer(spec, spec_dir)  # bos/eos/pad as omnic resolves them
     ids = dict(bos=tok.bos_id, eos=tok.eos_ids[0] if tok.eos_ids else None, pad=tok.pad_id)
     add_bos = bool(config.get("add_bos_token", False))
     template = config.get("chat_template")
@@ -191,7 +195,8 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
         for r, m in enumerate(merges):
             left, right = m.split(" ", 1)
             rank.setdefault(left + right, r)
-        scores = [-float(rank.get(t, 0)) if ty == NORMAL else -1000.0 for t, ty in zip(tokens, types)]
+        scores = [-float(rank.get(t, 0)) if ty == NORMAL else -1000.0
+                  for t, ty in zip(tokens, types)]
         vocab = GgufVocab("llama", tokens, types, scores, [], None, ids["bos"], ids["eos"],
                           ids["pad"], unk_id, add_bos, bool(config.get("add_eos_token", False)),
                           _space_prefix(data), template)
@@ -204,7 +209,8 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
 
 
 def _uses_metaspace(data: dict[str, Any]) -> bool:
-    """Whether spaces become '▁' before the model (Metaspace pre-tokenizer or a Replace normalizer)."""
+    """Whether spaces become '▁' before the model (a Metaspace pre-tokenizer or a Replace
+    normalizer)."""
     pre = data.get("pre_tokenizer") or {}
     pres = pre.get("pretokenizers", [pre]) if pre else []
     if any(p.get("type") == "Metaspace" for p in pres):
@@ -216,7 +222,7 @@ def _uses_metaspace(data: dict[str, Any]) -> bool:
 
 
 def _space_prefix(data: dict[str, Any]) -> bool:
-    """Whether the SentencePiece-style tokenizer prepends '▁' to the text (Llama 2 yes, Gemma no)."""
+    """Whether the SentencePiece-style tokenizer prepends '▁' (Llama 2 yes, Gemma no)."""
     pre = data.get("pre_tokenizer") or {}
     if pre.get("type") == "Metaspace":
         return pre.get("prepend_scheme", "always") != "never" and pre.get("add_prefix_space", True)
@@ -232,7 +238,8 @@ def _pre_tokenizer(data: dict[str, Any]) -> str:
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt-2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+    if (kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits")
+            and steps[1].get("use_regex", True)):
         return "smollm"  # \p{N} then the GPT-2 regex (llama-vocab.cpp LLAMA_VOCAB_PRE_TYPE_SMOLLM)
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         regex = (steps[0].get("pattern") or {}).get("Regex")

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from omnic.constants import GgufKeys
-from omnic.targets.gguf_arch import ArchPlan, GgufTensor, extra_tensors, from_gguf, to_gguf, write_hparams
+from omnic.targets.gguf_arch import (
+    ArchPlan, GgufTensor, extra_tensors, from_gguf, to_gguf, write_hparams,
+)
 from omnic.targets.gguf_quant import FileType, quantize, stored_nbytes
 from omnic.targets.gguf_tokenizer import GgufVocab, write_vocab
 
@@ -175,7 +177,8 @@ def metadata(path: Path, keys: list[str]) -> dict[str, Any]:
 
 def provenance(path: Path) -> dict[str, Any]:
     """The omnic.* keys of a GGUF file written by omnic (spec parsed back to a dict)."""
-    meta = metadata(path, [GgufKeys.VERSION, GgufKeys.SPEC_SHA256, GgufKeys.SPEC, GgufKeys.FILE_TYPE])
+    keys = [GgufKeys.VERSION, GgufKeys.SPEC_SHA256, GgufKeys.SPEC, GgufKeys.FILE_TYPE]
+    meta = metadata(path, keys)
     if GgufKeys.SPEC in meta:
         meta[GgufKeys.SPEC] = json.loads(meta[GgufKeys.SPEC])
     return meta

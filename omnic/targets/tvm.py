@@ -228,6 +228,7 @@ class TvmTarget:
         L.export_host(executable, root / LIBRARY)
         timings["compile_host_s"] = time.perf_counter() - t0
         save_file(weights, str(root / PARAMS), metadata={"format": FORMAT})
+        (root / PARAMS).chmod(0o644)  # safetensors writes through a private (0600) temp file
 
         triple, triple_from = _cross_triple(spec)
         cross: dict[str, Any] | None = None

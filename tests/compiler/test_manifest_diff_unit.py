@@ -113,3 +113,16 @@ def test_artifact_pairing_sizes_metrics_and_rules():
 def test_bad_rules(rule, message):
     with pytest.raises(D.RuleError, match=message):
         D.parse_rules(rule)
+
+
+def test_verify_diff_and_inspect_do_not_import_torch():
+    """`omnic verify` must run on a host with only the target's runtime (e.g. a Mac with
+    coremltools), and diff/inspect in CI without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, omnic.cli.verify, omnic.cli.diff, omnic.cli.inspect, "
+            "omnic.compiler.golden.check, omnic.compiler.build_runner; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -51,14 +51,18 @@ def test_reference_outputs_match_golden(spec):
         pytest.skip(f"{params / 1e6:.0f}M parameters; set OMNIC_GOLDEN_ALL=1 to recompute")
     golden_inputs, golden_expected = _golden(spec)
     inputs, expected = summary.compute(spec)
-    assert expected["spec_sha256"] == golden_expected["spec_sha256"], \
-        "the resolved spec changed: review it and run `omnic golden update`"
-    assert inputs == golden_inputs
-    assert sorted(expected["references"]) == sorted(golden_expected["references"])
-    problems = []
+    problems = [] if inputs == golden_inputs else ["golden inputs differ"]
+    if sorted(expected["references"]) != sorted(golden_expected["references"]):
+        problems.append(f"references {sorted(expected['references'])} != golden "
+                        f"{sorted(golden_expected['references'])}")
     for name, ref in golden_expected["references"].items():
-        problems += summary.compare_reference(name, ref, expected["references"][name])
-    assert not problems, "\n".join(problems)
+        if name in expected["references"]:
+            problems += summary.compare_reference(name, ref, expected["references"][name])
+    if problems and expected["spec_sha256"] != golden_expected["spec_sha256"]:
+        # The resolved spec is allowed to change (a new field with a default) while the numbers
+        # stay put; when the numbers moved too, say so: it may be why.
+        problems.append("note: the resolved spec changed since golden/ was written")
+    assert not problems, "\n".join(problems) + f"\n(if intended: omnic golden update {spec})"
 
 
 def test_compiled_example_matches_golden_and_passes(mobile_2gb_build):
@@ -74,7 +78,6 @@ def test_compiled_example_matches_golden_and_passes(mobile_2gb_build):
     problems = summary.compare_reference("fp32", golden_expected["references"]["fp32"], actual)
     assert not problems, "\n".join(problems)
     m = mobile_2gb_build.manifest
-    assert m.spec_sha256 == golden_expected["spec_sha256"]
     failed = [f"{a.target} {a.path}: {a.golden.reason}" for a in m.artifacts
               if a.golden.status == "failed"]
     assert not failed, "\n".join(failed)

@@ -184,6 +184,9 @@ def test_kv_cache_lives_in_the_program(fp32):
     np.testing.assert_allclose(pieces, whole, atol=1e-5, rtol=0)
     runner.reset()  # a fresh program: position 0 and an empty cache again
     np.testing.assert_allclose(runner.forward(np.array(PROMPT)), whole, atol=0, rtol=0)
+    # the cache is written in place (index_put_ on the buffer), not copied back whole
+    ops = fp32[1].details["runtime_ops"]
+    assert ops.get("aten::index_put_") == 2 * TINY["n_layers"] and "aten::copy_" not in ops
 
 
 def test_every_method_loads_and_metadata_is_right(fp32):
