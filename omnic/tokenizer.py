@@ -48,15 +48,24 @@ class ByteTokenizer:
         return [f"<0x{b:02X}>" for b in range(256)] + list(BYTE_SPECIALS) + unused
 
     def hf_tokenizer(self) -> Any:
-        """This tokenizer as a `tokenizers.Tokenizer`: BPE with no merges and byte fallback, so
-        every byte maps to its `<0xNN>` token, as SentencePiece-converted Llama tokenizers do."""
-        from tokenizers import AddedToken, Tokenizer, decoders, processors
+        """This tokenizer as a `tokenizers.Tokenizer`: GPT-2-style byte-level BPE with no merges.
+
+        Byte b is the GPT-2 alphabet character of b at id b, so every runtime that reads
+        byte-level BPE (transformers, onnxruntime-genai's tokenizer, llama.cpp's "gpt2" model,
+        ExecuTorch's HF tokenizer) maps each UTF-8 byte of any text to exactly its id. A
+        `<0xNN>` byte-fallback vocabulary would be equivalent for transformers, but
+        onnxruntime-genai's tokenizer maps every such token to -1.
+        """
+        from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
         from tokenizers.models import BPE
 
-        vocab = {tok: i for i, tok in enumerate(self.tokens())}
-        tok = Tokenizer(BPE(vocab=vocab, merges=[], byte_fallback=True, fuse_unk=False))
-        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
-        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in self.tokens()[256:]])
+        alphabet = gpt2_byte_alphabet()
+        names = [alphabet[b] for b in range(256)] + self.tokens()[256:]
+        tok = Tokenizer(BPE(vocab={t: i for i, t in enumerate(names)}, merges=[]))
+        # use_regex=False: no word splitting is needed when every token is a single byte
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names[256:]])
         # add_special_tokens=True prepends <s>, like Llama's tokenizer and like `encode` here.
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", self.bos_id)]
@@ -70,7 +79,7 @@ class ByteTokenizer:
         path = directory / "tokenizer.json"
         self.hf_tokenizer().save(str(path))
         config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
+            "tokenizer_class": "GPT2Tokenizer",  # onnxruntime-genai picks its BPE decoder by class
             "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
             "add_bos_token": True, "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
@@ -78,6 +87,23 @@ class ByteTokenizer:
         cfg_path = directory / "tokenizer_config.json"
         cfg_path.write_text(json.dumps(config, indent=2) + "\n")
         return [path, cfg_path]
+
+
+def gpt2_byte_alphabet() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte value.
+
+    # ref: https://github.com/openai/gpt-2/blob/master/src/encoder.py (bytes_to_unicode)
+    """
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
 
 
 def _read_json(path: Path) -> dict:

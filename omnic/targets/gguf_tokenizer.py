@@ -67,20 +67,10 @@ class GgufVocab:
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map.
+    """GPT-2's reversible byte -> printable character map (one copy, in omnic.tokenizer)."""
+    from omnic.tokenizer import gpt2_byte_alphabet
 
-    ref: https://github.com/openai/gpt-2/blob/master/src/encoder.py (bytes_to_unicode)
-    """
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return gpt2_byte_alphabet()
 
 
 def _pad(vocab: GgufVocab, size: int) -> None:

@@ -30,7 +30,10 @@ def test_saved_byte_tokenizer_is_read_by_transformers(tmp_path):
     written = tok.save(tmp_path)
     assert {p.name for p in written} == {"tokenizer.json", "tokenizer_config.json"}
     vocab = json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]
-    assert vocab["<0x00>"] == 0 and vocab["<0xFF>"] == 255 and vocab["<s>"] == 256
+    from gguf.vocab import bytes_to_unicode  # an independent copy of GPT-2's byte alphabet
+
+    alphabet = bytes_to_unicode()
+    assert all(vocab[alphabet[b]] == b for b in range(256)) and vocab["<s>"] == 256
     assert vocab["</s>"] == 257 and vocab["<pad>"] == 258 and vocab["<unused_40>"] == 299
     assert len(vocab) == 300
     hf = AutoTokenizer.from_pretrained(tmp_path)

@@ -254,3 +254,16 @@ def test_genai_config_numbers(fp32):
     ids = [cfg["model"][f"{k}_token_id"] for k in ("bos", "eos", "pad")]
     assert ids == [256, 257, 258]
     assert cfg["search"]["past_present_share_buffer"] is False
+
+
+def test_onnxruntime_genai_tokenizer_encodes_like_omnic(fp32):
+    """genai's own tokenizer (not `tokenizers`) reads the byte tokenizer written beside the model."""
+    og = pytest.importorskip("onnxruntime_genai")
+    from omnic.tokenizer import ByteTokenizer
+
+    text = "Grüße, 世界! tab\tnew\nline"
+    tokenizer = og.Tokenizer(og.Model(str(fp32["root"] / "fused" / "onnx")))
+    ours = ByteTokenizer(VOCAB)
+    got = [int(i) for i in tokenizer.encode(text)]
+    assert got in (ours.encode(text), ours.encode(text, add_special_tokens=True))
+    assert tokenizer.decode(np.array(ours.encode(text), dtype=np.int32)) == text
