@@ -346,6 +346,11 @@ class ExecutorchTarget:
         }
         if backend == "coreml":
             details["coreml"] = _coreml_options(spec)
+            # Two lowerings differ only in random UUIDs: ExecuTorch's Core ML model identifier
+            # (uuid4 in coreml_preprocess) and the .mlpackage manifest's item ids (coremltools).
+            # Rewriting them could break the on-device compiled-model cache, which this host
+            # cannot check, so the bytes stay as built and this digest is the stable identity.
+            details["sha256_without_uuids"] = _digest_without_uuids(et_program.buffer)
         if quant.dynamic_activations:
             details["activations"] = ("int8 asymmetric per token, quantized at run time inside "
                                       "XNNPACK's quantized linears (8da)")
@@ -379,6 +384,15 @@ class ExecutorchTarget:
             raise RuntimeError(f"{artifact.path}: metadata methods return {runner.metadata}, "
                                f"the build recorded {expected}")
         return runner
+
+
+def _digest_without_uuids(data: bytes) -> str:
+    import hashlib
+    import re
+
+    hexes = (rb"[0-9A-Fa-f]{%d}" % n for n in (8, 4, 4, 4, 12))
+    uuid = re.compile(b"-".join(hexes))
+    return hashlib.sha256(uuid.sub(b"0" * 36, data)).hexdigest()
 
 
 def _plan(spec: "ResolvedSpec") -> dict[str, Any]:

@@ -118,3 +118,16 @@ def _coreml_ints(ctx: Context):
         yield Finding(path + ("scheme",),
                       "the ExecuTorch Core ML variant stores float weights only (Core ML "
                       "compression is the coreml target's); nearest: backend xnnpack, or fp16")
+
+
+@register(Targets.EXECUTORCH, "executorch.portable_float_linears",
+          "the portable kernels have no quantized linear (only quantized embedding lookups)",
+          _ET + "kernels/quantized/quantized.yaml")
+def _portable_ints(ctx: Context):
+    if backend(ctx) != "portable":
+        return
+    pairs = _linear_uses(ctx, Schemes.INT4) + _linear_uses(ctx, Schemes.INT8)
+    for path in sorted({ctx.source(s) for _, s in pairs}):
+        yield Finding(path + ("scheme",),
+                      "the portable backend has no quantized linear kernels; nearest: backend "
+                      "xnnpack, or quantize only the (untied) embedding")
