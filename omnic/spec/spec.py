@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from omnic.spec.base import SpecModel
 from omnic.spec.device import Device
@@ -15,8 +15,23 @@ from omnic.spec.sources import ByteTokenizer, RandomWeights, Tokenizer, Weights
 from omnic.spec.targets import Golden, Targets
 
 
+def _extends_may_supply_required(schema: dict) -> None:
+    """In the JSON Schema, a spec with `extends:` may leave the required sections to the files it
+    extends (the merged result is checked by `omnic validate`); one without must have them all."""
+    required = schema.pop("required", [])
+    standalone = [k for k in required if k not in ("omnic", "name")]
+    schema["required"] = [k for k in required if k in ("omnic", "name")]
+    schema["if"] = {"not": {"required": ["extends"]}}
+    schema["then"] = {"required": standalone}
+
+
 class Spec(SpecModel):
     """A user spec, as written (presets may still be named by string)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True,
+        json_schema_extra=_extends_may_supply_required,
+    )
 
     omnic: Literal[1] = Field(description="Spec format version.")
     name: str = Field(
@@ -50,6 +65,10 @@ class ResolvedSpec(Spec):
 
     This is what the compiler consumes and what the manifest records verbatim.
     """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, json_schema_extra=None
+    )
 
     extends: tuple[str, ...] = Field((), description="Always empty once resolved.")
     device: Device = Field(description="The device, inlined.")

@@ -344,6 +344,11 @@ class ExecutorchTarget:
             "compute_dtype": quant.dtype,
             "kv_cache": f"mutable buffers, static, {quant.dtype}",
         }
+        if spec.model.tie_embeddings and backend == "xnnpack":
+            # The lookup reads the table from the program's constants while XNNPACK packs its own
+            # copy for the lm_head matmul; export_llm programs carry the same two copies.
+            details["tied_embedding"] = ("stored twice: the lookup table of the embedding op and "
+                                         "the lm_head weights packed inside XNNPACK")
         if backend == "coreml":
             details["coreml"] = _coreml_options(spec)
             # Two lowerings differ only in random UUIDs: ExecuTorch's Core ML model identifier

@@ -82,3 +82,17 @@ def test_compiled_example_matches_golden_and_passes(mobile_2gb_build):
               if a.golden.status == "failed"]
     assert not failed, "\n".join(failed)
     assert m.status == "passed" and mobile_2gb_build.exit_code == 0
+
+
+def test_compiled_example_has_every_target_run_on_its_runtime(mobile_2gb_build):
+    """All five targets are built; each passes on its runtime, Core ML says why it did not run."""
+    import platform
+
+    by_target = {a.target: a.golden for a in mobile_2gb_build.manifest.artifacts
+                 if a.component == "decoder"}
+    assert sorted(by_target) == sorted(["onnx", "gguf", "executorch", "coreml", "tvm"])
+    for target, golden in by_target.items():
+        if target == "coreml" and platform.system() != "Darwin":
+            assert golden.status == "not_run" and "needs macOS" in golden.reason
+        else:
+            assert golden.status == "passed", f"{target}: {golden.status} {golden.reason}"
