@@ -254,13 +254,9 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool) -> dict[str, Any
 
 
 def _load_runtime_kernels() -> None:
-    """Register the quantized embedding kernels and llama custom ops with the runtime.
-
-    The portable runtime of the pip wheel has no `quantized_decomposed::embedding_byte`
-    until these libraries are imported.
-    """
+    """Register the quantized embedding kernels with the runtime: the pip wheel's bindings have
+    no `quantized_decomposed::embedding_byte` / `embedding_4bit` until this library is loaded."""
     import executorch.kernels.quantized  # noqa: F401
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
 
 
 @register_target(Targets.EXECUTORCH)
@@ -336,6 +332,7 @@ class ExecutorchTarget:
             "delegated_ops": summary["delegated_ops"],
             "non_delegated_ops": summary["non_delegated_ops"],
             "delegate_partitions": summary["partitions"],
+            "delegates": summary["backends"],  # backend id -> partitions
             "not_delegated": summary["not_delegated"],
             "runtime_ops": runtime_ops,
             "methods": sorted([FORWARD, *meta]),
@@ -426,7 +423,8 @@ class ExecutorchRunner:
 
     Every method of the program is loaded (the constant ones are executed into `metadata`);
     any that does not load raises. The KV cache lives inside the program, so `reset()` loads the
-    program again, which gives fresh (zeroed) mutable buffers.
+    program again: fresh mutable buffers, and position 0 (positions not yet written are masked
+    out by the decoder, so what a fresh buffer holds is never read).
     """
 
     def __init__(self, path: Path) -> None:

@@ -84,3 +84,35 @@ def test_coreml_delegate_lowers_but_does_not_run_here(decoder, tmp_path):
     assert again.details["sha256_without_uuids"] == d["sha256_without_uuids"]
     int4 = make_spec({"weights": {"scheme": "int4", "group_size": 32}}, "coreml")
     assert [p.field for p in target.check(int4)] == ["quantization.weights.scheme"]
+
+
+def test_qwen_like_int8_program(tmp_path):
+    """q/k/v biases, q/k norms, a sliding window on even layers, an untied head; int8 per channel
+    (8da8w) linears and an asymmetric group-wise int8 embedding (embedding_byte with zero points).
+    Compared with its exact reference by NMSE 5e-4, as the int4 program."""
+    model = {**TINY, "qkv_bias": True, "qk_norm": True,
+             "sliding_window": {"size": 8, "layers": "even"}}
+    quant = {"weights": {"scheme": "int8"},
+             "overrides": [{"match": {"role": "embedding"}, "scheme": "int8", "group_size": 16,
+                            "symmetric": False}]}
+    spec = ResolvedSpec.model_validate({
+        "omnic": 1, "name": "qwenish", "device": DEVICE, "model": model, "quantization": quant,
+        "targets": {"executorch": {}}})
+    target = get_target("executorch")
+    assert target.check(spec) == []
+    decoder = build_model(spec, Path("."))
+    (artifact,) = target.lower(Program(spec, Path("."), decoder), tmp_path / "executorch")
+    assert artifact.precision == "8da8w"
+    assert artifact.quantization["forms"]["embed.weight"] == "embedding_8bit_g16"
+    assert artifact.quantization["forms"]["lm_head.weight"] == "8da8w"
+    assert "linear" not in artifact.details["not_delegated"]
+    state = decoder.state_dict()
+    ref = decoder.__class__(decoder.config)
+    state.update({k: torch.from_numpy(v) for k, v in artifact.reference_weights.items()})
+    ref.load_state_dict(state)
+    runner = target.load(artifact, tmp_path)
+    prompt = PROMPT + PROMPT[:6]  # past the window of 8
+    got_ids, got = greedy(runner, prompt, 8)
+    want_ids, want = greedy(TorchRunner(ref.eval()), prompt, 8)
+    assert float(((got - want) ** 2).mean() / (want**2).mean()) < 5e-4
+    assert got_ids == want_ids
