@@ -74,3 +74,15 @@ def mobile_2gb_build(tmp_path_factory):
     spec = REPO / "specs" / "mobile_2gb.yaml"
     out = tmp_path_factory.mktemp("mobile_2gb") / "build"
     return compile(spec, out, progress=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine run ~50x slower when torch's
+    worker threads spin. Test folders of tiny models make it autouse in their conftest."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

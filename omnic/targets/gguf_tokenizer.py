@@ -190,6 +190,15 @@ def hf_vocab(spec: "ResolvedSpec", spec_dir: Path) -> GgufVocab:
         vocab = GgufVocab("llama", tokens, types, scores, [], None, ids["bos"], ids["eos"],
                           ids["pad"], unk_id, add_bos, bool(config.get("add_eos_token", False)),
                           _space_prefix(data), template)
+    elif not merges and all(len(t) == 1 for t, ty in zip(tokens, types) if ty == NORMAL):
+        # Byte-level BPE whose text tokens are single bytes and which has no merges (omnic's
+        # byte tokenizer saved as tokenizer.json is one): no word split can change its output,
+        # so it is written like the byte tokenizer, whatever its pre-tokenizer's regex.
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        names = [f"<0x{byte_of[t]:02X}>" if ty == NORMAL and t in byte_of else t
+                 for t, ty in zip(tokens, types)]
+        vocab = _bytes_as_gpt2(names, types, ids["bos"], ids["eos"], ids["pad"], add_bos)
+        vocab.chat_template = template
     else:
         vocab = GgufVocab("gpt2", tokens, types, None, merges, _pre_tokenizer(data), ids["bos"],
                           ids["eos"], ids["pad"], None, add_bos,

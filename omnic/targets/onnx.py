@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.console import Console
 
+from omnic.compiler.manifest import file_sha256
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
 
@@ -129,7 +130,7 @@ class OnnxTarget:
         details = {
             "model_file": MODEL_FILE,
             "opset": opset,
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": onnx_export.sha256(p)}
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                       for p in sorted(files)},
             "external_data": len([p for p in files if p.name.endswith(".data")]) > 0,
             "fusions": bool(opts is None or opts.fusions),

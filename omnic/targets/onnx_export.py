@@ -16,7 +16,6 @@ names assigned in topological order, producer "omnic" (two lowerings are byte-id
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import warnings
@@ -193,11 +192,3 @@ def op_histogram(model: "ir.Model") -> dict[str, int]:
     counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                      for n in model.graph)
     return dict(sorted(counts.items()))
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

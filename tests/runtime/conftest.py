@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from omnic.spec import ResolvedSpec
+from tiny_specs import make_resolved_spec
 
-DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
 TINY = {
     "vocab_size": 300, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
     "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 48, "tie_embeddings": True,
 }
 
 
-def resolved_spec(model=None, **top) -> ResolvedSpec:
-    body = {"omnic": 1, "name": "tiny", "device": DEVICE, "model": {**TINY, **(model or {})},
-            "quantization": {}, "targets": {}, **top}
-    return ResolvedSpec.model_validate(body)
+def resolved_spec(model=None, **top):
+    """A ResolvedSpec of the tiny model, with `model` keys overriding TINY."""
+    return make_resolved_spec(TINY, model, **top)
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +23,5 @@ def make_spec():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine torch's
-    spinning worker threads make each forward ~50x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread (see tests/conftest.py)."""
