@@ -96,3 +96,24 @@ def test_compiled_example_has_every_target_run_on_its_runtime(mobile_2gb_build):
             assert golden.status == "not_run" and "needs macOS" in golden.reason
         else:
             assert golden.status == "passed", f"{target}: {golden.status} {golden.reason}"
+
+
+def test_onnxruntime_genai_generates_the_reference_tokens_from_the_build(mobile_2gb_build):
+    """The ONNX folder of the example build, loaded by the onnxruntime-genai package itself,
+    greedily generates the quantization-exact PyTorch reference's tokens on every golden case."""
+    og = pytest.importorskip("onnxruntime_genai")
+    build = mobile_2gb_build.out_dir
+    (art,) = [a for a in mobile_2gb_build.manifest.artifacts if a.target == "onnx"]
+    reference = np.load(build / art.golden.reference)["tokens"]
+    prompts = np.load(build / "golden" / "inputs.npz")["prompts"]
+    model = og.Model(str(build / art.path))
+    for prompt, expected in zip(prompts, reference):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + len(expected), do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt.astype(np.int32)[None])
+        got = []
+        while not generator.is_done() and len(got) < len(expected):
+            generator.generate_next_token()
+            got.append(int(generator.get_next_tokens()[0]))
+        assert got == expected.tolist()

@@ -1,4 +1,4 @@
-"""Fixtures of the importer tests: the tiny checkpoints of `hf_checkpoints`, built once."""
+"""Fixtures of the importer tests: the tiny checkpoints of `tests/hf_checkpoints.py`, built once."""
 
 from __future__ import annotations
 
