@@ -85,6 +85,12 @@ def _make_checkpoint(shape: str, out: Path, context: int, seed: int) -> dict[str
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     model.save_pretrained(out, safe_serialization=True)
     ByteTokenizer(config.vocab_size).save(out)
+    # omnic writes tokenizer_class GPT2Tokenizer, whose default unk_token "<|endoftext|>" is not
+    # in the vocabulary: transformers then appends it as token vocab_size, one past the model's
+    # embedding, which llama.cpp's converter rejects. The fast class has no such default.
+    tc = out / "tokenizer_config.json"
+    tc.write_text(json.dumps({**json.loads(tc.read_text()),
+                              "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
     params = sum(p.numel() for p in model.parameters())  # tied: counted once
     return {"shape": shape, "parameters": params, "fp32_bytes": 4 * params,
             "dir": str(out), "context": context}

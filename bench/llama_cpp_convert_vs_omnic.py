@@ -38,6 +38,25 @@ SDIST = "llama-cpp-python==0.3.36"
 VENDOR = "vendor/llama.cpp/"
 WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
+# convert_hf_to_gguf.py, run as is except for one fallback: omnic's byte tokenizer (byte-level
+# BPE without merges) is not in the converter's list of known pre-tokenizer hashes, which raises.
+# With no merges the word split cannot change a tokenization, so "default" is written then.
+CONVERT = """
+import runpy, sys
+script = sys.argv[1]
+sys.path.insert(0, script.rsplit("/", 1)[0])
+from conversion import base
+known = base.TextModel.get_vocab_base_pre
+def pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:
+        return "default"
+base.TextModel.get_vocab_base_pre = pre
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
 QUANTIZE = """
 import ctypes, sys, llama_cpp
 p = llama_cpp.llama_model_quantize_default_params()
@@ -105,8 +124,9 @@ def main() -> int:
 
     raw, q4 = work / f"ref-{a.outtype}.gguf", work / "ref-Q4_0.gguf"
     if not q4.is_file():
-        conv = h.run_measured([h.PY, str(script), str(hf), "--outfile", str(raw), "--outtype",
-                               a.outtype], env=h.thread_env(a.threads), log=work / "convert.log")
+        conv = h.run_measured([h.PY, "-c", CONVERT, str(script), str(hf), "--outfile", str(raw),
+                               "--outtype", a.outtype], env=h.thread_env(a.threads),
+                              log=work / "convert.log")
         if conv["returncode"]:
             raise SystemExit(f"convert_hf_to_gguf.py failed, see {conv['log']}")
         quant = h.run_measured([h.PY, "-c", QUANTIZE, str(raw), str(q4), str(a.threads)],

@@ -79,9 +79,7 @@ def test_coreml_delegate_lowers_but_does_not_run_here(decoder, tmp_path):
     assert (tmp_path / artifact.path).stat().st_size > 0.9 * 2 * params  # fp16 weights inside
     with pytest.raises(NotRunnable, match="CoreMLBackend"):
         target.load(artifact, tmp_path)
-    # Two lowerings differ only in the random UUIDs of Core ML's model identifiers.
-    (again,) = target.lower(Program(spec, Path("."), decoder), tmp_path / "again" / "executorch")
-    assert again.details["sha256_without_uuids"] == d["sha256_without_uuids"]
+    assert d["deterministic"] is False  # Core ML's embedded package varies between lowerings
     int4 = make_spec({"weights": {"scheme": "int4", "group_size": 32}}, "coreml")
     assert [p.field for p in target.check(int4)] == ["quantization.weights.scheme"]
 
