@@ -96,7 +96,9 @@ def main() -> int:
     if killed:
         print(f"stopped: MemAvailable fell to {killed[0]:.0f} MiB", file=sys.stderr)
     peak = max((r for _, r, _ in samples), default=float("nan"))
-    build = a.out if (a.out / "manifest.json").is_file() else a.out.with_name(a.out.name + ".failed")
+    build = a.out
+    if not (build / "manifest.json").is_file():
+        build = a.out.with_name(a.out.name + ".failed")
     rows = []
     if (build / "manifest.json").is_file():
         t = json.loads((build / "manifest.json").read_text())["timings"]

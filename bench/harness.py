@@ -74,8 +74,6 @@ def _make_checkpoint(shape: str, out: Path, context: int, seed: int) -> dict[str
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from omnic.tokenizer import ByteTokenizer
-
     cfg_dict = dict(SHAPES[shape], max_position_embeddings=context, bos_token_id=256,
                     eos_token_id=257, pad_token_id=258)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,16 +82,37 @@ def _make_checkpoint(shape: str, out: Path, context: int, seed: int) -> dict[str
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     model.save_pretrained(out, safe_serialization=True)
-    ByteTokenizer(config.vocab_size).save(out)
-    # omnic writes tokenizer_class GPT2Tokenizer, whose default unk_token "<|endoftext|>" is not
-    # in the vocabulary: transformers then appends it as token vocab_size, one past the model's
-    # embedding, which llama.cpp's converter rejects. The fast class has no such default.
-    tc = out / "tokenizer_config.json"
-    tc.write_text(json.dumps({**json.loads(tc.read_text()),
-                              "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
+    write_byte_tokenizer(out, config.vocab_size)
     params = sum(p.numel() for p in model.parameters())  # tied: counted once
     return {"shape": shape, "parameters": params, "fp32_bytes": 4 * params,
             "dir": str(out), "context": context}
+
+
+def write_byte_tokenizer(out: Path, vocab_size: int) -> None:
+    """tokenizer.json + tokenizer_config.json of a SentencePiece-style byte tokenizer: BPE with
+    no merges and byte fallback, tokens <0x00>..<0xFF>, <s>, </s>, <pad>, <unused_N>.
+
+    Not omnic's own byte tokenizer file (a GPT-2 byte-level BPE without merges): llama.cpp's
+    converter knows no pre-tokenizer hash for that one, and writes a vocabulary llama.cpp then
+    refuses to load. This form goes through the converter's Llama (SPM) path and is read by
+    transformers, the onnxruntime-genai builder and `omnic import` alike.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, processors
+    from tokenizers.models import BPE
+
+    names = [f"<0x{b:02X}>" for b in range(256)] + ["<s>", "</s>", "<pad>"]
+    names += [f"<unused_{i}>" for i in range(vocab_size - len(names))]
+    tok = Tokenizer(BPE(vocab={t: i for i, t in enumerate(names)}, merges=[], byte_fallback=True,
+                        fuse_unk=False))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names[256:]])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 256)])
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False}, indent=2))
 
 
 # -- processes -----------------------------------------------------------------------------------
