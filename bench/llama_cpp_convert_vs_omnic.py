@@ -10,7 +10,7 @@
    (vendor/llama.cpp): `pip download llama-cpp-python==0.3.36 --no-deps --no-binary :all:` into
    the work folder, extracted there; it is never copied into this repository.
 3. omnic: `omnic import HF`, the spec set to int4 g32 (int8 tied embedding) and
-   `targets: {gguf: {file_type: Q4_0}}`, golden 1 case x 8 tokens, `omnic compile`.
+   `targets: {gguf: {file_type: Q4_0}}`, golden 2 cases x (16 + 8) tokens, `omnic compile`.
 4. Both files decoded by the same llama-cpp-python harness in fresh processes, same threads:
    decode and prefill tokens/s; size; tensor types; compile time and peak RSS (VmHWM per process;
    llama.cpp's is the larger of convert and quantize; omnic's includes its golden check, the

@@ -62,6 +62,29 @@ class Components:
     ALL = (DECODER, VISION_ENCODER, AUDIO_ENCODER, SENSOR_PROJECTOR, ACTION_HEAD)
 
 
+class Placeholders:
+    """Prompt placeholders: each is expanded to one token per embedding its encoder yields, and
+    those tokens' input embeddings are replaced by the encoder's output rows (`omnic run`).
+
+    The byte tokenizer reserves its first `<unused_N>` ids for them: `<image>` = `<unused_0>`
+    (id 259), `<audio>` = `<unused_1>` (260), `<sensor>` = `<unused_2>` (261). Its tokenizer.json
+    keeps the `<unused_N>` names, so text-only builds are unchanged. A Hugging Face tokenizer
+    must have the token itself (LLaVA's `<image>`, for example) or be given another name
+    (`omnic run --image-token`).
+    """
+
+    IMAGE = "<image>"
+    AUDIO = "<audio>"
+    SENSOR = "<sensor>"
+    # encoder component -> its placeholder
+    BY_COMPONENT = {
+        Components.VISION_ENCODER: IMAGE,
+        Components.AUDIO_ENCODER: AUDIO,
+        Components.SENSOR_PROJECTOR: SENSOR,
+    }
+    BYTE_SLOTS = {IMAGE: 0, AUDIO: 1, SENSOR: 2}  # N of the byte tokenizer's <unused_N>
+
+
 class GoldenStatus:
     PASSED = "passed"
     FAILED = "failed"

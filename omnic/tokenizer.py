@@ -42,6 +42,16 @@ class ByteTokenizer:
         """Text of the byte ids; special and unused ids are skipped, bad UTF-8 replaced."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a special token, `<unused_N>` or placeholder (`<image>`: omnic.constants.
+        Placeholders); None when this vocabulary has no such token."""
+        from omnic.constants import Placeholders
+
+        if token in Placeholders.BYTE_SLOTS:
+            token = f"<unused_{Placeholders.BYTE_SLOTS[token]}>"
+        names = self.tokens()[256:]
+        return 256 + names.index(token) if token in names else None
+
     def tokens(self) -> list[str]:
         """Every token string by id."""
         unused = [f"<unused_{n}>" for n in range(self.vocab_size - 256 - len(BYTE_SPECIALS))]
@@ -165,6 +175,10 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of `token` in the vocabulary (added tokens included), or None."""
+        return self._tok.token_to_id(token)
 
     def save(self, directory: Path) -> list[Path]:
         """Copy tokenizer.json and tokenizer_config.json (and special_tokens_map.json) into `directory`."""

@@ -66,6 +66,7 @@ def print_reasons(manifest: "Manifest", console) -> None:
 def print_summary(manifest: "Manifest", console=None) -> None:
     """Artifact table, plan against actual, passes and timings."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -74,12 +75,23 @@ def print_summary(manifest: "Manifest", console=None) -> None:
     if manifest.test_fault:
         console.print(f"[bold red]built with test fault {manifest.test_fault}[/]")
     plan = Table(title="plan vs actual", title_justify="left")
-    for col in ("target", "file", "planned weights", "actual", "ratio"):
+    for col in ("target", "file", "planned", "actual", "ratio", "within"):
         plan.add_column(col)
     for p in manifest.plan_vs_actual:
-        plan.add_row(p.target, p.path, human_bytes(p.planned_bytes), human_bytes(p.actual_bytes),
-                     f"{p.ratio:.3f}" if p.ratio is not None else "-")
+        # basis "target": the target's byte model, compiled code (excluded_bytes) left out
+        actual = human_bytes(p.compared_bytes if p.compared_bytes is not None else p.actual_bytes)
+        if p.excluded_bytes:
+            actual += f" (+{human_bytes(p.excluded_bytes)} code)"
+        within = "-" if p.within_tolerance is None else (
+            f"[green]±{p.tolerance:.0%}[/]" if p.within_tolerance else f"[red]no (±{p.tolerance:.0%})[/]")
+        plan.add_row(p.target, p.path, human_bytes(p.planned_bytes) + ("" if p.basis == "target"
+                     else " (weights)"), actual, f"{p.ratio:.3f}" if p.ratio is not None else "-",
+                     within)
     console.print(plan)
+    if manifest.quantization_auto:  # quantization: auto (omnic.quant.auto)
+        qa = manifest.quantization_auto
+        console.print(f"quantization auto -> [b]{qa['chosen']}[/]: {escape(qa['reason'])}",
+                      soft_wrap=True)
     passes = ", ".join(f"{p.id} ({'changed' if p.changed else 'unchanged'})"
                        for p in manifest.passes)
     console.print(f"passes: {passes}")

@@ -1,4 +1,6 @@
-"""`omnic plan SPEC [--json]` — the memory plan of a spec against its device (torch-free)."""
+"""`omnic plan SPEC [--json] [--explain-quant [--tensor NAME]]` — the memory plan of a spec
+against its device, each target's predicted artifact bytes, and (with --explain-quant) what every
+tensor becomes in every enabled backend. Torch-free."""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="memory plan: weights, KV cache, activations vs device budget")
     p.add_argument("spec", metavar="SPEC", help="spec YAML file")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--explain-quant", action="store_true",
+                   help="per tensor: the rule that chose its scheme and its form in each target")
+    p.add_argument("--tensor", metavar="NAME", action="append",
+                   help="with --explain-quant: one line for this tensor (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -52,6 +58,26 @@ def render(plan, title: str) -> None:
     )
     for note in plan.notes:
         console.print(f"note: {note}")
+    if plan.artifacts:
+        render_artifacts(plan.artifacts, console)
+
+
+def render_artifacts(artifacts: list[dict], console) -> None:
+    """Each target's predicted artifact, line by line (omnic.quant.footprint)."""
+    from rich.table import Table
+
+    table = Table(title="artifacts (predicted bytes per target)", title_justify="left")
+    for col, justify in (("target", "left"), ("MiB", "right"), ("of which", "left")):
+        table.add_column(col, justify=justify)
+    for a in artifacts:
+        if not a["carried"]:
+            table.add_row(a["target"], "-", f"[yellow]cannot carry: {a['reason']}")
+            continue
+        parts = ", ".join(f"{k} {_mib(v)}" for k, v in a["lines"].items())
+        if a["excluded"]:
+            parts += f"; not counted: compiled code ({', '.join(a['excluded'])})"
+        table.add_row(a["target"], _mib(a["bytes"]), parts)
+    console.print(table)
 
 
 def run(args) -> int:
@@ -61,9 +87,40 @@ def run(args) -> int:
     if result.plan is None:  # the spec did not resolve: nothing to plan
         print_diagnostics(result)
         return 2
-    if args.json:
-        print(json.dumps(result.plan.to_dict(), indent=2))
+    from pathlib import Path
+
+    from omnic.compiler.plan import plan_memory
+
+    plan = plan_memory(result.resolved, artifacts=True, spec_dir=str(Path(args.spec).parent))
+    auto_note = None
+    if result.spec is not None and result.spec.quantization == "auto":
+        from omnic.quant.auto import placeholder
+
+        _, name = placeholder(result.resolved)
+        auto_note = (f"quantization: auto (decided at compile); planned with {name}, the largest "
+                     "preset that fits and every target carries (the worst case)")
+        plan.notes.append(auto_note)
+    if args.explain_quant:
+        from omnic.quant.explain import explain, one_line, render as render_quant
+
+        ex = explain(result.resolved)
+        if args.json:
+            print(json.dumps(ex.to_dict(), indent=2))
+        elif args.tensor:
+            for name in args.tensor:
+                try:
+                    print(one_line(ex, name))
+                except KeyError:
+                    print(f"{name}: no such tensor (names look like layers.0.attn.q.weight)")
+                    return 2
+        else:
+            render_quant(ex)
+    elif args.json:
+        data = plan.to_dict()
+        if auto_note:
+            data["quantization"] = "auto (decided at compile)"
+        print(json.dumps(data, indent=2))
     else:
-        render(result.plan, f"{args.spec}: {result.resolved.name}")
+        render(plan, f"{args.spec}: {result.resolved.name}")
     print_diagnostics(result)
     return 0 if result.ok else 2

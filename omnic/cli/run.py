@@ -1,8 +1,16 @@
 """`omnic run SPEC|BUILD_DIR [--target X] (--prompt TEXT | --tokens 5,17,99) --max-new-tokens N`.
 
 Greedy decoding with the KV cache: from a spec on the PyTorch reference, or from a compiled build
-directory on the runtime of `--target`. `--json` prints {"tokens": [...], "text": ...};
-`--logits-out FILE.npy` writes the prompt's logits, float32 [prompt_len, vocab].
+directory on the runtime of `--target` (`--target torch` rebuilds the reference from the build's
+manifest). `--json` prints {"tokens": [...], "text": ...}; `--logits-out FILE.npy` writes the
+prompt's logits, float32 [prompt_len, vocab].
+
+Multimodal builds: `--image FILE`, `--audio FILE.wav` and `--sensors 0.1,0.2,...|FILE.npy` run
+each input through its encoder (the build's component artifacts on `--target onnx`, or the
+reference), splice the embeddings in at the prompt's placeholders (`<image>`, `<audio>`,
+`<sensor>`; see omnic.runtime.multimodal) and decode with the decoder on inputs_embeds. When the
+spec has an action head, the predicted actions (from the last prompt position's final hidden
+state) are printed after the text (`actions: [[...]]`, or "actions" in --json).
 Exit status: 0 done, 1 the artifact cannot run on this host, 2 bad input.
 """
 
@@ -13,6 +21,9 @@ import os
 import sys
 from pathlib import Path
 
+REFERENCE = "torch"  # --target value of the PyTorch reference
+MULTIMODAL_TARGETS = ("onnx", REFERENCE)
+
 
 class RunError(ValueError):
     """Bad input to `omnic run` (reported as one line, exit status 2)."""
@@ -22,10 +33,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="greedy generation from a spec (reference) or a build (any target)",
         description="Greedy decoding. SOURCE is a spec YAML (runs the PyTorch reference) or a build "
-        "directory with manifest.json (runs the artifact of --target on its runtime).",
+        "directory with manifest.json (runs the artifact of --target on its runtime; --target "
+        f"{REFERENCE} runs the reference rebuilt from the build's spec).",
     )
     p.add_argument("source", metavar="SPEC|BUILD_DIR")
-    p.add_argument("--target", help="target id, required with a build directory")
+    p.add_argument("--target", help=f"target id (or {REFERENCE}), required with a build directory")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="text, encoded with the spec's tokenizer (bos added)")
     what.add_argument("--tokens", help="comma-separated token ids, used as given")
@@ -33,6 +45,15 @@ def register(subparsers) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at an end-of-sequence id")
     p.add_argument("--json", action="store_true", help='print {"tokens": [...], "text": ...}')
     p.add_argument("--logits-out", metavar="FILE.npy", help="write the prompt's logits [T, vocab]")
+    mm = p.add_argument_group("multimodal inputs (specs with modalities)")
+    mm.add_argument("--image", metavar="FILE", help="an image for the vision encoder (<image>)")
+    mm.add_argument("--audio", metavar="FILE", help="16 kHz audio for the audio encoder (<audio>)")
+    mm.add_argument("--sensors", metavar="V,V,...|FILE.npy",
+                    help="one sensor reading for the sensor projector (<sensor>)")
+    for flag, default in (("image", "<image>"), ("audio", "<audio>"), ("sensor", "<sensor>")):
+        mm.add_argument(f"--{flag}-token", metavar="TOKEN",
+                        help=f"placeholder token in the prompt (default {default}); a Hugging "
+                        "Face tokenizer must have it")
     p.set_defaults(func=run)
 
 
@@ -62,56 +83,168 @@ def _build_tokenizer(build_dir: Path, target: str, spec):
     return None
 
 
-def _open(args):
-    """(runner, tokenizer or None, vocab_size) for a spec file or a build directory."""
-    source = Path(args.source)
-    if source.is_dir():
-        if not (source / "manifest.json").is_file():
-            raise RunError(f"{source}: a directory without manifest.json is not an omnic build")
-        if not args.target:
-            raise RunError("a build directory needs --target (for example --target onnx)")
+class _Source:
+    """What SOURCE names: the resolved spec, and the build directory or the spec's folder."""
+
+    def __init__(self, args) -> None:
+        source = Path(args.source)
+        self.build_dir: Path | None = None
+        self.target = args.target
+        if source.is_dir():
+            if not (source / "manifest.json").is_file():
+                raise RunError(f"{source}: a directory without manifest.json is not an omnic build")
+            if not args.target:
+                raise RunError("a build directory needs --target (for example --target onnx)")
+            from omnic.compiler import manifest as mf
+            from omnic.spec import ResolvedSpec
+
+            self.build_dir = source
+            self.manifest = mf.load(source)
+            self.spec = ResolvedSpec.model_validate(self.manifest.spec)
+            self.spec_dir = Path(".")  # paths in the build's spec: absolute, or from here
+            return
+        if args.target and args.target != REFERENCE:
+            raise RunError("--target needs a build directory; a spec runs on the PyTorch reference")
+        from omnic.spec.load import SpecError
+        from omnic.spec.validate import load_resolved
+
         try:
-            from omnic.compiler.build_runner import open_build_runner
-        except ImportError as err:
-            raise RunError(f"running builds is not available in this installation: {err}") from None
-        from omnic.compiler import manifest as mf
-        from omnic.spec import ResolvedSpec
+            self.spec = load_resolved(source)
+        except SpecError as err:
+            raise RunError("invalid spec:\n" + "\n".join(str(d) for d in err.args[0])) from None
+        self.spec_dir = source.parent
+        self.target = REFERENCE
 
-        spec = ResolvedSpec.model_validate(mf.load(source).spec)
-        runner = open_build_runner(source, args.target)
-        return runner, _build_tokenizer(source, args.target, spec), spec.model.vocab_size
-    if args.target:
-        raise RunError("--target needs a build directory; a spec runs on the PyTorch reference")
-    from omnic.compiler.build import build_model
-    from omnic.runtime.torch_runner import TorchRunner
-    from omnic.spec.load import SpecError
-    from omnic.spec.validate import load_resolved
-    from omnic.tokenizer import load_tokenizer
+    @property
+    def reference(self) -> bool:
+        return self.target == REFERENCE
 
+    def decoder(self):
+        """The reference decoder (built from the spec's weights)."""
+        from omnic.compiler.build import build_model
+
+        try:
+            return build_model(self.spec, self.spec_dir)
+        except FileNotFoundError as err:
+            raise RunError(f"cannot build the reference: {err} (a build's spec reads relative "
+                           "paths from the current directory; run the spec file instead)") from None
+
+    def tokenizer(self):
+        if self.build_dir is not None and not self.reference:
+            return _build_tokenizer(self.build_dir, self.target, self.spec)
+        from omnic.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.spec, self.spec_dir)
+
+
+def _open(src: _Source):
+    """(Runner, tokenizer or None) of the text decoder."""
+    if src.reference:
+        from omnic.runtime.torch_runner import TorchRunner
+
+        return TorchRunner(src.decoder()), src.tokenizer()
     try:
-        spec = load_resolved(source)
-    except SpecError as err:
-        raise RunError("invalid spec:\n" + "\n".join(str(d) for d in err.args[0])) from None
-    decoder = build_model(spec, source.parent)
-    return TorchRunner(decoder), load_tokenizer(spec, source.parent), spec.model.vocab_size
+        from omnic.compiler.build_runner import open_build_runner
+    except ImportError as err:
+        raise RunError(f"running builds is not available in this installation: {err}") from None
+    return open_build_runner(src.build_dir, src.target), src.tokenizer()
 
 
-def generate(args) -> dict:
-    """Run the greedy loop for parsed arguments; returns {"tokens", "text", "prompt_logits"}."""
-    import numpy as np
-
-    from omnic.runtime.generate import greedy
-
-    runner, tokenizer, vocab = _open(args)
+def _prompt_ids(args, tokenizer, vocab: int) -> list[int]:
     if args.prompt is not None:
         if tokenizer is None:
             raise RunError("this build carries no tokenizer; pass --tokens instead of --prompt")
         prompt = tokenizer.encode(args.prompt, add_special_tokens=True)
     else:
         prompt = _parse_tokens(args.tokens)
+    _check_vocab(prompt, vocab)
+    return prompt
+
+
+def _check_vocab(prompt: list[int], vocab: int) -> None:
     bad = [t for t in prompt if not 0 <= t < vocab]
     if bad:
         raise RunError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+
+
+def _media_given(args) -> bool:
+    return any(getattr(args, k, None) is not None for k in ("image", "audio", "sensors"))
+
+
+def _media(args, spec) -> dict:
+    """{component: encoder input, batch 1} for the media flags given."""
+    from omnic.constants import Components
+    from omnic.runtime import media
+
+    m, out = spec.modalities, {}
+    for flag, comp, part in (("image", Components.VISION_ENCODER, m.vision),
+                             ("audio", Components.AUDIO_ENCODER, m.audio),
+                             ("sensors", Components.SENSOR_PROJECTOR, m.sensors)):
+        if getattr(args, flag) is not None and part is None:
+            raise RunError(f"--{flag}: the spec has no {comp.replace('_', ' ')}")
+    if args.image is not None:
+        out[Components.VISION_ENCODER] = media.load_image(args.image, m.vision)
+    if args.audio is not None:
+        out[Components.AUDIO_ENCODER] = media.log_mel(media.load_audio(args.audio), m.audio)
+    if args.sensors is not None:
+        out[Components.SENSOR_PROJECTOR] = media.load_sensors(args.sensors, m.sensors.dim)
+    return out
+
+
+def _generate_multimodal(args, src: _Source) -> dict:
+    """Encoders -> placeholder rows -> the decoder on inputs_embeds, greedy (module docstring)."""
+    from omnic.constants import Components
+    from omnic.runtime import multimodal as mm
+    from omnic.spec.component_inventory import placeholder_tokens
+
+    if src.target not in MULTIMODAL_TARGETS:
+        raise RunError(f"--image/--audio/--sensors run on --target onnx or {REFERENCE}; "
+                       f"omnic run does not sequence {src.target} components yet")
+    spec = src.spec
+    inputs = _media(args, spec)  # decode (and reject) the media before anything heavy loads
+    tokenizer = src.tokenizer()
+    if tokenizer is None:
+        raise RunError("this build carries no tokenizer; multimodal prompts need one")
+    counts = {c: n for c, n in placeholder_tokens(spec).items() if c in inputs}
+    names = {Components.VISION_ENCODER: args.image_token, Components.AUDIO_ENCODER:
+             args.audio_token, Components.SENSOR_PROJECTOR: args.sensor_token}
+    ids = mm.placeholder_ids(tokenizer, list(counts), names)
+    if args.prompt is not None:
+        prompt = mm.assemble_prompt(args.prompt, tokenizer, counts, ids, names)
+    else:
+        prompt = _parse_tokens(args.tokens)
+        mm.check_placeholders(prompt, counts, ids)
+    _check_vocab(prompt, spec.model.vocab_size)
+    needed = list(inputs) + ([Components.ACTION_HEAD] if spec.modalities.action_head else [])
+    if src.reference:
+        parts = mm.reference_parts(spec, src.spec_dir, needed, src.decoder())
+    else:
+        parts = mm.build_parts(src.build_dir, src.target, needed)
+    stop = () if args.ignore_eos else tokenizer.eos_ids
+    result = mm.generate(parts.decoder, prompt, {c: parts.components[c] for c in inputs}, inputs,
+                         ids, args.max_new_tokens, stop_ids=stop,
+                         action_head=parts.components.get(Components.ACTION_HEAD))
+    return {"tokens": result.tokens, "text": tokenizer.decode(result.tokens),
+            "prompt_logits": result.prompt_logits, "actions": result.actions}
+
+
+def generate(args) -> dict:
+    """Run the greedy loop for parsed arguments.
+
+    Returns:
+        {"tokens", "text", "prompt_logits"}, and "actions" ([horizon, dim]) when the spec has
+        an action head and the run went through the multimodal decoder.
+    """
+    import numpy as np
+
+    from omnic.runtime.generate import greedy
+
+    src = _Source(args)
+    m = src.spec.modalities
+    if _media_given(args) or (m.action_head is not None and src.target in MULTIMODAL_TARGETS):
+        return _generate_multimodal(args, src)
+    runner, tokenizer = _open(src)
+    prompt = _prompt_ids(args, tokenizer, src.spec.model.vocab_size)
     stop = () if args.ignore_eos or tokenizer is None else tokenizer.eos_ids
     tokens, logits = greedy(runner, prompt, args.max_new_tokens, stop_ids=stop)
     text = tokenizer.decode(tokens) if tokenizer is not None else None
@@ -138,11 +271,18 @@ def run(args) -> int:
         return 2
     if args.logits_out:
         np.save(args.logits_out, result["prompt_logits"])
+    actions = result.get("actions")
     if args.json:
-        print(json.dumps({"tokens": result["tokens"], "text": result["text"]}))
-    elif result["text"] is not None:
-        print(result["text"])
+        out = {"tokens": result["tokens"], "text": result["text"]}
+        if actions is not None:
+            out["actions"] = np.asarray(actions).tolist()
+        print(json.dumps(out))
     else:
-        print(",".join(str(t) for t in result["tokens"]))
+        if result["text"] is not None:
+            print(result["text"])
+        else:
+            print(",".join(str(t) for t in result["tokens"]))
+        if actions is not None:
+            print("actions: " + json.dumps(np.round(np.asarray(actions), 6).tolist()))
     sys.stdout.flush()
     return 0

@@ -26,7 +26,8 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
     from omnic.compiler import manifest as mf
     from omnic.compiler.build_runner import artifact_from_entry
     from omnic.compiler.golden.check import GoldenResult, verify_artifact
-    from omnic.constants import GoldenStatus
+    from omnic.compiler.golden.components import verify_component
+    from omnic.constants import Components, GoldenStatus
     from omnic.targets.base import get_target
 
     manifest = mf.load(build_dir)
@@ -43,8 +44,9 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
         except (KeyError, ImportError) as err:
             results.append((entry, GoldenResult(GoldenStatus.NOT_RUN, f"target unavailable: {err}")))
             continue
-        results.append((entry, verify_artifact(target, artifact_from_entry(entry), build_dir,
-                                               entry.golden.reference, overrides)))
+        verify = verify_artifact if entry.component == Components.DECODER else verify_component
+        results.append((entry, verify(target, artifact_from_entry(entry), build_dir,
+                                      entry.golden.reference, overrides)))
     return manifest, results
 
 

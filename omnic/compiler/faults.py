@@ -9,6 +9,10 @@ Faults:
     swap_kv_heads   reverse the order of the key heads in every layer's k projection (rows of
                     layers.{i}.attn.k.weight and .bias): each query group attends to the keys
                     of another group, the classic wrong-GQA-layout bug. Needs >= 2 kv heads.
+    permute_component_weights
+                    reverse the output rows of the first matrix (or conv filter bank) of every
+                    component (encoders, projectors, heads): a wrong weight layout in each
+                    component artifact, the decoder untouched. Needs a spec with modalities.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
     from omnic.compiler.program import Program
 
 ENV = "OMNIC_TEST_FAULT"
-FAULTS = ("swap_kv_heads",)
+FAULTS = ("swap_kv_heads", "permute_component_weights")
 
 
 def active_fault() -> str | None:
@@ -38,6 +42,8 @@ def apply_fault(program: "Program", fault: str) -> "Program":
     """A copy of `program` with `fault` planted; the input is not touched."""
     import torch
 
+    if fault == "permute_component_weights":
+        return _permute_component_weights(program)
     if fault != "swap_kv_heads":
         raise ValueError(f"unknown fault {fault!r}")
     model = program.spec.model
@@ -54,3 +60,20 @@ def apply_fault(program: "Program", fault: str) -> "Program":
                 if name in state:
                     state[name].copy_(state[name][order].clone())
     return program.evolve(decoder=decoder)
+
+
+def _permute_component_weights(program: "Program") -> "Program":
+    import dataclasses
+
+    import torch
+
+    if not program.components:
+        raise ValueError("permute_component_weights needs a spec with modalities")
+    damaged = {}
+    for name, comp in program.components.items():
+        module = copy.deepcopy(comp.module)
+        weight = next(p for p in module.parameters() if p.dim() >= 2 and p.shape[0] >= 2)
+        with torch.no_grad():
+            weight.copy_(weight.flip(0).clone())
+        damaged[name] = dataclasses.replace(comp, module=module)
+    return program.evolve(components=damaged)

@@ -72,9 +72,22 @@ class PlanVsActual(_Model):
     target: str = Field(description="Target id.")
     component: str = Field(description="Component.")
     path: str = Field(description="Artifact path.")
-    planned_bytes: int | None = Field(description="Weight bytes the memory plan predicted.")
+    planned_bytes: int | None = Field(
+        description="Bytes the memory plan predicted for this artifact: the target's byte model "
+        "(memory_plan.artifacts) when it has one, else the component's weight bytes.")
     actual_bytes: int = Field(description="Bytes of the artifact.")
-    ratio: float | None = Field(description="actual / planned.")
+    ratio: float | None = Field(description="compared_bytes / planned_bytes.")
+    basis: Literal["target", "weights"] = Field(
+        "weights", description="target: planned by the target's byte model; weights: by the "
+        "backend-neutral weight bytes.")
+    compared_bytes: int | None = Field(
+        None, description="actual_bytes minus the excluded files (what ratio compares).")
+    excluded_bytes: int = Field(
+        0, description="Bytes of files left out of the comparison: compiled code (e.g. TVM's "
+        ".so and device .tar).")
+    tolerance: float | None = Field(None, description="Allowed |ratio - 1| (0.03).")
+    within_tolerance: bool | None = Field(
+        None, description="|ratio - 1| <= tolerance; null without a target byte model.")
 
 
 class GoldenInfo(_Model):
@@ -121,7 +134,10 @@ class Manifest(_Model):
     passes: list[PassEntry] = Field(description="Passes in the order they ran.")
     artifacts: list[ArtifactEntry] = Field(description="Every artifact of every target.")
     plan_vs_actual: list[PlanVsActual] = Field(
-        default_factory=list, description="Artifact bytes against the plan's weight bytes.")
+        default_factory=list, description="Artifact bytes against the plan's prediction.")
+    quantization_auto: dict[str, Any] | None = Field(
+        None, description="`quantization: auto`: the chosen preset, every candidate (KLD vs fp32, "
+        "top-1, bytes, fit, problems) and the reason; null when the spec names its quantization.")
     golden: GoldenInfo = Field(description="Golden inputs and the saved reference files.")
     timings: Timings = Field(
         default_factory=Timings,

@@ -15,7 +15,9 @@ so an interrupted or crashed compile leaves nothing that looks like a build. Out
 - a stage crashes (a target's lowering, a pass): the staging directory is removed; exit 1.
 
 Each target lowers into BUILD/<target id>/ and returns artifact paths relative to BUILD (a path
-relative to its own folder is accepted and normalised).
+relative to its own folder is accepted and normalised): one artifact for the decoder and one per
+component of `program.components` (encoders, heads), the latter judged against their torch
+modules by `golden.components`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from omnic.compiler import manifest as mf
-from omnic.constants import MANIFEST_FORMAT_VERSION, GoldenStatus
+from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
 
 if TYPE_CHECKING:
     from omnic.compiler.golden.check import GoldenResult
@@ -143,7 +145,7 @@ def _exported_graph(decoder: Any) -> str:
 
 def _lower(target_id: str, target: Any, program: Any, build_dir: Path) -> list["Artifact"]:
     """`target.lower` into build_dir/<id>/, checking that it left the program untouched."""
-    before = _weights_versions(program.decoder)
+    before = _weights_versions(program)
     try:
         artifacts = target.lower(program, build_dir / target_id)
     except Exception as err:  # noqa: BLE001 - any crash in a target fails the compile
@@ -151,18 +153,20 @@ def _lower(target_id: str, target: Any, program: Any, build_dir: Path) -> list["
             traceback.print_exc()
         raise CompileError(f"{target_id}: lowering failed: {type(err).__name__}: {err}"
                            " (OMNIC_DEBUG=1 shows the traceback)") from err
-    if _weights_versions(program.decoder) != before:
+    if _weights_versions(program) != before:
         raise CompileError(f"{target_id}: lower() modified the program's weights; a target "
                            "must never mutate its input")
     _normalise_paths(artifacts, target_id, build_dir)
     return artifacts
 
 
-def _golden(session: Any, target: Any, artifacts: list["Artifact"], console: Console
-            ) -> list[tuple["Artifact", "GoldenResult"]]:
+def _golden(session: Any, target: Any, artifacts: list["Artifact"], console: Console,
+            components: Any = None) -> list[tuple["Artifact", "GoldenResult"]]:
+    """Check each artifact: the decoder's with `session`, the others' with `components`."""
     out = []
     for a in artifacts:
-        g = session.check(target, a)
+        g = session.check(target, a) if a.component == Components.DECODER else \
+            components.check(target, a)
         # the dequantized weights served this check only: keeping them until the manifest would
         # hold one fp32-sized copy per target at once (5 GB each at 1B parameters)
         a.reference_weights = None
@@ -179,8 +183,11 @@ def _golden_files(build_dir: Path) -> dict[str, str]:
             for p in sorted((build_dir / "golden").rglob("*")) if p.is_file()}
 
 
-def _weights_versions(decoder: Any) -> dict[str, int]:
-    return {k: v._version for k, v in decoder.state_dict(keep_vars=True).items()}
+def _weights_versions(program: Any) -> dict[str, int]:
+    """Version counters of every tensor of the decoder and the components (bumped on write)."""
+    modules = {"": program.decoder, **{f"{n}.": c.module for n, c in program.components.items()}}
+    return {prefix + k: v._version for prefix, m in modules.items()
+            for k, v in m.state_dict(keep_vars=True).items()}
 
 
 def _normalise_paths(artifacts: list["Artifact"], target_id: str, build_dir: Path) -> None:
@@ -207,13 +214,30 @@ def _artifact_entry(a: "Artifact", g: "GoldenResult", build_dir: Path) -> mf.Art
     )
 
 
-def _plan_vs_actual(plan: Any, entries: list[mf.ArtifactEntry]) -> list[mf.PlanVsActual]:
+def _plan_vs_actual(plan: Any, entries: list[mf.ArtifactEntry], build_dir: Path
+                    ) -> list[mf.PlanVsActual]:
+    """Each artifact's bytes against the plan: the target's byte model for the decoder
+    (omnic.quant.footprint, compiled code excluded), else the component's weight bytes."""
+    from omnic.constants import Components
+    from omnic.quant.footprint import TOLERANCE, measured_bytes
+
+    models = {a["target"]: a for a in plan.artifacts if a.get("carried")}
     out = []
     for e in entries:
-        planned = sum(w.bytes for w in plan.weights if w.component == e.component) or None
+        model = models.get(e.target) if e.component == Components.DECODER else None
+        if model is None:
+            planned = sum(w.bytes for w in plan.weights if w.component == e.component) or None
+            out.append(mf.PlanVsActual(
+                target=e.target, component=e.component, path=e.path, planned_bytes=planned,
+                actual_bytes=e.bytes, ratio=(e.bytes / planned) if planned else None))
+            continue
+        kept, skipped = measured_bytes(build_dir / e.path, model["excluded"])
+        ratio = kept / model["bytes"]
         out.append(mf.PlanVsActual(
-            target=e.target, component=e.component, path=e.path, planned_bytes=planned,
-            actual_bytes=e.bytes, ratio=(e.bytes / planned) if planned else None))
+            target=e.target, component=e.component, path=e.path, planned_bytes=model["bytes"],
+            actual_bytes=e.bytes, ratio=ratio, basis="target", compared_bytes=kept,
+            excluded_bytes=skipped, tolerance=TOLERANCE,
+            within_tolerance=abs(ratio - 1) <= TOLERANCE))
     return out
 
 
@@ -259,9 +283,11 @@ def compile(
     from omnic.compiler.faults import active_fault, apply_fault
     from omnic.compiler.golden import inputs as golden_inputs
     from omnic.compiler.golden.check import GoldenSession
+    from omnic.compiler.golden.components import ComponentGoldenSession
     from omnic.compiler.golden.tolerances import validate_overrides
     from omnic.compiler.passes import DEFAULT, PassError, run_passes
     from omnic.compiler.plan import plan_memory
+    from omnic.quant.auto import choose_for_build, is_auto
     from omnic.presets.resolve import resolve
     from omnic.spec.extends import load_with_extends
     from omnic.spec.load import SpecError
@@ -299,7 +325,7 @@ def compile(
         spec_data = resolved.model_dump(mode="json")
         _dump_yaml(dump, "02-resolved.yaml", spec_data)
     with stage("plan"):
-        plan = plan_memory(resolved)
+        plan = plan_memory(resolved, artifacts=True, spec_dir=str(spec_dir))
         _dump(dump, "03-plan.json", plan.to_dict())
     with stage("check"):
         from omnic.targets.base import get_target
@@ -317,17 +343,34 @@ def compile(
         console.print(f"  targets: {', '.join(target_ids)}")
     with stage("build"):
         from omnic.compiler.build import build_model
+        from omnic.compiler.build.components import build_components
         from omnic.compiler.program import Program
         from omnic.tokenizer import load_tokenizer
 
         try:
             decoder = build_model(resolved, spec_dir)
+            components = build_components(resolved, spec_dir)  # encoders, heads (modalities)
             tokenizer = load_tokenizer(resolved, spec_dir)
         except (ValueError, OSError) as err:  # weights / tokenizer that do not fit the spec
             raise InputError(f"{type(err).__name__}: {err}") from None
-        program = Program(spec=resolved, spec_dir=spec_dir, decoder=decoder)
+        program = Program(spec=resolved, spec_dir=spec_dir, decoder=decoder,
+                          components=components)
         _dump(dump, "04-model.txt", f"{decoder}\n\n" + "\n".join(
             f"{k} {list(v.shape)} {v.dtype}" for k, v in decoder.state_dict().items()) + "\n")
+    auto = None
+    if is_auto(validation.spec.quantization):  # measured on the built model (omnic.quant.auto)
+        with stage("quant auto"):
+            try:
+                auto = choose_for_build(resolved, decoder, tokenizer, console.print)
+            except ValueError as err:
+                raise InputError(str(err)) from None
+            resolved = resolved.model_copy(update={"quantization": auto.quantization})
+            spec_data = resolved.model_dump(mode="json")
+            plan = plan_memory(resolved, artifacts=True, spec_dir=str(spec_dir))
+            program = program.evolve(spec=resolved)
+            problems = [str(p) for t in target_ids for p in objs[t].check(resolved)]
+            if problems:
+                raise InputError("pre-flight problems:\n" + "\n".join(problems))
     with stage("passes"):
         try:
             program, pass_records = run_passes(program, DEFAULT)
@@ -357,12 +400,15 @@ def compile(
             session = GoldenSession(program.decoder, inputs, staging,
                                     resolved.golden.tolerances)
             session.fp32()
+            # the built components, never the lowered (possibly faulted) ones
+            component_session = ComponentGoldenSession(
+                program.components, staging, resolved.golden.seed, resolved.golden.tolerances)
         results: list[tuple["Artifact", "GoldenResult"]] = []
         for t in target_ids:
             with stage(f"{t}: lower", "targets"):
                 artifacts = _lower(t, objs[t], lowered, staging)
             with stage(f"{t}: golden", "targets"):
-                results += _golden(session, objs[t], artifacts, console)
+                results += _golden(session, objs[t], artifacts, console, component_session)
             _dump(dump, f"06-{t}-artifacts.json", [
                 {k: v for k, v in vars(a).items() if k != "reference_weights"}
                 for a in artifacts])
@@ -375,7 +421,8 @@ def compile(
                 test_fault=fault, spec_sha256=mf.spec_sha256(spec_data), spec=spec_data,
                 toolchain=mf.toolchain_versions(), memory_plan=mf.jsonable(plan.to_dict()),
                 passes=[mf.PassEntry(id=r.id, changed=r.changed) for r in pass_records],
-                artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries),
+                artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries, staging),
+                quantization_auto=auto.to_dict() if auto is not None else None,
                 golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
                                      decode_steps=g.decode_steps, seed=g.seed,
                                      files=_golden_files(staging)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
-from omnic.constants import Components, Roles, Schemes
+from omnic.constants import Roles, Schemes
 from omnic.quant.select import TensorScheme, tensor_schemes
 from omnic.spec.inventory import TensorInfo, decoder_tensors
 
@@ -117,6 +117,12 @@ class MemoryPlan:
     decode_tokens_per_s_full: float
     assumptions: dict = field(default_factory=lambda: dict(ASSUMPTIONS))
     notes: list[str] = field(default_factory=list)
+    # Per target: the artifact's predicted bytes, line by line (omnic.quant.footprint); filled
+    # by plan_memory(..., artifacts=True), e.g. for `omnic plan` and the manifest.
+    artifacts: list[dict] = field(default_factory=list)
+    # Prompt positions one input of each encoder takes (`<image>` tokens per image, ...), out of
+    # context_length (plan_components).
+    placeholder_tokens: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-able form (written into the manifest and printed by `omnic plan --json`)."""
@@ -154,13 +160,16 @@ def _read_per_token(spec: "ResolvedSpec", t: TensorInfo, nbytes: int) -> float:
 
 
 def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
-                tensors: Iterable[TensorInfo] | None = None) -> MemoryPlan:
+                tensors: Iterable[TensorInfo] | None = None, *, artifacts: bool = False,
+                spec_dir: "str | None" = None) -> MemoryPlan:
     """The memory plan of a resolved spec on its device (or on `device`).
 
     Args:
         spec: a resolved spec.
         device: plan against this device instead of `spec.device` (to find devices that fit).
         tensors: the inventory (default: the decoder's).
+        artifacts: also predict each enabled target's artifact bytes (`MemoryPlan.artifacts`).
+        spec_dir: the spec's folder, to read a Hugging Face tokenizer's files for that.
 
     Returns:
         A MemoryPlan; `fits` is False when the total exceeds the device's memory budget.
@@ -179,18 +188,17 @@ def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
         line[2] += nbytes
         read += _read_per_token(spec, t, nbytes)
     weights = [WeightLine(c, s, *v) for (c, s), v in lines.items()]
+    components = plan_components(spec)  # encoders, projectors, heads (spec.modalities)
+    weights += components.weights
     weight_bytes = sum(w.bytes for w in weights)
     kv = kv_cache_bytes(spec)
-    act = activation_bytes(spec)
+    act = max(activation_bytes(spec) + components.embedding_bytes, components.activation_bytes)
     overhead = RUNTIME_BASE_BYTES + int(FRAGMENTATION * (weight_bytes + kv + act))
     total = weight_bytes + kv + act + overhead
     budget = device.memory_budget_mb * MIB
     bandwidth = device.bandwidth_gbps * 1e9
     empty, full = int(round(read)), int(round(read)) + kv
-    notes = []
-    present = [k for k in type(spec.modalities).model_fields if getattr(spec.modalities, k)]
-    if present:
-        notes.append(f"not planned yet: {', '.join(present)} (only the {Components.DECODER})")
+    notes = list(components.notes)
     return MemoryPlan(
         device=device.name, budget_bytes=budget, bandwidth_gbps=device.bandwidth_gbps,
         parameters=sum(w.parameters for w in weights), weights=weights, weight_bytes=weight_bytes,
@@ -199,4 +207,83 @@ def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
         fits=total <= budget, decode_bytes_per_token_empty=empty, decode_bytes_per_token_full=full,
         decode_tokens_per_s_empty=round(bandwidth / empty, 1),
         decode_tokens_per_s_full=round(bandwidth / full, 1), notes=notes,
+        placeholder_tokens=components.placeholder_tokens,
+        artifacts=_artifacts(spec, spec_dir) if artifacts else [],
     )
+
+
+def _artifacts(spec: "ResolvedSpec", spec_dir: "str | None") -> list[dict]:
+    from omnic.quant.footprint import plan_artifacts
+
+    return [a.to_dict() for a in plan_artifacts(spec, spec_dir)]
+
+
+# --- components: encoders, projectors and heads ------------------------------------------------
+# Every target stores them unquantized (omnic/targets/component_common.py `weights_summary`), so
+# their weights are planned in fp32. They run once per input, before the decoder's prefill and
+# one at a time: the activation peak is the larger of one encoder block's live set and the
+# decoder's prefill plus the embeddings the prompt holds. Their placeholder tokens (one per
+# embedding row) share the decoder's context_length with the text.
+COMPONENT_STORAGE = Schemes.FP32
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    weights: list[WeightLine]
+    activation_bytes: int  # the largest encoder's live set (fp32, batch 1)
+    embedding_bytes: int  # every encoder's output rows, held while the decoder prefills
+    placeholder_tokens: dict[str, int]
+    notes: list[str]
+
+
+def _encoder_activation(inputs: int, n: int, d: int, heads: int, ffn: int, out_rows: int,
+                        proj_in: int, d_out: int) -> int:
+    """fp32 bytes of one pre-norm block's live set over n tokens (residual, normed, q/k/v, scores
+    and probabilities, context or the FFN's two widths), beside the input; or the projector's."""
+    attention = 3 * n * d + 2 * heads * n * n + n * d
+    mlp = 2 * n * ffn
+    projector = out_rows * (proj_in + 2 * d_out)
+    return 4 * (inputs + 2 * n * d + max(attention, mlp, projector))
+
+
+def plan_components(spec: "ResolvedSpec") -> ComponentPlan:
+    """Weight lines, activation estimate and prompt tokens of every component of `spec`."""
+    from omnic.spec.component_inventory import component_tensors, placeholder_tokens
+
+    lines: list[WeightLine] = []
+    fp32 = TensorScheme(COMPONENT_STORAGE, None, True)
+    for name, inventory in component_tensors(spec).items():
+        lines.append(WeightLine(name, storage_id(fp32), len(inventory),
+                                sum(t.numel for t in inventory),
+                                sum(tensor_bytes(t.shape, fp32) for t in inventory)))
+    m, d_dec = spec.modalities, spec.model.d_model
+    act = []
+    if m.vision is not None:
+        v = m.vision
+        act.append(_encoder_activation(v.channels * v.image_size**2, v.n_positions, v.d_model,
+                                       v.n_heads, v.ffn_width, v.n_tokens, v.projector_in, d_dec))
+    if m.audio is not None:
+        a = m.audio
+        act.append(_encoder_activation(a.n_mels * a.n_frames + a.d_model * a.n_frames,
+                                       a.n_positions, a.d_model, a.n_heads, a.ffn_width,
+                                       a.n_tokens, a.d_model, d_dec))
+    if m.sensors is not None:
+        s = m.sensors
+        act.append(4 * (s.dim + (s.hidden or d_dec) + s.n_tokens * d_dec))
+    if m.action_head is not None:
+        h = m.action_head
+        act.append(4 * (d_dec + h.hidden + h.horizon * h.dim))
+    tokens = placeholder_tokens(spec)
+    notes = []
+    ctx = spec.model.context_length
+    if tokens:
+        used = sum(tokens.values())
+        each = ", ".join(f"{n} {c}" for c, n in tokens.items())
+        notes.append(f"prompt: one input of each encoder takes {used} of context_length {ctx} "
+                     f"positions ({each}); {ctx - used} are left for text")
+        if used >= ctx:
+            notes.append(f"context_length {ctx} cannot hold one input of each encoder "
+                         f"({used} placeholder tokens)")
+    return ComponentPlan(lines, max(act, default=0), 4 * d_dec * sum(tokens.values()), tokens,
+                         notes)
+

@@ -22,7 +22,8 @@ class Program:
     spec: "ResolvedSpec"
     spec_dir: Path  # relative paths in the spec (weights, tokenizer) are resolved against this
     decoder: "torch.nn.Module"  # omnic.compiler.build.Decoder with fp32 reference weights
-    components: dict[str, "torch.nn.Module"] = field(default_factory=dict)  # encoders, heads
+    # encoders and heads: omnic.compiler.build.components.Component by component id
+    components: dict[str, Any] = field(default_factory=dict)
     annotations: dict[str, Any] = field(default_factory=dict)  # pass results, e.g. "quant_plan"
 
     def evolve(self, **changes: Any) -> "Program":

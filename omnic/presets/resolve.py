@@ -55,8 +55,16 @@ def resolve(spec: Spec, spec_dir: Path | str) -> ResolvedSpec:
     device = store.load("device", spec.device) if isinstance(spec.device, str) else spec.device
     model = store.load("model", spec.model) if isinstance(spec.model, str) else spec.model
     quant = spec.quantization
-    if isinstance(quant, str):
+    if isinstance(quant, str) and quant != "auto":
         quant = store.load("quantization", quant)
     fields = {name: getattr(spec, name) for name in Spec.model_fields}
     fields.update(extends=(), device=device, model=explicit_model(model), quantization=quant)
+    if quant == "auto":  # omnic.quant.auto: planned with the worst case, chosen at compile
+        from omnic.quant.auto import resolve_with_auto
+        from omnic.spec.load import Diagnostic, SpecError
+
+        resolved, why = resolve_with_auto(fields)
+        if resolved is None:
+            raise SpecError([Diagnostic(None, ("quantization",), why)])
+        return resolved
     return ResolvedSpec(**fields)

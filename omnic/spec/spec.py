@@ -54,7 +54,11 @@ class Spec(SpecModel):
         default_factory=lambda: ByteTokenizer(kind="byte"), description="Tokenizer."
     )
     quantization: str | Quantization = Field(
-        default_factory=Quantization, description="A quant preset name or an inline block."
+        default_factory=Quantization,
+        description="A quant preset name, an inline block, or `auto`: the preset with the best "
+        "measured quality (KL divergence vs fp32 on the golden inputs) that fits the device and "
+        "every enabled target carries, decided at compile; validate and plan use the largest "
+        "eligible preset (the worst case).",
     )
     targets: Targets = Field(description="Backends to build; each present key is built.")
     golden: Golden = Field(default_factory=Golden, description="Golden conformance settings.")

@@ -224,6 +224,8 @@ def _resolve(spec: Spec, doc: Document, spec_dir: Path) -> tuple[ResolvedSpec | 
         if not isinstance(value, str):
             found[kind] = value
             continue
+        if kind == "quantization" and value == "auto":
+            continue  # omnic.quant.auto: decided below, once device and model are known
         try:
             path = store.path_of(kind, value)
         except store.UnknownPreset as unknown:
@@ -242,6 +244,16 @@ def _resolve(spec: Spec, doc: Document, spec_dir: Path) -> tuple[ResolvedSpec | 
         return None, out
     fields = {name: getattr(spec, name) for name in Spec.model_fields}
     fields.update(found, extends=(), model=explicit_model(found["model"]))
+    if "quantization" not in found:  # quantization: auto, planned with its worst case
+        from omnic.quant.auto import resolve_with_auto
+
+        resolved, why = resolve_with_auto(fields)
+        if resolved is None:
+            return None, [Diagnostic(doc.locate(("quantization",)), ("quantization",), why)]
+        note = (f"auto (decided at compile by measured quality); validated and planned with "
+                f"{why}, the largest eligible preset (the worst case)")
+        return resolved, [Diagnostic(doc.locate(("quantization",)), ("quantization",), note,
+                                     "warning")]
     return ResolvedSpec(**fields), []
 
 
@@ -275,6 +287,7 @@ def _semantic(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, s
         encoder = getattr(spec.modalities, name)
         if encoder is not None and encoder.weights is not None and not (spec_dir / encoder.weights).is_dir():
             yield (("modalities", name, "weights"), f"no such directory: {spec_dir / encoder.weights}", "error")
+    yield from _modality_checks(spec, spec_dir)
 
     tensors = decoder_tensors(m)
     quant_prefix = ("quantization",)
@@ -323,6 +336,54 @@ def _semantic(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, s
 
     for _, finding in capabilities.findings(spec):
         yield finding.path, finding.message, finding.severity
+
+
+def _modality_checks(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, str, str]]:
+    """Shapes the encoders' modules cannot be built with (omnic/compiler/build/encoders/)."""
+    from omnic.importers import hf_encoders
+    from omnic.importers.hf import UnsupportedModel
+
+    v, a = spec.modalities.vision, spec.modalities.audio
+    for name, encoder, check in (("vision", v, hf_encoders.check_vision), ("audio", a, hf_encoders.check_audio)):
+        where = spec_dir / encoder.weights if encoder is not None and encoder.weights else None
+        if where is not None and where.is_dir():
+            try:  # config.json only (torch-free): the numbers the import would refuse
+                check(where, encoder)
+            except (hf_encoders.EncoderMismatch, UnsupportedModel) as err:
+                yield (("modalities", name, "weights"), str(err), "error")
+    if v is not None:
+        at = ("modalities", "vision")
+        if v.image_size % v.patch_size:
+            yield (at + ("image_size",), f"image_size {v.image_size} is not divisible by "
+                   f"patch_size {v.patch_size}", "error")
+        if v.d_model % v.n_heads:
+            yield (at + ("n_heads",), f"n_heads {v.n_heads} does not divide d_model {v.d_model}", "error")
+        if v.projector == "pixel_shuffle_mlp":
+            r = v.pixel_shuffle_factor
+            if v.pooling != "none":
+                yield (at + ("pooling",), "pixel_shuffle_mlp regroups the patch grid; it needs "
+                       "pooling: none", "error")
+            elif v.grid % r:
+                yield (at + ("pixel_shuffle_factor",), f"pixel_shuffle_factor {r} does not divide "
+                       f"the {v.grid}x{v.grid} patch grid (image_size/patch_size)", "error")
+        for key, values in (("image_mean", v.image_mean), ("image_std", v.image_std)):
+            if values is not None and len(values) != v.channels:
+                yield (at + (key,), f"{key} has {len(values)} values for {v.channels} channels", "error")
+        if v.image_std is not None and any(x <= 0 for x in v.image_std):
+            yield (at + ("image_std",), "image_std values must be > 0", "error")
+    if a is not None:
+        at = ("modalities", "audio")
+        if a.d_model % a.n_heads:
+            yield (at + ("n_heads",), f"n_heads {a.n_heads} does not divide d_model {a.d_model}", "error")
+        if a.d_model % 2 or a.d_model < 4:
+            yield (at + ("d_model",), f"d_model {a.d_model} must be even and >= 4 (Whisper's "
+                   "sinusoidal positions)", "error")
+        if a.n_frames % 2:
+            yield (at + ("n_frames",), f"n_frames {a.n_frames} must be even (the second convolution "
+                   "has stride 2; Whisper takes 2 * max_source_positions frames)", "error")
+        elif a.n_positions % a.downsample:
+            yield (at + ("downsample",), f"downsample {a.downsample} does not divide the "
+                   f"{a.n_positions} encoder frames (n_frames/2)", "error")
 
 
 def _fit(spec: ResolvedSpec):

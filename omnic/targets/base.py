@@ -6,6 +6,7 @@ group `omnic.targets`) that defines one class decorated with `@register_target("
     check(spec) -> list[Problem]          pre-flight, before any work; torch-free
     lower(program, out_dir) -> list[Artifact]   writes files under out_dir; never mutates program
     load(artifact, build_dir) -> Runner   raises NotRunnable(reason) when this host cannot run it
+                                          (a ComponentRunner for a non-decoder component)
 
 Backend libraries are imported inside these methods, never at module import time.
 """
@@ -69,6 +70,17 @@ class Runner(Protocol):
         """Append int64 tokens [T] at the current position; return float32 logits [T, vocab]."""
 
 
+class ComponentRunner(Protocol):
+    """A loaded component artifact (encoder, projector, head): one tensor in, one tensor out.
+
+    `target.load(artifact, build_dir)` returns one for an artifact whose `component` is not the
+    decoder (see omnic/compiler/build/components.py for each component's I/O).
+    """
+
+    def run(self, x: "np.ndarray") -> "np.ndarray":
+        """float32 input of the component's static shape (batch 1) -> float32 output."""
+
+
 class Target(Protocol):
     id: str
 
@@ -76,7 +88,7 @@ class Target(Protocol):
 
     def lower(self, program: "Program", out_dir: "Path") -> list[Artifact]: ...
 
-    def load(self, artifact: Artifact, build_dir: "Path") -> Runner: ...
+    def load(self, artifact: Artifact, build_dir: "Path") -> "Runner | ComponentRunner": ...
 
 
 _REGISTRY: dict[str, type] = {}

@@ -129,7 +129,7 @@ class CoremlTarget:
         # Relative to the build directory when out_dir is BUILD/coreml (the pipeline's layout).
         rel = Path(out_dir.name) / package.name if out_dir.name == Targets.COREML else \
             Path(package.name)
-        return [Artifact(
+        decoder_artifact = Artifact(
             component=Components.DECODER,
             target=Targets.COREML,
             path=rel.as_posix(),
@@ -164,7 +164,12 @@ class CoremlTarget:
             },
             precision=precision,
             reference_weights=weights,
-        )]
+        )
+        # encoders and heads: <component>.mlpackage beside the decoder (coreml_component)
+        from omnic.targets import coreml_component as cc
+        from omnic.targets.component_common import lower_all
+
+        return [decoder_artifact, *lower_all(program, out_dir, self.id, cc.lower_component)]
 
     @staticmethod
     def _reference_weights(program: "Program", stored: dict[str, np.ndarray],
@@ -189,6 +194,10 @@ class CoremlTarget:
 
     def load(self, artifact: Artifact, build_dir: Path) -> "CoremlRunner":
         """A Runner over the package on macOS; elsewhere raises NotRunnable("needs macOS")."""
+        if artifact.component != Components.DECODER:  # a ComponentRunner (coreml_component)
+            from omnic.targets.coreml_component import load_component
+
+            return load_component(artifact, build_dir)
         if platform.system() != "Darwin":
             raise NotRunnable(NEEDS_MACOS)
         _require_coremltools()

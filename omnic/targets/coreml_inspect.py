@@ -156,6 +156,28 @@ def fp32_compute_ops(program: Any) -> int:
 # -- the structural conformance check --------------------------------------------------------
 
 
+def open_package(build_dir: Path, rel: str) -> tuple[Any, Any, list[str]]:
+    """(model protobuf, MIL program, failures) of the package at build_dir/rel, read with
+    coremltools alone; protobuf and program are None when the package cannot be read."""
+    import coremltools as ct
+
+    from omnic.targets.coreml_quant import load_program
+
+    package = build_dir / rel
+    if not (package / "Manifest.json").is_file():
+        return None, None, [f"{rel}: not an .mlpackage (no Manifest.json)"]
+    failures: list[str] = []
+    manifest = json.loads((package / "Manifest.json").read_text())
+    root = manifest.get("itemInfoEntries", {}).get(manifest.get("rootModelIdentifier", ""))
+    if root is None or not (package / "Data" / root["path"]).is_file():
+        failures.append("Manifest.json: rootModelIdentifier names no existing model file")
+    try:
+        return ct.utils.load_spec(str(package)), load_program(package), failures
+    except Exception as err:  # noqa: BLE001 - any read failure is a structural failure
+        return None, None, failures + [
+            f"coremltools cannot read the package: {type(err).__name__}: {err}"]
+
+
 def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec") -> list[str]:
     """Re-open a lowered .mlpackage and list everything that disagrees with the spec or with
     what `lower()` recorded; [] when the structure conforms.
@@ -173,27 +195,15 @@ def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec"
         build_dir: the build directory.
         spec: the resolved spec the artifact was lowered from.
     """
-    import coremltools as ct
-
     from omnic.quant.select import tensor_schemes
     from omnic.targets.coreml_quant import (
-        COMPRESSION_OPS, Compression, compression_facts, load_program, main_ops, quantized_schemes,
+        COMPRESSION_OPS, Compression, compression_facts, main_ops, quantized_schemes,
     )
 
     c = spec.targets.coreml
-    package = Path(build_dir) / artifact.path
-    if not (package / "Manifest.json").is_file():
-        return [f"{artifact.path}: not an .mlpackage (no Manifest.json)"]
-    failures: list[str] = []
-    manifest = json.loads((package / "Manifest.json").read_text())
-    root = manifest.get("itemInfoEntries", {}).get(manifest.get("rootModelIdentifier", ""))
-    if root is None or not (package / "Data" / root["path"]).is_file():
-        failures.append("Manifest.json: rootModelIdentifier names no existing model file")
-    try:
-        spec_pb = ct.utils.load_spec(str(package))
-        program = load_program(package)
-    except Exception as err:  # noqa: BLE001 - any read failure is a structural failure
-        return failures + [f"coremltools cannot read the package: {type(err).__name__}: {err}"]
+    spec_pb, program, failures = open_package(Path(build_dir), artifact.path)
+    if spec_pb is None:
+        return failures
 
     if spec_pb.WhichOneof("Type") != "mlProgram":
         failures.append(f"model type is {spec_pb.WhichOneof('Type')}, not mlProgram")

@@ -57,6 +57,43 @@ class Compression:
         return self.const + QUANTIZED_SUFFIX
 
 
+def storage_form(tensor: Any, ts: "TensorScheme", compute_precision: str) -> dict[str, Any]:
+    """What one tensor becomes in the ML Program, and its bytes in weight.bin (torch-free).
+
+    Integer schemes become the `Compression` of `compressions` (one constexpr op: packed codes,
+    a scale per block in the float type of the weights, an offset per block when asymmetric);
+    everything else is a const in the compute precision's float type (fp16 compute stores
+    fp32-planned weights in fp16, as the converter does).
+
+    Returns:
+        {"label", "bytes", "grid"} plus "dtype", "block", "symmetric" for compressed weights (the
+        fields `artifact.quantization["compressed"]` records).
+    """
+    shape = tuple(tensor.shape)
+    n = int(np.prod(shape)) if shape else 1
+    fbytes = 2 if compute_precision == "fp16" else 4
+    if ts.scheme in (Schemes.INT8, Schemes.INT4) and tensor.is_matrix:
+        bits = 8 if ts.scheme == Schemes.INT8 else 4
+        rows, cols = shape
+        groups = rows * (1 if ts.group_size is None else cols // ts.group_size)
+        nbytes = n * bits // 8 + groups * fbytes
+        if not ts.symmetric:
+            nbytes += -(-groups * bits // 8)
+        how = "per channel" if ts.group_size is None else f"block {ts.group_size}"
+        op = "constexpr_blockwise_shift_scale"
+        levels = ("-7..7" if bits == 4 else "-127..127") if ts.symmetric else (
+            "0..15 + offset" if bits == 4 else "0..255 + offset")
+        grid = (f"coremltools linear_{'symmetric' if ts.symmetric else 'quantize'}: {levels}, "
+                f"scale = max|w| / {7 if bits == 4 else 127}, round half to even, "
+                f"{'fp16' if fbytes == 2 else 'fp32'} scales") if ts.symmetric else (
+                f"coremltools linear: {levels}, {'fp16' if fbytes == 2 else 'fp32'} scales")
+        return {"label": f"{op} int{bits} {how}", "bytes": nbytes, "grid": grid,
+                "dtype": ts.scheme, "block": ts.group_size, "symmetric": ts.symmetric}
+    dtype = "fp16" if fbytes == 2 else "fp32"
+    return {"label": f"const {dtype}", "bytes": n * fbytes,
+            "grid": "compute precision fp16" if dtype == "fp16" and ts.scheme == "fp32" else ""}
+
+
 def quantized_schemes(plan: Mapping[str, "TensorScheme"]) -> dict[str, "TensorScheme"]:
     """The tensors of the plan that Core ML stores as integers (int8/int4)."""
     return {n: s for n, s in plan.items() if s.scheme in (Schemes.INT8, Schemes.INT4)}

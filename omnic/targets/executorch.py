@@ -356,7 +356,7 @@ class ExecutorchTarget:
         if quant.dynamic_activations:
             details["activations"] = ("int8 asymmetric per token, quantized at run time inside "
                                       "XNNPACK's quantized linears (8da)")
-        return [Artifact(
+        decoder_artifact = Artifact(
             component=Components.DECODER,
             target=self.id,
             path=f"{out_dir.name}/{pte.name}",
@@ -366,26 +366,39 @@ class ExecutorchTarget:
             details=details,
             precision=quant.precision,
             reference_weights=quant.reference_weights,
-        )]
+        )
+        # encoders and heads: <component>.pte beside the decoder (executorch_component)
+        from omnic.targets import executorch_component as ec
+        from omnic.targets.component_common import lower_all
+
+        return [decoder_artifact, *lower_all(program, out_dir, self.id, ec.lower_component)]
 
     def load(self, artifact: Artifact, build_dir: Path) -> "ExecutorchRunner":
         """The .pte on the ExecuTorch runtime's Python bindings, every method loaded."""
         if importlib.util.find_spec("executorch") is None:
             raise NotRunnable(f"executorch is missing: {INSTALL_HINT}")
-        from executorch.runtime import Runtime
+        if artifact.component != Components.DECODER:  # a ComponentRunner
+            from omnic.targets.executorch_component import load_component
 
-        backend = artifact.details.get("backend", "xnnpack")
-        registered = Runtime.get().backend_registry.registered_backend_names
-        needed = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}.get(backend)
-        if needed is not None and needed not in registered:
-            raise NotRunnable(f"this ExecuTorch runtime has no {needed} (it has {registered}); "
-                              + ("Core ML runs only on macOS/iOS" if backend == "coreml" else ""))
+            return load_component(artifact, build_dir)
+        require_delegate(artifact.details.get("backend", "xnnpack"))
         runner = ExecutorchRunner(Path(build_dir) / artifact.path)
         expected = artifact.details.get("metadata")
         if expected is not None and runner.metadata != expected:
             raise RuntimeError(f"{artifact.path}: metadata methods return {runner.metadata}, "
                                f"the build recorded {expected}")
         return runner
+
+
+def require_delegate(backend: str) -> None:
+    """Raise NotRunnable unless this ExecuTorch runtime carries `backend`'s delegate."""
+    from executorch.runtime import Runtime
+
+    registered = Runtime.get().backend_registry.registered_backend_names
+    needed = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}.get(backend)
+    if needed is not None and needed not in registered:
+        raise NotRunnable(f"this ExecuTorch runtime has no {needed} (it has {registered}); "
+                          + ("Core ML runs only on macOS/iOS" if backend == "coreml" else ""))
 
 
 def _plan(spec: "ResolvedSpec") -> dict[str, Any]:

@@ -71,6 +71,30 @@ def _is_embedding(name: str) -> bool:
     return name == TensorNames.EMBED
 
 
+def form_of(name: str, ts: "TensorScheme", tied: bool, width: int) -> str | None:
+    """The native form of one int8/int4-planned tensor (the module table), None for the rest.
+
+    Torch-free: `omnic plan --explain-quant` and the memory plan read the same answer that
+    `quantize_decoder` records in `artifact.quantization["forms"]`.
+
+    Args:
+        name: canonical tensor name.
+        ts: its TensorScheme.
+        tied: the embedding is also the lm_head.
+        width: the input width (shape[-1]), the group of a per-channel int8 linear.
+    """
+    if ts.scheme not in (Schemes.INT4, Schemes.INT8):
+        return None
+    bits = 4 if ts.scheme == Schemes.INT4 else 8
+    g = width if ts.group_size is None else ts.group_size
+    linear = FORM_8DA4W.format(g=g) if bits == 4 else FORM_8DA8W
+    if not _is_embedding(name):
+        return linear
+    group = "" if ts.group_size is None else f"_g{ts.group_size}"
+    form = FORM_EMBED.format(bits=bits, group=group)
+    return f"{form}+{linear}" if tied else form
+
+
 def _group_blocks(shape: tuple[int, ...], group_size: int | None) -> tuple[int, int]:
     return (1, shape[1] if group_size is None else group_size)
 
@@ -94,32 +118,17 @@ def _intx_tensor(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, b
     )
 
 
-def _bf16(x: np.ndarray) -> np.ndarray:
-    from omnic.quant.reference import fake_quantize
-
-    return fake_quantize(x, Schemes.BF16)
-
-
 def _xnnpack_int4(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     """Codes int8 [out, in] in [-8, 7] and positive bf16 scales [out, in/group] for XNNPACK.
 
-    omnic's int4 maps each group's largest-magnitude weight m to code -8 (s = m / -8, the Q4_0
-    rule), so s is negative when m is positive; XNNPACK only takes positive, normal scales
-    (xnn_define_blockwise_quantized_tensor_value rejects the rest). Groups with m < 0 keep
-    omnic's scale; groups with m > 0 use s = m / 7, so m still lands exactly on a level (+7).
-    The scale is rounded to bf16 first (XNNPACK stores it so) and the codes are chosen for the
-    rounded scale. All-zero groups get scale 1 (their codes are 0).
+    The grid is `omnic.quant.grids.xnnpack` (extreme on -8 when negative, on +7 when positive,
+    scales rounded to bf16 before the codes are chosen; tested there against torchao).
     """
-    from omnic.quant.reference import round_half_away
+    from omnic.quant.grids import xnnpack
 
     out_f, in_f = w.shape
-    x = w.reshape(out_f, in_f // group, group)
-    idx = np.abs(x).argmax(axis=-1)[..., None]
-    m = np.take_along_axis(x, idx, axis=-1)[..., 0]
-    scale = np.where(m < 0, m / -8.0, m / 7.0).astype(np.float32)
-    scale = np.where(scale > 0, _bf16(scale), np.float32(1.0)).astype(np.float32)
-    codes = np.clip(round_half_away(x / scale[..., None]), -8, 7).astype(np.int8)
-    return codes.reshape(out_f, in_f), scale
+    grid = xnnpack(w, "int4", group, True)
+    return grid.codes.reshape(out_f, in_f), grid.scale
 
 
 def _signed(q: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -204,15 +213,7 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
                   - zp.astype(np.float32)[..., None]) * scale[..., None]
         ref[name] = stored.reshape(w.shape).astype(np.float32)
         _assign(decoder, name, torch.nn.Parameter(tensor, requires_grad=False))
-        if embedding:
-            group = "" if ts.group_size is None else f"_g{ts.group_size}"
-            form = FORM_EMBED.format(bits=bits, group=group)
-            if tied:
-                form += "+" + (FORM_8DA4W.format(g=block[1]) if bits == 4 else FORM_8DA8W)
-        elif bits == 4:
-            form = FORM_8DA4W.format(g=block[1])
-        else:
-            form = FORM_8DA8W
+        form = form_of(name, ts, tied, w.shape[1])
         if linear:
             result.dynamic_activations = True
             if bits == 4:

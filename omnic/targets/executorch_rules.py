@@ -96,17 +96,6 @@ def _kv_cache(ctx: Context):
                       "SDPA custom op, which omnic's attention does not use; nearest: none")
 
 
-@register(Targets.EXECUTORCH, "executorch.decoder_only",
-          "the ExecuTorch target lowers the text decoder only",
-          "https://github.com/pytorch/executorch/tree/main/examples/models/llama")
-def _modalities(ctx: Context):
-    for name in ("vision", "audio", "sensors", "action_head"):
-        if getattr(ctx.spec.modalities, name, None) is not None:
-            yield Finding(("modalities", name),
-                          "the ExecuTorch target lowers the text decoder only; this component "
-                          "would be missing from the .pte", "warning")
-
-
 @register(Targets.EXECUTORCH, "executorch.coreml_float_only",
           "omnic's Core ML delegate variant stores fp32/fp16 weights",
           _ET + "backends/apple/coreml/partition/coreml_partitioner.py")

@@ -7,6 +7,8 @@
                     back to report what it stores and to hand the golden check the weights
                     exactly as stored (artifact.reference_weights)
     load(artifact)  llama-cpp-python; any llama.cpp warning while loading is a failure
+    vision encoder  written as llama.cpp's mmproj beside the decoder, run with libmtmd
+                    (gguf_mmproj); other modalities are pre-flight problems
 
 Types: `targets.gguf.file_type: auto` takes the type of `quantization.weights` (int4 g32 -> Q4_0,
 asymmetric -> Q4_1, int8 -> Q8_0, fp16 -> F16, ...); an explicit file type sets the matrices'
@@ -31,6 +33,7 @@ from rich.console import Console
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
 from omnic.targets.gguf_arch import plan_arch, tensor_plan
+from omnic.targets.gguf_mmproj import mmproj_problems
 from omnic.targets.gguf_quant import K_QUANTS, plan_types
 
 if TYPE_CHECKING:
@@ -52,12 +55,7 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
     if plan is not None:
         _, found = plan_types(spec, tensor_plan(spec.model, plan))
         problems += found
-    mods = spec.modalities
-    for name in ("vision", "audio", "sensors", "action_head"):
-        if getattr(mods, name, None) is not None:
-            problems.append(Problem(Targets.GGUF, f"modalities.{name}",
-                                    "the GGUF target writes the text decoder only; llama.cpp keeps "
-                                    "encoders in a separate mmproj file that omnic does not write"))
+    problems += mmproj_problems(spec)  # the vision encoder goes into an mmproj file (gguf_mmproj)
     if spec.quantization.kv_cache == "int8" and spec.model.dim_per_head % 32:
         problems.append(Problem(Targets.GGUF, "quantization.kv_cache", "llama.cpp's int8 KV cache "
                                 f"is q8_0 (blocks of 32); head_dim {spec.model.dim_per_head} is "
@@ -134,7 +132,7 @@ class GgufTarget:
                    f"tensors {facts['tensor_types']}, {write_s + quantize_s:.1f} s)")
         rel = Path(out_dir.name) / filename if out_dir.name == Targets.GGUF else Path(filename)
         kv_type = "Q8_0" if spec.quantization.kv_cache == "int8" else "F32"
-        return [Artifact(
+        decoder = Artifact(
             component=Components.DECODER,
             target=Targets.GGUF,
             path=str(rel),
@@ -158,7 +156,12 @@ class GgufTarget:
             },
             precision=precision_of(ft, facts["types"], kv_type),
             reference_weights=weights,
-        )]
+        )
+        if Components.VISION_ENCODER not in (program.components or {}):
+            return [decoder]
+        from omnic.targets.gguf_mmproj import lower_mmproj
+
+        return [decoder, lower_mmproj(program, out_dir, filename, ft.name)]
 
     def load(self, artifact: Artifact, build_dir: Path) -> "LlamaCppRunner":
         """A llama.cpp runner over the artifact; raises if llama.cpp warned while loading."""
@@ -168,6 +171,10 @@ class GgufTarget:
             import_llama_cpp()
         except LlamaCppMissing as err:
             raise NotRunnable(str(err)) from None
+        if artifact.component != Components.DECODER:  # the vision encoder's mmproj
+            from omnic.targets.gguf_mmproj import load_mmproj
+
+            return load_mmproj(artifact, Path(build_dir))
         path = _resolve(Path(build_dir), artifact.path)
         runner = LlamaCppRunner(str(path), n_ctx=int(artifact.details["context_length"]),
                                 kv_type=artifact.details.get("kv_cache_type", "F32"))

@@ -3,6 +3,8 @@
 `lower(program, out_dir)` writes the folder `out_dir` (the pipeline passes BUILD/onnx):
   model.onnx (+ model.onnx.data past 2 GB)   the decoder, torch.onnx dynamo export, genai I/O
   genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
+  embedding.onnx, text.onnx                   multimodal specs only (onnx_multimodal): token
+                                              embeddings, and the decoder on inputs_embeds
 The artifact is that folder (what a user deploys), its path `out_dir.name` relative to the build.
 
 Stages, in order (each a function in a small module):
@@ -69,10 +71,14 @@ class OnnxTarget:
 
     id = Targets.ONNX
 
-    def __init__(self, external_data_threshold: int | None = None) -> None:
+    def __init__(self, external_data_threshold: int | None = None,
+                 accuracy_level: int | None = None) -> None:
         from omnic.targets.onnx_export import EXTERNAL_DATA_THRESHOLD
+        from omnic.targets.onnx_quant import INT8_COMPUTE
 
         self.external_data_threshold = external_data_threshold or EXTERNAL_DATA_THRESHOLD
+        # MatMulNBits compute precision (onnx_quant.INT8_COMPUTE: why 4); 0 = exact float32
+        self.accuracy_level = INT8_COMPUTE if accuracy_level is None else accuracy_level
 
     # -- pre-flight --------------------------------------------------------------------------
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
@@ -92,41 +98,33 @@ class OnnxTarget:
         opset = opts.opset if opts is not None else 21
         _log.print(f"onnx: exporting the decoder with torch.onnx (dynamo), opset {opset}")
         model = onnx_export.export_decoder(program.decoder, opset)
-        return [self.lower_exported(program, model, Path(out_dir))]
+        decoder = self.lower_exported(program, model, Path(out_dir))
+        # encoders and heads: <component>.onnx beside the decoder (onnx_component)
+        from omnic.targets import onnx_component as oc
+        from omnic.targets.component_common import lower_all
+
+        return [decoder, *lower_all(program, Path(out_dir), self.id, oc.lower_component)]
 
     def lower_exported(self, program: "Program", model: "ir.Model", out_dir: Path) -> Artifact:
         """Everything after the export, on an exported model (consumed, modified in place)."""
-        import omnic
         from omnic.targets import onnx_export, onnx_fusions, onnx_genai, onnx_quant
+        from omnic.targets import onnx_multimodal
 
         spec = program.spec
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
-        records = onnx_quant.store_weights(model, _quant_plan(program))
-        lost = sorted(n for n, r in records.items()
-                      if r["form"] == "unrecognised" and r["planned"] != "fp32")
-        if lost:
-            more = " ..." if len(lost) > 3 else ""
-            _log.print(f"[yellow]onnx: {len(lost)} matrices kept float32, their use in the graph "
-                       f"was not recognised: {', '.join(lost[:3])}{more}")
-        onnx_fusions.cleanup(model)
-        fusion_counts: dict[str, int] = {}
-        if opts is None or opts.fusions:
-            fusion_counts = onnx_fusions.fuse(model)
-            fired = ", ".join(f"{k}={v}" for k, v in fusion_counts.items() if v)
-            _log.print(f"onnx: fusions {fired or 'none matched'}")
-        onnx_quant.narrow_floats(model, records)
+        records, fusion_counts = self.transform(program, model)
         quant = onnx_quant.summary(records)
-        forms = ", ".join(f"{k} ({v})" for k, v in quant["forms"].items())
-        _log.print(f"onnx: weights → {forms}")
-        onnx_export.finalize(model, opset, omnic.__version__)
 
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
         files = onnx_export.save(model, folder / MODEL_FILE, self.external_data_threshold)
+        onnx_export.release_weights(model)  # consumed: the file is read back below instead
         files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE)
+        if onnx_multimodal.wanted(spec):  # + embedding.onnx and text.onnx (inputs_embeds)
+            files += onnx_multimodal.write_files(self, program, folder)
         stored = _reload(folder / MODEL_FILE)  # read back what the file holds
-        reference = onnx_quant.read_weights(stored)
+        reference = onnx_quant.read_weights(stored, lazy=True)  # dequantized when read
         details = {
             "model_file": MODEL_FILE,
             "opset": opset,
@@ -138,6 +136,8 @@ class OnnxTarget:
             "fused_ops": onnx_fusions.fused_ops(stored),
             "context_length": spec.model.context_length,
         }
+        if onnx_multimodal.wanted(spec):
+            details["multimodal"] = onnx_multimodal.details(spec)
         return Artifact(
             component=Components.DECODER,
             target=Targets.ONNX,
@@ -150,12 +150,49 @@ class OnnxTarget:
             reference_weights=reference or None,
         )
 
+    def transform(self, program: "Program", model: "ir.Model") -> tuple[dict, dict[str, int]]:
+        """Store weights, clean up, fuse, narrow and finalize an exported graph (in place).
+
+        Returns:
+            (the weight storage records, how often each fusion fired).
+        """
+        import omnic
+        from omnic.targets import onnx_export, onnx_fusions, onnx_quant
+
+        spec = program.spec
+        opts = spec.targets.onnx
+        opset = opts.opset if opts is not None else 21
+        records = onnx_quant.store_weights(model, _quant_plan(program),
+                                           accuracy_level=self.accuracy_level)
+        lost = sorted(n for n, r in records.items()
+                      if r["form"] == "unrecognised" and r["planned"] != "fp32")
+        if lost:
+            more = " ..." if len(lost) > 3 else ""
+            _log.print(f"[yellow]onnx: {len(lost)} matrices kept float32, their use in the graph "
+                       f"was not recognised: {', '.join(lost[:3])}{more}")
+        onnx_fusions.cleanup(model)
+        fusion_counts: dict[str, int] = {}
+        if opts is None or opts.fusions:
+            fusion_counts = onnx_fusions.fuse(model, records)  # records: q/k/v packing
+            fired = ", ".join(f"{k}={v}" for k, v in fusion_counts.items() if v)
+            _log.print(f"onnx: fusions {fired or 'none matched'}")
+        onnx_quant.narrow_floats(model, records)
+        quant = onnx_quant.summary(records)
+        forms = ", ".join(f"{k} ({v})" for k, v in quant["forms"].items())
+        _log.print(f"onnx: weights → {forms}")
+        onnx_export.finalize(model, opset, omnic.__version__)
+        return records, fusion_counts
+
     # -- running -----------------------------------------------------------------------------
     def load(
         self, artifact: Artifact, build_dir: Path, intra_op_threads: int | None = None
     ) -> "OnnxRunner":
         """An onnxruntime session over the artifact's model, behind the Runner protocol."""
         _require_backend()
+        if artifact.component != Components.DECODER:  # a ComponentRunner (onnx_component)
+            from omnic.targets.onnx_component import load_component
+
+            return load_component(artifact, build_dir)
         path = Path(build_dir) / artifact.path
         model = path / artifact.details.get("model_file", MODEL_FILE) if path.is_dir() else path
         if not model.is_file():

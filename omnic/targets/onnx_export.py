@@ -40,22 +40,26 @@ PAST, TOTAL = "past_sequence_length", "total_sequence_length"
 IR_VERSION_FOR_OPSET = {17: 8, 18: 8, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11}
 
 
-def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+def io_names(n_layers: int, inputs_embeds: bool = False, hidden: bool = False,
+             ) -> tuple[list[str], list[str]]:
     """Graph input and output names, in the exporter's argument order."""
-    inputs = ["input_ids", "attention_mask", "position_ids"]
+    inputs = ["inputs_embeds" if inputs_embeds else "input_ids", "attention_mask", "position_ids"]
     inputs += [f"past_key_values.{i}.key" for i in range(n_layers)]
     inputs += [f"past_key_values.{i}.value" for i in range(n_layers)]
     outputs = ["logits"]
     outputs += [f"present.{i}.key" for i in range(n_layers)]
     outputs += [f"present.{i}.value" for i in range(n_layers)]
-    return inputs, outputs
+    return inputs, outputs + (["last_hidden_state"] if hidden else [])
 
 
-def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
+def export_decoder(decoder: "torch.nn.Module", opset: int, inputs_embeds: bool = False,
+                   hidden: bool = False) -> "ir.Model":
     """The decoder's `forward_concat` as an unoptimised ONNX model (onnx_ir), canonical names.
 
     Initializers keep the state-dict names (`layers.0.attn.q.weight`), which the weight
-    storage pass relies on; no optimizer has run yet.
+    storage pass relies on; no optimizer has run yet. With `inputs_embeds` the graph takes
+    float32 inputs_embeds [batch, seq, d_model] in place of input_ids (`forward_concat_embeds`,
+    the multimodal decoder); `hidden` adds the output last_hidden_state [batch, seq, d_model].
     """
     import torch
 
@@ -63,6 +67,8 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     # Example sizes > 1 everywhere: torch.export specialises dimensions of size 0 or 1.
     b, t, p = 2, 3, 4
     ids = torch.zeros((b, t), dtype=torch.int64)
+    if inputs_embeds:
+        ids = torch.zeros((b, t, c.d_model))
     mask = torch.ones((b, p + t), dtype=torch.int64)
     pos = torch.arange(p, p + t, dtype=torch.int64)[None].expand(b, t).contiguous()
     kv = (b, c.n_kv_heads, p, c.head_dim)
@@ -70,33 +76,19 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     past_v = [torch.zeros(kv) for _ in range(c.n_layers)]
     cache_axes = {0: BATCH, 2: PAST}
     dynamic = {
-        "input_ids": {0: BATCH, 1: SEQ},
+        ("inputs_embeds" if inputs_embeds else "input_ids"): {0: BATCH, 1: SEQ},
         "attention_mask": {0: BATCH, 1: TOTAL},
         "position_ids": {0: BATCH, 1: SEQ},
         "past_k": [cache_axes] * c.n_layers,
         "past_v": [cache_axes] * c.n_layers,
     }
-    inputs, outputs = io_names(c.n_layers)
-    entry = decoder.concat_entry()  # forward_concat as forward, canonical parameter names
+    inputs, outputs = io_names(c.n_layers, inputs_embeds, hidden)
+    # forward_concat(_embeds) as forward, canonical parameter names
+    entry = decoder.concat_embeds_entry(hidden) if inputs_embeds else decoder.concat_entry()
     # The exporter prints progress to stdout and warns about each shared dim name; keep it for
     # the error message only.
-    chatter = io.StringIO()
-    torch_log = logging.getLogger("torch.onnx")
-    level = torch_log.level
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
-        warnings.simplefilter("ignore")
-        torch_log.setLevel(logging.ERROR)  # "torchvision is not installed" and similar
-        try:
-            program = torch.onnx.export(
-                entry, (ids, mask, pos, past_k, past_v), dynamo=True, opset_version=opset,
-                dynamic_shapes=dynamic, input_names=inputs, output_names=outputs, optimize=False,
-                verbose=False,
-            )
-        except Exception as err:
-            raise RuntimeError(f"torch.onnx export failed: {err}\n{chatter.getvalue()}") from err
-        finally:
-            torch_log.setLevel(level)
-    model = program.model
+    model = export_quietly(entry, (ids, mask, pos, past_k, past_v), "the decoder", opset,
+                           dynamic_shapes=dynamic, input_names=inputs, output_names=outputs)
     _fix_io_shapes(model, c)
     return model
 
@@ -108,7 +100,9 @@ def _fix_io_shapes(model: "ir.Model", c: Any) -> None:
     cache_in = [BATCH, c.n_kv_heads, PAST, c.head_dim]
     cache_out = [BATCH, c.n_kv_heads, TOTAL, c.head_dim]
     shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL],
-              "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size]}
+              "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size],
+              "inputs_embeds": [BATCH, SEQ, c.d_model],
+              "last_hidden_state": [BATCH, SEQ, c.d_model]}
     for v in model.graph.inputs:
         v.shape = ir.Shape(shapes.get(v.name, cache_in))
     for v in model.graph.outputs:
@@ -141,6 +135,8 @@ def finalize(model: "ir.Model", opset: int, producer_version: str) -> None:
     for i, node in enumerate(model.graph):
         node.name = f"{node.op_type}_{i}"
         for j, out in enumerate(node.outputs):
+            if out.name == "" and not out.uses():  # an optional output left absent
+                continue
             if out.name not in io:
                 out.name = f"{node.op_type.lower()}_{i}" + (f"_{j}" if j else "")
     # Symbolic dims inside the graph keep the exporter's names, which are derived from the
@@ -176,6 +172,13 @@ def save(
     return [path]
 
 
+def release_weights(model: "ir.Model") -> None:
+    """Drop the initializers' data of a saved model (in place): the quantized copy and any
+    fp32 weights the exporter held would otherwise live until the lowering returns."""
+    for value in model.graph.initializers.values():
+        value.const_value = None
+
+
 def signature(model: "ir.Model") -> dict[str, Any]:
     """Inputs and outputs: name -> {dtype, shape} with symbolic dims as strings."""
 
@@ -192,3 +195,31 @@ def op_histogram(model: "ir.Model") -> dict[str, int]:
     counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                      for n in model.graph)
     return dict(sorted(counts.items()))
+
+
+def export_quietly(module: "torch.nn.Module", args: tuple, what: str, opset: int,
+                   **kwargs: Any) -> "ir.Model":
+    """`torch.onnx.export(module, args, dynamo=True, optimize=False)` at `opset` with the
+    exporter's stdout chatter and warnings held back (shown only in the error when it fails).
+
+    Args:
+        what: what is exported, for the error message ("the vision_encoder").
+        kwargs: further torch.onnx.export arguments (input_names, dynamic_shapes, ...).
+    """
+    import torch
+
+    chatter = io.StringIO()
+    torch_log = logging.getLogger("torch.onnx")
+    level = torch_log.level
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+        warnings.simplefilter("ignore")
+        torch_log.setLevel(logging.ERROR)  # "torchvision is not installed" and similar
+        try:
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                        optimize=False, verbose=False, **kwargs)
+        except Exception as err:
+            raise RuntimeError(f"torch.onnx export of {what} failed: {err}\n"
+                               f"{chatter.getvalue()}") from err
+        finally:
+            torch_log.setLevel(level)
+    return program.model

@@ -116,10 +116,19 @@ def _is_causal_and_padding(mask: ir.Value) -> bool:
 
 
 class GroupQueryAttention(pattern.RewriteRuleClassBase):
-    """The omnic decoder's attention block -> com.microsoft GroupQueryAttention (rotary inside)."""
+    """The omnic decoder's attention block -> com.microsoft GroupQueryAttention (rotary inside).
+
+    The pattern has ONE output, the attention output: with the present key/value as two more
+    pattern outputs, onnxscript's matcher tries every pair of Concat nodes for every candidate
+    root node, cubic in the layer count (30 layers: over five minutes). The present Concats are
+    matched as inner nodes instead, so nothing is removed by the rule itself (they still feed
+    the graph outputs); `cleanup` moves the graph outputs present.{i}.key/value onto the fused
+    node's outputs and the rewriter's dead-node pass drops the unfused attention.
+    """
 
     def __init__(self) -> None:
-        super().__init__("OmnicGroupQueryAttention")
+        super().__init__("OmnicGroupQueryAttention", remove_nodes=False)
+        self._presents: list[tuple[ir.Value, ir.Value]] = []
 
     def pattern(
         self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked, scale, neg
@@ -136,14 +145,14 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         k = op.RotaryEmbedding(heads(k_bsd, "k_bshd"), position_ids, cos, sin, _domain=MS,
                                _outputs=["k_rot"])
         v = heads(v_bsd, "v_bshd")
-        present_k = op.Concat(past_k, k, axis=2)
-        present_v = op.Concat(past_v, v, axis=2)
+        present_k = op.Concat(past_k, k, axis=2, _outputs=["present_k"])
+        present_v = op.Concat(past_v, v, axis=2, _outputs=["present_v"])
         keys_t = op.Transpose(repeat(present_k, "k_unsqueezed"), perm=[0, 1, 3, 2])
         scores = op.Mul(op.MatMul(q, keys_t), scale)
         # `masked` = Not(mask) is shared by every layer, so it is an input here, checked below.
         probs = op.Softmax(op.Where(masked, neg, scores), axis=-1)
         out = op.Transpose(op.MatMul(probs, repeat(present_v, "v_unsqueezed")), perm=[0, 2, 1, 3])
-        return op.Reshape(out, _ANY), present_k, present_v
+        return op.Reshape(out, _ANY)
 
     def check(self, context, q_bsd, k_bsd, v_bsd, past_k, cos, masked, scale, neg, q_rot, k_rot,
               q_bshd, k_bshd, v_bshd, k_unsqueezed=None, v_unsqueezed=None, **_):
@@ -185,18 +194,31 @@ class GroupQueryAttention(pattern.RewriteRuleClassBase):
         self._scale = float(s.reshape(()))
         return result
 
-    def rewrite(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked, **_):
+    def rewrite(self, op, q_bsd, k_bsd, v_bsd, past_k, past_v, position_ids, cos, sin, masked,
+                present_k, present_v, **_):
         attention_mask = _attention_mask_input(masked)
         summed = op.ReduceSum(attention_mask, op.Constant(value_ints=[1]), keepdims=0)
         one = op.Constant(value=ir.tensor(np.array(1, np.int64)))
         seqlens_k = op.Cast(op.Sub(summed, one), to=ir.DataType.INT32)
         total = op.Cast(op.Gather(op.Shape(attention_mask), one, axis=0), to=ir.DataType.INT32)
         n_heads, n_kv = self._heads
-        return op.GroupQueryAttention(
+        out, new_k, new_v = op.GroupQueryAttention(
             q_bsd, k_bsd, v_bsd, past_k, past_v, seqlens_k, total, cos, sin, position_ids,
             num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0,
             scale=self._scale, _domain=MS, _outputs=3,
         )
+        self._presents += [(present_k, new_k), (present_v, new_v)]
+        return out
+
+    def cleanup(self):
+        """Every use of an unfused present (the graph outputs) now reads the fused one."""
+        for old, new in self._presents:
+            new.shape, new.type = old.shape, old.type
+            name = old.name
+            old.replace_all_uses_with(new, replace_graph_outputs=True)
+            old.name = None if name is None else f"{name}.unfused"
+            new.name = name
+        self._presents.clear()
 
 
 def _attention_mask_input(mask: ir.Value) -> ir.Value:

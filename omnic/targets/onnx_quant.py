@@ -38,6 +38,16 @@ MS = "com.microsoft"
 # The largest MatMulNBits block onnxruntime's CPU kernels accept (16, 32, 64, 128, 256).
 # ref: https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/contrib_ops/cpu/quantization/matmul_nbits.cc
 MAX_BLOCK = 256
+# MatMulNBits `accuracy_level` the ONNX target writes: 4 = int8 compute. onnxruntime then
+# quantizes each activation block to int8 and runs its VNNI/AVX2 int8 kernels; at 0 (fp32
+# compute) an int8 matrix has no fast CPU kernel and is dequantized whole on every call (the
+# tied int8 lm_head of the SmolLM-135M shape took 165 ms of a 190 ms decode step), and int4
+# runs ~2.5x slower. 4 is also the onnxruntime-genai builder's CPU default. The weights are
+# stored exactly as before; only the activations are rounded (the int4/int8 rows of
+# omnic/compiler/golden/tolerances.py allow for that).
+# ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
+# ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builder.py (int4_accuracy_level)
+INT8_COMPUTE = 4
 
 
 # -- packing --------------------------------------------------------------------------------------
@@ -78,8 +88,25 @@ def _unpack_nibbles(b: np.ndarray) -> np.ndarray:
     return np.stack([b & 0x0F, b >> 4], axis=-1).reshape(*b.shape[:-1], b.shape[-1] * 2)
 
 
+# Rows are quantized this many values at a time: every row is independent, and the reference
+# quantizer's float temporaries (several times the input) of a 151936 x 896 embedding would
+# otherwise add ~1.5 GB to the compile's peak.
+PACK_CHUNK = 1 << 22
+
+
 def pack_nbits(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool) -> NBits:
     """Quantize a [N, K] float32 matrix with omnic's reference and pack it for MatMulNBits."""
+    n, k = w.shape
+    rows = max(1, PACK_CHUNK // max(1, k))
+    if n <= rows:
+        return _pack_rows(w, bits, group_size, symmetric)
+    parts = [_pack_rows(w[i:i + rows], bits, group_size, symmetric) for i in range(0, n, rows)]
+    zps = None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts])
+    return NBits(bits, parts[0].block, n, k, np.concatenate([p.data for p in parts]),
+                 np.concatenate([p.scales for p in parts]), zps)
+
+
+def _pack_rows(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool) -> NBits:
     from omnic.quant.reference import quantize
 
     scheme = {4: "int4", 8: "int8"}[bits]
@@ -132,6 +159,43 @@ def _bits(scheme: str) -> int | None:
     return {"int4": 4, "int8": 8}.get(scheme)
 
 
+_FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def storage_form(tensor: Any, ts: Any, tied: bool) -> dict[str, Any]:
+    """How `store_weights` stores one tensor, and its bytes in model.onnx (torch-free).
+
+    Args:
+        tensor: an `omnic.spec.inventory.TensorInfo`.
+        ts: its TensorScheme.
+        tied: the embedding is also the lm_head (one copy serves both).
+
+    Returns:
+        {"form", "dtype", "bytes"} plus "bits", "block_size" (and "gather" for the embedding)
+        for MatMulNBits: the same values `store_weights` records in `omnic.weights`. Scales are
+        float32 (onnxruntime's MatMulNBits takes float32 scales with float32 activations).
+    """
+    shape = tuple(tensor.shape)
+    embedding = tensor.name == "embed.weight"
+    bits = _bits(ts.scheme)
+    if bits and tensor.is_matrix:
+        rows, k = shape
+        block = block_size(k, ts.group_size)
+        k_blocks = -(-k // block)
+        nbytes = rows * k_blocks * block * bits // 8 + rows * k_blocks * 4
+        if not ts.symmetric:
+            nbytes += rows * -(-k_blocks * bits // 8)
+        rec = {"form": "MatMulNBits", "dtype": f"int{bits}", "bits": bits, "block_size": block,
+               "bytes": nbytes}
+        if embedding:
+            rec["gather"] = "GatherBlockQuantized"
+        return rec
+    n = int(np.prod(shape)) if shape else 1
+    dtype = _FLOAT_DTYPES[ts.scheme] if tensor.is_matrix else "float32"
+    form = ("Gather" if embedding else "MatMul") if tensor.is_matrix else "initializer"
+    return {"form": form, "dtype": dtype, "bytes": n * (4 if dtype == "float32" else 2)}
+
+
 def _const_init(graph: "ir.Graph", name: str, array: np.ndarray) -> "ir.Value":
     import onnx_ir as ir
 
@@ -182,7 +246,8 @@ class _Store:
         return self._nbits[name]
 
 
-def store_weights(model: "ir.Model", plan: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def store_weights(model: "ir.Model", plan: Mapping[str, Any], accuracy_level: int = 0,
+                  ) -> dict[str, dict[str, Any]]:
     """Rewrite every planned matrix of a freshly exported graph into its storage form (in place).
 
     Must run before any optimizer: it recognises the exporter's `MatMul(x, Transpose(W))` with W
@@ -192,6 +257,8 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any]) -> dict[str, dict[
     Args:
         model: the exported model (onnx_ir), initializers named by canonical tensor names.
         plan: canonical name -> TensorScheme (omnic.quant.select).
+        accuracy_level: MatMulNBits compute precision; 0 computes in float32 (exact with respect
+            to the stored weights), `INT8_COMPUTE` (4) rounds activations to int8 (fast on CPU).
 
     Returns:
         canonical name -> storage record (JSON-able), also written to the model's metadata.
@@ -212,7 +279,8 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any]) -> dict[str, dict[
                 nb, vals = st.nbits(name, w)
                 new = ir.node(
                     "MatMulNBits", [node.inputs[0], *vals], domain=MS, name=f"{name}/MatMulNBits",
-                    attributes={"K": nb.k, "N": nb.n, "bits": nb.bits, "block_size": nb.block},
+                    attributes={"K": nb.k, "N": nb.n, "bits": nb.bits, "block_size": nb.block,
+                                **({"accuracy_level": accuracy_level} if accuracy_level else {})},
                 )
                 _replace(st.graph, node, new)
             elif len(w_val.uses()) == 1:  # only this Transpose reads W: store W.T instead
@@ -343,25 +411,37 @@ def records_of(model: "ir.Model") -> dict[str, dict[str, Any]]:
     return json.loads(raw) if raw else {}
 
 
-def read_weights(model: "ir.Model") -> dict[str, np.ndarray]:
+def read_weights(model: "ir.Model", lazy: bool = False) -> Mapping[str, np.ndarray]:
     """The weights exactly as the file stores them, dequantized to float32 [out, in] arrays.
 
-    Only tensors stored other than fp32 are returned (the golden check keeps the rest).
+    Only tensors stored other than fp32 are returned (the golden check keeps the rest). With
+    `lazy`, a `LazyWeights` that keeps the stored (compact) arrays and dequantizes a tensor each
+    time it is read: the golden check's exact reference then never holds them all in fp32.
     """
     inits = model.graph.initializers
-    out: dict[str, np.ndarray] = {}
+    loaders: dict[str, Any] = {}
+    nbytes = 0
     for name, rec in records_of(model).items():
         if rec["form"] == "MatMulNBits":
             zp = rec["zero_points"]
-            out[name] = unpack_nbits(
-                inits[rec["qweight"]].const_value.numpy(), inits[rec["scales"]].const_value.numpy(),
-                None if zp is None else inits[zp].const_value.numpy(),
-                bits=rec["bits"], block=rec["block_size"], n=rec["N"], k=rec["K"],
-            )
+            # `rows`: this matrix's rows of a packed one (q/k/v packed by onnx_fusions)
+            rows = slice(*rec["rows"]) if rec.get("rows") else slice(None)
+            arrays = (inits[rec["qweight"]].const_value.numpy()[rows],
+                      inits[rec["scales"]].const_value.numpy()[rows],
+                      None if zp is None else inits[zp].const_value.numpy()[rows])
+            shape = dict(bits=rec["bits"], block=rec["block_size"], n=rec["N"], k=rec["K"])
+            loaders[name] = lambda a=arrays, kw=shape: unpack_nbits(*a, **kw)
+            nbytes += 4 * rec["N"] * rec["K"]
         elif rec["dtype"] != "float32":
-            arr = np.asarray(inits[rec["init"]].const_value.numpy()).astype(np.float32)
-            out[name] = np.ascontiguousarray(arr.T if rec["transposed"] else arr)
-    return out
+            arr, transposed = inits[rec["init"]].const_value.numpy(), rec["transposed"]
+            loaders[name] = lambda a=arr, t=transposed: np.ascontiguousarray(
+                (a.T if t else a).astype(np.float32))
+            nbytes += 4 * arr.size
+    if lazy:
+        from omnic.compiler.golden.lazy import LazyWeights
+
+        return LazyWeights(loaders, nbytes)
+    return {name: load() for name, load in loaders.items()}
 
 
 def summary(records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -34,16 +34,6 @@ def _kv_cache(ctx: Context):
                       "nearest: none")
 
 
-@register(Targets.ONNX, "onnx.decoder_only", "the ONNX target exports the text decoder only",
-          "https://onnxruntime.ai/docs/genai/reference/config.html")
-def _modalities(ctx: Context):
-    for name in ("vision", "audio", "sensors", "action_head"):
-        if getattr(ctx.spec.modalities, name, None) is not None:
-            yield Finding(("modalities", name),
-                          "the ONNX target lowers the text decoder only; this component would be "
-                          "missing from the ONNX folder")
-
-
 @register(Targets.ONNX, "onnx.block_max", f"MatMulNBits CPU kernels take blocks up to {MAX_BLOCK}",
           "https://github.com/microsoft/onnxruntime/blob/main/onnxruntime/contrib_ops/cpu/quantization/matmul_nbits.cc")
 def _block_max(ctx: Context):

@@ -20,7 +20,8 @@ windows (all or even layers), MoE (dense routing: aten.topk + scatter), qkv bias
 layernorm, GELU/GeGLU, Gemma 2 post-norms and soft-caps, tied embeddings. The static cache
 write (`index_copy`) needs omnic's own index_put converter (tvm_lowering._index_put).
 What it cannot: an int8 KV cache (the cache is a float32 VM argument), non-CPU targets (no
-thread-bound schedules are applied), encoders (decoder only); `check` reports these.
+thread-bound schedules are applied); `check` reports these. Encoders and heads are lowered
+beside the decoder by tvm_component.
 
 On the device (cross build): link the objects with the NDK's clang into a shared library, e.g.
   tar xf decoder.aarch64-linux-android.tar && \
@@ -121,11 +122,6 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
         if why:
             nearest = "int8 per channel (group_size null)" if ts.scheme == "int4" else "fp16"
             problems.append(Problem(tid, "quantization", f"{name}: {why}; nearest: {nearest}"))
-    mods = spec.modalities
-    for name in ("vision", "audio", "sensors", "action_head"):
-        if getattr(mods, name, None) is not None:
-            problems.append(Problem(tid, f"modalities.{name}",
-                                    "the TVM target lowers the text decoder only"))
     return problems
 
 
@@ -276,7 +272,7 @@ class TvmTarget:
                    + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s: "
                    + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items()) + ")")
         rel = Path(out_dir.name) / dirname if out_dir.name == Targets.TVM else Path(dirname)
-        return [Artifact(
+        decoder_artifact = Artifact(
             component=Components.DECODER,
             target=Targets.TVM,
             path=str(rel),
@@ -305,7 +301,12 @@ class TvmTarget:
             },
             precision=precision,
             reference_weights={n: dequantize(p) for n, p in packed.items()} or None,
-        )]
+        )
+        # encoders and heads: <component>-tvm/ beside the decoder (tvm_component)
+        from omnic.targets import tvm_component as tc
+        from omnic.targets.component_common import lower_all
+
+        return [decoder_artifact, *lower_all(program, out_dir, self.id, tc.lower_component)]
 
     def load(self, artifact: Artifact, build_dir: Path, num_threads: int | None = None) -> "TvmRunner":
         """A Relax VM runner over the host library.
@@ -319,6 +320,10 @@ class TvmTarget:
         missing = _tvm_available()
         if missing:
             raise NotRunnable(missing)
+        if artifact.component != Components.DECODER:  # a ComponentRunner (tvm_component)
+            from omnic.targets.tvm_component import load_component
+
+            return load_component(artifact, build_dir)
         root = _resolve(Path(build_dir), artifact.path)
         return TvmRunner(root, num_threads=num_threads)
 
@@ -327,22 +332,13 @@ class TvmRunner:
     """`omnic.targets.base.Runner` over a lowered directory: batch 1, static KV cache."""
 
     def __init__(self, root: Path, num_threads: int | None = None) -> None:
-        import tvm
-        from safetensors.numpy import load_file
-        from tvm import relax
-
         meta = json.loads((root / DESCRIPTOR).read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"tvm: {root / DESCRIPTOR} has format {meta.get('format')!r}, "
                              f"this omnic reads {FORMAT!r}")
         if num_threads is not None:
             set_threads(num_threads)
-        self.device = tvm.cpu()
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / meta["library"])),
-                                       self.device)
-        self.main = self.vm[meta["function"]]
-        stored = load_file(str(root / meta["params"]))
-        self.weights = [tvm.runtime.tensor(stored[w["name"]], self.device) for w in meta["weights"]]
+        self.device, self.main, self.weights = open_vm(root, meta)
         self.context_length = int(meta["context_length"])
         self.n_layers = int(meta["n_layers"])
         self.vocab_size = int(meta["vocab_size"])
@@ -374,6 +370,20 @@ class TvmRunner:
         self.cache = list(out[1:])  # the updated cache stays on the TVM side
         self.position += t
         return out[0].numpy()[0]
+
+
+def open_vm(root: Path, meta: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+    """(device, `main` of a Relax VM, weight tensors in call order) of a lowered directory whose
+    descriptor is `meta` (library, function, params, weights); shared with tvm_component."""
+    import tvm
+    from safetensors.numpy import load_file
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / meta["library"])), device)
+    stored = load_file(str(root / meta["params"]))
+    return device, vm[meta["function"]], [tvm.runtime.tensor(stored[w["name"]], device)
+                                          for w in meta["weights"]]
 
 
 def set_threads(n: int) -> int:

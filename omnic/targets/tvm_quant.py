@@ -102,6 +102,28 @@ def packing_problem(shape: tuple[int, ...], scheme: str, group_size: int | None)
     return None
 
 
+def storage_form(tensor: Any, ts: "TensorScheme") -> dict[str, Any]:
+    """What `pack` stores for one tensor and its bytes in the params file (torch-free; the
+    module table). Scales are counted as float16, the dtype `pack` picks unless a scale is
+    outside float16's normal range (then that tensor keeps float32 scales)."""
+    shape = tuple(tensor.shape)
+    n = int(np.prod(shape)) if shape else 1
+    if ts.scheme in ("int4", "int8") and tensor.is_matrix:
+        rows, cols = shape
+        g = cols if ts.group_size is None else ts.group_size
+        groups = rows * (cols // g)
+        codes = n if ts.scheme == "int8" else rows * -(-cols // 2)
+        zero = 0 if ts.symmetric else (groups if ts.scheme == "int8" else -(-groups // 2))
+        how = f"g{ts.group_size}" if ts.group_size else "per channel"
+        levels = {("int4", True): "-8..7", ("int4", False): "0..15",
+                  ("int8", True): "-127..127", ("int8", False): "0..255"}[ts.scheme, ts.symmetric]
+        return {"label": f"packed {ts.scheme} {how}" + ("" if ts.symmetric else " + zero points"),
+                "bytes": codes + 2 * groups + zero, "grid": f"{levels}, fp16 scales"}
+    scheme = ts.scheme if tensor.is_matrix else "fp32"
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[scheme]
+    return {"label": dtype, "bytes": n * (4 if scheme == "fp32" else 2)}
+
+
 def _scales(scale: np.ndarray) -> np.ndarray:
     s = np.asarray(scale, dtype=np.float32)
     mag = np.abs(s[s != 0])

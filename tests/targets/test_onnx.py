@@ -1,11 +1,13 @@
 """The ONNX target on tiny decoders, against the PyTorch reference and onnxruntime's own tools.
 
-Three exports in all (the expensive step, ~20 s each): an fp32 decoder (lowered with and without
+Four exports in all (the expensive step, ~20 s each): an fp32 decoder (lowered with and without
 fusions and with external data from one export), and a mixed int4/int8/fp16 decoder lowered twice
-through `lower()` to prove byte-identical output.
+through `lower()` to prove byte-identical output, and once more with MatMulNBits accuracy_level 0.
 
 Tolerances: fp32 and quantization-exact comparisons use 1e-4 max abs on logits, the fp32 row of
-onnxruntime's own model checkers (the arithmetic is the same float32 math, reordered by fusions).
+onnxruntime's own model checkers (the arithmetic is the same float32 math, reordered by fusions);
+that needs accuracy_level 0 (float32 compute). The default lowering (accuracy_level 4: int8
+activations) is held to the int4 row of omnic's tolerance table instead.
 """
 
 from __future__ import annotations
@@ -88,7 +90,10 @@ def fp32(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    """int4 g32 / int4 g16 asym / int8 per-channel tied embedding / fp16 / bf16, lowered twice."""
+    """int4 g32 / int4 g16 asym / int8 per-channel tied embedding / fp16 / bf16, lowered twice
+    with the default int8 compute and once with float32 compute ("exact")."""
+    from omnic.targets.onnx import OnnxTarget
+
     spec = tiny_spec(tie=True, quantization=MIXED)
     decoder = build_model(spec, Path("."))
     program = Program(spec=spec, spec_dir=Path("."), decoder=decoder)
@@ -96,8 +101,9 @@ def mixed(tmp_path_factory):
     target = get_target("onnx")
     first = target.lower(program, root / "a" / "onnx")
     second = target.lower(program, root / "b" / "onnx")
+    exact = OnnxTarget(accuracy_level=0).lower(program, root / "exact" / "onnx")
     return {"spec": spec, "decoder": decoder, "root": root, "artifact": first[0],
-            "again": second[0]}
+            "again": second[0], "exact": exact[0]}
 
 
 def _reference_decoder(spec, decoder, weights):
@@ -173,9 +179,9 @@ def test_signature_is_onnxruntime_genai_layout(fp32):
 
 
 def test_mixed_quantization_matches_quant_exact_reference(mixed):
-    art = mixed["artifact"]
+    art = mixed["exact"]
     ref = _reference_decoder(mixed["spec"], mixed["decoder"], art.reference_weights)
-    runner = get_target("onnx").load(art, mixed["root"] / "a")
+    runner = get_target("onnx").load(art, mixed["root"] / "exact")
     assert _compare_decode(runner, TorchRunner(ref), PROMPT) <= ATOL
     # The stored weights really are quantized: far from fp32, and exactly what omnic's scheme means.
     from omnic.quant.reference import fake_quantize
@@ -185,6 +191,8 @@ def test_mixed_quantization_matches_quant_exact_reference(mixed):
     assert np.abs(w - fp32_state["layers.1.attn.q.weight"].numpy()).max() > 1e-3
     expect = {
         "layers.1.attn.q.weight": ("int4", 32, True),
+        "layers.0.attn.k.weight": ("int4", 32, True),  # rows of the packed q/k/v matrix
+        "layers.0.attn.v.weight": ("int4", 32, True),
         "layers.1.ffn.down.weight": ("int4", 16, False),
         "embed.weight": ("int8", None, True),
         "layers.0.attn.o.weight": ("fp16", None, True),
@@ -194,6 +202,50 @@ def test_mixed_quantization_matches_quant_exact_reference(mixed):
         np.testing.assert_array_equal(
             art.reference_weights[name],
             fake_quantize(fp32_state[name].numpy(), scheme, group, sym))
+
+
+def test_default_int8_compute_stays_within_the_int4_row(mixed):
+    """The default lowering sets MatMulNBits accuracy_level 4 (int8 activations): its logits
+    differ from the quantization-exact reference by activation rounding only, inside the int4
+    row of omnic's tolerance table (max-abs and NMSE), and the exact lowering's do not differ."""
+    import onnx
+
+    from omnic.compiler.golden.tolerances import lookup
+
+    art, exact = mixed["artifact"], mixed["exact"]
+    for folder, level in (("a", 4), ("exact", None)):
+        model = onnx.load(mixed["root"] / folder / "onnx" / "model.onnx")
+        levels = {next((a.i for a in n.attribute if a.name == "accuracy_level"), None)
+                  for n in model.graph.node if n.op_type == "MatMulNBits"}
+        assert levels == {level}, folder
+    for name, w in exact.reference_weights.items():  # same stored weights either way
+        np.testing.assert_array_equal(art.reference_weights[name], w)
+    ref = TorchRunner(_reference_decoder(mixed["spec"], mixed["decoder"], art.reference_weights))
+    runner = get_target("onnx").load(art, mixed["root"] / "a")
+    runner.reset()
+    ref.reset()
+    got, want = runner.forward(PROMPT), ref.forward(PROMPT)
+    tol = lookup("onnx", art.precision)
+    err = float(np.abs(got - want).max())
+    assert 1e-6 < err <= tol.atol + tol.rtol * float(np.abs(want).max())
+    assert float(((got - want) ** 2).mean() / (want ** 2).mean()) <= tol.nmse
+
+
+def test_qkv_packed_into_one_matmulnbits(mixed):
+    """Layer 0's q/k/v (all int4 g32) become one MatMulNBits feeding GroupQueryAttention's packed
+    query; layer 1's are not packed (v is bf16 there)."""
+    art = mixed["artifact"]
+    assert art.details["fusion_counts"]["pack_qkv"] == 1
+    import onnx
+
+    model = onnx.load(mixed["root"] / "a" / "onnx" / "model.onnx")
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert [n.input[1:3] for n in gqa] == [["", ""], [gqa[1].input[1], gqa[1].input[2]]]
+    assert gqa[1].input[1] and gqa[1].input[2]
+    producers = {n.output[0]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
+    packed = producers[gqa[0].input[0]]
+    n_attr = next(a.i for a in packed.attribute if a.name == "N")
+    assert n_attr == (4 + 2 * 2) * 16  # (heads + 2 kv heads) * head_dim
 
 
 def test_mixed_storage_forms(mixed):
@@ -206,7 +258,8 @@ def test_mixed_storage_forms(mixed):
         "MatMulNBits int4 block 32 symmetric": 9,
         "MatMulNBits int8 block 64 symmetric per-channel + GatherBlockQuantized": 1,
     }
-    assert art.op_histogram["com.microsoft::MatMulNBits"] == 13  # 12 matrices + the tied lm_head
+    # 12 matrices + the tied lm_head, layer 0's q/k/v packed into one
+    assert art.op_histogram["com.microsoft::MatMulNBits"] == 11
     assert art.op_histogram["com.microsoft::GatherBlockQuantized"] == 1
     assert set(art.reference_weights) == {
         n for n in mixed["decoder"].state_dict() if n.endswith(".weight") and "norm" not in n}
@@ -226,9 +279,9 @@ def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
     og = pytest.importorskip("onnxruntime_genai")
     if case == "fp32":
         folder, reference = fp32["root"] / "fused" / "onnx", fp32["decoder"]
-    else:
-        art = mixed["artifact"]
-        folder = mixed["root"] / "a" / "onnx"
+    else:  # float32 compute: greedy tokens of a flat random model flip under int8 activations
+        art = mixed["exact"]
+        folder = mixed["root"] / "exact" / "onnx"
         reference = _reference_decoder(mixed["spec"], mixed["decoder"], art.reference_weights)
     expected, _ = greedy(TorchRunner(reference), PROMPT.tolist(), STEPS)
     model = og.Model(str(folder))

@@ -418,6 +418,12 @@ def _with_weights(decoder: Any, weights: Mapping[str, Any]) -> Any:
     """
     import torch
 
+    from omnic.compiler.golden.lazy import EAGER_BYTES, LazyWeights, lazy_reference_model
+
+    # weights dequantized on demand: only the running block in fp32, not a whole second copy
+    if isinstance(weights, LazyWeights) and (weights.nbytes is None
+                                             or weights.nbytes > EAGER_BYTES):
+        return lazy_reference_model(decoder, weights)
     params = dict(decoder.named_parameters())  # tied tensors appear once, as in state_dict
     if not set(weights) <= set(params):
         return None

@@ -106,19 +106,25 @@ class Decoder(nn.Module):
         return x
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
+        return self._logits(self.norm(x))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of final-normed hidden states."""
         logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
         cap = self.config.final_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits.float()
 
-    def _run(self, x, cos, sin, masks, past_k, past_v, input_pos):
+    def _run(self, x, cos, sin, masks, past_k, past_v, input_pos, return_hidden=False):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, cos, sin, masks[layer.window], past_k[i], past_v[i], input_pos)
             new_k.append(k)
             new_v.append(v)
+        if return_hidden:  # the embeds entries may also return the normed last hidden state
+            h = self.norm(x)
+            return self._logits(h), new_k, new_v, h.float()
         return self._head(x), new_k, new_v
 
     # -- entry points --------------------------------------------------------------------------
@@ -167,6 +173,58 @@ class Decoder(nn.Module):
         masks = {w: _allowed(q_idx, k_idx, w)[None, None] & keep for w in self._windows}
         return self._run(x, cos, sin, masks, past_k, past_v, None)
 
+    # -- embedding entries (multimodal) --------------------------------------------------------
+    # Encoders yield rows of decoder input embeddings; these entries take such rows in place of
+    # token ids. `embed_tokens` is the token half of the same input (scaled for Gemma like the
+    # token entries), so embed_tokens(ids) through an embeds entry equals the token entry.
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids: int64 [B, T] -> float [B, T, d_model]."""
+        return self._embed(tokens)
+
+    def forward_embeds(
+        self, inputs_embeds: torch.Tensor, input_pos: torch.Tensor, k_cache: list[torch.Tensor],
+        v_cache: list[torch.Tensor], return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`forward` on input embeddings [B, T, d_model] instead of token ids.
+
+        Returns:
+            logits [B, T, vocab], the updated caches, and with `return_hidden` also the last
+            hidden state [B, T, d_model] (after the final norm: what the head reads).
+        """
+        cos, sin = self.rope.tables(input_pos)
+        k_pos = torch.arange(k_cache[0].shape[2], device=inputs_embeds.device)
+        masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
+        return self._run(inputs_embeds, cos, sin, masks, k_cache, v_cache, input_pos,
+                         return_hidden)
+
+    def forward_concat_embeds(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+        position_ids: torch.Tensor, past_k: list[torch.Tensor], past_v: list[torch.Tensor],
+        return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`forward_concat` on input embeddings [B, T, d_model] instead of token ids.
+
+        Returns:
+            logits, the present caches, and with `return_hidden` the last hidden state (after
+            the final norm) [B, T, d_model].
+        """
+        cos, sin = self.rope.tables(position_ids)
+        cos, sin = cos[:, None], sin[:, None]
+        t, s = inputs_embeds.shape[1], attention_mask.shape[1]
+        k_idx = torch.arange(s, device=inputs_embeds.device)
+        q_idx = k_idx[s - t :]
+        keep = attention_mask.bool()[:, None, None, :]
+        masks = {w: _allowed(q_idx, k_idx, w)[None, None] & keep for w in self._windows}
+        return self._run(inputs_embeds, cos, sin, masks, past_k, past_v, None,
+                         return_hidden)
+
+    def concat_embeds_entry(self, return_hidden: bool = False) -> nn.Module:
+        """This decoder with `forward_concat_embeds` as its `forward`, for `torch.export`."""
+        view = self.concat_entry()
+        view.__class__ = _ConcatEmbedsView
+        view._return_hidden = bool(return_hidden)
+        return view
+
     # -- helpers -------------------------------------------------------------------------------
     def empty_cache(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> tuple[list, list]:
         """Zero static caches: per layer [batch, n_kv_heads, context_length, head_dim]."""
@@ -191,3 +249,9 @@ class Decoder(nn.Module):
 class _ConcatView(Decoder):
     def forward(self, input_ids, attention_mask, position_ids, past_k, past_v):  # type: ignore[override]
         return self.forward_concat(input_ids, attention_mask, position_ids, past_k, past_v)
+
+
+class _ConcatEmbedsView(Decoder):
+    def forward(self, inputs_embeds, attention_mask, position_ids, past_k, past_v):  # type: ignore[override]
+        return self.forward_concat_embeds(inputs_embeds, attention_mask, position_ids, past_k,
+                                          past_v, self._return_hidden)
