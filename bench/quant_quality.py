@@ -78,6 +78,9 @@ def carriers(spec_path: Path, targets: list[str]) -> dict[str, list[str]]:
     resolved = resolve(v.spec, spec_path.parent)
     out = {}
     for t in targets:
+        if t not in resolved.targets.enabled():
+            out[t] = ["not enabled in this spec"]
+            continue
         out[t] = [str(p) for p in get_target(t).check(resolved)]
     return out
 
@@ -146,7 +149,7 @@ def table(results: dict[str, dict[str, dict]], skipped: dict[str, dict[str, str]
             r = results[scheme].get(target)
             if r is None:
                 why = skipped.get(scheme, {}).get(target)
-                if why:
+                if why and why != "not enabled in this spec":
                     lines.append(f"| {scheme} | cannot carry: {why[:90]} | | | | | | |")
                 continue
             ratio = r["bytes"] / fp32 if fp32 else None

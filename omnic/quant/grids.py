@@ -10,7 +10,7 @@ backend's quantizer re-implemented in numpy and tested bit-exact against that qu
 | backend     | int4 symmetric                      | int8 symmetric          | asymmetric            | scale dtype | rounding          | the target stores           |
 |-------------|-------------------------------------|-------------------------|-----------------------|-------------|-------------------|-----------------------------|
 | omnic       | -8..7, s = m / -8 (m: the extreme)  | -127..127, s = max/127  | 0..15 / 0..255 + zp, range holds 0 | fp32 | half away, w / s | (the reference)             |
-| onnxruntime | = omnic's levels and scale          | -128..127, s = m / -128 | = omnic's range, zp roundf(-lo/s) | fp32 | half away of w * (1/s) | ONNX: omnic's codes (equal but for rare boundary values; int8 ±127) |
+| onnxruntime | = omnic's levels and scale          | -128..127, s = m / -128 | = omnic's range, zp roundf(-lo/s) | fp32 | half away of w * (1/s) | ONNX: omnic's codes (int4: equal to ORT's in every test; int8: ±127) |
 | gguf        | Q4_0: -8..7, s = m / -8, codes trunc(w * (1/s) + 8.5) | Q8_0: -127..127, roundf(w * (1/s)), blocks of 32 | Q4_1: 0..15, s = (max-min)/15, + min (not a zero point) | fp16 (codes chosen with the fp32 s) | ties up / half away | GGUF: gguf-py's (= ggml-quants.c) |
 | coreml      | -7..7, s = max|w| / 7               | -127..127, s = max/127  | -8..7 / -128..127 + zp, range holds 0 | the weight's (fp16 at fp16 compute) | half to even, in the weight dtype | Core ML: coremltools' own |
 | xnnpack     | -8..7, s = m / -8 when m < 0, m / 7 when m > 0, s rounded to bf16 first | = omnic (fp32 scales) | - (no zero points)   | bf16 (int4), fp32 (int8) | half away | ExecuTorch linears: this; embeddings: omnic's |
@@ -81,7 +81,8 @@ def onnxruntime(w: np.ndarray, scheme: str, group_size: int | None, symmetric: b
     Symmetric: s = m / -2^(bits-1) (the signed extreme on the lowest level, so int8 uses
     -128..127 where omnic keeps -127..127). Asymmetric: omnic's range and scale, the zero point
     roundf(-lo / s) clamped. Codes are roundf(w * (1/s)) (+ zero point): a multiplication by the
-    float32 reciprocal, where omnic divides; the two differ on rare boundary values.
+    float32 reciprocal, where omnic divides (the two can differ where w / s lands within
+    float32 rounding of a half step).
       ref: onnxruntime/core/mlas/lib/q4_dq.cpp (BlockwiseQuantizer: range2scale, range2scalezp)
     """
     bits = 4 if scheme == "int4" else 8

@@ -197,3 +197,12 @@ def test_kv_cache_row_follows_the_spec():
     assert ex.kv_cache == {"gguf": "q8_0 (llama.cpp cache type)"}  # onnx refuses an int8 cache
     assert "kv_cache" in ex.not_carried["onnx"]
     assert explain(make_spec(TINY, QUANT, {"gguf": {}})).kv_cache == {"gguf": "f32"}
+
+
+def test_tvm_refuses_bf16_before_lowering():
+    """apache-tvm 0.27's frontend cannot import bf16 parameters (found by bench/quant_quality.py:
+    the lowering crashed after check() had accepted the spec); now check and explain say so."""
+    spec = make_spec(TINY, {"weights": {"scheme": "bf16"}}, {"tvm": {}, "gguf": {}})
+    ex = explain(spec)
+    assert "bf16" in ex.not_carried["tvm"] and "gguf" not in ex.not_carried
+    assert ex.lookup("layers.0.attn.q.weight").targets == {"gguf": "BF16"}
