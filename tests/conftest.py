@@ -20,20 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_SPEC: dict[str, Any] = {
-    "omnic": 1,
-    "name": "tiny",
-    "device": {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0,
-               "os": "linux"},
-    "model": {
-        "vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-        "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True,
-    },
-    "weights": {"source": "random", "seed": 0},
-    "tokenizer": {"kind": "byte"},
-    "targets": {"onnx": {}},
-    "golden": {"cases": 2, "prompt_tokens": 8, "decode_steps": 4, "seed": 0},
-}
+from tiny_specs import TINY_SPEC  # noqa: E402 - one definition, importable by tests
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

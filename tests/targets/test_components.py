@@ -241,8 +241,7 @@ def test_verify_reruns_component_checks(mm_build) -> None:
 
 
 def test_preflight_accepts_modalities() -> None:
-    from conftest import TINY_SPEC
-    from tiny_specs import make_resolved_spec
+    from tiny_specs import TINY_SPEC, make_resolved_spec
 
     from omnic.targets.base import get_target
 

@@ -220,12 +220,15 @@ COMPONENT_TABLE: dict[tuple[str, str], ComponentTolerance] = {
         atol=1e-5, rtol=1e-4, nmse=1e-8,
         source="onnxruntime checkers fp32 atol 1e-5/rtol 1e-4; NMSE 1e5 x measured fp32 noise",
     ),
-    # ExecuTorch's XNNPACK tester compares fp32 delegates at atol 1e-3 / rtol 1e-3; the NMSE
-    # limit is the fp32 row's (XNNPACK measured within 3x of onnxruntime on components).
+    # ExecuTorch's XNNPACK tester compares fp32 delegates at atol 1e-3 / rtol 1e-3. XNNPACK's
+    # GEMM microkernels block and fuse the reductions differently: NMSE 7.3e-8 measured on the
+    # 12-layer, 768-wide vision tower of specs/vision_4gb.yaml (6e-14 on the tiny test towers),
+    # so 1e-6, still 3 orders of magnitude below a permuted weight (>= 1.6e-3 measured).
     # ref: https://github.com/pytorch/executorch/blob/main/backends/xnnpack/test/tester/tester.py
     ("executorch", "fp32"): ComponentTolerance(
-        atol=1e-3, rtol=1e-3, nmse=1e-8,
-        source="ExecuTorch XNNPACK tester atol 1e-3/rtol 1e-3; NMSE as fp32",
+        atol=1e-3, rtol=1e-3, nmse=1e-6,
+        source="ExecuTorch XNNPACK tester atol 1e-3/rtol 1e-3; NMSE 14x the 7.3e-8 measured on a "
+               "12-layer 768-wide encoder",
     ),
     # fp16 weights and compute (Core ML at compute_precision fp16): unit roundoff 4.9e-4 per op,
     # a few dozen ops deep: ~1e-2 relative on the outputs, NMSE <= 1e-4 (as the decoder's row).
