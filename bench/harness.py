@@ -49,6 +49,13 @@ SHAPES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 3, "vocab_size": 49152, "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
     },
+    # ref: https://huggingface.co/HuggingFaceTB/SmolLM-360M/blob/main/config.json
+    "smollm_360m": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 960,
+        "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+        "num_key_value_heads": 5, "vocab_size": 49152, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+    },
     "qwen2.5_0.5b": {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
         "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,

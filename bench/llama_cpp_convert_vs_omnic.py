@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h  # noqa: E402
-from ort_genai_builder_vs_omnic import omnic_spec, stage_peaks  # noqa: E402
+from ort_genai_builder_vs_omnic import measure, omnic_spec, stage_peaks, summary  # noqa: E402
 
 SDIST = "llama-cpp-python==0.3.36"
 VENDOR = "vendor/llama.cpp/"
@@ -101,7 +101,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--decode", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per worker (after 1 warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of both files")
+    p.add_argument("--cpu-rounds", type=int, default=0,
+                   help="rounds of 1-thread runs timed by CPU time (0: none)")
     p.add_argument("--context", type=int, default=2048)
     p.add_argument("--outtype", choices=["f32", "f16"], default="f32",
                    help="the converter's output before quantizing (f32: the exact weights)")
@@ -149,48 +152,61 @@ def main() -> int:
     ours = next((build / "gguf").glob("*.gguf"))
     stages = stage_peaks(build, ("build", "gguf: lower", "gguf: golden", "reference"))
 
-    results = {}
-    for name, path in (("llama.cpp", q4), ("omnic", ours)):
-        print(f"measuring {name} ({a.threads} threads)", file=sys.stderr)
-        results[name] = h.measure_in_worker("llama", path, a.threads, a.prompt, a.decode,
-                                            a.repeat, info.get("vocab", 256))
-    (work / "results.json").write_text(json.dumps(results, indent=1))
+    files = {"llama.cpp": q4, "omnic": ours}
+    vocab = h.SHAPES[a.shape]["vocab_size"]
+    results = measure(files, ("llama",), a.threads, a.rounds, a, vocab)
+    cpu = measure(files, ("llama",), 1, a.cpu_rounds, a, vocab) if a.cpu_rounds else {}
+    (work / "results.json").write_text(json.dumps(
+        {"threads": {k[0]: v for k, v in results.items()},
+         "cpu_1_thread": {k[0]: v for k, v in cpu.items()}}, indent=1))
 
-    def cell(name: str, key: str) -> str | None:
-        r = results[name]
-        return None if "error" in r else f"{r[key]:.1f}"
+    def cell(name: str, key: str, best: bool = False, table: dict | None = None) -> str | None:
+        value = summary((results if table is None else table)[(name, "llama")], key, best)
+        return None if value is None else f"{value:.1f}"
 
     ref_peak = max(ref["convert"]["peak_rss_mb"], ref["quantize"]["peak_rss_mb"])
     ref_s = ref["convert"]["seconds"] + ref["quantize"]["seconds"]
-    rows = [
-        ["llama.cpp convert + quantize Q4_0", f"{q4.stat().st_size / 2**20:.1f}",
-         cell("llama.cpp", "decode_tok_s"), cell("llama.cpp", "prefill_tok_s"), f"{ref_s:.0f}",
-         f"{ref_peak:.0f}", f"{ref_peak * 2**20 / fp32:.2f}"],
-        ["omnic Q4_0", f"{ours.stat().st_size / 2**20:.1f}", cell("omnic", "decode_tok_s"),
-         cell("omnic", "prefill_tok_s"), f"{run['seconds']:.0f}", f"{run['peak_rss_mb']:.0f}",
-         f"{run['peak_rss_mb'] * 2**20 / fp32:.2f}"],
-    ]
-    ratio = None
-    if not any("error" in r for r in results.values()):
-        ratio = results["omnic"]["decode_tok_s"] / results["llama.cpp"]["decode_tok_s"]
+    rows = []
+    for name, label, path, secs, peak in (
+            ("llama.cpp", "llama.cpp convert + quantize Q4_0", q4, ref_s, ref_peak),
+            ("omnic", "omnic Q4_0", ours, run["seconds"], run["peak_rss_mb"])):
+        rows.append([label, f"{path.stat().st_size / 2**20:.1f}", cell(name, "decode_tok_s"),
+                     cell(name, "decode_tok_s_p10", best=True)]
+                    + ([cell(name, "decode_cpu_tok_s", table=cpu)] if cpu else [])
+                    + [cell(name, "prefill_tok_s"), f"{secs:.0f}", f"{peak:.0f}",
+                       f"{peak * 2**20 / fp32:.2f}"])
+
+    def ratio(key: str, table: dict, best: bool = False) -> str:
+        x = summary(table[("omnic", "llama")], key, best)
+        y = summary(table[("llama.cpp", "llama")], key, best)
+        return "—" if x is None or y is None else f"{x / y:.2f}x"
+
+    loads = sorted({r["load_average"] for v in [*results.values(), *cpu.values()] for r in v
+                    if "load_average" in r})
     notes = [
         f"checkpoint: {a.shape} shape, {info['parameters']:,} parameters, random fp32 weights "
         f"({fp32 / 2**20:.0f} MiB); {a.threads} threads; prompt {a.prompt}, decode {a.decode}, "
-        f"median of {a.repeat} after 1 warm-up; both files run by the same llama-cpp-python loop",
+        f"{a.rounds} interleaved rounds x {a.repeat} runs (+1 warm-up each); both files run by "
+        "the same llama-cpp-python loop; p10 = fastest tenth of the single-token steps"
+        + (f"; cpu = 1 thread, tok/s from CPU time per step, {a.cpu_rounds} rounds" if cpu else ""),
         f"llama.cpp: convert ({a.outtype}) {ref['convert']['seconds']:.0f}s / "
         f"{ref['convert']['peak_rss_mb']:.0f} MiB, quantize {ref['quantize']['seconds']:.0f}s / "
         f"{ref['quantize']['peak_rss_mb']:.0f} MiB (peak RSS of each process: VmHWM)",
         "omnic stages (s, peak MiB): " + ", ".join(f"{k} {v[0]:.0f}s/{v[1]:.0f}"
                                                    for k, v in stages.items()),
         f"tensor types: llama.cpp {tensor_types(q4)}; omnic {tensor_types(ours)}",
-        f"decode omnic / llama.cpp: {ratio and f'{ratio:.2f}x'}; compile peak omnic / "
-        f"llama.cpp: {run['peak_rss_mb'] / ref_peak:.2f}x",
-        f"load average at end: {h.load_average()}",
+        f"decode omnic / llama.cpp: median {ratio('decode_tok_s', results)}, p10 "
+        f"{ratio('decode_tok_s_p10', results, True)}"
+        + (f", cpu-time {ratio('decode_cpu_tok_s', cpu)}" if cpu else "")
+        + f"; compile peak omnic / llama.cpp: {run['peak_rss_mb'] / ref_peak:.2f}x",
+        f"load average (1/5/15 min) at end: {h.load_average()}; per worker "
+        f"{loads[0] if loads else '?'} .. {loads[-1] if loads else '?'}",
     ]
-    notes += [f"{k}: {v['error']}" for k, v in results.items() if "error" in v]
+    notes += [f"{k[0]}: {r['error']}" for k, v in [*results.items(), *cpu.items()] for r in v
+              if "error" in r][:6]
     h.print_table("llama.cpp convert_hf_to_gguf + quantize vs omnic (Q4_0 GGUF, same weights)",
-                  ["artifact", "MiB", "decode tok/s", "prefill tok/s", "compile s",
-                   "compile peak MiB", "x fp32"], rows, notes)
+                  ["artifact", "MiB", "decode tok/s", "p10 tok/s"] + (["cpu tok/s"] if cpu else [])
+                  + ["prefill tok/s", "compile s", "compile peak MiB", "x fp32"], rows, notes)
     return 0
 
 

@@ -34,6 +34,9 @@ def table(report: dict[str, Any]) -> Table:
                f"ceiling = bandwidth / bytes read per token; ±: half the min–max range. "
                f"Load average before {load['before']}, after {load['after']}.")
     notes: list[str] = []
+    busy = loaded(report)
+    if busy:
+        caption += f" {busy}"
     t = Table(title=title, caption_justify="left")
     for name in ["target", "precision", "weights MiB", "load s", "TTFT ms", "prefill tok/s",
                  "decode tok/s", "ceiling tok/s", "of ceiling", "peak RSS MiB"]:
@@ -62,6 +65,23 @@ def table(report: dict[str, Any]) -> Table:
     lines = [caption] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
     t.caption = "\n".join(escape(line) for line in lines)
     return t
+
+
+def loaded(report: dict[str, Any]) -> str | None:
+    """A warning when other processes competed for the CPUs during the measurement.
+
+    The 1-minute load average counts runnable threads; when it exceeds the CPUs left free by
+    the measured runtime's threads, time slices were shared and every speed is a lower bound.
+    Spin-waiting runtimes suffer most: llama.cpp's thread barrier measured 2.6 tok/s at load 3.8
+    on 2 CPUs for a model that decodes 512 tok/s on a quiet moment of the same machine.
+    """
+    cpus = (report.get("host") or {}).get("cpus")
+    load = report.get("load_average") or {}
+    worst = max((v[0] for v in (load.get("before"), load.get("after")) if v), default=None)
+    if not cpus or worst is None or worst <= cpus:
+        return None
+    return (f"WARNING: load average {worst:.1f} on {cpus} CPUs: other processes shared them "
+            "during the measurement; the speeds are lower bounds (measure on a quiet machine).")
 
 
 def dumps(report: dict[str, Any]) -> str:

@@ -191,7 +191,20 @@ def quantize(values: "np.ndarray", type_name: str) -> "np.ndarray":
         return np.ascontiguousarray(values, dtype=np.float32)
     if qtype == GGMLQuantizationType.F16:
         return np.ascontiguousarray(values.astype(np.float16))
-    return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
+    values = np.asarray(values)
+    if values.ndim < 2 or values.size <= QUANTIZE_CHUNK:
+        return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
+    # Blocks never cross a row: quantizing rows a chunk at a time gives the same bytes without
+    # gguf-py's float temporaries of the whole tensor (a 151936 x 896 embedding: ~2 GB).
+    rows = values.reshape(-1, values.shape[-1])
+    step = max(1, QUANTIZE_CHUNK // rows.shape[1])
+    parts = [quants.quantize(np.ascontiguousarray(rows[i:i + step], dtype=np.float32), qtype)
+             for i in range(0, rows.shape[0], step)]
+    out = np.concatenate(parts)
+    return out.reshape(*values.shape[:-1], out.shape[-1])
+
+
+QUANTIZE_CHUNK = 1 << 22  # values per quants.quantize call
 
 
 def stored_nbytes(shape: tuple[int, ...], type_name: str) -> int:

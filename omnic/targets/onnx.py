@@ -1,7 +1,7 @@
 """The ONNX target: onnxruntime / onnxruntime-genai folder for the text decoder.
 
 `lower(program, out_dir)` writes the folder `out_dir` (the pipeline passes BUILD/onnx):
-  model.onnx (+ model.onnx.data past 2 GB)   the decoder, torch.onnx dynamo export, genai I/O
+  model.onnx (+ model.onnx.data past 128 MiB) the decoder, torch.onnx dynamo export, genai I/O
   genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
   embedding.onnx, text.onnx                   multimodal specs only (onnx_multimodal): token
                                               embeddings, and the decoder on inputs_embeds
@@ -16,6 +16,7 @@ Stages, in order (each a function in a small module):
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +98,9 @@ class OnnxTarget:
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
         _log.print(f"onnx: exporting the decoder with torch.onnx (dynamo), opset {opset}")
+        start = time.perf_counter()
         model = onnx_export.export_decoder(program.decoder, opset)
+        _log.print(f"onnx: exported in {time.perf_counter() - start:.1f} s")
         decoder = self.lower_exported(program, model, Path(out_dir))
         # encoders and heads: <component>.onnx beside the decoder (onnx_component)
         from omnic.targets import onnx_component as oc
@@ -173,9 +176,11 @@ class OnnxTarget:
         onnx_fusions.cleanup(model)
         fusion_counts: dict[str, int] = {}
         if opts is None or opts.fusions:
+            start = time.perf_counter()
             fusion_counts = onnx_fusions.fuse(model, records)  # records: q/k/v packing
+            fusion_counts_s = time.perf_counter() - start
             fired = ", ".join(f"{k}={v}" for k, v in fusion_counts.items() if v)
-            _log.print(f"onnx: fusions {fired or 'none matched'}")
+            _log.print(f"onnx: fusions {fired or 'none matched'} ({fusion_counts_s:.1f} s)")
         onnx_quant.narrow_floats(model, records)
         quant = onnx_quant.summary(records)
         forms = ", ".join(f"{k} ({v})" for k, v in quant["forms"].items())

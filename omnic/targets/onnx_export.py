@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     import onnx_ir as ir
     import torch
 
-# Above this many bytes of initializers the weights go to `<model>.data` beside the model:
-# protobuf cannot serialise a message past 2 GiB; the margin leaves room for the graph itself.
-EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+# Above this many bytes of initializers the weights go to `<model>.data` beside the model, as
+# the onnxruntime-genai builder always writes them. Protobuf cannot serialise a message past
+# 2 GiB at all, and below that an inline save holds the weights three times at once (the
+# in-memory model, the ModelProto, its serialised bytes): 1 GB at Qwen2.5-0.5B int4, the peak
+# of the whole compile. External data is written tensor by tensor and read back memory-mapped.
+EXTERNAL_DATA_THRESHOLD = 2**27
 
 # Dimension names used by onnxruntime-genai's model builder.
 BATCH, SEQ = "batch_size", "sequence_length"

@@ -150,8 +150,10 @@ def unpack_nbits(
         z = np.asarray(zero_points, dtype=np.uint8).reshape(n, -1)
         zp = (_unpack_nibbles(z) if bits == 4 else z)[:, :k_blocks].astype(np.float32)
     s = np.asarray(scales, dtype=np.float32).reshape(n, k_blocks)
-    w = (u - zp[..., None]) * s[..., None]
-    return w.reshape(n, k_blocks * block)[:, :k].astype(np.float32)
+    u -= zp[..., None]  # in place: the same float32 operations, one array instead of three
+    u *= s[..., None]
+    w = u.reshape(n, k_blocks * block)
+    return w if w.shape[1] == k else np.ascontiguousarray(w[:, :k])
 
 
 # -- the graph rewrite ---------------------------------------------------------------------------

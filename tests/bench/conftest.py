@@ -19,9 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-THREADS = 1
-PROMPT, DECODE, REPEAT = 8, 4, 2
-BANDWIDTH_MB = 64  # small: the test checks plausibility, not the machine
+from bench_params import BANDWIDTH_MB, DECODE, PROMPT, REPEAT, THREADS  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import DECODE, PROMPT, REPEAT, THREADS
+from bench_params import DECODE, PROMPT, REPEAT, THREADS
 
 REQUIRED = ("load_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb",
             "ceiling_tokens_per_s", "fraction_of_ceiling", "bytes_per_token", "weight_bytes",
