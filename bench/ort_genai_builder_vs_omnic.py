@@ -57,7 +57,11 @@ def omnic_spec(hf_dir: Path, spec: Path, context: int, targets: dict,
     # 2 cases x (16 + 8) positions: int8 activations (MatMulNBits accuracy_level 4, llama.cpp's
     # Q8_0 activations) flip the argmax of such flat logits at ~2 % of positions (126 of 128
     # measured on the SmolLM shape); with 11 positions two flips broke the 0.9 top-1 limit.
-    floors = {"onnx/int4_g32/top1_fp32": 0.0, "gguf/q4_0/top1_fp32": 0.0}
+    # At Llama-3.2-1B's shape (128256 near-flat logits) Q4_0 noise alone gives KLD 0.14 against
+    # fp32 (measured, 2 x 24 positions): the KLD limit is lifted to 0.3 here too; the exact-
+    # reference limits (greedy match, nmse) are what catch a wrong artifact and stay.
+    floors = {"onnx/int4_g32/top1_fp32": 0.0, "gguf/q4_0/top1_fp32": 0.0,
+              "onnx/int4_g32/kld": 0.3, "gguf/q4_0/kld": 0.3}
     data.update(quantization=quantization, targets=targets,
                 golden={"cases": 2, "prompt_tokens": 16, "decode_steps": 8, "tolerances": floors})
     spec.write_text(yaml.safe_dump(data, sort_keys=False))

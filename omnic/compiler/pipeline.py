@@ -38,6 +38,7 @@ from rich.markup import escape
 
 from omnic.compiler import manifest as mf
 from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
+from omnic.runtime import pages
 
 if TYPE_CHECKING:
     from omnic.compiler.golden.check import GoldenResult
@@ -82,6 +83,7 @@ class _Stages:
     @contextlib.contextmanager
     def __call__(self, name: str, kind: str = "stages") -> Iterator[None]:
         self.peak_mb = max(self.peak_mb, mf.peak_rss_mb() or 0.0)  # the window that ends here
+        pages.trim_heap()  # what the last stage freed goes back to the system, not to the heap
         mf.reset_peak_rss()  # each stage records its own peak (Linux)
         start = time.perf_counter()
         with self.console.status(f"[bold]{name}[/]…"):

@@ -281,7 +281,9 @@ def _unpermute(w: "np.ndarray", n_head: int) -> "np.ndarray":
 
 def to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model", plan: ArchPlan
             ) -> "np.ndarray":
-    """The float32 values of GGUF tensor `t` (one new array; sources are only read)."""
+    """The float32 values of GGUF tensor `t`: a new array when stored transformed, else the
+    source's own values (C-contiguous float32, a view: callers only read; no 1 GB copy of an
+    embedding). Sources are only read."""
     import numpy as np
 
     if len(t.sources) > 1:
@@ -293,12 +295,16 @@ def to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model",
         return np.ascontiguousarray(_permute(w, model.kv_heads))
     if t.transform == "norm_offset":
         return w + np.float32(plan.norm_offset)
-    return np.array(w, dtype=np.float32, copy=True, order="C")
+    return np.ascontiguousarray(w)
 
 
-def from_gguf(t: GgufTensor, values: "np.ndarray", model: "Model", plan: ArchPlan
-              ) -> dict[str, "np.ndarray"]:
-    """Undo `to_gguf`: omnic name -> float32 array in omnic layout."""
+def from_gguf(t: GgufTensor, values: "np.ndarray", model: "Model", plan: ArchPlan,
+              fresh: bool = False) -> dict[str, "np.ndarray"]:
+    """Undo `to_gguf`: omnic name -> float32 array in omnic layout.
+
+    fresh: `values` is a new float32 array no one else holds (a dequantization's result), so an
+    untransformed tensor is returned as it is instead of copied (1 GB for a 1B embedding).
+    """
     import numpy as np
 
     values = np.asarray(values, dtype=np.float32).reshape(t.shape)
@@ -310,7 +316,9 @@ def from_gguf(t: GgufTensor, values: "np.ndarray", model: "Model", plan: ArchPla
         values = _unpermute(values, model.kv_heads)
     elif t.transform == "norm_offset":
         values = values - np.float32(plan.norm_offset)
-    # always a copy: F32 values may be views of the reader's memory map
+    if fresh and values.flags.c_contiguous:
+        return {t.sources[0]: values}
+    # else a copy: F32 values may be views of the reader's memory map
     return {t.sources[0]: np.array(values, copy=True, order="C")}
 
 

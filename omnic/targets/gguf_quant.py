@@ -187,24 +187,48 @@ def quantize(values: "np.ndarray", type_name: str) -> "np.ndarray":
     from gguf import GGMLQuantizationType, quants
 
     qtype = GGMLQuantizationType[type_name]
+    values = np.asarray(values)
     if qtype == GGMLQuantizationType.F32:
         return np.ascontiguousarray(values, dtype=np.float32)
     if qtype == GGMLQuantizationType.F16:
-        return np.ascontiguousarray(values.astype(np.float16))
-    values = np.asarray(values)
-    if values.ndim < 2 or values.size <= QUANTIZE_CHUNK:
-        return quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
-    # Blocks never cross a row: quantizing rows a chunk at a time gives the same bytes without
-    # gguf-py's float temporaries of the whole tensor (a 151936 x 896 embedding: ~2 GB).
+        return _by_rows(values, lambda r: r.astype(np.float16), values.shape[-1], np.float16)
+    width = quants.quant_shape_to_byte_shape(values.shape[-1:], qtype)[0]
+    return _by_rows(values, lambda r: quants.quantize(np.ascontiguousarray(r, np.float32), qtype),
+                    width, np.uint8)
+
+
+def dequantize(data: "np.ndarray", qtype: Any) -> "np.ndarray":
+    """gguf-py's `quants.dequantize` (stored rows -> float32), a chunk of rows at a time."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    data = np.asarray(data)
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        return _by_rows(data, lambda r: r.astype(np.float32), data.shape[-1], np.float32)
+    width = quants.quant_shape_from_byte_shape(data.shape[-1:], qtype)[0]
+    return _by_rows(data, lambda r: quants.dequantize(r, qtype), width, np.float32)
+
+
+def _by_rows(values: "np.ndarray", convert: Any, width: int, dtype: Any) -> "np.ndarray":
+    """`convert` applied to the rows of `values` a chunk at a time, into one preallocated array.
+
+    ggml blocks never cross a row, so the bytes are those of one whole-tensor call, without
+    gguf-py's temporaries of the whole tensor (a list of parts, then their concatenation: 2 GB
+    for Llama-3.2-1B's 128256 x 2048 embedding).
+    """
+    import numpy as np
+
+    if values.ndim == 0:
+        values = values.reshape(1)
     rows = values.reshape(-1, values.shape[-1])
-    step = max(1, QUANTIZE_CHUNK // rows.shape[1])
-    parts = [quants.quantize(np.ascontiguousarray(rows[i:i + step], dtype=np.float32), qtype)
-             for i in range(0, rows.shape[0], step)]
-    out = np.concatenate(parts)
-    return out.reshape(*values.shape[:-1], out.shape[-1])
+    out = np.empty((rows.shape[0], width), dtype=dtype)
+    step = max(1, CHUNK // max(rows.shape[1], width, 1))
+    for i in range(0, rows.shape[0], step):
+        out[i:i + step] = convert(rows[i:i + step])
+    return out.reshape(*values.shape[:-1], width)
 
 
-QUANTIZE_CHUNK = 1 << 22  # values per quants.quantize call
+CHUNK = 1 << 22  # values (or bytes) per conversion call
 
 
 def stored_nbytes(shape: tuple[int, ...], type_name: str) -> int:

@@ -123,7 +123,9 @@ class OnnxTarget:
         folder.mkdir(parents=True, exist_ok=True)
         files = onnx_export.save(model, folder / MODEL_FILE, self.external_data_threshold)
         onnx_export.release_weights(model)  # consumed: the file is read back below instead
-        files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE)
+        gqa = onnx_fusions.fused_ops(model).get("com.microsoft::GroupQueryAttention", 0)
+        files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE,
+                                              share_buffer=gqa == spec.model.n_layers)
         if onnx_multimodal.wanted(spec):  # + embedding.onnx and text.onnx (inputs_embeds)
             files += onnx_multimodal.write_files(self, program, folder)
         stored = _reload(folder / MODEL_FILE)  # read back what the file holds

@@ -1,8 +1,10 @@
 """The onnxruntime-genai side of the ONNX folder: `genai_config.json` and the tokenizer files.
 
 With these beside `model.onnx`, `onnxruntime_genai.Model(folder)` loads and generates. The
-config follows the one onnxruntime-genai's model builder writes for a Llama-style decoder with a
-growing (concatenated) KV cache, hence `past_present_share_buffer: false`.
+config follows the one onnxruntime-genai's model builder writes for a Llama-style decoder.
+`past_present_share_buffer` is true when every layer's attention is one GroupQueryAttention (as
+in the builder's graphs): genai then allocates the KV cache once at max_length and GQA writes each
+step's keys in place. An unfused graph concatenates past and new keys and needs it false.
   ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (make_genai_config)
   ref: https://onnxruntime.ai/docs/genai/reference/config.html
 """
@@ -19,13 +21,15 @@ if TYPE_CHECKING:
 CONFIG_NAME = "genai_config.json"
 
 
-def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any) -> dict[str, Any]:
+def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
+                 share_buffer: bool = False) -> dict[str, Any]:
     """The genai_config.json content for the decoder of `spec` stored in `model_file`.
 
     Args:
         spec: the resolved spec (head counts, context length).
         model_file: the ONNX file name, relative to the folder.
         tokenizer: omnic tokenizer (bos_id, eos_ids, pad_id).
+        share_buffer: every layer's attention is a GroupQueryAttention node.
     """
     m = spec.model
     eos = list(tokenizer.eos_ids) or [0]
@@ -73,7 +77,7 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any) -> dict[
             "no_repeat_ngram_size": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,  # the graph concatenates past and new keys
+            "past_present_share_buffer": bool(share_buffer),
             "repetition_penalty": 1.0,
             "temperature": 1.0,
             "top_k": 1,
@@ -83,13 +87,13 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any) -> dict[
 
 
 def write_genai_files(
-    spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str
+    spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str, share_buffer: bool = False
 ) -> list[Path]:
     """Write genai_config.json and the tokenizer files into `folder`; return the paths written."""
     from omnic.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec, spec_dir)
-    config = genai_config(spec, model_file, tokenizer)
+    config = genai_config(spec, model_file, tokenizer, share_buffer)
     path = Path(folder) / CONFIG_NAME
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return [path, *tokenizer.save(Path(folder))]

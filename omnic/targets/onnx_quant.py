@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from omnic.runtime import pages
+
 if TYPE_CHECKING:
     import onnx_ir as ir
 
@@ -100,10 +102,20 @@ def pack_nbits(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool
     rows = max(1, PACK_CHUNK // max(1, k))
     if n <= rows:
         return _pack_rows(w, bits, group_size, symmetric)
-    parts = [_pack_rows(w[i:i + rows], bits, group_size, symmetric) for i in range(0, n, rows)]
-    zps = None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts])
-    return NBits(bits, parts[0].block, n, k, np.concatenate([p.data for p in parts]),
-                 np.concatenate([p.scales for p in parts]), zps)
+    first = _pack_rows(w[:rows], bits, group_size, symmetric)
+
+    def whole(part: np.ndarray | None) -> np.ndarray | None:  # filled below, chunk by chunk
+        return None if part is None else np.empty((n, *part.shape[1:]), dtype=part.dtype)
+
+    out = NBits(bits, first.block, n, k, whole(first.data), whole(first.scales),
+                whole(first.zero_points))
+    for i in range(0, n, rows):
+        part = first if i == 0 else _pack_rows(w[i:i + rows], bits, group_size, symmetric)
+        out.data[i:i + rows] = part.data
+        out.scales[i:i + rows] = part.scales
+        if out.zero_points is not None:
+            out.zero_points[i:i + rows] = part.zero_points
+    return out
 
 
 def _pack_rows(w: np.ndarray, bits: int, group_size: int | None, symmetric: bool) -> NBits:
@@ -279,6 +291,7 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any], accuracy_level: in
             ts = st.scheme(name)
             if _bits(ts.scheme):
                 nb, vals = st.nbits(name, w)
+                pages.release([w])  # a memory-mapped checkpoint's pages: read, not needed again
                 new = ir.node(
                     "MatMulNBits", [node.inputs[0], *vals], domain=MS, name=f"{name}/MatMulNBits",
                     attributes={"K": nb.k, "N": nb.n, "bits": nb.bits, "block_size": nb.block,
@@ -301,6 +314,7 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any], accuracy_level: in
             name, ts = w_val.name, st.scheme(w_val.name)
             if _bits(ts.scheme):
                 _gather_block_quantized(st, node, name, w_val.const_value.numpy())
+                pages.release([w_val.const_value.numpy()])
             else:
                 st.records.setdefault(name, {"form": "Gather", "init": name, "transposed": False,
                                              "dtype": "float32", "scheme": ts.scheme})
@@ -413,6 +427,18 @@ def records_of(model: "ir.Model") -> dict[str, dict[str, Any]]:
     return json.loads(raw) if raw else {}
 
 
+def _released(tensors: tuple[Any, ...], convert: Any) -> np.ndarray:
+    """`convert(*arrays)` of stored tensors, then each external tensor's memory map closed: a
+    touched mapped page stays resident while mapped (the whole .data file, 0.9 GB at 1B, for the
+    rest of the compile). `convert` must return new arrays, not views."""
+    try:
+        return convert(*(None if t is None else t.numpy() for t in tensors))
+    finally:
+        for t in tensors:
+            if t is not None and hasattr(t, "release"):
+                t.release()
+
+
 def read_weights(model: "ir.Model", lazy: bool = False) -> Mapping[str, np.ndarray]:
     """The weights exactly as the file stores them, dequantized to float32 [out, in] arrays.
 
@@ -428,17 +454,17 @@ def read_weights(model: "ir.Model", lazy: bool = False) -> Mapping[str, np.ndarr
             zp = rec["zero_points"]
             # `rows`: this matrix's rows of a packed one (q/k/v packed by onnx_fusions)
             rows = slice(*rec["rows"]) if rec.get("rows") else slice(None)
-            arrays = (inits[rec["qweight"]].const_value.numpy()[rows],
-                      inits[rec["scales"]].const_value.numpy()[rows],
-                      None if zp is None else inits[zp].const_value.numpy()[rows])
+            stored = (inits[rec["qweight"]].const_value, inits[rec["scales"]].const_value,
+                      None if zp is None else inits[zp].const_value)
             shape = dict(bits=rec["bits"], block=rec["block_size"], n=rec["N"], k=rec["K"])
-            loaders[name] = lambda a=arrays, kw=shape: unpack_nbits(*a, **kw)
+            loaders[name] = lambda t=stored, r=rows, kw=shape: _released(
+                t, lambda *a: unpack_nbits(*(None if x is None else x[r] for x in a), **kw))
             nbytes += 4 * rec["N"] * rec["K"]
         elif rec["dtype"] != "float32":
-            arr, transposed = inits[rec["init"]].const_value.numpy(), rec["transposed"]
-            loaders[name] = lambda a=arr, t=transposed: np.ascontiguousarray(
-                (a.T if t else a).astype(np.float32))
-            nbytes += 4 * arr.size
+            init, transposed = inits[rec["init"]].const_value, rec["transposed"]
+            loaders[name] = lambda t=init, tr=transposed: _released((t,), lambda a: (
+                np.ascontiguousarray((a.T if tr else a).astype(np.float32))))
+            nbytes += 4 * init.size
     if lazy:
         from omnic.compiler.golden.lazy import LazyWeights
 

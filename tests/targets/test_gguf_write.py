@@ -96,3 +96,24 @@ def test_read_back_is_the_model_within_one_step(decoder, tmp_path, file_type: st
             err = np.abs(w.reshape(-1, 32) - blocks)
             # + the fp16 rounding of the block scale: up to 2^-11 of the scale times the level
             assert (err <= span * BOUNDS[file_type] * 1.15 + 1e-6).all(), name
+
+
+@pytest.mark.parametrize("type_name", ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0"])
+def test_row_chunked_conversion_is_gguf_py_whole_tensor_call(monkeypatch, type_name):
+    """quantize/dequantize work a few rows at a time (no whole-tensor temporaries): the bytes
+    and values must be those of gguf-py's one call on the whole tensor."""
+    from gguf import GGMLQuantizationType, quants
+
+    from omnic.targets import gguf_quant
+
+    monkeypatch.setattr(gguf_quant, "CHUNK", 3 * 256)  # 3 rows of 256 per call: 7 calls
+    w = np.random.default_rng(1).standard_normal((20, 256)).astype(np.float32)
+    qtype = GGMLQuantizationType[type_name]
+    got = gguf_quant.quantize(w, type_name)
+    want = w.astype(np.float16) if type_name == "F16" else quants.quantize(w, qtype)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    back = gguf_quant.dequantize(got, qtype)
+    assert back.dtype == np.float32 and back.shape == w.shape
+    np.testing.assert_array_equal(back, quants.dequantize(want, qtype).astype(np.float32))
+    assert 0 < np.abs(back - w).max() < 0.5  # a real round trip, not a copy

@@ -274,11 +274,13 @@ def test_relowering_is_byte_identical(mixed):
     assert mixed["artifact"].details == mixed["again"].details
 
 
-@pytest.mark.parametrize("case", ["fp32", "mixed"])
+@pytest.mark.parametrize("case", ["fp32", "plain", "mixed"])
 def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
+    """fp32 and mixed: fused, KV cache shared in place; plain: unfused, concatenated cache."""
     og = pytest.importorskip("onnxruntime_genai")
-    if case == "fp32":
-        folder, reference = fp32["root"] / "fused" / "onnx", fp32["decoder"]
+    if case in ("fp32", "plain"):
+        folder = fp32["root"] / ("fused" if case == "fp32" else "plain") / "onnx"
+        reference = fp32["decoder"]
     else:  # float32 compute: greedy tokens of a flat random model flip under int8 activations
         art = mixed["exact"]
         folder = mixed["root"] / "exact" / "onnx"
@@ -306,7 +308,19 @@ def test_genai_config_numbers(fp32):
     assert cfg["model"]["context_length"] == cfg["search"]["max_length"] == 64
     ids = [cfg["model"][f"{k}_token_id"] for k in ("bos", "eos", "pad")]
     assert ids == [256, 257, 258]
-    assert cfg["search"]["past_present_share_buffer"] is False
+    # every layer's attention fused into GroupQueryAttention: genai may write the cache in place
+    assert cfg["model"]["decoder"]["num_hidden_layers"] == cfg_gqa_count(fp32["root"] / "fused")
+    assert cfg["search"]["past_present_share_buffer"] is True
+    unfused = read_genai_config(fp32["root"] / "plain" / "onnx")
+    assert cfg_gqa_count(fp32["root"] / "plain") == 0
+    assert unfused["search"]["past_present_share_buffer"] is False
+
+
+def cfg_gqa_count(build: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(build / "onnx" / "model.onnx"), load_external_data=False)
+    return sum(n.op_type == "GroupQueryAttention" for n in model.graph.node)
 
 
 def test_onnxruntime_genai_tokenizer_encodes_like_omnic(fp32):

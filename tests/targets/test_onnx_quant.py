@@ -210,3 +210,23 @@ def test_store_weights_on_a_hand_built_graph():
     x = stored["E"][ids[0]][None]
     np.testing.assert_allclose(y, x @ fake_quantize(w, "int4", 32, True).T, atol=1e-5)
     np.testing.assert_allclose(z, x[0] @ g.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(4, 32, True), (4, 32, False), (8, None, True)])
+def test_packing_a_chunk_of_rows_at_a_time_gives_the_whole_matrix_bytes(monkeypatch, bits, group,
+                                                                        symmetric):
+    from omnic.targets import onnx_quant as oq
+
+    w = np.random.default_rng(3).standard_normal((37, 96)).astype(np.float32)
+    whole = oq._pack_rows(w, bits, group, symmetric)
+    monkeypatch.setattr(oq, "PACK_CHUNK", 5 * 96)  # 5 rows per call: 8 calls, a short last one
+    chunked = oq.pack_nbits(w, bits, group, symmetric)
+    np.testing.assert_array_equal(chunked.data, whole.data)
+    np.testing.assert_array_equal(chunked.scales, whole.scales)
+    if symmetric:
+        assert chunked.zero_points is None and whole.zero_points is None
+    else:
+        np.testing.assert_array_equal(chunked.zero_points, whole.zero_points)
+    back = oq.unpack_nbits(chunked.data, chunked.scales, chunked.zero_points, bits=bits,
+                           block=chunked.block, n=37, k=96)
+    assert 0 < np.abs(back - w).max() < np.abs(w).max() / (3 if bits == 4 else 60)

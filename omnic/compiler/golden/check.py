@@ -37,6 +37,7 @@ from omnic.compiler.golden.inputs import GoldenInputs
 from omnic.compiler.golden.store import load_npz, save_npz
 from omnic.compiler.golden.tolerances import Tolerance, ToleranceError, lookup
 from omnic.constants import GoldenStatus
+from omnic.runtime import pages
 
 if TYPE_CHECKING:
     from omnic.targets.base import Artifact, Runner, Target
@@ -331,8 +332,9 @@ class GoldenSession:
     def fp32(self) -> ReferenceData:
         if FP32_REFERENCE not in self._refs:
             self._fp32_runner = self._runner(self.decoder)
-            ref = reference_data(FP32_REFERENCE, self._fp32_runner, self._fp32_runner,
-                                 self.inputs, self._vocab())
+            with pages.released_after_each_block(self.decoder):
+                ref = reference_data(FP32_REFERENCE, self._fp32_runner, self._fp32_runner,
+                                     self.inputs, self._vocab())
             ref.save(self.golden_dir)
             self._refs[FP32_REFERENCE] = ref
         return self._refs[FP32_REFERENCE]
@@ -360,6 +362,7 @@ class GoldenSession:
                     f"reference_weights[{name}] has shape {list(w.shape)}, the model "
                     f"{list(true.shape)}")
             err = _weight_nmse(w, true)
+            pages.release([true])  # a memory-mapped checkpoint's pages: read once here
             if not err <= tol.weight_nmse:
                 raise GoldenReferenceError(
                     f"reference_weights[{name}] is not a quantization of the model's tensor: "
@@ -372,8 +375,9 @@ class GoldenSession:
                 merged = {k: (torch.from_numpy(np.asarray(weights[k], dtype=np.float32).copy())
                               if k in weights else v) for k, v in state.items()}
                 model.load_state_dict(merged, strict=True)
-            ref = reference_data(name, self._runner(model), self._fp32_runner, self.inputs,
-                                 self._vocab(), fp32=fp32)
+            with pages.released_after_each_block(self.decoder):  # its forced fp32 runs
+                ref = reference_data(name, self._runner(model), self._fp32_runner, self.inputs,
+                                     self._vocab(), fp32=fp32)
             del model
             ref.save(self.golden_dir)
             self._refs[name] = ref
