@@ -60,8 +60,10 @@ def omnic_spec(hf_dir: Path, spec: Path, context: int, targets: dict,
     # At Llama-3.2-1B's shape (128256 near-flat logits) Q4_0 noise alone gives KLD 0.14 against
     # fp32 (measured, 2 x 24 positions): the KLD limit is lifted to 0.3 here too; the exact-
     # reference limits (greedy match, nmse) are what catch a wrong artifact and stay.
+    # Likewise int8 activations (accuracy_level 4) flip 20 % of the argmaxes of the 1B shape's
+    # flat logits against the exact reference (top1 0.80 measured), a rate no trained model shows.
     floors = {"onnx/int4_g32/top1_fp32": 0.0, "gguf/q4_0/top1_fp32": 0.0,
-              "onnx/int4_g32/kld": 0.3, "gguf/q4_0/kld": 0.3}
+              "onnx/int4_g32/kld": 0.3, "gguf/q4_0/kld": 0.3, "onnx/int4_g32/top1": 0.7}
     data.update(quantization=quantization, targets=targets,
                 golden={"cases": 2, "prompt_tokens": 16, "decode_steps": 8, "tolerances": floors})
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
