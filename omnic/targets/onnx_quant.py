@@ -313,8 +313,9 @@ def store_weights(model: "ir.Model", plan: Mapping[str, Any], accuracy_level: in
                 continue
             name, ts = w_val.name, st.scheme(w_val.name)
             if _bits(ts.scheme):
-                _gather_block_quantized(st, node, name, w_val.const_value.numpy())
-                pages.release([w_val.const_value.numpy()])
+                w = w_val.const_value.numpy()
+                _gather_block_quantized(st, node, name, w)
+                pages.release([w])
             else:
                 st.records.setdefault(name, {"form": "Gather", "init": name, "transposed": False,
                                              "dtype": "float32", "scheme": ts.scheme})
