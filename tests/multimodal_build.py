@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tiny_specs import TEST_DEVICE
 
 SPEC: dict[str, Any] = {
     "omnic": 1,
     "name": "tiny-multimodal",
-    "device": {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0,
-               "os": "linux"},
+    "device": dict(TEST_DEVICE),
     "model": {
         "vocab_size": 300, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
         "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 128, "tie_embeddings": True,

@@ -10,8 +10,7 @@ TEST_DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 
 TINY_SPEC: dict[str, Any] = {
     "omnic": 1,
     "name": "tiny",
-    "device": {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0,
-               "os": "linux"},
+    "device": dict(TEST_DEVICE),
     "model": {
         "vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
         "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True,

@@ -21,16 +21,12 @@ class TorchRunner:
         c = decoder.config
         self.context_length = c.context_length if positions is None else min(
             int(positions), c.context_length)
-        self._cache_shape = (1, c.n_kv_heads, self.context_length, c.head_dim)
         self.reset()
 
     def reset(self) -> None:
-        if self.context_length == self.decoder.config.context_length:
-            self.k_cache, self.v_cache = self.decoder.empty_cache(batch=1)
-        else:  # the same zero cache, cut to `positions` (masked slots add exact zeros)
-            n = self.decoder.config.n_layers
-            self.k_cache = [torch.zeros(self._cache_shape) for _ in range(n)]
-            self.v_cache = [torch.zeros(self._cache_shape) for _ in range(n)]
+        # a cache cut to `positions`: masked slots add zeros, so only the reductions' rounding
+        # differs from a full-length cache (1.8e-7 measured)
+        self.k_cache, self.v_cache = self.decoder.empty_cache(batch=1, length=self.context_length)
         self.position = 0
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:

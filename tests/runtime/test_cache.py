@@ -90,3 +90,15 @@ def test_greedy_runner_equals_recompute(decoder):
     # reset() really starts over
     again, _ = greedy(runner, prompt, steps=10)
     assert again == generated
+
+
+def test_runner_with_a_cache_cut_to_the_positions_it_sees_gives_the_same_logits(decoder):
+    """TorchRunner(positions=N): the golden reference's short cache (not context_length)."""
+    full, short = TorchRunner(decoder), TorchRunner(decoder, positions=len(SEQ))
+    assert short.k_cache[0].shape[2] == len(SEQ) < full.k_cache[0].shape[2]
+    # not bit-equal: softmax reductions run over a different number of masked slots (1.8e-7)
+    np.testing.assert_allclose(short.forward(np.array(SEQ[:6])), full.forward(np.array(SEQ[:6])),
+                               rtol=0, atol=1e-5)
+    for t in SEQ[6:]:
+        np.testing.assert_allclose(short.forward(np.array([t])), full.forward(np.array([t])),
+                                   rtol=0, atol=1e-5)

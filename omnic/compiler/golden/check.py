@@ -319,7 +319,8 @@ class GoldenSession:
     def _runner(self, decoder: Any) -> "Runner":
         from omnic.runtime.torch_runner import TorchRunner
 
-        # a cache as long as the golden paths, not the model's context: the same numbers, and
+        # a cache as long as the golden paths, not the model's context: the same numbers up to
+        # float rounding (1.8e-7, tests/runtime/test_cache.py), and
         # not 2 x layers x context_length x kv width of zeros per reference (0.8 GB at 0.5B)
         positions = int(np.asarray(self.inputs.prompts).shape[1]) + self.inputs.decode_steps
         return TorchRunner(decoder, positions=positions)

@@ -226,10 +226,12 @@ class Decoder(nn.Module):
         return view
 
     # -- helpers -------------------------------------------------------------------------------
-    def empty_cache(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> tuple[list, list]:
-        """Zero static caches: per layer [batch, n_kv_heads, context_length, head_dim]."""
+    def empty_cache(self, batch: int = 1, dtype: torch.dtype = torch.float32,
+                    length: int | None = None) -> tuple[list, list]:
+        """Zero static caches: per layer [batch, n_kv_heads, length, head_dim], `length`
+        defaulting to context_length (a shorter cache serves runs that never go past it)."""
         c = self.config
-        shape = (batch, c.n_kv_heads, c.context_length, c.head_dim)
+        shape = (batch, c.n_kv_heads, c.context_length if length is None else length, c.head_dim)
         k = [torch.zeros(shape, dtype=dtype) for _ in range(c.n_layers)]
         v = [torch.zeros(shape, dtype=dtype) for _ in range(c.n_layers)]
         return k, v
