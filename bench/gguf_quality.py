@@ -77,9 +77,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from omnic.compiler.build import build_model
+    from omnic.model import build_model
     from omnic.compiler.plan import plan_memory
-    from omnic.compiler.program import Program
+    from omnic.passes.program import Program
     from omnic.runtime.torch_runner import TorchRunner
     from omnic.spec.inventory import parameter_count
     from omnic.targets.base import get_target

@@ -318,7 +318,7 @@ def _llama_timer(path: Path, threads: int, vocab: int):
 
     # No weight repacking into llama.cpp's "extra" CPU buffer types, as omnic's runner does by
     # default: this llama-cpp-python build crashes in its AMX matmul on AMX hosts (see
-    # omnic/targets/gguf_runtime.py extra_buffer_types). Same for both files; it costs speed.
+    # omnic/targets/gguf/runtime.py extra_buffer_types). Same for both files; it costs speed.
     extra = os.environ.get("OMNIC_LLAMA_EXTRA_BUFTS", "0") == "1"
     original = lib.llama_model_default_params
 

@@ -6,7 +6,7 @@ each runtime's own knob, and reads back what the runtime reports where it can:
 
     onnx        onnxruntime SessionOptions.intra_op_num_threads (OnnxTarget.load(intra_op_threads=))
     gguf        llama.cpp n_threads and n_threads_batch (OMNIC_THREADS, read by
-                omnic.targets.gguf_runtime.default_threads)
+                omnic.targets.gguf.runtime.default_threads)
     executorch  the ExecuTorch threadpool XNNPACK runs on (portable_lib._unsafe_reset_threadpool)
     tvm         TVM's worker pool (TVM_NUM_THREADS before first use, TvmTarget.load(num_threads=))
     reference   torch.set_num_threads (intra-op), OMP_NUM_THREADS
@@ -65,7 +65,7 @@ def configure(target_id: str, target: Any, threads: int) -> tuple[dict[str, Any]
         else:
             settings[what] = f"not settable: {type(target).__name__}.load has no {keyword}="
     if target_id == "gguf":
-        from omnic.targets.gguf_runtime import default_threads
+        from omnic.targets.gguf.runtime import default_threads
 
         settings["llama.cpp n_threads"] = settings["llama.cpp n_threads_batch"] = default_threads()
     elif target_id == "executorch":

@@ -77,13 +77,13 @@ def _open(build_dir: Path, target_id: str, component: str, threads: int):
     spec = ResolvedSpec.model_validate(manifest.spec)
     if target_id == REFERENCE:
         _, settings = th.configure(REFERENCE, None, threads)
-        from omnic.compiler.build import build_model
+        from omnic.model import build_model
         from omnic.runtime.torch_runner import TorchRunner
 
         start = time.perf_counter()
         runner = TorchRunner(build_model(spec, build_dir))
         return runner, settings, time.perf_counter() - start, spec
-    from omnic.compiler.build_runner import artifact_from_entry, find_entry
+    from omnic.compiler.artifact_runner import artifact_from_entry, find_entry
     from omnic.targets.base import get_target
 
     target = get_target(target_id)

@@ -26,7 +26,7 @@ def run_update(args) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from omnic.compiler.golden.summary import write
+    from omnic.golden.summary import write
     from omnic.spec.load import SpecError
 
     console = Console(stderr=True)

@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="omnic", description="Declarative model compiler.")
     parser.add_argument("--version", action="version", version=f"omnic {__version__}")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                       default=0, help="warnings and errors only, from every stage and target")
+    level.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                       help="debug lines too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
@@ -48,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from omnic.cli import logs
+
+    # `omnic -q CMD` and `omnic CMD -q` (where the command has its own --quiet) both quieten
+    logs.setup(logs.QUIET if getattr(args, "quiet", False) else args.verbosity)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -121,7 +121,7 @@ class _Source:
 
     def decoder(self):
         """The reference decoder (built from the spec's weights)."""
-        from omnic.compiler.build import build_model
+        from omnic.model import build_model
 
         try:
             return build_model(self.spec, self.spec_dir)
@@ -144,7 +144,7 @@ def _open(src: _Source):
 
         return TorchRunner(src.decoder()), src.tokenizer()
     try:
-        from omnic.compiler.build_runner import open_build_runner
+        from omnic.compiler.artifact_runner import open_build_runner
     except ImportError as err:
         raise RunError(f"running builds is not available in this installation: {err}") from None
     return open_build_runner(src.build_dir, src.target), src.tokenizer()

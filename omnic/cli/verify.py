@@ -24,9 +24,9 @@ def register(subparsers) -> None:
 def verify_build(build_dir: Path, targets: list[str] | None = None):
     """Re-check each artifact. Returns (manifest, [(entry, GoldenResult)])."""
     from omnic.compiler import manifest as mf
-    from omnic.compiler.build_runner import artifact_from_entry
-    from omnic.compiler.golden.check import GoldenResult, verify_artifact
-    from omnic.compiler.golden.components import verify_component
+    from omnic.compiler.artifact_runner import artifact_from_entry
+    from omnic.golden.check import GoldenResult, verify_artifact
+    from omnic.golden.components import verify_component
     from omnic.constants import Components, GoldenStatus
     from omnic.targets.base import get_target
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from omnic.compiler.golden import metrics as M
+from omnic.golden import metrics as M
 from omnic.compiler.manifest import ArtifactEntry, Manifest
 
 

@@ -22,7 +22,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from omnic.compiler.program import Program
+    from omnic.passes.program import Program
 
 ENV = "OMNIC_TEST_FAULT"
 FAULTS = ("swap_kv_heads", "permute_component_weights")

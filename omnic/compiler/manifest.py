@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnic.constants import MANIFEST_FORMAT_VERSION, GoldenStatus, ManifestKeys
+# the manifest's hashes; `mf.file_sha256` and friends stay the manifest's public names
+from omnic.digest import canonical_json, file_sha256, path_digest, spec_sha256  # noqa: F401
 
 MANIFEST_FILE = "manifest.json"
 FLOAT_DIGITS = 6
@@ -145,35 +147,6 @@ class Manifest(_Model):
 
 
 # -- hashing -----------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def path_digest(path: Path) -> tuple[int, str]:
-    """(bytes, sha256) of a file, or of a directory (sorted relative paths + file hashes)."""
-    if path.is_file():
-        return path.stat().st_size, file_sha256(path)
-    h = hashlib.sha256()
-    total = 0
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path).as_posix()
-        total += f.stat().st_size
-        h.update(f"{rel}\0{file_sha256(f)}\n".encode())
-    return total, h.hexdigest()
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def spec_sha256(spec_dict: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(spec_dict).encode()).hexdigest()
 
 
 def toolchain_versions() -> dict[str, str]:

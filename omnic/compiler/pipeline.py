@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
 import shutil
 import time
@@ -34,15 +35,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 
 from omnic.compiler import manifest as mf
 from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
 from omnic.runtime import pages
 
 if TYPE_CHECKING:
-    from omnic.compiler.golden.check import GoldenResult
+    from omnic.golden.check import GoldenResult
     from omnic.targets.base import Artifact
+
+_log = logging.getLogger(__name__)
 
 
 class CompileError(Exception):
@@ -72,7 +74,7 @@ def failed_dir(out_dir: Path) -> Path:
 
 
 class _Stages:
-    """Times each stage, shows a spinner while it runs and a line when it ends (stderr)."""
+    """Times each stage, shows a spinner while it runs (stderr) and logs a line when it ends."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -92,7 +94,7 @@ class _Stages:
         peak = mf.peak_rss_mb()
         self.peak_mb = max(self.peak_mb, peak or 0.0)
         self.records[kind].append(mf.StageTiming(stage=name, seconds=seconds, peak_rss_mb=peak))
-        self.console.print(f"[green]✓[/] {name:<18} {seconds:7.2f}s")
+        _log.info(f"✓ {name:<18} {seconds:7.2f}s")
 
 
 def _dump(dump_dir: Path | None, name: str, content: Any) -> None:
@@ -162,8 +164,7 @@ def _lower(target_id: str, target: Any, program: Any, build_dir: Path) -> list["
     return artifacts
 
 
-def _golden(session: Any, target: Any, artifacts: list["Artifact"], console: Console,
-            components: Any = None) -> list[tuple["Artifact", "GoldenResult"]]:
+def _golden(session: Any, target: Any, artifacts: list["Artifact"], components: Any = None) -> list[tuple["Artifact", "GoldenResult"]]:
     """Check each artifact: the decoder's with `session`, the others' with `components`."""
     out = []
     for a in artifacts:
@@ -173,9 +174,8 @@ def _golden(session: Any, target: Any, artifacts: list["Artifact"], console: Con
         # hold one fp32-sized copy per target at once (5 GB each at 1B parameters)
         a.reference_weights = None
         out.append((a, g))
-        colour = {"passed": "green", "failed": "red"}.get(g.status, "yellow")
-        console.print(f"  {a.path}: [{colour}]{g.status}[/]"
-                      + (f" — {escape(g.reason)}" if g.reason else ""))
+        log = _log.error if g.status == "failed" else _log.info
+        log(f"  {a.path}: {g.status}" + (f" — {g.reason}" if g.reason else ""))
     gc.collect()  # runtimes (sessions, mmaps) go before the next target loads its own
     return out
 
@@ -283,11 +283,11 @@ def compile(
         CompileError: a stage crashed (exit status 1); nothing written.
     """
     from omnic.compiler.faults import active_fault, apply_fault
-    from omnic.compiler.golden import inputs as golden_inputs
-    from omnic.compiler.golden.check import GoldenSession
-    from omnic.compiler.golden.components import ComponentGoldenSession
-    from omnic.compiler.golden.tolerances import validate_overrides
-    from omnic.compiler.passes import DEFAULT, PassError, run_passes
+    from omnic.golden import inputs as golden_inputs
+    from omnic.golden.check import GoldenSession
+    from omnic.golden.components import ComponentGoldenSession
+    from omnic.golden.tolerances import validate_overrides
+    from omnic.passes import DEFAULT, PassError, run_passes
     from omnic.compiler.plan import plan_memory
     from omnic.quant.auto import choose_for_build, is_auto
     from omnic.presets.resolve import resolve
@@ -318,7 +318,7 @@ def compile(
             raise InputError("\n".join(problems))
         warnings = [str(d) for d in validation.warnings]
         for w in warnings:
-            console.print(f"[yellow]warning:[/] {escape(w)}")
+            _log.warning(f"warning: {w}")
     with stage("resolve"):
         try:
             resolved = resolve(validation.spec, spec_dir)
@@ -342,11 +342,11 @@ def compile(
             problems += [str(p) for p in objs[t].check(resolved)]
         if problems:
             raise InputError("pre-flight problems:\n" + "\n".join(problems))
-        console.print(f"  targets: {', '.join(target_ids)}")
+        _log.info(f"  targets: {', '.join(target_ids)}")
     with stage("build"):
-        from omnic.compiler.build import build_model
-        from omnic.compiler.build.components import build_components
-        from omnic.compiler.program import Program
+        from omnic.model import build_model
+        from omnic.model.components import build_components
+        from omnic.passes.program import Program
         from omnic.tokenizer import load_tokenizer
 
         try:
@@ -363,7 +363,7 @@ def compile(
     if is_auto(validation.spec.quantization):  # measured on the built model (omnic.quant.auto)
         with stage("quant auto"):
             try:
-                auto = choose_for_build(resolved, decoder, tokenizer, console.print)
+                auto = choose_for_build(resolved, decoder, tokenizer, _log.info)
             except ValueError as err:
                 raise InputError(str(err)) from None
             resolved = resolved.model_copy(update={"quantization": auto.quantization})
@@ -379,14 +379,14 @@ def compile(
         except PassError as err:
             raise CompileError(str(err)) from err
         for r in pass_records:
-            console.print(f"  {r.id:<28} {'changed' if r.changed else 'unchanged':<9} "
-                          f"{r.seconds:.3f}s")
+            _log.info(f"  {r.id:<28} {'changed' if r.changed else 'unchanged':<9} "
+                      f"{r.seconds:.3f}s")
         _dump(dump, "05-passes.json", {"passes": [vars(r) for r in pass_records],
                                        "quant_plan": program.annotations.get("quant_plan")})
     fault = active_fault()
     lowered = program
     if fault:
-        console.print(f"[bold red]TEST FAULT {fault}[/]: the targets get a damaged program")
+        _log.warning(f"TEST FAULT {fault}: the targets get a damaged program")
         lowered = apply_fault(program, fault)
     if dump is not None:
         with stage("dump graph"):
@@ -410,7 +410,7 @@ def compile(
             with stage(f"{t}: lower", "targets"):
                 artifacts = _lower(t, objs[t], lowered, staging)
             with stage(f"{t}: golden", "targets"):
-                results += _golden(session, objs[t], artifacts, console, component_session)
+                results += _golden(session, objs[t], artifacts, component_session)
             _dump(dump, f"06-{t}-artifacts.json", [
                 {k: v for k, v in vars(a).items() if k != "reference_weights"}
                 for a in artifacts])

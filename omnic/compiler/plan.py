@@ -219,7 +219,7 @@ def _artifacts(spec: "ResolvedSpec", spec_dir: "str | None") -> list[dict]:
 
 
 # --- components: encoders, projectors and heads ------------------------------------------------
-# Every target stores them unquantized (omnic/targets/component_common.py `weights_summary`), so
+# Every target stores them unquantized (omnic/targets/components.py `weights_summary`), so
 # their weights are planned in fp32. They run once per input, before the decoder's prefill and
 # one at a time: the activation peak is the larger of one encoder block's live set and the
 # decoder's prefill plus the embeddings the prompt holds. Their placeholder tokens (one per

@@ -17,12 +17,12 @@ under any prefix (`vision_model.`, `model.encoder.`, none as transformers 5 writ
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 
 from omnic.importers.hf import read_config
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from omnic.spec.modalities import Audio, Vision
 
-_log = Console(stderr=True)
+_log = logging.getLogger(__name__)
 
 # family -> defaults of its transformers vision config class (used for keys a config.json omits)
 _VISION_DEFAULTS = {
@@ -162,7 +162,7 @@ def check_audio(hf_dir: Path, a: "Audio") -> None:
 def _read(hf_dir: Path, anchor: str, table: list[tuple[str, str]], wanted: set[str],
           section: str, ignore: re.Pattern) -> dict[str, "torch.Tensor"]:
     """Tensors of the tower whose `anchor` key is found under some prefix, renamed by `table`."""
-    from omnic.compiler.build.weights import read_safetensors, safetensors_keys
+    from omnic.importers.checkpoint import read_safetensors, safetensors_keys
     from omnic.importers.hf_weights import checkpoint_files
 
     files = checkpoint_files(hf_dir)
@@ -195,7 +195,7 @@ def _read(hf_dir: Path, anchor: str, table: list[tuple[str, str]], wanted: set[s
 
 def vision_weights(hf_dir: Path, v: "Vision") -> dict[str, "torch.Tensor"]:
     """The vision tower's tensors under the `vision_encoder` module's names (`tower.*`)."""
-    from omnic.compiler.build.weights import check_weights
+    from omnic.importers.checkpoint import check_weights
     from omnic.spec.component_inventory import vision_tensors
 
     family = check_vision(hf_dir, v)
@@ -206,14 +206,14 @@ def vision_weights(hf_dir: Path, v: "Vision") -> dict[str, "torch.Tensor"]:
     state = _read(hf_dir, "embeddings.patch_embedding.weight", _VISION_NAMES,
                   {t.name for t in inventory}, "vision", ignore)
     check_weights(state, inventory, f"{hf_dir} ({family} vision tower)")
-    _log.print(f"import: {family} vision tower from {hf_dir} ({len(state)} tensors); "
+    _log.info(f"import: {family} vision tower from {hf_dir} ({len(state)} tensors); "
                "projector seeded random (no counterpart in the checkpoint)")
     return state
 
 
 def audio_weights(hf_dir: Path, a: "Audio") -> dict[str, "torch.Tensor"]:
     """The Whisper encoder's tensors under the `audio_encoder` module's names (`tower.*`)."""
-    from omnic.compiler.build.weights import check_weights
+    from omnic.importers.checkpoint import check_weights
     from omnic.spec.component_inventory import audio_tensors
 
     check_audio(hf_dir, a)
@@ -221,6 +221,6 @@ def audio_weights(hf_dir: Path, a: "Audio") -> dict[str, "torch.Tensor"]:
     state = _read(hf_dir, "conv1.weight", _WHISPER_NAMES, {t.name for t in inventory}, "audio",
                   re.compile(r"(?!)"))
     check_weights(state, inventory, f"{hf_dir} (Whisper encoder)")
-    _log.print(f"import: Whisper encoder from {hf_dir} ({len(state)} tensors); "
+    _log.info(f"import: Whisper encoder from {hf_dir} ({len(state)} tensors); "
                "projector seeded random (no counterpart in the checkpoint)")
     return state

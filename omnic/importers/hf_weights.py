@@ -1,7 +1,7 @@
 """Hugging Face checkpoint tensors -> omnic canonical tensors, per family.
 
 Reads `model.safetensors` or the shards listed in `model.safetensors.index.json` through
-memory maps, one tensor at a time (`omnic.compiler.build.weights.read_safetensors`), and renames (and, for Phi-3's fused projections and
+memory maps, one tensor at a time (`omnic.model.weights.read_safetensors`), and renames (and, for Phi-3's fused projections and
 transformers 5's fused experts, splits) each into omnic's names. Tensors stay unpermuted:
 omnic's RoPE uses the same rotate_half convention as transformers.
 """
@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from omnic.compiler.build.weights import WeightError, check_weights, read_safetensors, safetensors_keys
+from omnic.importers.checkpoint import (WeightError, check_weights, read_safetensors,
+                                        safetensors_keys)
 from omnic.importers.hf import family_of, read_config
 
 if TYPE_CHECKING:

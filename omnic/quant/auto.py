@@ -147,11 +147,11 @@ def _measure(decoder: Any, weights: dict, inputs: Any, fp32_paths: list) -> tupl
     """Mean KL(fp32 || candidate) and top-1 agreement along the fp32 greedy paths."""
     import numpy as np
 
-    from omnic.compiler.golden import metrics as M
-    from omnic.compiler.golden.check import _with_weights, run_forced
+    from omnic.golden import metrics as M
+    from omnic.golden.check import with_weights, run_forced
     from omnic.runtime.torch_runner import TorchRunner
 
-    model = _with_weights(decoder, weights)
+    model = with_weights(decoder, weights)
     runner = TorchRunner(model)
     vocab = fp32_paths[0][1].shape[-1]
     kl, top1 = [], []
@@ -168,13 +168,13 @@ def choose(spec: "ResolvedSpec", decoder: Any, inputs: Any, log: Any = None) -> 
     Args:
         spec: the resolved spec (its quantization is the placeholder).
         decoder: the built fp32 decoder (not modified).
-        inputs: the golden inputs (`omnic.compiler.golden.inputs.GoldenInputs`).
+        inputs: the golden inputs (`omnic.golden.inputs.GoldenInputs`).
         log: a callable taking one line of text (progress), or None.
 
     Raises:
         ValueError: no candidate is eligible.
     """
-    from omnic.compiler.golden.check import run_greedy
+    from omnic.golden.check import run_greedy
     from omnic.quant.reference import reference_weights
     from omnic.quant.select import tensor_schemes
     from omnic.runtime.torch_runner import TorchRunner
@@ -224,7 +224,7 @@ def resolve_with_auto(fields: dict[str, Any]) -> tuple["ResolvedSpec | None", st
 
 def choose_for_build(spec: "ResolvedSpec", decoder: Any, tokenizer: Any, log: Any = None) -> Choice:
     """`choose` on the spec's golden inputs (the compile's `quant auto` stage)."""
-    from omnic.compiler.golden import inputs as golden_inputs
+    from omnic.golden import inputs as golden_inputs
 
     inputs = golden_inputs.inputs_for_spec(spec, golden_inputs.special_ids_of(tokenizer))
     choice = choose(spec, decoder, inputs, log)

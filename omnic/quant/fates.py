@@ -78,8 +78,8 @@ def _context(spec: "ResolvedSpec"):
 def gguf(spec: "ResolvedSpec") -> dict[str, Fate]:
     """GGUF: the ggml type of each tensor (plan_types; K mixtures predicted as llama.cpp does)."""
     from omnic.quant import ggml
-    from omnic.targets.gguf_arch import plan_arch, tensor_plan
-    from omnic.targets.gguf_quant import K_QUANTS, KEEP_F32_SUFFIXES, plan_types
+    from omnic.targets.gguf.arch import plan_arch, tensor_plan
+    from omnic.targets.gguf.quant import K_QUANTS, KEEP_F32_SUFFIXES, plan_types
 
     arch, problems = plan_arch(spec.model)
     if arch is None:
@@ -107,7 +107,7 @@ def gguf(spec: "ResolvedSpec") -> dict[str, Fate]:
 # -- ONNX ------------------------------------------------------------------------------------
 def onnx(spec: "ResolvedSpec") -> dict[str, Fate]:
     """ONNX: MatMulNBits / GatherBlockQuantized with fp32 scales, or 16/32-bit initializers."""
-    from omnic.targets.onnx_quant import storage_form
+    from omnic.targets.onnx.quant import storage_form
 
     tensors, schemes = _context(spec)
     tied = spec.model.tie_embeddings
@@ -142,7 +142,7 @@ def _int_grid(ts: "TensorScheme", scale_dtype: str) -> str:
 # -- ExecuTorch ------------------------------------------------------------------------------
 def executorch(spec: "ResolvedSpec") -> dict[str, Fate]:
     """ExecuTorch XNNPACK: 8da4w / 8da8w linears, quantized embedding lookups, one float type."""
-    from omnic.targets.executorch_quant import form_of
+    from omnic.targets.executorch.quant import form_of
 
     tensors, schemes = _context(spec)
     tied = spec.model.tie_embeddings
@@ -196,7 +196,7 @@ def _et_grid(form: str, ts: "TensorScheme") -> str:
 def coreml(spec: "ResolvedSpec") -> dict[str, Fate]:
     """Core ML: constexpr_blockwise_shift_scale (coremltools' linear quantizer) or the compute
     precision's float type."""
-    from omnic.targets.coreml_quant import storage_form
+    from omnic.targets.coreml.quant import storage_form
 
     tensors, schemes = _context(spec)
     precision = spec.targets.coreml.compute_precision if spec.targets.coreml else "fp16"
@@ -211,7 +211,7 @@ def coreml(spec: "ResolvedSpec") -> dict[str, Fate]:
 # -- TVM -------------------------------------------------------------------------------------
 def tvm(spec: "ResolvedSpec") -> dict[str, Fate]:
     """TVM: packed int4/int8 codes with fp16 scales, dequantized inside the graph."""
-    from omnic.targets.tvm_quant import packing_problem, storage_form
+    from omnic.targets.tvm.quant import packing_problem, storage_form
 
     tensors, schemes = _context(spec)
     out = {}

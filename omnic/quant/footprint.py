@@ -104,7 +104,7 @@ def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
     merges: list[str] = []
     scores = False
     if spec.tokenizer.kind == "byte":
-        from omnic.targets.gguf_tokenizer import byte_vocab
+        from omnic.targets.gguf.tokenizer import byte_vocab
 
         vocab = byte_vocab(spec, Path(spec_dir or "."))
         tokens, merges, scores = vocab.tokens, vocab.merges, vocab.scores is not None
@@ -131,10 +131,10 @@ def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
 
 
 def _gguf(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
-    from omnic.compiler.manifest import canonical_json
+    from omnic.digest import canonical_json
     from omnic.quant import fates
     from omnic.quant.ggml import nbytes
-    from omnic.targets.gguf_arch import plan_arch, tensor_plan
+    from omnic.targets.gguf.arch import plan_arch, tensor_plan
 
     f = fates.fates(spec, Targets.GGUF)
     arch, _ = plan_arch(spec.model)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omnic.quant.reference import _bf16_bits, quantize as reference_quantize, round_half_away
+from omnic.quant.reference import bf16_bits, quantize as reference_quantize, round_half_away
 
 BACKENDS = ("omnic", "onnxruntime", "gguf", "coreml", "xnnpack")
 
@@ -180,7 +180,7 @@ def xnnpack(w: np.ndarray, scheme: str, group_size: int | None, symmetric: bool)
     idx = np.abs(x).argmax(axis=-1)[..., None]
     m = np.take_along_axis(x, idx, axis=-1)[..., 0]
     scale = np.where(m < 0, m / -8.0, m / 7.0).astype(np.float32)
-    rounded = (_bf16_bits(scale).astype(np.uint32) << 16).view(np.float32).reshape(scale.shape)
+    rounded = (bf16_bits(scale).astype(np.uint32) << 16).view(np.float32).reshape(scale.shape)
     scale = np.where(scale > 0, rounded, np.float32(1.0)).astype(np.float32)
     codes = np.clip(round_half_away(x / scale[..., None]), -8, 7).astype(np.int8)
     return Grid(codes, scale)

@@ -71,7 +71,7 @@ def _grouped(w: np.ndarray, group_size: int | None) -> tuple[np.ndarray, int]:
     return w.reshape(out_f, in_f // g, g), g
 
 
-def _bf16_bits(w: np.ndarray) -> np.ndarray:
+def bf16_bits(w: np.ndarray) -> np.ndarray:
     # Round to nearest even on the 16 dropped mantissa bits, as torch's float -> bfloat16 does;
     # NaN stays a (quiet) NaN.
     u = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -105,7 +105,7 @@ def quantize(
         with np.errstate(over="ignore"):  # beyond 65504 becomes inf, as IEEE casts do
             return Quantized(scheme, shape, w.astype(np.float16))
     if scheme == "bf16":
-        return Quantized(scheme, shape, _bf16_bits(w))
+        return Quantized(scheme, shape, bf16_bits(w))
     if scheme not in INT_SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}")
     if scheme == "int4" and group_size is None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from omnic.targets.base import Runner
+    from omnic.runtime.runner import Runner
 
 
 def greedy(

@@ -3,7 +3,7 @@
 A prompt such as "<image>What is in the picture?" becomes token ids in which the placeholder
 stands `N` times (N = embeddings the encoder yields, `placeholder_tokens(spec)`); the decoder's
 input embeddings of those positions are then replaced, in order, by the encoder's output rows
-(`omnic.compiler.build.components`: encoders output decoder input embeddings):
+(`omnic.model.components`: encoders output decoder input embeddings):
 
     ids  = [<s>, <image> x N, W, h, a, t, ...]
     x    = embed_tokens(ids)                    [T, d_model]
@@ -290,8 +290,8 @@ class Parts:
 def reference_parts(spec: Any, spec_dir: Any, components: Sequence[str],
                     decoder: "torch.nn.Module | None" = None) -> Parts:
     """The PyTorch reference: the decoder and the components built from the spec."""
-    from omnic.compiler.build import build_model
-    from omnic.compiler.build.components import build_components
+    from omnic.model import build_model
+    from omnic.model.components import build_components
 
     built = build_components(spec, spec_dir) if components else {}
     missing = [c for c in components if c not in built]
@@ -307,13 +307,13 @@ def build_parts(build_dir: Any, target: str, components: Sequence[str]) -> Parts
     and the components' artifacts).
 
     Raises:
-        omnic.compiler.build_runner.BuildError: the build lacks one of the artifacts.
+        omnic.compiler.artifact_runner.BuildError: the build lacks one of the artifacts.
         omnic.targets.base.NotRunnable: this host cannot run them.
     """
     from pathlib import Path
 
     from omnic.compiler import manifest as mf
-    from omnic.compiler.build_runner import BuildError, artifact_from_entry, find_entry
+    from omnic.compiler.artifact_runner import BuildError, artifact_from_entry, find_entry
     from omnic.targets.base import get_target
 
     if target != "onnx":
@@ -321,7 +321,7 @@ def build_parts(build_dir: Any, target: str, components: Sequence[str]) -> Parts
                          f"--target torch); {target} is not supported by omnic run yet")
     build_dir = Path(build_dir)
     manifest = mf.load(build_dir)
-    from omnic.targets.onnx_multimodal import load_embeds_runner
+    from omnic.targets.onnx.multimodal import load_embeds_runner
 
     dec = artifact_from_entry(find_entry(manifest, target, Components.DECODER))
     try:

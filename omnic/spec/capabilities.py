@@ -216,7 +216,7 @@ def _gguf_blocks(ctx: Context):
 # A target may keep its own rules in a torch-free module `omnic/targets/<id>_rules.py` that
 # registers them on import; validation imports it for every enabled target, so `omnic validate`
 # and the target's pre-flight `check` see the same table.
-RULE_MODULE = "omnic.targets.{}_rules"
+RULE_MODULE = "omnic.targets.{}.rules"
 
 
 def _load_rule_modules(targets: Iterable[str]) -> None:

@@ -1,7 +1,7 @@
 """Every tensor of the components other than the decoder, and their prompt token counts (torch-free).
 
 `component_tensors(spec)` lists, per component id, the tensors of the module that
-`omnic.compiler.build.components.build_components` builds: names equal the module's state_dict
+`omnic.model.components.build_components` builds: names equal the module's state_dict
 keys exactly and in order (a test asserts it), so the memory plan, quantization overrides
 (`match: {role: vision}`) and every target agree on them without importing torch.
 """

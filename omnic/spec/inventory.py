@@ -1,7 +1,7 @@
 """Every tensor a spec's model has: canonical name, shape, role, layer (torch-free).
 
 The builder, importers, the memory plan, quantization and every target agree on these names;
-`omnic.compiler.build` asserts that the torch model's state dict has exactly this inventory.
+`omnic.model` asserts that the torch model's state dict has exactly this inventory.
 """
 
 from __future__ import annotations

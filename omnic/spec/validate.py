@@ -339,7 +339,7 @@ def _semantic(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, s
 
 
 def _modality_checks(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, str, str]]:
-    """Shapes the encoders' modules cannot be built with (omnic/compiler/build/encoders/)."""
+    """Shapes the encoders' modules cannot be built with (omnic/model/encoders/)."""
     from omnic.importers import hf_encoders
     from omnic.importers.hf import UnsupportedModel
 

@@ -17,12 +17,14 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from omnic.runtime.runner import ComponentRunner, Runner  # noqa: F401  (part of the interface)
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
 
-    from omnic.compiler.program import Program
+    from omnic.passes.program import Program
     from omnic.spec import ResolvedSpec
 
 
@@ -58,27 +60,6 @@ class Artifact:
 
 class NotRunnable(Exception):
     """This host cannot execute the artifact (for example Core ML off macOS)."""
-
-
-class Runner(Protocol):
-    """A loaded artifact: feed tokens, get logits. Position advances with every call."""
-
-    def reset(self) -> None:
-        """Forget the KV cache; the next call starts at position 0."""
-
-    def forward(self, tokens: "np.ndarray") -> "np.ndarray":
-        """Append int64 tokens [T] at the current position; return float32 logits [T, vocab]."""
-
-
-class ComponentRunner(Protocol):
-    """A loaded component artifact (encoder, projector, head): one tensor in, one tensor out.
-
-    `target.load(artifact, build_dir)` returns one for an artifact whose `component` is not the
-    decoder (see omnic/compiler/build/components.py for each component's I/O).
-    """
-
-    def run(self, x: "np.ndarray") -> "np.ndarray":
-        """float32 input of the component's static shape (batch 1) -> float32 output."""
 
 
 class Target(Protocol):

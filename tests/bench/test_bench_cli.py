@@ -69,7 +69,7 @@ def test_ceiling_from_bandwidth_and_bytes(bench_run, tiny_build):
 
 def test_decode_rate_matches_a_direct_timing(bench_run, tiny_build, monkeypatch):
     """The same artifact timed here, in-process: the bench's tokens/s is tokens per second."""
-    from omnic.compiler.build_runner import open_build_runner
+    from omnic.compiler.artifact_runner import open_build_runner
 
     monkeypatch.setenv("OMNIC_THREADS", str(THREADS))
     runner = open_build_runner(tiny_build.dir, "gguf")

@@ -129,7 +129,7 @@ class TorchInt8Target:
                          precision=self.precision, reference_weights=reference)]
 
     def load(self, artifact: Artifact, build_dir: Path):
-        from omnic.compiler.build import Decoder, DecoderConfig
+        from omnic.model import Decoder, DecoderConfig
         from omnic.runtime.torch_runner import TorchRunner
 
         blob = torch.load(build_dir / artifact.path, weights_only=True)

@@ -1,4 +1,4 @@
-"""The lazily dequantized quantization-exact reference (omnic/compiler/golden/lazy.py).
+"""The lazily dequantized quantization-exact reference (omnic/runtime/lazy_weights.py).
 
 The independent reference is an eager copy of the decoder with the same dequantized weights
 loaded through `load_state_dict`: both must give bit-identical logits (the same float32 weights,
@@ -14,8 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from omnic.compiler.build import build_model  # noqa: E402
-from omnic.compiler.golden.lazy import LazyWeights, lazy_reference_model  # noqa: E402
+from omnic.model import build_model  # noqa: E402
+from omnic.runtime.lazy_weights import LazyWeights, lazy_reference_model  # noqa: E402
 from omnic.quant.reference import fake_quantize  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from omnic.cli.main import main
-from omnic.compiler.golden import summary
+from omnic.golden import summary
 
 
 def test_golden_update_round_trip(tiny_spec_file, tmp_path):

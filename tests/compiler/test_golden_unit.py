@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnic.compiler.golden import metrics as M
-from omnic.compiler.golden.check import ReferenceData, compare, run_greedy
-from omnic.compiler.golden.inputs import make_inputs
-from omnic.compiler.golden.tolerances import TABLE, ToleranceError, family, lookup
+from omnic.golden import metrics as M
+from omnic.golden.check import ReferenceData, compare, run_greedy
+from omnic.golden.inputs import make_inputs
+from omnic.golden.tolerances import TABLE, ToleranceError, family, lookup
 
 RNG = np.random.default_rng(7)
 
@@ -172,7 +172,7 @@ def test_nan_logits_fail():
 
 
 def test_golden_summary_catches_drift():
-    from omnic.compiler.golden import summary
+    from omnic.golden import summary
 
     base = summary.summarize_reference(REF)
     assert summary.compare_reference("fp32", base, summary.summarize_reference(REF)) == []

@@ -122,7 +122,7 @@ def test_verify_diff_and_inspect_do_not_import_torch():
     import sys
 
     code = ("import sys, omnic.cli.verify, omnic.cli.diff, omnic.cli.inspect, "
-            "omnic.compiler.golden.check, omnic.compiler.build_runner; "
+            "omnic.golden.check, omnic.compiler.artifact_runner; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

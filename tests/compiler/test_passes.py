@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnic.compiler.passes import (
+from omnic.passes import (
     DEFAULT,
     PassError,
     PassResult,
@@ -15,12 +15,12 @@ from omnic.compiler.passes import (
     registered_passes,
     run_passes,
 )
-from omnic.compiler.program import Program
+from omnic.passes.program import Program
 
 
 @pytest.fixture(scope="module")
 def program(tiny_spec_file):
-    from omnic.compiler.build import build_model
+    from omnic.model import build_model
     from omnic.spec.validate import load_resolved
 
     path = tiny_spec_file("passes", {"quantization": {

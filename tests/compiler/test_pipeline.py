@@ -58,7 +58,7 @@ def test_golden_reference_matches_an_independent_rerun(build_a, spec_a):
     """The saved fp32 reference is what a freshly built model computes on the saved inputs."""
     import torch
 
-    from omnic.compiler.build import build_model
+    from omnic.model import build_model
     from omnic.spec.validate import load_resolved
 
     g = np.load(build_a.out_dir / "golden" / "inputs.npz")
@@ -172,7 +172,7 @@ def test_verify_reports_not_run(build_a, monkeypatch, capsys):
 
 
 def test_build_runner_opens_an_artifact_from_the_manifest(build_a):
-    from omnic.compiler.build_runner import BuildError, open_build_runner
+    from omnic.compiler.artifact_runner import BuildError, open_build_runner
 
     inputs = np.load(build_a.out_dir / "golden" / "inputs.npz")["prompts"]
     ref = np.load(build_a.out_dir / "golden" / "fp32.npz")["logits"]

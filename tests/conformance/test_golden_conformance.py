@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omnic.compiler.golden import summary
+from omnic.golden import summary
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnic.compiler.build.components import build_components
+from omnic.model.components import build_components
 from omnic.constants import Components
 from omnic.importers.hf_encoders import EncoderMismatch
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from omnic.cli.main import main as omnic_main
-from omnic.compiler.build import build_model
+from omnic.model import build_model
 from omnic.runtime.generate import greedy
 from omnic.runtime.torch_runner import TorchRunner
 from omnic.spec.validate import load_resolved

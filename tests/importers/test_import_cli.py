@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from omnic.cli.main import main as omnic_main
-from omnic.compiler.build import build_model
+from omnic.model import build_model
 from omnic.spec.validate import load_resolved
 
 from hf_checkpoints import COMMON, make_checkpoint
@@ -108,7 +108,7 @@ def test_mixtral_fused_expert_layout(tmp_path, checkpoints):
 def test_unknown_checkpoint_tensor_is_an_error(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from omnic.compiler.build import WeightError
+    from omnic.model import WeightError
 
     d = make_checkpoint("qwen3", tmp_path)
     sd = load_file(d / "model.safetensors")

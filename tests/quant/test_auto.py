@@ -76,8 +76,8 @@ def test_choose_measures_kld_like_an_independent_torch_run(tiny_spec_file):
 
     import numpy as np
 
-    from omnic.compiler.build import build_model
-    from omnic.compiler.golden.inputs import inputs_for_spec
+    from omnic.model import build_model
+    from omnic.golden.inputs import inputs_for_spec
     from omnic.presets import store
     from omnic.quant.reference import fake_quantize
     from omnic.quant.select import tensor_schemes

@@ -45,8 +45,8 @@ def make_spec(model: dict, quant: dict, targets: dict) -> ResolvedSpec:
 
 def lower(spec: ResolvedSpec, target: str, out: Path) -> Any:
     pytest.importorskip("torch")
-    from omnic.compiler.build import build_model
-    from omnic.compiler.program import Program
+    from omnic.model import build_model
+    from omnic.passes.program import Program
     from omnic.targets.base import get_target
 
     program = Program(spec, Path("."), build_model(spec, Path(".")))
@@ -127,9 +127,9 @@ def test_onnx_records_are_what_explain_says(tmp_path):
 # -- ExecuTorch ------------------------------------------------------------------------------
 def test_executorch_forms_are_what_explain_says():
     pytest.importorskip("torchao")
-    from omnic.compiler.build import build_model
+    from omnic.model import build_model
     from omnic.quant.select import tensor_schemes
-    from omnic.targets.executorch_quant import quantize_decoder
+    from omnic.targets.executorch.quant import quantize_decoder
 
     quant = {**QUANT, "overrides": QUANT["overrides"][:1]}  # XNNPACK: int8 per channel only
     spec = make_spec(TINY, quant, {"executorch": {}})

@@ -145,7 +145,7 @@ def test_xnnpack_grid_codes_are_torchao_quantize_affine():
 
 
 def test_xnnpack_grid_is_what_the_executorch_target_stores():
-    from omnic.targets.executorch_quant import _xnnpack_int4
+    from omnic.targets.executorch.quant import _xnnpack_int4
 
     w = weights()
     codes, scale = _xnnpack_int4(w, 32)

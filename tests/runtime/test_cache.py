@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnic.compiler.build import build_model
+from omnic.model import build_model
 from omnic.runtime.generate import greedy
 from omnic.runtime.torch_runner import TorchRunner
 

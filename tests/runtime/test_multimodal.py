@@ -94,7 +94,7 @@ def test_splice_and_checks():
      "sliding_window": {"size": 4, "layers": "even"}},
 ])
 def test_embeds_entries_equal_token_entries(make_spec, model):
-    from omnic.compiler.build import build_model
+    from omnic.model import build_model
 
     d = build_model(make_spec(model), Path("."))
     ids = torch.tensor([[256, 3, 77, 120, 9, 41, 200]])
@@ -195,7 +195,7 @@ def test_onnx_equals_reference(build, given):
 def test_the_inputs_reach_the_decoder(build):
     """Another image changes every logit from the image on, none before it; and the text
     decoder (model.onnx, token ids) agrees with embedding.onnx + text.onnx before the image."""
-    from omnic.compiler.build_runner import open_build_runner
+    from omnic.compiler.artifact_runner import open_build_runner
 
     spec = build["spec"]
     tok = ByteTokenizer(spec.model.vocab_size)
@@ -219,7 +219,7 @@ def test_missing_embeds_decoder_is_reported(build, tmp_path):
     import json
     import shutil
 
-    from omnic.compiler.build_runner import BuildError
+    from omnic.compiler.artifact_runner import BuildError
 
     copy = tmp_path / "b"
     shutil.copytree(build["dir"], copy)

@@ -57,7 +57,7 @@ def test_torch_tensor_from_safetensors_is_released(tmp_path):
     pytest.importorskip("safetensors")
     from safetensors.torch import save_file
 
-    from omnic.compiler.build.weights import read_safetensors
+    from omnic.importers.checkpoint import read_safetensors
 
     want = torch.randn(1024, 1024)
     save_file({"w": want}, str(tmp_path / "w.safetensors"))

@@ -110,7 +110,7 @@ def test_target_rule_modules_are_loaded_by_validation(tmp_path):
     loaded, targets = out.stdout.split(" ", 1)
     import importlib.util
 
-    exists = importlib.util.find_spec("omnic.targets.coreml_rules") is not None
+    exists = importlib.util.find_spec("omnic.targets.coreml.rules") is not None
     assert loaded == str(exists)
 
 

@@ -76,7 +76,7 @@ def mm_fault_build(mm_spec, tmp_path_factory):
 @pytest.fixture(scope="session")
 def torch_components(mm_build):
     """The components rebuilt from the manifest's resolved spec (independent of the build)."""
-    from omnic.compiler.build.components import build_components
+    from omnic.model.components import build_components
     from omnic.spec import ResolvedSpec
 
     spec = ResolvedSpec.model_validate(mm_build.manifest.spec)
@@ -124,7 +124,7 @@ def _run_directly(build_dir: Path, entry, x: np.ndarray, module) -> np.ndarray:
 
 def _inputs(component, build_dir: Path) -> np.ndarray:
     """The two golden inputs: the first must be the builder's example input itself."""
-    from omnic.compiler.golden.store import load_npz
+    from omnic.golden.store import load_npz
 
     saved = load_npz(build_dir / "golden" / "components" / f"{component.name}.npz")["inputs"]
     assert saved.shape[0] == 2
@@ -184,8 +184,8 @@ def test_component_golden_confirmed_independently(mm_build, torch_components, ta
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_coreml_component_structure_checked_not_run(mm_build, component) -> None:
-    from omnic.compiler.build_runner import artifact_from_entry
-    from omnic.targets.coreml_component import structural_check
+    from omnic.compiler.artifact_runner import artifact_from_entry
+    from omnic.targets.coreml.components import structural_check
 
     entry = _entry(mm_build.manifest, "coreml", component)
     assert entry.golden.status == "not_run" and "needs macOS" in entry.golden.reason

@@ -92,7 +92,7 @@ def test_moe_and_sliding_window_are_accepted():
 
 
 def test_lower_refuses_what_check_refuses(tmp_path):
-    from omnic.compiler.program import Program
+    from omnic.passes.program import Program
 
     bad = spec({"deployment_target": "iOS17"}, INT4, device={"os_version": "17"})
     with pytest.raises(ValueError, match="coreml cannot take this spec"):

@@ -43,8 +43,8 @@ def tiny_spec(model: dict | None = None, quantization: dict | None = None,
 
 
 def lower(spec: ResolvedSpec, build: Path):
-    from omnic.compiler.build import build_model
-    from omnic.compiler.program import Program
+    from omnic.model import build_model
+    from omnic.passes.program import Program
     from omnic.targets.base import get_target
 
     torch.set_num_threads(1)
@@ -82,7 +82,7 @@ def ops_of(program, op_type: str) -> list:
 
 
 def test_package_structure_conforms(built):
-    from omnic.targets.coreml import structural_check
+    from omnic.targets.coreml.target import structural_check
 
     spec, _, build, artifact = built
     package = build / artifact.path
@@ -186,7 +186,7 @@ def test_reference_weights_are_what_coreml_stores(built):
 
 
 def test_structural_check_fails_on_wrong_expectations(built):
-    from omnic.targets.coreml import structural_check
+    from omnic.targets.coreml.target import structural_check
 
     spec, _, build, artifact = built
     longer = spec.model_copy(update={
@@ -243,7 +243,7 @@ def test_lowering_is_deterministic(built, tmp_path):
 def test_moe_sliding_window_fp32_compute(tmp_path):
     """MoE (dense top-k routing), Gemma-2 style sliding window on even layers, soft-caps and
     qk-norm all convert; fp32 compute keeps fp32 weights (no reference weights needed)."""
-    from omnic.targets.coreml import structural_check
+    from omnic.targets.coreml.target import structural_check
 
     spec = tiny_spec(model={"moe": {"experts": 4, "top_k": 2},
                             "sliding_window": {"size": 8, "layers": "even"},

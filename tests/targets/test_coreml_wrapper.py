@@ -35,7 +35,7 @@ def tiny_spec(**model) -> ResolvedSpec:
 
 @pytest.fixture(scope="module")
 def decoder():
-    from omnic.compiler.build import build_model
+    from omnic.model import build_model
 
     torch.manual_seed(0)
     return build_model(tiny_spec(), Path("."))
@@ -75,7 +75,7 @@ def max_err(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def test_wrapper_with_fp32_buffers_is_the_reference(decoder):
-    from omnic.targets.coreml_convert import make_wrapper
+    from omnic.targets.coreml.convert import make_wrapper
 
     ref = reference_logits(decoder)
     wrapper = make_wrapper(decoder, cache_dtype=torch.float32)
@@ -95,7 +95,7 @@ def test_wrapper_with_fp32_buffers_is_the_reference(decoder):
 
 def test_exported_program_with_fp16_state_matches_the_reference(decoder):
     """The exact program ct.convert receives (fp16 KV buffers, dynamic T) against fp32."""
-    from omnic.targets.coreml_convert import export, make_wrapper
+    from omnic.targets.coreml.convert import export, make_wrapper
 
     ref = reference_logits(decoder)
     exported = export(make_wrapper(decoder), decoder.config.context_length)
@@ -121,7 +121,7 @@ def test_exported_program_with_fp16_state_matches_the_reference(decoder):
 
 
 def test_wrapper_leaves_the_decoder_untouched(decoder):
-    from omnic.targets.coreml_convert import make_wrapper
+    from omnic.targets.coreml.convert import make_wrapper
 
     before = {k: v.clone() for k, v in decoder.state_dict().items()}
     run_stateful(make_wrapper(decoder))

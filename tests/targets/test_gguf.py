@@ -3,7 +3,7 @@
 References: the PyTorch decoder (`TorchRunner`) with the fp32 weights, and the same decoder with
 the artifact's `reference_weights` (the weights as stored, dequantized by gguf-py's reader) for
 quantized files; llama.cpp's own quantizer for the block bytes; omnic's tokenizer for token ids.
-Tolerances (see omnic/compiler/golden/tolerances.py for their sources): fp32 logits within
+Tolerances (see omnic/golden/tolerances.py for their sources): fp32 logits within
 1e-4 + 1e-4 * max|logit|; quantized runs within NMSE 5e-3 of their exact reference (llama.cpp
 quantizes activations to 8 bits inside quantized matmuls).
 """
@@ -20,8 +20,8 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 
-from omnic.compiler.build import build_model  # noqa: E402
-from omnic.compiler.program import Program  # noqa: E402
+from omnic.model import build_model  # noqa: E402
+from omnic.passes.program import Program  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
@@ -152,7 +152,7 @@ def test_reset_starts_again_at_position_zero(builds, runners) -> None:
 
 def test_metadata_carries_spec_provenance(builds) -> None:
     from omnic.compiler.manifest import spec_sha256
-    from omnic.targets.gguf_write import metadata, provenance
+    from omnic.targets.gguf.write import metadata, provenance
 
     spec, artifact, build = builds.compile("llama", {}, "F32")
     path = build / artifact.path
@@ -182,11 +182,11 @@ def test_byte_tokenizer_tokenizes_like_omnic(builds, runners) -> None:
 
 def test_llama_cpp_warnings_are_caught(builds, tmp_path) -> None:
     """The runner's log capture sees a warning llama.cpp emits (a BPE vocab without pre-tokenizer)."""
-    from omnic.targets import gguf_write
-    from omnic.targets.gguf_arch import plan_arch, tensor_plan
-    from omnic.targets.gguf_quant import plan_types
-    from omnic.targets.gguf_runtime import LlamaCppRunner
-    from omnic.targets.gguf_tokenizer import vocab_for
+    from omnic.targets.gguf import write as gguf_write
+    from omnic.targets.gguf.arch import plan_arch, tensor_plan
+    from omnic.targets.gguf.quant import plan_types
+    from omnic.targets.gguf.runtime import LlamaCppRunner
+    from omnic.targets.gguf.tokenizer import vocab_for
 
     spec = make_spec()
     decoder = builds.decoder("llama", {})
@@ -257,7 +257,7 @@ def test_block_bytes_equal_llama_cpp_quantizer(builds, tmp_path, file_type: str,
     _, f32, f32_build = builds.compile("llama", {}, "F32")
     _, ours, build = builds.compile("llama", {}, file_type)
     theirs = tmp_path / "llama-quantize.gguf"
-    from omnic.targets.gguf_runtime import capture_llama_log
+    from omnic.targets.gguf.runtime import capture_llama_log
 
     with capture_llama_log():
         _llama_quantize(f32_build / f32.path, theirs, ftype)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from omnic.spec import ResolvedSpec
-from omnic.targets.gguf import GgufTarget
-from omnic.targets.gguf_arch import (
+from omnic.targets.gguf.target import GgufTarget
+from omnic.targets.gguf.arch import (
     GGUF_NAMES, from_gguf, plan_arch, tensor_plan, to_gguf,
 )
-from omnic.targets.gguf_quant import plan_types
+from omnic.targets.gguf.quant import plan_types
 
 gguf = pytest.importorskip("gguf")
 

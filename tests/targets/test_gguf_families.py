@@ -18,8 +18,8 @@ llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from omnic.compiler.build import build_model  # noqa: E402
-from omnic.compiler.program import Program  # noqa: E402
+from omnic.model import build_model  # noqa: E402
+from omnic.passes.program import Program  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402

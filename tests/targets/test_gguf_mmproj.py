@@ -4,7 +4,7 @@ References: the torch `vision_encoder` module omnic builds (an independent imple
 tower and projector, checked against transformers in tests/build), on the component golden
 inputs; and, for llama.cpp's own image path, omnic's normalisation (x / 255 - mean) / std of the
 same 8-bit image. Tolerance: the ("gguf", "mmproj_f32"/"mmproj_f16") rows of
-omnic/compiler/golden/tolerances.py COMPONENT_TABLE (ggml's fp16-table GELU sets the floor).
+omnic/golden/tolerances.py COMPONENT_TABLE (ggml's fp16-table GELU sets the floor).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from omnic.compiler.build import build_model  # noqa: E402
-from omnic.compiler.build.components import build_components  # noqa: E402
-from omnic.compiler.golden.components import golden_inputs, judge, reference  # noqa: E402
-from omnic.compiler.golden.tolerances import lookup_component  # noqa: E402
-from omnic.compiler.program import Program  # noqa: E402
+from omnic.model import build_model  # noqa: E402
+from omnic.model.components import build_components  # noqa: E402
+from omnic.golden.components import golden_inputs, judge, reference  # noqa: E402
+from omnic.golden.tolerances import lookup_component  # noqa: E402
+from omnic.passes.program import Program  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
 from omnic.targets import gguf_mmproj  # noqa: E402
 from omnic.targets.base import get_target  # noqa: E402

@@ -77,8 +77,8 @@ def _sentencepiece_style(out: Path) -> Path:
 def _compile(tok_dir: Path, build: Path) -> Path:
     import torch  # noqa: F401 - the builder
 
-    from omnic.compiler.build import build_model
-    from omnic.compiler.program import Program
+    from omnic.model import build_model
+    from omnic.passes.program import Program
     from omnic.targets.base import get_target
 
     spec = ResolvedSpec.model_validate({
@@ -93,8 +93,8 @@ def _compile(tok_dir: Path, build: Path) -> Path:
 def test_llama_cpp_tokenizes_like_tokenizers(kind: str, tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    from omnic.targets.gguf_runtime import capture_llama_log, warnings_of
-    from omnic.targets.gguf_write import metadata
+    from omnic.targets.gguf.runtime import capture_llama_log, warnings_of
+    from omnic.targets.gguf.write import metadata
 
     make = _byte_level if kind == "byte_level" else _sentencepiece_style
     tok_dir = make(tmp_path / "tok")
@@ -124,7 +124,7 @@ def test_llama_cpp_tokenizes_like_tokenizers(kind: str, tmp_path: Path) -> None:
 def test_unknown_pre_tokenizer_is_refused(tmp_path: Path) -> None:
     import json
 
-    from omnic.targets.gguf_tokenizer import TokenizerError, hf_vocab
+    from omnic.targets.gguf.tokenizer import TokenizerError, hf_vocab
 
     tok_dir = _byte_level(tmp_path / "tok")
     data = json.loads((tok_dir / "tokenizer.json").read_text())

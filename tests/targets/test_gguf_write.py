@@ -15,12 +15,12 @@ import pytest
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from omnic.compiler.build import build_model  # noqa: E402
+from omnic.model import build_model  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
-from omnic.targets.gguf_arch import plan_arch, tensor_plan  # noqa: E402
-from omnic.targets.gguf_quant import plan_types  # noqa: E402
-from omnic.targets.gguf_tokenizer import vocab_for  # noqa: E402
-from omnic.targets.gguf_write import read_back, write_gguf  # noqa: E402
+from omnic.targets.gguf.arch import plan_arch, tensor_plan  # noqa: E402
+from omnic.targets.gguf.quant import plan_types  # noqa: E402
+from omnic.targets.gguf.tokenizer import vocab_for  # noqa: E402
+from omnic.targets.gguf.write import read_back, write_gguf  # noqa: E402
 
 DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
 MODEL = {"vocab_size": 512, "d_model": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
@@ -104,7 +104,7 @@ def test_row_chunked_conversion_is_gguf_py_whole_tensor_call(monkeypatch, type_n
     and values must be those of gguf-py's one call on the whole tensor."""
     from gguf import GGMLQuantizationType, quants
 
-    from omnic.targets import gguf_quant
+    from omnic.targets.gguf import quant as gguf_quant
 
     monkeypatch.setattr(gguf_quant, "CHUNK", 3 * 256)  # 3 rows of 256 per call: 7 calls
     w = np.random.default_rng(1).standard_normal((20, 256)).astype(np.float32)

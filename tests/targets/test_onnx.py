@@ -21,8 +21,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 torch = pytest.importorskip("torch")
 
-from omnic.compiler.build import build_model  # noqa: E402
-from omnic.compiler.program import Program  # noqa: E402
+from omnic.model import build_model  # noqa: E402
+from omnic.passes.program import Program  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
@@ -70,8 +70,8 @@ def _copy(model):
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
     """fp32, untied: one export, lowered three ways (fused, unfused, external data)."""
-    from omnic.targets import onnx as onnx_target
-    from omnic.targets.onnx_export import export_decoder
+    from omnic.targets.onnx import target as onnx_target
+    from omnic.targets.onnx.export import export_decoder
 
     spec = tiny_spec(tie=False)
     decoder = build_model(spec, Path("."))
@@ -92,7 +92,7 @@ def fp32(tmp_path_factory):
 def mixed(tmp_path_factory):
     """int4 g32 / int4 g16 asym / int8 per-channel tied embedding / fp16 / bf16, lowered twice
     with the default int8 compute and once with float32 compute ("exact")."""
-    from omnic.targets.onnx import OnnxTarget
+    from omnic.targets.onnx.target import OnnxTarget
 
     spec = tiny_spec(tie=True, quantization=MIXED)
     decoder = build_model(spec, Path("."))
@@ -210,7 +210,7 @@ def test_default_int8_compute_stays_within_the_int4_row(mixed):
     row of omnic's tolerance table (max-abs and NMSE), and the exact lowering's do not differ."""
     import onnx
 
-    from omnic.compiler.golden.tolerances import lookup
+    from omnic.golden.tolerances import lookup
 
     art, exact = mixed["artifact"], mixed["exact"]
     for folder, level in (("a", 4), ("exact", None)):
@@ -299,7 +299,7 @@ def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
 
 
 def test_genai_config_numbers(fp32):
-    from omnic.targets.onnx_genai import read_genai_config
+    from omnic.targets.onnx.genai import read_genai_config
 
     cfg = read_genai_config(fp32["root"] / "fused" / "onnx")
     dec = cfg["model"]["decoder"]

@@ -28,11 +28,13 @@ def test_embedding_onnx_storage(tmp_path, scheme, group):
     import onnx_ir as ir
     import onnxruntime as ort
 
-    from omnic.compiler.build import build_model
-    from omnic.compiler.program import Program
+    from omnic.model import build_model
+    from omnic.passes.program import Program
     from omnic.quant.reference import fake_quantize
-    from omnic.targets import onnx_export, onnx_multimodal, onnx_quant
-    from omnic.targets.onnx import OnnxTarget
+    from omnic.targets.onnx import export as onnx_export
+    from omnic.targets.onnx import multimodal as onnx_multimodal
+    from omnic.targets.onnx import quant as onnx_quant
+    from omnic.targets.onnx.target import OnnxTarget
 
     quant = {"weights": {"scheme": "int4", "group_size": 32},
              "overrides": [{"match": {"role": "embedding"}, "scheme": scheme,

@@ -54,7 +54,7 @@ def _nibbles(b):
     (8, 96, 32, False),
 ])
 def test_packing_is_bit_identical_to_onnxruntime_quantizer(bits, k, group, symmetric):
-    from omnic.targets.onnx_quant import pack_nbits
+    from omnic.targets.onnx.quant import pack_nbits
 
     w = np.random.default_rng(bits * k + group).standard_normal((24, k)).astype(np.float32)
     w[3, :group] = 0.0  # an all-zero block: scale 0
@@ -74,7 +74,7 @@ def test_packing_is_bit_identical_to_onnxruntime_quantizer(bits, k, group, symme
 
 def test_int8_symmetric_within_one_step_of_onnxruntime():
     """omnic's symmetric int8 keeps -127..127 (scale max|w|/127); onnxruntime uses m/-128."""
-    from omnic.targets.onnx_quant import pack_nbits, unpack_nbits
+    from omnic.targets.onnx.quant import pack_nbits, unpack_nbits
 
     w = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
     _, _, data, scales, _ = _ort_quantizer(w, 8, 32, True)
@@ -95,7 +95,7 @@ def test_unpack_matches_the_matmulnbits_kernel(bits, group, symmetric, k):
     from onnx import TensorProto, helper, numpy_helper
 
     from omnic.quant.reference import fake_quantize
-    from omnic.targets.onnx_quant import pack_nbits, unpack_nbits
+    from omnic.targets.onnx.quant import pack_nbits, unpack_nbits
 
     n = 40
     w = np.random.default_rng(1).standard_normal((n, k)).astype(np.float32)
@@ -174,7 +174,7 @@ def test_store_weights_on_a_hand_built_graph():
 
     from omnic.quant.reference import fake_quantize
     from omnic.quant.select import TensorScheme
-    from omnic.targets.onnx_quant import read_weights, store_weights, summary
+    from omnic.targets.onnx.quant import read_weights, store_weights, summary
 
     rng = np.random.default_rng(5)
     w, g, e = (rng.standard_normal(s).astype(np.float32) for s in ((24, 64), (24, 64), (50, 64)))
@@ -215,7 +215,7 @@ def test_store_weights_on_a_hand_built_graph():
 @pytest.mark.parametrize("bits,group,symmetric", [(4, 32, True), (4, 32, False), (8, None, True)])
 def test_packing_a_chunk_of_rows_at_a_time_gives_the_whole_matrix_bytes(monkeypatch, bits, group,
                                                                         symmetric):
-    from omnic.targets import onnx_quant as oq
+    from omnic.targets.onnx import quant as oq
 
     w = np.random.default_rng(3).standard_normal((37, 96)).astype(np.float32)
     whole = oq._pack_rows(w, bits, group, symmetric)

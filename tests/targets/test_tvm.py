@@ -9,7 +9,7 @@ Two builds per session (TVM compiles take ~30-60 s each on this machine):
 References: `TorchRunner` on the builder's decoder (fp32), and on a copy holding the artifact's
 `reference_weights` (int4). TVM computes the dequantization in float32 with the same operations
 as the numpy reference, so both comparisons use the fp32 row of the tolerance table
-(omnic/compiler/golden/tolerances.py: onnxruntime's checkers x10, atol 1e-4 + rtol 1e-4).
+(omnic/golden/tolerances.py: onnxruntime's checkers x10, atol 1e-4 + rtol 1e-4).
 The stored bytes are decoded here with an independent numpy reading of the documented layout.
 """
 
@@ -27,8 +27,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tvm")
 
-from omnic.compiler.build import build_model  # noqa: E402
-from omnic.compiler.program import Program  # noqa: E402
+from omnic.model import build_model  # noqa: E402
+from omnic.passes.program import Program  # noqa: E402
 from omnic.quant.reference import fake_quantize  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
@@ -165,7 +165,7 @@ def test_fp32_files_weights_and_histogram(fp32: Build) -> None:
 def test_thread_count_is_settable(fp32: Build) -> None:
     import tvm
 
-    from omnic.targets.tvm import set_threads
+    from omnic.targets.tvm.target import set_threads
 
     assert set_threads(1) == 1 == tvm.get_global_func("runtime.NumThreads")()
     r = fp32.target.load(fp32.artifact, fp32.root, num_threads=1)

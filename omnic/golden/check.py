@@ -1,0 +1,474 @@
+"""Golden conformance: run an artifact on its own runtime and compare it with two references.
+
+Nothing here knows any target: an artifact is opened with `target.load(artifact, build_dir)`
+(the Target interface) and driven through the Runner protocol (`reset`, `forward`). A target
+that stores weights other than fp32 hands over `artifact.reference_weights`; the rest is here.
+
+The two references, both PyTorch on the decoder the compiler built (never the program the
+targets lowered, so a fault planted in lowering cannot leak into a reference):
+- fp32: the built decoder;
+- quantization-exact: a copy with `artifact.reference_weights` loaded (the fp32 one when None).
+  Its weights must be a quantization of the fp32 weights (`weight_nmse`), so a target cannot
+  make a wrong tensor "exact" by reporting it as stored.
+
+Per case, every reference runs its own greedy decode of `decode_steps` tokens (the prompt in one
+call, then one token per call) and records its logits on that path. The runtime is first driven
+along the exact reference's path (teacher forcing, the same call pattern): every prompt and
+decode position is compared there. Where the runtime's argmax departs from the reference's
+greedy token, the reference's logits on the runtime's token at that very position are compared
+with its own choice: a departure between near-equal logits (gap within twice the error the runtime
+shows, capped at what the tolerance allows) is a tie, anything else fails. The runtime's own greedy continuation is then run to report
+how long it agrees. Because everything the runtime is compared with is a saved array, `omnic
+verify` re-runs the check later from the build's golden/ files alone, without torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from omnic.golden import metrics as M
+from omnic.golden.inputs import GoldenInputs
+from omnic.golden.store import load_npz, save_npz
+from omnic.golden.tolerances import Tolerance, ToleranceError, lookup
+from omnic.constants import GoldenStatus
+from omnic.runtime import pages
+
+if TYPE_CHECKING:
+    from omnic.targets.base import Artifact, Runner, Target
+
+GOLDEN_DIR = "golden"  # inside a build
+INPUTS_FILE = "inputs.npz"
+FP32_REFERENCE = "fp32"
+
+
+@dataclass
+class ReferenceData:
+    """What a reference did on the golden inputs; saved as golden/<name>.npz in the build."""
+
+    name: str  # "fp32" or "exact-<sha256 of the reference weights, 12 hex>"
+    tokens: np.ndarray  # int64 [cases, S]: this reference's greedy continuation
+    logits: np.ndarray  # float32 [cases, T+S-1, V]: its logits along prompt + tokens[:-1]
+    fp32_logits: np.ndarray  # fp32 model's logits along the same path
+    fp32_tokens: np.ndarray  # the fp32 model's own greedy continuation
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.npz"
+
+    def save(self, golden_dir: Path) -> None:
+        arrays = {"tokens": self.tokens, "logits": self.logits, "fp32_tokens": self.fp32_tokens}
+        if self.name != FP32_REFERENCE:  # the fp32 file would hold the same array twice
+            arrays["fp32_logits"] = self.fp32_logits
+        save_npz(golden_dir / self.filename, arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "ReferenceData":
+        a = load_npz(path)
+        return cls(path.stem, a["tokens"], a["logits"], a.get("fp32_logits", a["logits"]),
+                   a["fp32_tokens"])
+
+
+@dataclass
+class GoldenResult:
+    status: str  # GoldenStatus
+    reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reference: str | None = None  # build-relative path of the reference file
+    limits: dict[str, float] = field(default_factory=dict)
+
+
+class GoldenReferenceError(Exception):
+    """An artifact's reference_weights cannot be a quantization of the model."""
+
+
+# -- driving a runner ------------------------------------------------------------------------
+
+
+def _forward(runner: "Runner", tokens: np.ndarray, vocab: int) -> np.ndarray:
+    out = np.asarray(runner.forward(np.ascontiguousarray(tokens, dtype=np.int64)))
+    if out.shape != (len(tokens), vocab):
+        raise RuntimeError(f"forward returned logits of shape {list(out.shape)}, "
+                           f"expected {[len(tokens), vocab]}")
+    return out.astype(np.float32, copy=False)
+
+
+def run_greedy(runner: "Runner", prompt: np.ndarray, steps: int, vocab: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy decode: the prompt in one call, then one token per call.
+
+    Returns:
+        (tokens int64 [steps], logits float32 [T + steps - 1, vocab]) where logits row r is the
+        distribution after position r; tokens[i] = argmax(logits[T - 1 + i]).
+
+    The shared `omnic.runtime.generate.greedy` returns only the prompt logits; the decode-step
+    logits are needed here, so this loop keeps them (same call pattern, same tie-break).
+    """
+    runner.reset()
+    rows = [_forward(runner, prompt, vocab)]
+    tokens = [int(rows[-1][-1].argmax())]
+    for _ in range(steps - 1):
+        rows.append(_forward(runner, np.asarray([tokens[-1]]), vocab))
+        tokens.append(int(rows[-1][-1].argmax()))
+    return np.asarray(tokens, dtype=np.int64), np.concatenate(rows, axis=0)
+
+
+def run_forced(runner: "Runner", prompt: np.ndarray, continuation: np.ndarray, vocab: int
+               ) -> np.ndarray:
+    """Logits along prompt + continuation: the prompt in one call, then one token per call."""
+    runner.reset()
+    rows = [_forward(runner, prompt, vocab)]
+    for tok in continuation:
+        rows.append(_forward(runner, np.asarray([int(tok)]), vocab))
+    return np.concatenate(rows, axis=0)
+
+
+# -- references --------------------------------------------------------------------------------
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        _digest_update(h, name, weights[name])
+    return h.hexdigest()
+
+
+def _digest_update(h: Any, name: str, array: np.ndarray) -> None:
+    arr = np.ascontiguousarray(array, dtype=np.float32)
+    h.update(f"{name}:{list(arr.shape)}\n".encode())
+    h.update(arr)  # the buffer itself: tobytes() would copy every tensor first
+
+
+def reference_data(name: str, runner: "Runner", fp32_runner: "Runner", inputs: GoldenInputs,
+                   vocab: int, fp32: ReferenceData | None = None) -> ReferenceData:
+    """Run a reference runner (and the fp32 one along its path) over the golden inputs."""
+    S = inputs.decode_steps
+    toks, logits, fp32_logits = [], [], []
+    for c, prompt in enumerate(inputs.prompts):
+        t, lg = run_greedy(runner, prompt, S, vocab)
+        toks.append(t)
+        logits.append(lg)
+        if fp32 is not None and np.array_equal(t, fp32.tokens[c]):
+            fp32_logits.append(fp32.logits[c])  # same path: reuse instead of re-running
+        elif fp32 is not None:
+            fp32_logits.append(run_forced(fp32_runner, prompt, t[:-1], vocab))
+    tokens, logits_a = np.stack(toks), np.stack(logits)
+    if fp32 is None:  # this is the fp32 reference
+        return ReferenceData(name, tokens, logits_a, logits_a, tokens)
+    return ReferenceData(name, tokens, logits_a, np.stack(fp32_logits), fp32.tokens)
+
+
+# -- comparison --------------------------------------------------------------------------------
+
+
+def _where(row: int, T: int) -> str:
+    return f"prompt position {row}" if row < T else f"position {row} (decode step {row - T + 1})"
+
+
+def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tolerance
+            ) -> tuple[str, str | None, dict[str, float]]:
+    """Drive `runner` over the golden inputs and judge it against `ref` with `tol`.
+
+    Returns:
+        (status, reason, metrics); reason names each broken limit with its case and position.
+    """
+    T, S, V = inputs.prompt_tokens, inputs.decode_steps, ref.logits.shape[-1]
+    scale = float(np.abs(ref.logits).max())
+    abs_limit = tol.atol + tol.rtol * scale
+    violations: list[str] = []
+    top1_hits = top1_fp32_hits = rows_total = 0
+    kld_sum = ref_kld_sum = 0.0
+    greedy, greedy_fp32 = [], []
+    nmse_worst, cos_worst, abs_worst, kld_worst = (-1.0, ""), (2.0, ""), (-1.0, ""), (-1.0, "")
+
+    for c, prompt in enumerate(inputs.prompts):
+        exact, fp32 = ref.logits[c], ref.fp32_logits[c]
+        got = run_forced(runner, prompt, ref.tokens[c][:-1], V)
+        bad_rows = np.nonzero(~np.isfinite(got).all(axis=-1))[0]
+        if len(bad_rows):  # NaN compares false with every limit: fail it explicitly
+            violations.append(f"non-finite logits (NaN or inf) at case {c} "
+                              f"{_where(int(bad_rows[0]), T)}")
+            got = np.nan_to_num(got, nan=0.0, posinf=1e30, neginf=-1e30)
+        err = M.abs_err_rows(got, exact)
+        r = int(err.argmax())
+        if err[r] > abs_worst[0]:
+            abs_worst = (float(err[r]), f"case {c} {_where(r, T)}")
+        case_nmse = M.nmse(got, exact)
+        if case_nmse > nmse_worst[0]:
+            nmse_worst = (case_nmse, f"case {c}")
+        cos = M.cosine_rows(got, exact)
+        r = int(cos.argmin())
+        if cos[r] < cos_worst[0]:
+            cos_worst = (float(cos[r]), f"case {c} {_where(r, T)}")
+        top1_hits += int(M.top1_rows(got, exact).sum())
+        top1_fp32_hits += int(M.top1_rows(got, fp32).sum())
+        kl = M.kld_rows(fp32, got)
+        r = int(kl.argmax())
+        if kl[r] > kld_worst[0]:
+            kld_worst = (float(kl[r]), f"case {c} {_where(r, T)}")
+        kld_sum += float(kl.sum())
+        ref_kld_sum += float(M.kld_rows(fp32, exact).sum())
+        rows_total += got.shape[0]
+
+        # Greedy: where does the runtime's argmax leave the reference's greedy path?
+        chosen = got[T - 1:].argmax(axis=-1)
+        step = M.prefix_match(chosen, ref.tokens[c])
+        if step < S:
+            row = T - 1 + step
+            mine, theirs = int(chosen[step]), int(ref.tokens[c][step])
+            gap = float(exact[row, theirs] - exact[row, mine])
+            # Two logits closer than twice the error this runtime shows (capped at what the
+            # tolerance allows) may swap order legitimately; anything wider is a wrong choice.
+            tie = 2.0 * min(float(err.max()), abs_limit) + tol.atol
+            if gap > tie:
+                violations.append(
+                    f"greedy: case {c} generated token {step + 1} (logits of position {row}): "
+                    f"runtime chose token {mine}, the reference {theirs}, which it prefers by "
+                    f"{gap:.4g} logits (> tie tolerance {tie:.3g})"
+                )
+            own, _ = run_greedy(runner, prompt, S, V)  # the runtime's own continuation
+        else:
+            own = ref.tokens[c]
+        greedy.append(M.prefix_match(own, ref.tokens[c]) / S)
+        greedy_fp32.append(M.prefix_match(own, ref.fp32_tokens[c]) / S)
+
+    values = {
+        M.MAX_ABS: abs_worst[0], M.NMSE: nmse_worst[0], M.COSINE: cos_worst[0],
+        M.TOP1: top1_hits / rows_total, M.GREEDY_MATCH: float(np.mean(greedy)),
+        M.KLD: kld_sum / rows_total, M.TOP1_FP32: top1_fp32_hits / rows_total,
+        M.GREEDY_MATCH_FP32: float(np.mean(greedy_fp32)), M.REF_KLD: ref_kld_sum / rows_total,
+    }
+    checks = [
+        (M.MAX_ABS, values[M.MAX_ABS] > abs_limit, f"<= {abs_limit:.3g} (atol {tol.atol:g} + "
+         f"rtol {tol.rtol:g} x max|logit| {scale:.3g})", abs_worst[1], "exact"),
+        (M.NMSE, values[M.NMSE] > tol.nmse, f"<= {tol.nmse:g}", nmse_worst[1], "exact"),
+        (M.COSINE, values[M.COSINE] < tol.cosine, f">= {tol.cosine:g}", cos_worst[1], "exact"),
+        (M.TOP1, values[M.TOP1] < tol.top1, f">= {tol.top1:g}", "all positions", "exact"),
+        (M.KLD, values[M.KLD] > tol.kld, f"<= {tol.kld:g} (worst {kld_worst[0]:.3g} at "
+         f"{kld_worst[1]})", "mean over positions", "fp32"),
+        (M.TOP1_FP32, values[M.TOP1_FP32] < tol.top1_fp32, f">= {tol.top1_fp32:g}",
+         "all positions", "fp32"),
+    ]
+    exact_label = ("quantization-exact reference" if ref.name != FP32_REFERENCE
+                   else "reference (fp32 weights, as stored)")
+    broken = [
+        f"{name} {values[name]:.4g} (at {where}, vs the "
+        f"{exact_label if which == 'exact' else 'fp32 reference'}) breaks {limit}"
+        for name, bad, limit, where, which in checks if bad
+    ]
+    violations = broken + violations
+    if violations:
+        return GoldenStatus.FAILED, "; ".join(violations), values
+    return GoldenStatus.PASSED, None, values
+
+
+def judge(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tolerance,
+          reference_path: str) -> GoldenResult:
+    """`compare`, turning a runtime crash into a failed result instead of an exception."""
+    try:
+        status, reason, values = compare(runner, inputs, ref, tol)
+    except Exception as err:  # noqa: BLE001 - a crashing runtime is a failed artifact
+        return GoldenResult(GoldenStatus.FAILED, f"runtime error: {type(err).__name__}: {err}",
+                            reference=reference_path, limits=tol.limits())
+    return GoldenResult(status, reason, values, reference_path, tol.limits())
+
+
+def load_runner(target: "Target", artifact: "Artifact", build_dir: Path
+                ) -> tuple["Runner | None", GoldenResult | None]:
+    """`target.load`, mapping NotRunnable to not_run and any other error to failed."""
+    from omnic.targets.base import NotRunnable
+
+    try:
+        return target.load(artifact, build_dir), None
+    except NotRunnable as err:
+        return None, GoldenResult(GoldenStatus.NOT_RUN, str(err) or "not runnable on this host")
+    except Exception as err:  # noqa: BLE001
+        return None, GoldenResult(GoldenStatus.FAILED,
+                                  f"could not load: {type(err).__name__}: {err}")
+
+
+class GoldenSession:
+    """Compile-time golden checks: owns the references built from the true decoder.
+
+    Args:
+        decoder: the decoder the compiler built (fp32, never the lowered/faulted program's).
+        inputs: the golden inputs.
+        build_dir: the build being written; references are saved to build_dir/golden/.
+        overrides: the spec's golden.tolerances.
+    """
+
+    def __init__(self, decoder: Any, inputs: GoldenInputs, build_dir: Path,
+                 overrides: Mapping[str, float] | None = None):
+        self.decoder = decoder
+        self.inputs = inputs
+        self.build_dir = build_dir
+        self.overrides = dict(overrides or {})
+        self.vocab = int(decoder.config.vocab_size) if hasattr(decoder, "config") else None
+        self._refs: dict[str, ReferenceData] = {}
+        self._fp32_runner = None
+        self.golden_dir = build_dir / GOLDEN_DIR
+        save_npz(self.golden_dir / INPUTS_FILE, {
+            "prompts": inputs.prompts, "decode_steps": np.asarray(inputs.decode_steps),
+            "seed": np.asarray(inputs.seed)})
+
+    def _runner(self, decoder: Any) -> "Runner":
+        from omnic.runtime.torch_runner import TorchRunner
+
+        # a cache as long as the golden paths, not the model's context: the same numbers up to
+        # float rounding (1.8e-7, tests/runtime/test_cache.py), and
+        # not 2 x layers x context_length x kv width of zeros per reference (0.8 GB at 0.5B)
+        positions = int(np.asarray(self.inputs.prompts).shape[1]) + self.inputs.decode_steps
+        return TorchRunner(decoder, positions=positions)
+
+    def _vocab(self) -> int:
+        if self.vocab is None:
+            self.vocab = int(self.decoder.state_dict()["embed.weight"].shape[0])
+        return self.vocab
+
+    def fp32(self) -> ReferenceData:
+        if FP32_REFERENCE not in self._refs:
+            self._fp32_runner = self._runner(self.decoder)
+            with pages.released_after_each_block(self.decoder):
+                ref = reference_data(FP32_REFERENCE, self._fp32_runner, self._fp32_runner,
+                                     self.inputs, self._vocab())
+            ref.save(self.golden_dir)
+            self._refs[FP32_REFERENCE] = ref
+        return self._refs[FP32_REFERENCE]
+
+    def reference_for(self, artifact: "Artifact", tol: Tolerance) -> ReferenceData:
+        """The quantization-exact reference of an artifact (the fp32 one when it stores fp32)."""
+        fp32 = self.fp32()
+        weights = artifact.reference_weights
+        if not weights:
+            return fp32
+        import torch
+
+        state = self.decoder.state_dict()
+        unknown = sorted(set(weights) - set(state))
+        if unknown:
+            raise GoldenReferenceError(
+                f"reference_weights name tensors the decoder does not have: {unknown[:5]}")
+        digest = hashlib.sha256()  # weights_digest, in the same pass: a lazily dequantized
+        for name in sorted(weights):  # tensor is then dequantized once here, not twice
+            w = np.asarray(weights[name], dtype=np.float32)
+            _digest_update(digest, name, w)
+            true = state[name].detach().float().numpy()
+            if w.shape != true.shape:
+                raise GoldenReferenceError(
+                    f"reference_weights[{name}] has shape {list(w.shape)}, the model "
+                    f"{list(true.shape)}")
+            err = _weight_nmse(w, true)
+            pages.release([true])  # a memory-mapped checkpoint's pages: read once here
+            if not err <= tol.weight_nmse:
+                raise GoldenReferenceError(
+                    f"reference_weights[{name}] is not a quantization of the model's tensor: "
+                    f"nmse {err:.3g} against the fp32 weights > weight_nmse {tol.weight_nmse:g}")
+        name = "exact-" + digest.hexdigest()[:12]
+        if name not in self._refs:
+            model = with_weights(self.decoder, weights)
+            if model is None:  # a name that is not a parameter: the general (copying) path
+                model = copy.deepcopy(self.decoder)
+                merged = {k: (torch.from_numpy(np.asarray(weights[k], dtype=np.float32).copy())
+                              if k in weights else v) for k, v in state.items()}
+                model.load_state_dict(merged, strict=True)
+            with pages.released_after_each_block(self.decoder):  # its forced fp32 runs
+                ref = reference_data(name, self._runner(model), self._fp32_runner, self.inputs,
+                                     self._vocab(), fp32=fp32)
+            del model
+            ref.save(self.golden_dir)
+            self._refs[name] = ref
+        return self._refs[name]
+
+    def check(self, target: "Target", artifact: "Artifact") -> GoldenResult:
+        """Load the artifact on its runtime and judge it. Never raises for a bad artifact."""
+        try:
+            tol = lookup(artifact.target, artifact.precision, self.overrides)
+        except ToleranceError as err:
+            return GoldenResult(GoldenStatus.FAILED, str(err))
+        try:
+            ref = self.reference_for(artifact, tol)
+        except GoldenReferenceError as err:
+            return GoldenResult(GoldenStatus.FAILED, str(err), limits=tol.limits())
+        ref_path = f"{GOLDEN_DIR}/{ref.filename}"
+        runner, early = load_runner(target, artifact, self.build_dir)
+        if early is not None:
+            early.reference, early.limits = ref_path, tol.limits()
+            return early
+        try:
+            return judge(runner, self.inputs, ref, tol, ref_path)
+        finally:
+            del runner
+
+
+_NMSE_CHUNK = 1 << 22  # elements; float64 temporaries of 32 MiB instead of 5 x the tensor
+
+
+def _weight_nmse(w: np.ndarray, true: np.ndarray) -> float:
+    """M.nmse of a weight tensor, in chunks when it is large: the float64 temporaries of the
+    whole-array form come to ~8 GB for Llama-3.2-1B's embedding (262 M values)."""
+    if w.size <= _NMSE_CHUNK:
+        return M.nmse(w, true)
+    a, r = w.reshape(-1), true.reshape(-1)
+    num = den = 0.0
+    for start in range(0, a.size, _NMSE_CHUNK):
+        x = a[start:start + _NMSE_CHUNK].astype(np.float64)
+        y = r[start:start + _NMSE_CHUNK].astype(np.float64)
+        den += float((y * y).sum())
+        num += float(((x - y) ** 2).sum())
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def with_weights(decoder: Any, weights: Mapping[str, Any]) -> Any:
+    """A copy of `decoder` whose parameters named in `weights` are those arrays, shared rather
+    than copied; its other parameters are the decoder's own objects (inference never writes
+    them) and only modules and buffers are duplicated. The exact reference then costs one set of
+    reference weights instead of a deep copy plus a copy of the weights (at 1B scale 5 GB
+    instead of 15 GB). None when a name in `weights` is not a parameter.
+    """
+    import torch
+
+    from omnic.runtime.lazy_weights import EAGER_BYTES, LazyWeights, lazy_reference_model
+
+    # weights dequantized on demand: only the running block in fp32, not a whole second copy
+    if isinstance(weights, LazyWeights) and (weights.nbytes is None
+                                             or weights.nbytes > EAGER_BYTES):
+        return lazy_reference_model(decoder, weights)
+    params = dict(decoder.named_parameters())  # tied tensors appear once, as in state_dict
+    if not set(weights) <= set(params):
+        return None
+    memo: dict[int, Any] = {}
+    for pname, p in params.items():
+        if pname in weights:
+            w = np.asarray(weights[pname], dtype=np.float32)
+            if not (w.flags.c_contiguous and w.flags.writeable):  # from_numpy needs both
+                w = np.array(w, dtype=np.float32, order="C")
+            memo[id(p)] = torch.nn.Parameter(torch.from_numpy(w), requires_grad=False)
+        else:
+            memo[id(p)] = p
+    return copy.deepcopy(decoder, memo)
+
+
+def load_inputs(build_dir: Path) -> GoldenInputs:
+    a = load_npz(build_dir / GOLDEN_DIR / INPUTS_FILE)
+    return GoldenInputs(a["prompts"], int(a["decode_steps"]), int(a["seed"]))
+
+
+def verify_artifact(target: "Target", artifact: "Artifact", build_dir: Path, reference: str,
+                    overrides: Mapping[str, float] | None = None) -> GoldenResult:
+    """Re-run one artifact's golden check from a build's saved golden/ files (no torch needed)."""
+    inputs = load_inputs(build_dir)
+    try:
+        tol = lookup(artifact.target, artifact.precision, overrides)
+    except ToleranceError as err:
+        return GoldenResult(GoldenStatus.FAILED, str(err))
+    ref = ReferenceData.load(build_dir / reference)
+    runner, early = load_runner(target, artifact, build_dir)
+    if early is not None:
+        early.reference, early.limits = reference, tol.limits()
+        return early
+    return judge(runner, inputs, ref, tol, reference)

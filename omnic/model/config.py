@@ -1,0 +1,102 @@
+"""The one place where the spec becomes plain numbers: `ResolvedSpec.model` -> `DecoderConfig`.
+
+Modules under `omnic/model/modules/` only ever see a `DecoderConfig` (or plain arguments
+taken from it), never a spec object (STYLE.md: "config never reaches into modules").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omnic.spec import Model
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Every number the decoder is built from; no spec objects inside."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    context_length: int
+    ffn_kind: str = "swiglu"  # swiglu | geglu | gelu
+    ffn_hidden: int = 256
+    norm_kind: str = "rmsnorm"  # rmsnorm | layernorm
+    norm_eps: float = 1e-5
+    norm_unit_offset: bool = False
+    rope_theta: float = 10000.0
+    # None, or a plain dict: {"kind": "linear"|"llama3"|"yarn", "factor": ..., ...}
+    rope_scaling: dict[str, Any] | None = None
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    sliding_layers: str = "all"  # all | even
+    moe_experts: int = 0  # 0: dense FFN
+    moe_top_k: int = 0
+    moe_shared_experts: int = 0
+    moe_shared_hidden: int | None = None
+    moe_normalize_top_k: bool = True
+    scale_embeddings: bool = False
+    post_norms: bool = False
+    attn_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+
+    @property
+    def scale(self) -> float:
+        """Attention score scale (1/sqrt(head_dim) unless given)."""
+        return self.attn_scale if self.attn_scale is not None else self.head_dim**-0.5
+
+    def window_of(self, layer: int) -> int | None:
+        """The sliding window of `layer`, or None when it attends globally."""
+        if self.sliding_window is None:
+            return None
+        if self.sliding_layers == "even" and layer % 2:
+            return None
+        return self.sliding_window
+
+
+def decoder_config(model: "Model") -> DecoderConfig:
+    """Plain numbers of a spec's `model` block (a resolved or an as-written `omnic.spec.Model`)."""
+    scaling = None
+    if model.rope.scaling is not None:
+        scaling = model.rope.scaling.model_dump()
+    sw = model.sliding_window
+    moe = model.moe
+    return DecoderConfig(
+        vocab_size=model.vocab_size,
+        d_model=model.d_model,
+        n_layers=model.n_layers,
+        n_heads=model.n_heads,
+        n_kv_heads=model.kv_heads,
+        head_dim=model.dim_per_head,
+        context_length=model.context_length,
+        ffn_kind=model.ffn.kind,
+        ffn_hidden=model.ffn.hidden,
+        norm_kind=model.norm.kind,
+        norm_eps=model.norm.eps,
+        norm_unit_offset=model.norm.unit_offset,
+        rope_theta=model.rope.theta,
+        rope_scaling=scaling,
+        tie_embeddings=model.tie_embeddings,
+        qkv_bias=model.qkv_bias,
+        qk_norm=model.qk_norm,
+        sliding_window=sw.size if sw else None,
+        sliding_layers=sw.layers if sw else "all",
+        moe_experts=moe.experts if moe else 0,
+        moe_top_k=moe.top_k if moe else 0,
+        moe_shared_experts=moe.shared_experts if moe else 0,
+        moe_shared_hidden=moe.shared_hidden if moe else None,
+        moe_normalize_top_k=moe.normalize_top_k if moe else True,
+        scale_embeddings=model.scale_embeddings,
+        post_norms=model.post_norms,
+        attn_scale=model.attn_scale,
+        attn_softcap=model.attn_softcap,
+        final_softcap=model.final_softcap,
+    )

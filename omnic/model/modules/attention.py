@@ -1,0 +1,71 @@
+"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), computed explicitly.
+
+Scores are an explicit matmul rather than `scaled_dot_product_attention` so that the Gemma 2
+soft-cap can sit between the scale and the mask, exactly where transformers' eager path has it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnic.model.modules.norm import RMSNorm
+from omnic.model.modules.rope import apply_rope
+
+
+class Attention(nn.Module):
+    """q/k/v/o projections, optional per-head q/k norms, RoPE, masked softmax attention."""
+
+    def __init__(
+        self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, qkv_bias: bool,
+        qk_norm: bool, norm_eps: float, unit_offset: bool, scale: float,
+        softcap: float | None, device=None,
+    ) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale, self.softcap = scale, softcap
+        self.q = nn.Linear(d_model, n_heads * head_dim, bias=qkv_bias, device=device)
+        self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
+        self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
+        self.o = nn.Linear(n_heads * head_dim, d_model, bias=False, device=device)
+        if qk_norm:  # RMSNorm whatever the model's norm kind (Qwen3, Gemma 3, OLMo 2 all do)
+            self.q_norm = RMSNorm(head_dim, norm_eps, unit_offset, device)
+            self.k_norm = RMSNorm(head_dim, norm_eps, unit_offset, device)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B,H,T,hd], k and v [B,KV,T,hd] with RoPE applied; cos/sin broadcast to [B,1,T,hd]."""
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k(x).view(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
+        return q, k, v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of q [B,H,T,hd] over k, v [B,KV,S,hd]; mask bool broadcastable to [B,H,T,S]."""
+        b, _, t, _ = q.shape
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:  # transformers' repeat_kv: query head h reads kv head h // rep
+            s = k.shape[2]
+            k = k[:, :, None].expand(b, self.n_kv_heads, rep, s, self.head_dim).reshape(b, self.n_heads, s, self.head_dim)
+            v = v[:, :, None].expand(b, self.n_kv_heads, rep, s, self.head_dim).reshape(b, self.n_heads, s, self.head_dim)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        # The lowest finite value, not -inf, as transformers does: a row with no visible key (a
+        # left-padding query) then softmaxes to finite numbers instead of NaN, which would leak
+        # into every later position through that row's keys and values.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        return self.o(out)

@@ -1,0 +1,259 @@
+"""The decoder: embedding, blocks, final norm, head; two export-ready entry points.
+
+`forward` keeps a static KV cache of `context_length` positions per layer, updated out of place
+with `index_copy` at `input_pos`; `forward_concat` takes and returns the growing cache of the
+Hugging Face / onnxruntime-genai layout. Both read the same weights and share every block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnic.model.config import DecoderConfig
+from omnic.model.modules.attention import Attention
+from omnic.model.modules.ffn import MoE, FeedForward
+from omnic.model.modules.norm import make_norm
+from omnic.model.modules.rope import Rope
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, with Gemma 2's optional post-attention/post-FFN norms."""
+
+    def __init__(self, c: DecoderConfig, layer: int, device=None) -> None:
+        super().__init__()
+        norm = lambda: make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)  # noqa: E731
+        self.window = c.window_of(layer)
+        self.attn_norm = norm()
+        self.attn = Attention(
+            c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm,
+            norm_eps=c.norm_eps, unit_offset=c.norm_unit_offset,
+            scale=c.scale, softcap=c.attn_softcap, device=device,
+        )
+        self.post_attn_norm = norm() if c.post_norms else None
+        self.ffn_norm = norm()
+        if c.moe_experts:
+            shared = (c.moe_shared_hidden or c.ffn_hidden) * c.moe_shared_experts
+            self.ffn = MoE(
+                c.d_model, c.ffn_hidden, c.ffn_kind, c.moe_experts, c.moe_top_k,
+                c.moe_normalize_top_k, shared or None, device,
+            )
+        else:
+            self.ffn = FeedForward(c.d_model, c.ffn_hidden, c.ffn_kind, device)
+        self.post_ffn_norm = norm() if c.post_norms else None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+        k_prev: torch.Tensor, v_prev: torch.Tensor, input_pos: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One block. With `input_pos` the cache is static (written at input_pos), else it grows."""
+        q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
+        if input_pos is not None:
+            k_all = k_prev.index_copy(2, input_pos, k.to(k_prev.dtype))
+            v_all = v_prev.index_copy(2, input_pos, v.to(v_prev.dtype))
+        else:
+            k_all = torch.cat((k_prev, k.to(k_prev.dtype)), dim=2)
+            v_all = torch.cat((v_prev, v.to(v_prev.dtype)), dim=2)
+        h = self.attn.attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm(h)
+        x = x + h
+        h = self.ffn(self.ffn_norm(x))
+        if self.post_ffn_norm is not None:
+            h = self.post_ffn_norm(h)
+        return x + h, k_all, v_all
+
+
+def _allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Bool [..., T, S]: key position k_pos visible from query position q_pos (causal, window)."""
+    diff = q_pos[..., :, None] - k_pos[..., None, :]
+    ok = diff >= 0
+    if window is not None:
+        ok = ok & (diff < window)  # the window counts the query itself: size tokens in all
+    return ok
+
+
+class Decoder(nn.Module):
+    """A decoder-only transformer. State dict keys are omnic's canonical tensor names."""
+
+    def __init__(self, config: DecoderConfig, device: torch.device | str | None = None) -> None:
+        """Args: config: the decoder's numbers; device: where parameters are allocated ("meta"
+        to allocate nothing; the rope tables and the embedding scale are always built on CPU)."""
+        super().__init__()
+        c = self.config = config
+        # _weight skips reset_parameters(): normal_() on meta tensors lazily imports torch._dynamo
+        self.embed = nn.Embedding(
+            c.vocab_size, c.d_model, _weight=torch.empty(c.vocab_size, c.d_model, device=device)
+        )
+        self.layers = nn.ModuleList(Block(c, i, device) for i in range(c.n_layers))
+        self.norm = make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False, device=device)
+        self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.context_length)
+        # Gemma multiplies embeddings by sqrt(d_model) cast to the activation dtype: a buffer that
+        # follows `.to(dtype)` reproduces that rounding.
+        # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/gemma2/modeling_gemma2.py
+        self.register_buffer(
+            "embed_scale", torch.tensor(c.d_model**0.5, dtype=torch.float32, device="cpu"), persistent=False
+        )
+        self._windows = list(dict.fromkeys(b.window for b in self.layers))  # distinct, in order
+
+    # -- shared pieces -------------------------------------------------------------------------
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        if self.config.scale_embeddings:
+            x = x * self.embed_scale.to(x.dtype)
+        return x
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.norm(x))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of final-normed hidden states."""
+        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        cap = self.config.final_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()
+
+    def _run(self, x, cos, sin, masks, past_k, past_v, input_pos, return_hidden=False):
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, masks[layer.window], past_k[i], past_v[i], input_pos)
+            new_k.append(k)
+            new_v.append(v)
+        if return_hidden:  # the embeds entries may also return the normed last hidden state
+            h = self.norm(x)
+            return self._logits(h), new_k, new_v, h.float()
+        return self._head(x), new_k, new_v
+
+    # -- entry points --------------------------------------------------------------------------
+    def forward(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, k_cache: list[torch.Tensor],
+        v_cache: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Static-cache step (prefill or decode).
+
+        Args:
+            tokens: int64 [B, T].
+            input_pos: int64 [T], the positions of `tokens` (also where the cache is written).
+            k_cache, v_cache: per layer [B, n_kv_heads, context_length, head_dim].
+
+        Returns:
+            float32 logits [B, T, vocab], and the updated caches (new tensors; inputs untouched).
+        """
+        x = self._embed(tokens)
+        cos, sin = self.rope.tables(input_pos)  # [T, hd], broadcasts over B and heads
+        k_pos = torch.arange(k_cache[0].shape[2], device=tokens.device)
+        masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
+        return self._run(x, cos, sin, masks, k_cache, v_cache, input_pos)
+
+    def forward_concat(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        past_k: list[torch.Tensor], past_v: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Growing-cache step in the Hugging Face / onnxruntime-genai layout.
+
+        Args:
+            input_ids: int64 [B, T].
+            attention_mask: int64 [B, P + T], 1 for real tokens (past and new), 0 for padding.
+            position_ids: int64 [B, T].
+            past_k, past_v: per layer [B, n_kv_heads, P, head_dim] (P may be 0).
+
+        Returns:
+            float32 logits [B, T, vocab] and the present caches [B, n_kv_heads, P + T, head_dim].
+        """
+        x = self._embed(input_ids)
+        cos, sin = self.rope.tables(position_ids)  # [B, T, hd]
+        cos, sin = cos[:, None], sin[:, None]
+        t, s = input_ids.shape[1], attention_mask.shape[1]
+        k_idx = torch.arange(s, device=input_ids.device)
+        q_idx = k_idx[s - t :]  # the new tokens are the last T slots of the concatenated cache
+        keep = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+        masks = {w: _allowed(q_idx, k_idx, w)[None, None] & keep for w in self._windows}
+        return self._run(x, cos, sin, masks, past_k, past_v, None)
+
+    # -- embedding entries (multimodal) --------------------------------------------------------
+    # Encoders yield rows of decoder input embeddings; these entries take such rows in place of
+    # token ids. `embed_tokens` is the token half of the same input (scaled for Gemma like the
+    # token entries), so embed_tokens(ids) through an embeds entry equals the token entry.
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids: int64 [B, T] -> float [B, T, d_model]."""
+        return self._embed(tokens)
+
+    def forward_embeds(
+        self, inputs_embeds: torch.Tensor, input_pos: torch.Tensor, k_cache: list[torch.Tensor],
+        v_cache: list[torch.Tensor], return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`forward` on input embeddings [B, T, d_model] instead of token ids.
+
+        Returns:
+            logits [B, T, vocab], the updated caches, and with `return_hidden` also the last
+            hidden state [B, T, d_model] (after the final norm: what the head reads).
+        """
+        cos, sin = self.rope.tables(input_pos)
+        k_pos = torch.arange(k_cache[0].shape[2], device=inputs_embeds.device)
+        masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
+        return self._run(inputs_embeds, cos, sin, masks, k_cache, v_cache, input_pos,
+                         return_hidden)
+
+    def forward_concat_embeds(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+        position_ids: torch.Tensor, past_k: list[torch.Tensor], past_v: list[torch.Tensor],
+        return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`forward_concat` on input embeddings [B, T, d_model] instead of token ids.
+
+        Returns:
+            logits, the present caches, and with `return_hidden` the last hidden state (after
+            the final norm) [B, T, d_model].
+        """
+        cos, sin = self.rope.tables(position_ids)
+        cos, sin = cos[:, None], sin[:, None]
+        t, s = inputs_embeds.shape[1], attention_mask.shape[1]
+        k_idx = torch.arange(s, device=inputs_embeds.device)
+        q_idx = k_idx[s - t :]
+        keep = attention_mask.bool()[:, None, None, :]
+        masks = {w: _allowed(q_idx, k_idx, w)[None, None] & keep for w in self._windows}
+        return self._run(inputs_embeds, cos, sin, masks, past_k, past_v, None,
+                         return_hidden)
+
+    def concat_embeds_entry(self, return_hidden: bool = False) -> nn.Module:
+        """This decoder with `forward_concat_embeds` as its `forward`, for `torch.export`."""
+        view = self.concat_entry()
+        view.__class__ = _ConcatEmbedsView
+        view._return_hidden = bool(return_hidden)
+        return view
+
+    # -- helpers -------------------------------------------------------------------------------
+    def empty_cache(self, batch: int = 1, dtype: torch.dtype = torch.float32,
+                    length: int | None = None) -> tuple[list, list]:
+        """Zero static caches: per layer [batch, n_kv_heads, length, head_dim], `length`
+        defaulting to context_length (a shorter cache serves runs that never go past it)."""
+        c = self.config
+        shape = (batch, c.n_kv_heads, c.context_length if length is None else length, c.head_dim)
+        k = [torch.zeros(shape, dtype=dtype) for _ in range(c.n_layers)]
+        v = [torch.zeros(shape, dtype=dtype) for _ in range(c.n_layers)]
+        return k, v
+
+    def concat_entry(self) -> nn.Module:
+        """This decoder with `forward_concat` as its `forward`, for `torch.export`.
+
+        The view shares every parameter and keeps the canonical state-dict names (no prefix).
+        """
+        view = _ConcatView.__new__(_ConcatView)
+        view.__dict__ = dict(self.__dict__)
+        for slot in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+            view.__dict__[slot] = type(self.__dict__[slot])(self.__dict__[slot])
+        return view
+
+
+class _ConcatView(Decoder):
+    def forward(self, input_ids, attention_mask, position_ids, past_k, past_v):  # type: ignore[override]
+        return self.forward_concat(input_ids, attention_mask, position_ids, past_k, past_v)
+
+
+class _ConcatEmbedsView(Decoder):
+    def forward(self, inputs_embeds, attention_mask, position_ids, past_k, past_v):  # type: ignore[override]
+        return self.forward_concat_embeds(inputs_embeds, attention_mask, position_ids, past_k,
+                                          past_v, self._return_hidden)

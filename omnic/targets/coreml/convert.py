@@ -1,0 +1,206 @@
+"""Core ML lowering, step one: the stateful torch wrapper, torch.export and `ct.convert`.
+
+The omnic `Decoder` keeps its static KV cache outside the module and returns updated copies
+(`index_copy` at `input_pos`). Core ML wants the cache *inside* the model as state (iOS18
+`StateType`): coremltools turns every torch buffer that the exported program mutates into a
+Core ML state (`read_state` ... `coreml_update_state`).
+  ref: https://apple.github.io/coremltools/docs-guides/source/stateful-models.html
+`StatefulDecoder` does exactly that: one fp16 buffer per layer for keys and one for values, the
+decoder's out-of-place update copied back into them.
+
+I/O (batch 1):
+    input_ids  int32 [1, T]       the new tokens, 1 <= T <= context_length (prefill or decode)
+    input_pos  int32 [T]          their positions (where the cache is written, what they attend to)
+    logits     fp32  [1, T, vocab]
+    k_cache_{i}, v_cache_{i}      states fp16 [1, n_kv_heads, context_length, head_dim]
+
+The token count is a range (1..context_length) whose default shape is 1: Core ML runs a
+range-flexible model on the Neural Engine only at its default shape, so decode steps (T=1) can
+use the ANE while prefill runs on GPU/CPU. Enumerated shapes would put a few prefill lengths on
+the ANE too, but Core ML enumerates the shapes of one input only, and this model has two.
+  ref: https://developer.apple.com/forums/thread/724930 (Apple engineer on range flexibility)
+  ref: https://github.com/pytorch/executorch/issues/9632 (enumerated shapes: single input)
+
+`input_pos` instead of a `causal_mask` input: the decoder builds its causal / sliding-window mask
+from positions, so the mask cannot disagree with the cache slots written (coremltools' toy
+example passes a mask; the ExecuTorch Llama export passes `input_pos` as here).
+  ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/llama_transformer.py
+
+Core ML states are fp16 only (coremltools casts any other buffer dtype to fp16 with a warning), so
+the buffers are fp16 here already: the torch wrapper then computes what the artifact computes,
+and the fp32-compute artifact is still fp32 everywhere except the KV cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    import torch
+
+_log = logging.getLogger(__name__)
+
+INPUT_IDS = "input_ids"
+INPUT_POS = "input_pos"
+LOGITS = "logits"
+DECODER_ATTR = "model"  # the wrapped decoder's attribute: parameters export as p_model_<name>
+
+
+def state_names(n_layers: int) -> list[str]:
+    """Names of the Core ML states (torch buffers), keys first: k_cache_0.., v_cache_0.."""
+    return [f"k_cache_{i}" for i in range(n_layers)] + [f"v_cache_{i}" for i in range(n_layers)]
+
+
+def deployment_target(name: str) -> Any:
+    """`ct.target.<name>` for a spec's `targets.coreml.deployment_target` (iOS18, macOS15, ...)."""
+    import coremltools as ct
+
+    return getattr(ct.target, name)
+
+
+def compute_units(name: str) -> Any:
+    """`ct.ComputeUnit` for a spec's `targets.coreml.compute_units` (all, cpu_and_ne, ...)."""
+    import coremltools as ct
+
+    return ct.ComputeUnit[name.upper()]
+
+
+def compute_precision(name: str) -> Any:
+    import coremltools as ct
+
+    return {"fp16": ct.precision.FLOAT16, "fp32": ct.precision.FLOAT32}[name]
+
+
+def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" = None
+                 ) -> "torch.nn.Module":
+    """A `StatefulDecoder` around `decoder` (shares its parameters; never modifies them).
+
+    Args:
+        decoder: an omnic `Decoder`.
+        cache_dtype: dtype of the KV buffers; float16 (the default) is what Core ML stores, and
+            float32 exists for tests that compare the wrapper bit-for-bit with the reference.
+    """
+    import torch
+
+    cache_dtype = torch.float16 if cache_dtype is None else cache_dtype
+
+    class StatefulDecoder(torch.nn.Module):
+        """`forward(input_ids [1, T], input_pos [T]) -> logits [1, T, V]`, KV cache in buffers."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            c = inner.config
+            setattr(self, DECODER_ATTR, inner)
+            self.n_layers = c.n_layers
+            shape = (1, c.n_kv_heads, c.context_length, c.head_dim)
+            for name in state_names(c.n_layers):
+                self.register_buffer(name, torch.zeros(shape, dtype=cache_dtype))
+
+        def caches(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            names = state_names(self.n_layers)
+            bufs = [getattr(self, n) for n in names]
+            return bufs[: self.n_layers], bufs[self.n_layers :]
+
+        def reset(self) -> None:
+            for name in state_names(self.n_layers):
+                getattr(self, name).zero_()
+
+        def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+            k, v = self.caches()
+            logits, new_k, new_v = getattr(self, DECODER_ATTR)(input_ids, input_pos, k, v)
+            # In-place copy into the buffers: torch.export records a BUFFER_MUTATION, which
+            # coremltools lowers to coreml_update_state of the whole (scattered) cache.
+            for buf, new in zip(k + v, new_k + new_v):
+                buf.copy_(new)
+            return logits
+
+    return StatefulDecoder(decoder).eval()
+
+
+def export(wrapper: "torch.nn.Module", context_length: int) -> Any:
+    """torch.export of the wrapper with a dynamic token count 1..context_length (ATen dialect)."""
+    import torch
+
+    t = min(4, context_length)
+    ids = torch.zeros(1, t, dtype=torch.int64)
+    pos = torch.arange(t, dtype=torch.int64)
+    tokens = torch.export.Dim("T", min=1, max=context_length)
+    with torch.no_grad():
+        ep = torch.export.export(
+            wrapper, (ids, pos), dynamic_shapes={INPUT_IDS: {1: tokens}, INPUT_POS: {0: tokens}},
+            strict=False,
+        )
+        # coremltools converts the ATen dialect; decompositions must have run.
+        # ref: coremltools/converters/_converters_entry.py ("Run '.run_decompositions({})'")
+        ep = ep.run_decompositions({})
+    wrapper.reset()  # export may have traced through the in-place copies
+    return ep
+
+
+_REGISTERED = False
+
+
+def register_missing_ops() -> None:
+    """Teach coremltools' torch frontend (9.0) the two ATen ops the decoder uses that it lacks.
+
+    - `index_copy(x, dim, index, src)` writes src's slices at `index` along `dim`: exactly MIL
+      `scatter(data=x, indices=index, updates=src, axis=dim, mode="update")`.
+      ref: https://apple.github.io/coremltools/source/coremltools.converters.mil.mil.ops.defs.html
+      (iOS17 scatter: updates have data's shape with `axis` replaced by len(indices))
+    - `aten::__and__.Tensor` (the sliding-window mask `causal & in_window`): the torch.export
+      frontend looks it up as "__and__" while coremltools registers the bool `and` converter
+      only under "and"/"bitwise_and"; the same converter is registered under the missing name.
+      ref: coremltools/converters/mil/frontend/torch/internal_graph.py (sanitize_op_kind keeps
+      the underscores of "aten::__and__.tensor") and ops.py (bitwise_and, bool inputs only)
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY as registry,
+    )
+    from coremltools.converters.mil.mil import types
+
+    def index_copy(context, node):  # noqa: ANN001 - coremltools' converter signature
+        x, dim, index, src = _get_inputs(context, node, expected=4)
+        axis = int(dim.val) + (x.rank if int(dim.val) < 0 else 0)
+        if index.dtype != types.int32:
+            index = mb.cast(x=index, dtype="int32")
+        if src.dtype != x.dtype:  # the decoder casts k/v to the cache dtype; the frontend may
+            # hold the fp16 state as fp32 at this point (the fp16 pass removes the casts later)
+            src = mb.cast(x=src, dtype=types.builtin_to_string(x.dtype))
+        context.add(mb.scatter(data=x, indices=index, updates=src, axis=axis, mode="update",
+                               name=node.name))
+
+    known = registry.name_to_func_mapping
+    if "index_copy" not in known:
+        registry.set_func_by_name(index_copy, "index_copy")
+    if "__and__" not in known:
+        registry.set_func_by_name(known["bitwise_and"], "__and__")
+    _REGISTERED = True
+
+
+def convert(exported: Any, *, target: str, units: str, precision: str) -> Any:
+    """`ct.convert` of the exported wrapper to an ML Program (not loaded: may run off macOS).
+
+    Inputs, states and their shapes come from the exported program (its Dim and buffers); only
+    the output is named and typed here (logits stay fp32 at the interface for either precision).
+    """
+    import coremltools as ct
+    import numpy as np
+
+    register_missing_ops()
+    model = ct.convert(
+        exported,
+        convert_to="mlprogram",
+        outputs=[ct.TensorType(name=LOGITS, dtype=np.float32)],
+        minimum_deployment_target=deployment_target(target),
+        compute_units=compute_units(units),
+        compute_precision=compute_precision(precision),
+        skip_model_load=True,  # Core ML cannot compile/load off macOS; saving needs no load
+    )
+    return model

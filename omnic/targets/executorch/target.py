@@ -1,0 +1,492 @@
+"""ExecuTorch target: one .pte with the KV cache inside, for the XNNPACK (or Core ML) delegate.
+
+The program follows what ExecuTorch's own LLM export (`export_llm`) writes, so the stock C++ LLM
+runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
+
+- `forward(tokens int64 [1, seq], input_pos int64 [1]) -> logits float32 [1, seq, vocab]`, seq
+  dynamic in [1, context_length]; `input_pos` is the position of the first token.
+- the KV cache as mutable buffers `k_cache_{i}` / `v_cache_{i}` [1, n_kv, context_length,
+  head_dim] updated in place; like export_llm, their initial state is not serialized (the runtime
+  allocates them zeroed).
+- constant methods `get_max_seq_len`, `get_max_context_len`, `get_vocab_size`, `get_n_layers`,
+  `use_kv_cache`, `use_sdpa_with_kv_cache`, `enable_dynamic_shape`, `get_bos_id`, `get_eos_ids`.
+  ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/export_llama_lib.py
+  (`_load_llama_model_metadata`)
+- `tokenizer.json` (+ `tokenizer_config.json`) beside the .pte.
+
+Lowering: torch.export → `to_edge_transform_and_lower` with the XNNPACK partitioner →
+`to_executorch` with the passes and memory planning of export_llm's `LLMEdgeManager`.
+  ref: https://github.com/pytorch/executorch/blob/main/extension/llm/export/builder.py
+Quantization: see `omnic/targets/executorch/quant.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import copy
+import importlib.util
+import platform
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from omnic.constants import Components, Targets
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+
+if TYPE_CHECKING:
+    import torch
+
+    from omnic.passes.program import Program
+    from omnic.spec import ResolvedSpec
+
+_log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install omnic[executorch] (executorch, torchao)"
+FORWARD = "forward"
+# Core ML deployment targets and compute units when the spec has no `targets.coreml` block.
+COREML_DEFAULTS = {
+    "deployment_target": "iOS18", "compute_units": "cpu_only", "compute_precision": "fp16",
+}
+
+
+def _backend(spec: "ResolvedSpec") -> str:
+    et = spec.targets.executorch
+    return et.backend if et is not None else "xnnpack"
+
+
+def metadata(
+    spec: "ResolvedSpec", bos_id: int | None, eos_ids: list[int], dynamic: bool
+) -> dict[str, Any]:
+    """The constant methods ExecuTorch's LLM runner reads, as export_llm writes them.
+
+    `get_max_seq_len` is the longest sequence (prompt + generated) and, with dynamic shapes, the
+    most tokens one `forward` call takes; a static-shape program (`enable_dynamic_shape` false)
+    takes one token per call, as the runner knows. Absent ids are left out (the runner then asks
+    the tokenizer).
+    """
+    m = spec.model
+    out: dict[str, Any] = {}
+    if bos_id is not None:
+        out["get_bos_id"] = int(bos_id)
+    if eos_ids:
+        out["get_eos_ids"] = [int(e) for e in eos_ids]
+    out.update({
+        "get_max_seq_len": m.context_length,
+        "get_max_context_len": m.context_length,
+        "get_n_layers": m.n_layers,
+        "get_vocab_size": m.vocab_size,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,  # attention is omnic's own, not llama::sdpa_with_kv_cache
+        "enable_dynamic_shape": dynamic,
+    })
+    return out
+
+
+def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Module":
+    """The decoder with its static KV cache held as mutable buffers (see the module docstring)."""
+    import torch
+
+    class KVCacheDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = decoder
+            c = decoder.config
+            self.n_layers = c.n_layers
+            shape = (1, c.n_kv_heads, c.context_length, c.head_dim)
+            for i in range(c.n_layers):
+                for kv in ("k", "v"):
+                    self.register_buffer(
+                        f"{kv}_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False
+                    )
+
+        def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+            positions = input_pos[:1] + torch.arange(tokens.shape[1], dtype=torch.int64)
+            k = [getattr(self, f"k_cache_{i}") for i in range(self.n_layers)]
+            v = [getattr(self, f"v_cache_{i}") for i in range(self.n_layers)]
+            logits, new_k, new_v = self.decoder(tokens, positions, k, v)
+            # The decoder writes its caches out of place (index_copy, which decomposes to
+            # index_put); copying back into the buffers makes them mutable state, and
+            # `run_reinplace_pass` (see _lower_module) turns the pair into one index_put_.
+            for i in range(self.n_layers):
+                k[i].copy_(new_k[i])
+                v[i].copy_(new_v[i])
+            return logits
+
+    return KVCacheDecoder().eval()
+
+
+def _op_name(target: Any) -> str:
+    name = getattr(target, "__name__", None) or str(target)
+    return name.removeprefix("aten.").replace(".default", "")
+
+
+def delegation_summary(graph_module: "torch.fx.GraphModule") -> dict[str, Any]:
+    """Operators inside delegate partitions and outside them, counted by op name."""
+    delegated: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+    partitions = 0
+    backends: Counter[str] = Counter()
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr" and node.name.startswith("lowered_module"):
+            lowered = getattr(graph_module, node.target)
+            partitions += 1
+            backends[lowered.backend_id] += 1
+            for inner in lowered.original_module.graph.nodes:
+                if inner.op == "call_function" and "getitem" not in str(inner.target):
+                    delegated[_op_name(inner.target)] += 1
+        elif node.op == "call_function":
+            name = _op_name(node.target)
+            if "executorch_call_delegate" in name or "getitem" in name:
+                continue
+            kept[name] += 1
+    return {
+        "delegated_ops": sum(delegated.values()),
+        "non_delegated_ops": sum(kept.values()),
+        "partitions": partitions,
+        "backends": dict(sorted(backends.items())),
+        "delegated": dict(sorted(delegated.items())),
+        "not_delegated": dict(sorted(kept.items())),
+    }
+
+
+def _coreml_options(spec: "ResolvedSpec") -> dict[str, str]:
+    """Deployment target, compute units and precision: the spec's `targets.coreml`, if any."""
+    c = spec.targets.coreml
+    return {k: getattr(c, k) for k in COREML_DEFAULTS} if c is not None else dict(COREML_DEFAULTS)
+
+
+def _coreml_fp16(decoder: "torch.nn.Module", quant: Any) -> None:
+    """Core ML at fp16 compute precision stores and computes in fp16 (coremltools casts the
+    fp32 program): the artifact's precision and reference weights say so."""
+    from omnic.quant.reference import fake_quantize
+
+    if quant.dtype != "float32":
+        return
+    quant.precision = "fp16"
+    quant.reference_weights = {n: fake_quantize(p.detach().numpy(), "fp16")
+                               for n, p in decoder.named_parameters()}
+
+
+def _partitioners(spec: "ResolvedSpec") -> list[Any]:
+    backend = _backend(spec)
+    if backend == "portable":
+        return []
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    cfg = _coreml_options(spec)
+    target = getattr(ct.target, cfg["deployment_target"])
+    units = {"cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
+             "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU, "all": ct.ComputeUnit.ALL}
+    units = units[cfg["compute_units"]]
+    precision = ct.precision.FLOAT16 if cfg["compute_precision"] == "fp16" else ct.precision.FLOAT32
+    specs = CoreMLBackend.generate_compile_specs(
+        minimum_deployment_target=target, compute_precision=precision, compute_unit=units,
+        model_type=CoreMLBackend.MODEL_TYPE.MODEL,
+    )
+    # export_llm keeps the KV cache out of the Core ML delegate: the open-source Core ML runtime
+    # of ExecuTorch does not carry Core ML state. ref: extension/llm/export/partitioner_lib.py
+    return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
+
+
+def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[str, Any],
+                  dynamic: bool) -> tuple[Any, dict[str, Any]]:
+    """torch.export -> edge + delegates -> ExecuTorch program; and the delegation summary."""
+    import torch
+    from executorch.backends.xnnpack._passes.convert_to_linear import ConvertToLinearPass
+    from executorch.exir import (
+        EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower,
+    )
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    c = spec.model.context_length
+    tokens = torch.zeros(1, 2 if dynamic else 1, dtype=torch.int64)
+    example = (tokens, torch.zeros(1, dtype=torch.int64))
+    shapes = ({1: torch.export.Dim("seq", min=1, max=c)}, {0: 1}) if dynamic else None
+    with torch.no_grad():
+        ep = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+        ep = ep.run_decompositions({})  # unwrap torchao tensor subclasses, as export_llm does
+    edge = to_edge_transform_and_lower(
+        ep,
+        partitioner=_partitioners(spec),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+        constant_methods=meta,
+    )
+    summary = delegation_summary(edge.exported_program().graph_module)
+    # Linears left outside a delegate run as one op_linear, not transpose + mm (export_llm's
+    # LLMEdgeManager.to_executorch does the same).
+    edge = edge.transform([ConvertToLinearPass()])
+    program = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True,
+        do_quant_fusion_and_const_prop=True,  # torchao embeddings -> embedding_byte / 4bit
+        # The cache write becomes index_put_ into the buffer: without it each layer copies its
+        # whole cache twice per call (index_put.out, then the buffer write-back copy_).
+        # Experimental in ExecuTorch 1.5; the tests check the cache across calls.
+        run_reinplace_pass=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+    ))
+    return program, summary
+
+
+def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool) -> dict[str, Any]:
+    m = spec.model
+    seq = "seq" if dynamic else 1
+    cache = [1, m.kv_heads, m.context_length, m.dim_per_head]
+    return {
+        "inputs": {
+            "tokens": {"dtype": "int64", "shape": [1, seq]},
+            "input_pos": {"dtype": "int64", "shape": [1]},
+        },
+        "outputs": {"logits": {"dtype": "float32", "shape": [1, seq, m.vocab_size]}},
+        "dims": {"seq": [1, m.context_length]} if dynamic else {},
+        "state": {f"{kv}_cache_{i}": {"dtype": dtype, "shape": cache}
+                  for i in range(m.n_layers) for kv in ("k", "v")},
+    }
+
+
+def _load_runtime_kernels() -> None:
+    """Register the quantized embedding kernels with the runtime: the pip wheel's bindings have
+    no `quantized_decomposed::embedding_byte` / `embedding_4bit` until this library is loaded."""
+    import executorch.kernels.quantized  # noqa: F401
+
+
+@register_target(Targets.EXECUTORCH)
+class ExecutorchTarget:
+    """`.pte` programs for the ExecuTorch runtime (XNNPACK, Core ML or portable kernels)."""
+
+    id = Targets.EXECUTORCH
+
+    def check(self, spec: "ResolvedSpec") -> list[Problem]:
+        """What the backend cannot take, before anything is built (torch-free).
+
+        The rules are the shared capabilities table (`omnic/targets/executorch/rules.py` and
+        `omnic.spec.capabilities`), so `omnic validate` reports the same problems.
+        """
+        from omnic.spec.capabilities import problems
+
+        out: list[Problem] = []
+        needed = ["executorch", "torchao"] + (["coremltools"] if _backend(spec) == "coreml" else [])
+        for mod in needed:
+            if importlib.util.find_spec(mod) is None:
+                out.append(Problem(self.id, "targets.executorch",
+                                   f"{mod} is missing: {INSTALL_HINT}"))
+        return out + problems(spec, self.id)
+
+    def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
+        """Export, quantize, lower and serialize the decoder; write the tokenizer beside it."""
+        try:
+            import torch
+            import executorch.exir  # noqa: F401
+        except ImportError as err:
+            raise RuntimeError(f"ExecuTorch target: {err}; {INSTALL_HINT}") from None
+
+        from omnic.targets.executorch.quant import quantize_decoder
+        from omnic.tokenizer import load_tokenizer
+
+        spec = program.spec
+        problems = self.check(spec)
+        if problems:
+            raise ValueError("ExecuTorch cannot take this spec:\n" + "\n".join(map(str, problems)))
+        backend = _backend(spec)
+        dynamic = backend != "coreml"  # export_llm: "Dynamic shape is not supported with coreml"
+        if backend == "coreml" and platform.system() != "Darwin":
+            _log.info("executorch: the Core ML delegate lowers here but runs only on macOS/iOS; "
+                       "its golden check will be not_run")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+        decoder = copy.deepcopy(program.decoder).eval()  # never mutate the program's decoder
+        quant = quantize_decoder(decoder, program.annotations.get("quant_plan") or _plan(spec))
+        for form, n in sorted(Counter(quant.forms.values()).items()):
+            _log.info(f"executorch: {n} tensor(s) → {form}")
+        if backend == "coreml" and _coreml_options(spec)["compute_precision"] == "fp16":
+            _coreml_fp16(decoder, quant)
+        dtype = getattr(torch, quant.dtype)
+        module = _kv_module(decoder, dtype)
+
+        tok = load_tokenizer(spec, program.spec_dir)
+        meta = metadata(spec, tok.bos_id, list(tok.eos_ids), dynamic)
+        et_program, summary = _lower_module(module, spec, meta, dynamic)
+        pte = out_dir / f"{spec.name}.pte"
+        pte.write_bytes(et_program.buffer)
+        tokenizer_files = [p.name for p in tok.save(out_dir)]
+
+        histogram = Counter(summary["delegated"]) + Counter(summary["not_delegated"])
+        runtime_ops = _runtime_ops(et_program)
+        _log.info(
+            f"executorch: {summary['delegated_ops']} of {sum(histogram.values())} ops delegated to "
+            f"{backend} in {summary['partitions']} partition(s); not delegated: "
+            + (", ".join(f"{k} ×{v}" for k, v in summary["not_delegated"].items()) or "none")
+        )
+        details = {
+            "backend": backend,
+            "delegated_ops": summary["delegated_ops"],
+            "non_delegated_ops": summary["non_delegated_ops"],
+            "delegate_partitions": summary["partitions"],
+            "delegates": summary["backends"],  # backend id -> partitions
+            "not_delegated": summary["not_delegated"],
+            "runtime_ops": runtime_ops,
+            "methods": sorted([FORWARD, *meta]),
+            "metadata": meta,
+            "tokenizer": tokenizer_files,
+            "compute_dtype": quant.dtype,
+            "kv_cache": f"mutable buffers, static, {quant.dtype}",
+        }
+        if spec.model.tie_embeddings and backend == "xnnpack":
+            # The lookup reads the table from the program's constants while XNNPACK packs its own
+            # copy for the lm_head matmul; export_llm programs carry the same two copies.
+            details["tied_embedding"] = ("stored twice: the lookup table of the embedding op and "
+                                         "the lm_head weights packed inside XNNPACK")
+        if backend == "coreml":
+            details["coreml"] = _coreml_options(spec)
+            # Not byte-deterministic: ExecuTorch's Core ML model identifier is a uuid4
+            # (coreml_preprocess) and the embedded .mlpackage differs between lowerings beyond
+            # its UUIDs as well (seen in CI), so no stable digest is recorded; manifests of
+            # this variant differ in sha256 between two compiles.
+            details["deterministic"] = False
+        if quant.dynamic_activations:
+            details["activations"] = ("int8 asymmetric per token, quantized at run time inside "
+                                      "XNNPACK's quantized linears (8da)")
+        decoder_artifact = Artifact(
+            component=Components.DECODER,
+            target=self.id,
+            path=f"{out_dir.name}/{pte.name}",
+            signature=_signature(spec, str(dtype).removeprefix("torch."), dynamic),
+            op_histogram=dict(sorted(histogram.items())),
+            quantization={"forms": quant.forms} if quant.forms else {},
+            details=details,
+            precision=quant.precision,
+            reference_weights=quant.reference_weights,
+        )
+        # encoders and heads: <component>.pte beside the decoder (executorch_component)
+        from omnic.targets.executorch import components as ec
+        from omnic.targets.components import lower_all
+
+        return [decoder_artifact, *lower_all(program, out_dir, self.id, ec.lower_component)]
+
+    def load(self, artifact: Artifact, build_dir: Path) -> "ExecutorchRunner":
+        """The .pte on the ExecuTorch runtime's Python bindings, every method loaded."""
+        if importlib.util.find_spec("executorch") is None:
+            raise NotRunnable(f"executorch is missing: {INSTALL_HINT}")
+        if artifact.component != Components.DECODER:  # a ComponentRunner
+            from omnic.targets.executorch.components import load_component
+
+            return load_component(artifact, build_dir)
+        require_delegate(artifact.details.get("backend", "xnnpack"))
+        runner = ExecutorchRunner(Path(build_dir) / artifact.path)
+        expected = artifact.details.get("metadata")
+        if expected is not None and runner.metadata != expected:
+            raise RuntimeError(f"{artifact.path}: metadata methods return {runner.metadata}, "
+                               f"the build recorded {expected}")
+        return runner
+
+
+def require_delegate(backend: str) -> None:
+    """Raise NotRunnable unless this ExecuTorch runtime carries `backend`'s delegate."""
+    from executorch.runtime import Runtime
+
+    registered = Runtime.get().backend_registry.registered_backend_names
+    needed = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}.get(backend)
+    if needed is not None and needed not in registered:
+        raise NotRunnable(f"this ExecuTorch runtime has no {needed} (it has {registered}); "
+                          + ("Core ML runs only on macOS/iOS" if backend == "coreml" else ""))
+
+
+def _plan(spec: "ResolvedSpec") -> dict[str, Any]:
+    from omnic.quant.select import tensor_schemes
+
+    return tensor_schemes(spec)
+
+
+def _runtime_ops(et_program: Any) -> dict[str, int]:
+    """Operators the runtime must provide (kernels outside any delegate), by call count."""
+    out: Counter[str] = Counter()
+    for plan in et_program.executorch_program.execution_plan:
+        names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
+        for chain in plan.chains:
+            for instr in chain.instructions:
+                args = instr.instr_args
+                if hasattr(args, "op_index"):
+                    out[names[args.op_index]] += 1
+                elif hasattr(args, "delegate_index"):
+                    out["<delegate>"] += 1
+    return dict(sorted(out.items()))
+
+
+class ExecutorchRunner:
+    """A .pte on ExecuTorch's Python runtime, behind `omnic.targets.base.Runner`.
+
+    Every method of the program is loaded (the constant ones are executed into `metadata`);
+    any that does not load raises. The KV cache lives inside the program, so `reset()` loads the
+    program again: fresh mutable buffers, and position 0 (positions not yet written are masked
+    out by the decoder, so what a fresh buffer holds is never read).
+    """
+
+    def __init__(self, path: Path) -> None:
+        import torch  # noqa: F401  (loads libtorch for the bindings)
+
+        _load_runtime_kernels()
+        self.path = Path(path)
+        self._data = self.path.read_bytes()
+        self.metadata: dict[str, Any] = {}
+        self.method_names: list[str] = []
+        self.reset()
+        self.context_length = int(self.metadata.get("get_max_context_len", 0))
+        self.dynamic = bool(self.metadata.get("enable_dynamic_shape", True))
+
+    def reset(self) -> None:
+        from executorch.runtime import Runtime
+
+        self._program = Runtime.get().load_program(self._data)
+        self.method_names = sorted(self._program.method_names)
+        meta: dict[str, Any] = {}
+        for name in self.method_names:
+            try:
+                method = self._program.load_method(name)
+            except Exception as err:  # the bindings raise RuntimeError with the ET error code
+                raise RuntimeError(
+                    f"{self.path.name}: method {name!r} does not load: {err}"
+                ) from None
+            if method is None:
+                raise RuntimeError(f"{self.path.name}: method {name!r} does not load")
+            if name != FORWARD:
+                meta[name] = _constant(method.execute([]), as_list=name.endswith("_ids"))
+        self.metadata = meta
+        self._forward = self._program.load_method(FORWARD)
+        self.position = 0
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        import torch
+
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(1, -1))
+        t = ids.shape[1]
+        if self.context_length and self.position + t > self.context_length:
+            raise ValueError(f"position {self.position} + {t} tokens exceeds context_length "
+                             f"{self.context_length}")
+        chunks = []
+        step = t if self.dynamic else 1  # a static-shape program takes one token per call
+        for start in range(0, t, step):
+            part = ids[:, start:start + step]
+            pos = torch.tensor([self.position], dtype=torch.int64)
+            (logits,) = self._forward.execute([part, pos])
+            chunks.append(logits[0].to(torch.float32).numpy())
+            self.position += part.shape[1]
+        return np.concatenate(chunks, axis=0)
+
+
+def _constant(outputs: Any, as_list: bool = False) -> Any:
+    """A constant method's value as a Python scalar, or a list for list-valued ones.
+
+    The bindings return a list of outputs: one per scalar, one per element of a list constant.
+    """
+    values = [v.item() if hasattr(v, "item") else v for v in outputs]
+    return values if as_list or len(values) != 1 else values[0]

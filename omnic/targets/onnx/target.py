@@ -1,0 +1,260 @@
+"""The ONNX target: onnxruntime / onnxruntime-genai folder for the text decoder.
+
+`lower(program, out_dir)` writes the folder `out_dir` (the pipeline passes BUILD/onnx):
+  model.onnx (+ model.onnx.data past 128 MiB) the decoder, torch.onnx dynamo export, genai I/O
+  genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
+  embedding.onnx, text.onnx                   multimodal specs only (onnx_multimodal): token
+                                              embeddings, and the decoder on inputs_embeds
+The artifact is that folder (what a user deploys), its path `out_dir.name` relative to the build.
+
+Stages, in order (each a function in a small module):
+  export (onnx_export) -> store weights (onnx_quant: must see the exporter's canonical names,
+  so before any optimizer) -> clean-up and fusions (onnx_fusions) -> narrow fp16/bf16 weights
+  (onnx_quant: after the optimizers, which would fold the Casts) -> finalize (deterministic
+  names and metadata) -> save -> genai files (onnx_genai).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from omnic.digest import file_sha256
+from omnic.constants import Components, Targets
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets.onnx.backend import require_backend
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from omnic.passes.program import Program
+    from omnic.spec import ResolvedSpec
+
+_log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+
+
+def _quant_plan(program: "Program") -> dict[str, Any]:
+    plan = program.annotations.get("quant_plan")
+    if plan is None:
+        from omnic.quant.select import tensor_schemes
+
+        plan = tensor_schemes(program.spec)
+    return dict(plan)
+
+
+def precision_of(spec: "ResolvedSpec") -> str:
+    """Tolerance-table row of the spec's default weight scheme: fp32, fp16, int8, int4_g32..."""
+    w = spec.quantization.weights
+    if w.scheme in ("int4", "int8"):
+        name = w.scheme if w.group_size is None else f"{w.scheme}_g{w.group_size}"
+        return name if w.symmetric else f"{name}_asym"
+    return w.scheme
+
+
+@register_target(Targets.ONNX)
+class OnnxTarget:
+    """ONNX for onnxruntime and onnxruntime-genai (decoder only)."""
+
+    id = Targets.ONNX
+
+    def __init__(self, external_data_threshold: int | None = None,
+                 accuracy_level: int | None = None) -> None:
+        from omnic.targets.onnx.export import EXTERNAL_DATA_THRESHOLD
+        from omnic.targets.onnx.quant import INT8_COMPUTE
+
+        self.external_data_threshold = external_data_threshold or EXTERNAL_DATA_THRESHOLD
+        # MatMulNBits compute precision (onnx_quant.INT8_COMPUTE: why 4); 0 = exact float32
+        self.accuracy_level = INT8_COMPUTE if accuracy_level is None else accuracy_level
+
+    # -- pre-flight --------------------------------------------------------------------------
+    def check(self, spec: "ResolvedSpec") -> list[Problem]:
+        """Problems that would stop this target, found from the spec alone (torch-free)."""
+        from omnic.spec.capabilities import problems
+
+        return problems(spec, Targets.ONNX)
+
+    # -- lowering ----------------------------------------------------------------------------
+    def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
+        """Export, store weights, fuse, save the ONNX folder; return the decoder's artifact."""
+        require_backend()
+        from omnic.targets.onnx import export as onnx_export
+
+        spec = program.spec
+        opts = spec.targets.onnx
+        opset = opts.opset if opts is not None else 21
+        _log.info(f"onnx: exporting the decoder with torch.onnx (dynamo), opset {opset}")
+        start = time.perf_counter()
+        model = onnx_export.export_decoder(program.decoder, opset)
+        _log.info(f"onnx: exported in {time.perf_counter() - start:.1f} s")
+        decoder = self.lower_exported(program, model, Path(out_dir))
+        # encoders and heads: <component>.onnx beside the decoder (onnx_component)
+        from omnic.targets.onnx import components as oc
+        from omnic.targets.components import lower_all
+
+        return [decoder, *lower_all(program, Path(out_dir), self.id, oc.lower_component)]
+
+    def lower_exported(self, program: "Program", model: "ir.Model", out_dir: Path) -> Artifact:
+        """Everything after the export, on an exported model (consumed, modified in place)."""
+        from omnic.targets.onnx import export as onnx_export
+        from omnic.targets.onnx import fusions as onnx_fusions
+        from omnic.targets.onnx import genai as onnx_genai
+        from omnic.targets.onnx import quant as onnx_quant
+        from omnic.targets.onnx import multimodal as onnx_multimodal
+
+        spec = program.spec
+        opts = spec.targets.onnx
+        opset = opts.opset if opts is not None else 21
+        records, fusion_counts = self.transform(program, model)
+        quant = onnx_quant.summary(records)
+
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = onnx_export.save(model, folder / MODEL_FILE, self.external_data_threshold)
+        onnx_export.release_weights(model)  # consumed: the file is read back below instead
+        gqa = onnx_fusions.fused_ops(model).get("com.microsoft::GroupQueryAttention", 0)
+        files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE,
+                                              share_buffer=gqa == spec.model.n_layers)
+        if onnx_multimodal.wanted(spec):  # + embedding.onnx and text.onnx (inputs_embeds)
+            files += onnx_multimodal.write_files(self, program, folder)
+        stored = _reload(folder / MODEL_FILE)  # read back what the file holds
+        reference = onnx_quant.read_weights(stored, lazy=True)  # dequantized when read
+        details = {
+            "model_file": MODEL_FILE,
+            "opset": opset,
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                      for p in sorted(files)},
+            "external_data": len([p for p in files if p.name.endswith(".data")]) > 0,
+            "fusions": bool(opts is None or opts.fusions),
+            "fusion_counts": fusion_counts,
+            "fused_ops": onnx_fusions.fused_ops(stored),
+            "context_length": spec.model.context_length,
+        }
+        if onnx_multimodal.wanted(spec):
+            details["multimodal"] = onnx_multimodal.details(spec)
+        return Artifact(
+            component=Components.DECODER,
+            target=Targets.ONNX,
+            path=folder.name,  # relative to the build directory, out_dir's parent
+            signature=onnx_export.signature(stored),
+            op_histogram=onnx_export.op_histogram(stored),
+            quantization=quant,
+            details=details,
+            precision=precision_of(spec) if reference else "fp32",
+            reference_weights=reference or None,
+        )
+
+    def transform(self, program: "Program", model: "ir.Model") -> tuple[dict, dict[str, int]]:
+        """Store weights, clean up, fuse, narrow and finalize an exported graph (in place).
+
+        Returns:
+            (the weight storage records, how often each fusion fired).
+        """
+        import omnic
+        from omnic.targets.onnx import export as onnx_export
+        from omnic.targets.onnx import fusions as onnx_fusions
+        from omnic.targets.onnx import quant as onnx_quant
+
+        spec = program.spec
+        opts = spec.targets.onnx
+        opset = opts.opset if opts is not None else 21
+        records = onnx_quant.store_weights(model, _quant_plan(program),
+                                           accuracy_level=self.accuracy_level)
+        lost = sorted(n for n, r in records.items()
+                      if r["form"] == "unrecognised" and r["planned"] != "fp32")
+        if lost:
+            more = " ..." if len(lost) > 3 else ""
+            _log.warning(f"onnx: {len(lost)} matrices kept float32, their use in the graph "
+                         f"was not recognised: {', '.join(lost[:3])}{more}")
+        onnx_fusions.cleanup(model)
+        fusion_counts: dict[str, int] = {}
+        if opts is None or opts.fusions:
+            start = time.perf_counter()
+            fusion_counts = onnx_fusions.fuse(model, records)  # records: q/k/v packing
+            fusion_counts_s = time.perf_counter() - start
+            fired = ", ".join(f"{k}={v}" for k, v in fusion_counts.items() if v)
+            _log.info(f"onnx: fusions {fired or 'none matched'} ({fusion_counts_s:.1f} s)")
+        onnx_quant.narrow_floats(model, records)
+        quant = onnx_quant.summary(records)
+        forms = ", ".join(f"{k} ({v})" for k, v in quant["forms"].items())
+        _log.info(f"onnx: weights → {forms}")
+        onnx_export.finalize(model, opset, omnic.__version__)
+        return records, fusion_counts
+
+    # -- running -----------------------------------------------------------------------------
+    def load(
+        self, artifact: Artifact, build_dir: Path, intra_op_threads: int | None = None
+    ) -> "OnnxRunner":
+        """An onnxruntime session over the artifact's model, behind the Runner protocol."""
+        require_backend()
+        if artifact.component != Components.DECODER:  # a ComponentRunner (onnx_component)
+            from omnic.targets.onnx.components import load_component
+
+            return load_component(artifact, build_dir)
+        path = Path(build_dir) / artifact.path
+        model = path / artifact.details.get("model_file", MODEL_FILE) if path.is_dir() else path
+        if not model.is_file():
+            raise FileNotFoundError(f"onnx: {model} does not exist")
+        return OnnxRunner(model, intra_op_threads=intra_op_threads,
+                          context_length=artifact.details.get("context_length"))
+
+
+def _reload(path: Path) -> "ir.Model":
+    import onnx_ir as ir
+
+    return ir.load(path)
+
+
+class OnnxRunner:
+    """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache.
+
+    Implements `omnic.targets.base.Runner`: int64 tokens [T] in, float32 logits [T, vocab] out;
+    the position advances by T per call; `reset()` empties the cache.
+    """
+
+    def __init__(self, model_path: Path, intra_op_threads: int | None = None,
+                 context_length: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.context_length = context_length
+        opts = ort.SessionOptions()
+        if intra_op_threads is not None:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._past_shapes = {
+            i.name: i.shape for i in self.session.get_inputs()
+            if i.name.startswith("past_key_values.")
+        }
+        self.reset()
+
+    def reset(self) -> None:
+        self.position = 0
+        self.past = {
+            name: np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+            for name, shape in self._past_shapes.items()
+        }
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+        t = ids.shape[1]
+        if self.context_length is not None and self.position + t > self.context_length:
+            raise ValueError(f"position {self.position} + {t} tokens exceeds context_length "
+                             f"{self.context_length}")
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, self.position + t), dtype=np.int64),
+            "position_ids": np.arange(self.position, self.position + t, dtype=np.int64)[None],
+            **self.past,
+        }
+        result = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        self.past = {n: result[n.replace("past_key_values.", "present.")] for n in self.past}
+        self.position += t
+        return np.asarray(result["logits"][0], dtype=np.float32)

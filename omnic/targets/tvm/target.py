@@ -1,0 +1,394 @@
+"""TVM target: the decoder through Relax, compiled for the host and cross-compiled for a device.
+
+    check(spec)     what the Relax frontend / LLVM backend cannot take, before any work
+    lower(program)  torch.export (dynamic T) -> from_exported_program -> tvm.compile; writes
+                    a directory <name>-tvm/ with
+                      decoder.so                    host library (Relax VM executable + kernels)
+                      decoder.params.safetensors    the weights, packed when quantized
+                      decoder.json                  inputs, outputs, weight order, quantization
+                      decoder.<triple>.tar          objects for the device (when a triple is set)
+    load(artifact)  relax.VirtualMachine on the host library; the KV cache stays as TVM tensors
+                    between calls (the graph returns the updated cache, fed back next call)
+
+One function `main(tokens[1,T], input_pos[T], k_0..k_{L-1}, v_0..v_{L-1}, *weights) ->
+(logits[1,T,V], k_0.., v_0..)` serves prefill (any T up to context_length) and decode (T=1).
+Weights are graph inputs (`keep_params_as_input`), so the library holds code only and the params
+file can be swapped. Quantized weights are dequantized inside the graph (see tvm_quant).
+
+What the frontend takes (each verified on the Relax VM against PyTorch): GQA/MQA, sliding
+windows (all or even layers), MoE (dense routing: aten.topk + scatter), qkv bias, qk norm,
+layernorm, GELU/GeGLU, Gemma 2 post-norms and soft-caps, tied embeddings. The static cache
+write (`index_copy`) needs omnic's own index_put converter (tvm_lowering._index_put).
+What it cannot: an int8 KV cache (the cache is a float32 VM argument), non-CPU targets (no
+thread-bound schedules are applied); `check` reports these. Encoders and heads are lowered
+beside the decoder by tvm_component.
+
+On the device (cross build): link the objects with the NDK's clang into a shared library, e.g.
+  tar xf decoder.aarch64-linux-android.tar && \
+  $NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android24-clang++ -shared -fPIC \
+      lib0.o devc.o -o decoder.so
+(or set TVM_NDK_CC before compiling and omnic links it), then load it with a TVM runtime built
+for Android (`tvm.runtime.load_module` / `Module::LoadFromFile` + `relax.VirtualMachine`) and
+feed the same arguments as decoder.json lists, weights read from decoder.params.safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import copy
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from omnic.constants import Components, Targets
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets.tvm.backend import MISSING, cross_triple, tvm_missing
+
+if TYPE_CHECKING:
+    from omnic.passes.program import Program
+    from omnic.spec import ResolvedSpec
+
+_log = logging.getLogger(__name__)
+
+FORMAT = "omnic-tvm-relax-vm/1"  # the layout of decoder.json; bump on any change
+LIBRARY, PARAMS, DESCRIPTOR = "decoder.so", "decoder.params.safetensors", "decoder.json"
+def _problems(spec: "ResolvedSpec") -> list[Problem]:
+    from omnic.quant.select import tensor_schemes
+    from omnic.spec.inventory import decoder_tensors
+    from omnic.targets.tvm.quant import packing_problem
+
+    tid = Targets.TVM
+    problems: list[Problem] = []
+    missing = tvm_missing()
+    if missing:
+        return [Problem(tid, "targets.tvm", missing)]
+    import tvm
+    from tvm.target import codegen
+
+    cfg = spec.targets.tvm
+    target_str = cfg.target if cfg is not None else "llvm"
+    try:
+        target = tvm.target.Target(target_str)
+    except Exception as err:  # noqa: BLE001 - TVM raises its own error types
+        problems.append(Problem(tid, "targets.tvm.target", f"not a TVM target: {err}"))
+    else:
+        if target.kind.name != "llvm":
+            problems.append(Problem(
+                tid, "targets.tvm.target",
+                f"{target.kind.name!r}: omnic builds CPU (llvm) targets only; GPU targets need "
+                "thread-bound schedules (dlight / meta-schedule) that this lowering does not apply",
+            ))
+    triple, field = cross_triple(spec)
+    if triple:
+        arch = triple.split("-")[0]
+        known = {str(t) for t in codegen.llvm_get_targets()}
+        if arch not in known and arch != "arm64":
+            problems.append(Problem(tid, field or "targets.tvm.target_triple",
+                                    f"TVM's LLVM has no backend for {arch!r} (has: {sorted(known)})"))
+    if spec.quantization.kv_cache != "none":
+        problems.append(Problem(
+            tid, "quantization.kv_cache",
+            f"{spec.quantization.kv_cache} KV cache is not lowered to TVM (the cache is a float32 "
+            "VM argument); nearest supported: none",
+        ))
+    shapes = {t.name: t.shape for t in decoder_tensors(spec.model)}
+    for name, ts in tensor_schemes(spec).items():
+        why = packing_problem(shapes[name], ts.scheme, ts.group_size)
+        if why:
+            nearest = "int8 per channel (group_size null)" if ts.scheme == "int4" else "fp16"
+            problems.append(Problem(tid, "quantization", f"{name}: {why}; nearest: {nearest}"))
+    return problems
+
+
+def _call_order_weights(targets: list[str], packed: dict[str, Any],
+                        state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays `main` takes after its user inputs, in order, keyed by params-file name.
+
+    Args:
+        targets: the exported program's parameter names, in `main`'s argument order.
+        packed: canonical name -> tvm_quant.PackedTensor (the tensors stored below fp32).
+        state: canonical name -> float32 array (everything else).
+    """
+    from omnic.targets.tvm.quant import stored_name
+
+    out: dict[str, np.ndarray] = {}
+    for target in targets:
+        local = target.removeprefix("decoder.")  # FlatDecoder holds the decoder as `decoder`
+        name = stored_name(local, packed)
+        base, _, suffix = name.rpartition(".")
+        out[name] = packed[base].arrays[suffix] if base in packed else state[local]
+    return out
+
+
+def _signature(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count."""
+    n, c = config.n_layers, config.context_length
+    cache = {"shape": [1, config.n_kv_heads, c, config.head_dim], "dtype": "float32"}
+    kv = {f"{kind}_cache.{i}": cache for kind in ("k", "v") for i in range(n)}
+    inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
+              "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
+    outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}, **kv}
+    return inputs, outputs
+
+
+@register_target(Targets.TVM)
+class TvmTarget:
+    """Apache TVM Relax, run in the Relax VM."""
+
+    id = Targets.TVM
+
+    def check(self, spec: "ResolvedSpec") -> list[Problem]:
+        """Everything the TVM frontend, backend or this lowering cannot take, with reasons."""
+        return _problems(spec)
+
+    def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
+        """Export, import, compile; write the library, params and descriptor; never mutates
+        `program` (the decoder is copied before its weights are packed)."""
+        missing = tvm_missing()
+        if missing:
+            raise RuntimeError(f"tvm: {missing}")
+        problems = _problems(program.spec)
+        if problems:
+            raise ValueError("tvm cannot take this spec:\n" + "\n".join(map(str, problems)))
+        import tvm
+        from safetensors.numpy import save_file
+
+        from omnic.quant.select import tensor_schemes
+        from omnic.targets.tvm import lowering as L
+        from omnic.targets.tvm.quant import apply_packing, dequantize, pack, precision_of
+
+        spec = program.spec
+        cfg = spec.targets.tvm
+        target_str = cfg.target if cfg is not None else "llvm"
+        opt_level = cfg.opt_level if cfg is not None else 3
+        plan = program.annotations.get("quant_plan") or tensor_schemes(spec)
+        config = program.decoder.config
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        decoder = copy.deepcopy(program.decoder).eval()
+        state = {k: v.detach().to("cpu").float().numpy() for k, v in decoder.state_dict().items()}
+        packed = {name: pack(name, state[name], ts) for name, ts in plan.items()
+                  if ts.scheme != "fp32" and name in state}
+        apply_packing(decoder, packed)
+        timings["pack_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ep = L.export_decoder(decoder, config)
+        timings["export_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mod, targets, num_input = L.to_relax(ep)
+        timings["import_s"] = time.perf_counter() - t0
+        histogram = L.op_histogram(mod)
+
+        weights = _call_order_weights(targets, packed, state)
+        for (name, arr), (shape, dtype) in zip(weights.items(), L.param_signature(mod, num_input)):
+            if list(arr.shape) != shape or str(arr.dtype) != dtype:
+                raise RuntimeError(f"tvm: weight {name} is {arr.dtype}{list(arr.shape)}, main "
+                                   f"expects {dtype}{shape}")
+
+        out_dir = Path(out_dir)
+        dirname = f"{spec.name}-tvm"
+        root = out_dir / dirname
+        root.mkdir(parents=True, exist_ok=True)
+
+        t0 = time.perf_counter()
+        host = L.host_target(target_str)
+        kernels: dict[str, int] = {}
+        executable = L.build(mod, host, opt_level, kernels)
+        L.export_host(executable, root / LIBRARY)
+        timings["compile_host_s"] = time.perf_counter() - t0
+        save_file(weights, str(root / PARAMS), metadata={"format": FORMAT})
+        (root / PARAMS).chmod(0o644)  # safetensors writes through a private (0600) temp file
+
+        triple, triple_from = cross_triple(spec)
+        cross: dict[str, Any] | None = None
+        if triple:
+            t0 = time.perf_counter()
+            device_exe = L.build(mod, L.cross_target(triple), opt_level)
+            tar_path = root / f"decoder.{triple}.tar"
+            members = L.export_cross(device_exe, tar_path)
+            linked = L.link_with_ndk(device_exe, root / f"decoder.{triple}.so")
+            timings["compile_cross_s"] = time.perf_counter() - t0
+            cross = {"triple": triple, "from": triple_from, "archive": tar_path.name,
+                     "members": members, "format": "tar of ELF relocatable objects",
+                     "linked_so": f"decoder.{triple}.so" if linked else None,
+                     "target": str(L.cross_target(triple))}
+
+        c = config.context_length
+        inputs, outputs = _signature(config)
+        descriptor = {
+            "format": FORMAT,
+            "function": "main",
+            "library": LIBRARY,
+            "params": PARAMS,
+            "inputs": inputs,
+            "outputs": outputs,
+            "weights": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+                        for n, a in weights.items()],
+            "T": {"min": 1, "max": c},
+            "context_length": c,
+            "n_layers": config.n_layers,
+            "vocab_size": config.vocab_size,
+            "quantization": {name: p.describe() for name, p in packed.items()},
+            "target": str(host),
+            "cross": cross,
+        }
+        (root / DESCRIPTOR).write_text(json.dumps(descriptor, indent=1, sort_keys=True) + "\n")
+
+        files = sorted(p for p in root.iterdir() if p.is_file())
+        sizes = {p.name: p.stat().st_size for p in files}
+        total = sum(sizes.values())
+        lowering_s = sum(timings.values())
+        precision = precision_of(packed)
+        _log.info(f"tvm: {len(histogram)} Relax op kinds, {sum(histogram.values())} calls; "
+                   f"{len(packed)} of {len(state)} tensors packed ({precision}); host {host.kind.name}"
+                   + (f", cross {triple} (from {triple_from})" if triple else "")
+                   + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s: "
+                   + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items()) + ")")
+        rel = Path(out_dir.name) / dirname if out_dir.name == Targets.TVM else Path(dirname)
+        decoder_artifact = Artifact(
+            component=Components.DECODER,
+            target=Targets.TVM,
+            path=str(rel),
+            signature={"inputs": inputs, "outputs": outputs},
+            op_histogram=histogram,
+            quantization={
+                "packed": {n: f"{p.scheme} g{p.group} {'sym' if p.symmetric else 'asym'} "
+                           f"scales {p.arrays['scale'].dtype}" if "scale" in p.arrays
+                           else p.scheme for n, p in packed.items()},
+                "weight_bytes": int(sum(a.nbytes for a in weights.values())),
+            },
+            details={
+                "target": str(host),
+                "opt_level": opt_level,
+                "relax_pipeline": "cpu_generic + FuseTransposeMatmul + rfactor-vectorized NT matmul",
+                "kernels": kernels,
+                "target_triple": triple,
+                "target_triple_from": triple_from,
+                "cross": cross,
+                "tvm_version": tvm.__version__,
+                "files": sizes,
+                "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+                "bytes": total,
+                "context_length": c,
+                "dynamic_T": [1, c],
+            },
+            precision=precision,
+            reference_weights={n: dequantize(p) for n, p in packed.items()} or None,
+        )
+        # encoders and heads: <component>-tvm/ beside the decoder (tvm_component)
+        from omnic.targets.tvm import components as tc
+        from omnic.targets.components import lower_all
+
+        return [decoder_artifact, *lower_all(program, out_dir, self.id, tc.lower_component)]
+
+    def load(self, artifact: Artifact, build_dir: Path, num_threads: int | None = None) -> "TvmRunner":
+        """A Relax VM runner over the host library.
+
+        Args:
+            artifact: what `lower` returned.
+            build_dir: the directory `artifact.path` is relative to.
+            num_threads: TVM worker threads; None keeps TVM's default (TVM_NUM_THREADS, else
+                the number of cores).
+        """
+        missing = tvm_missing()
+        if missing:
+            raise NotRunnable(missing)
+        if artifact.component != Components.DECODER:  # a ComponentRunner (tvm_component)
+            from omnic.targets.tvm.components import load_component
+
+            return load_component(artifact, build_dir)
+        root = _resolve(Path(build_dir), artifact.path)
+        return TvmRunner(root, num_threads=num_threads)
+
+
+class TvmRunner:
+    """`omnic.targets.base.Runner` over a lowered directory: batch 1, static KV cache."""
+
+    def __init__(self, root: Path, num_threads: int | None = None) -> None:
+        meta = json.loads((root / DESCRIPTOR).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"tvm: {root / DESCRIPTOR} has format {meta.get('format')!r}, "
+                             f"this omnic reads {FORMAT!r}")
+        if num_threads is not None:
+            set_threads(num_threads)
+        self.device, self.main, self.weights = open_vm(root, meta)
+        self.context_length = int(meta["context_length"])
+        self.n_layers = int(meta["n_layers"])
+        self.vocab_size = int(meta["vocab_size"])
+        self._cache_shape = tuple(meta["inputs"]["k_cache.0"]["shape"])
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the cache (fresh TVM tensors) and start again at position 0."""
+        import tvm
+
+        zeros = np.zeros(self._cache_shape, dtype=np.float32)
+        self.cache = [tvm.runtime.tensor(zeros, self.device) for _ in range(2 * self.n_layers)]
+        self.position = 0
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        """Append int64 tokens [T]; float32 logits [T, vocab]."""
+        import tvm
+
+        ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+        t = ids.shape[1]
+        if t == 0 or self.position + t > self.context_length:
+            raise ValueError(f"position {self.position} + {t} tokens is outside 1..context_length "
+                             f"{self.context_length}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:  # the graph's gathers are unchecked
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+        pos = np.arange(self.position, self.position + t, dtype=np.int64)
+        out = self.main(tvm.runtime.tensor(ids, self.device), tvm.runtime.tensor(pos, self.device),
+                        *self.cache, *self.weights)
+        self.cache = list(out[1:])  # the updated cache stays on the TVM side
+        self.position += t
+        return out[0].numpy()[0]
+
+
+def open_vm(root: Path, meta: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+    """(device, `main` of a Relax VM, weight tensors in call order) of a lowered directory whose
+    descriptor is `meta` (library, function, params, weights); shared with tvm_component."""
+    import tvm
+    from safetensors.numpy import load_file
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / meta["library"])), device)
+    stored = load_file(str(root / meta["params"]))
+    return device, vm[meta["function"]], [tvm.runtime.tensor(stored[w["name"]], device)
+                                          for w in meta["weights"]]
+
+
+def set_threads(n: int) -> int:
+    """Use `n` of TVM's CPU worker threads; returns how many TVM will use.
+
+    TVM sizes its thread pool once, at first use, from TVM_NUM_THREADS (else half the logical
+    cores on x86, to skip hyper-threads); later calls can lower the count, not raise it past
+    that size. To use more threads, set TVM_NUM_THREADS before the first TVM call.
+    """
+    import tvm
+
+    os.environ.setdefault("TVM_NUM_THREADS", str(n))  # effective only if the pool is not built
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1 = kBig: the fast cores
+    used = int(tvm.get_global_func("runtime.NumThreads")())
+    if used != n:
+        _log.info(f"tvm: {used} worker thread(s), not {n}: the pool was sized at first use "
+                   "(set TVM_NUM_THREADS before starting)")
+    return used
+
+
+def _resolve(build_dir: Path, rel: str) -> Path:
+    path = build_dir / rel
+    if path.exists():
+        return path
+    found = sorted(p for p in build_dir.rglob(Path(rel).name) if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{rel} not found under {build_dir}")
