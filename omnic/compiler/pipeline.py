@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from rich.console import Console
 
 from omnic.compiler import manifest as mf
+from omnic.compiler.errors import CompileError, InputError
+from omnic.compiler.lowering import lower_target
 from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
 from omnic.runtime import pages
 
@@ -45,18 +47,6 @@ if TYPE_CHECKING:
     from omnic.targets.base import Artifact
 
 _log = logging.getLogger(__name__)
-
-
-class CompileError(Exception):
-    """The compile failed; `exit_code` is what `omnic compile` returns."""
-
-    exit_code = 1
-
-
-class InputError(CompileError):
-    """The spec or another input is invalid (exit status 2); nothing was written."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -147,23 +137,6 @@ def _exported_graph(decoder: Any) -> str:
         return f"torch.export failed: {type(err).__name__}: {err}\n"
 
 
-def _lower(target_id: str, target: Any, program: Any, build_dir: Path) -> list["Artifact"]:
-    """`target.lower` into build_dir/<id>/, checking that it left the program untouched."""
-    before = _weights_versions(program)
-    try:
-        artifacts = target.lower(program, build_dir / target_id)
-    except Exception as err:  # noqa: BLE001 - any crash in a target fails the compile
-        if os.environ.get("OMNIC_DEBUG"):
-            traceback.print_exc()
-        raise CompileError(f"{target_id}: lowering failed: {type(err).__name__}: {err}"
-                           " (OMNIC_DEBUG=1 shows the traceback)") from err
-    if _weights_versions(program) != before:
-        raise CompileError(f"{target_id}: lower() modified the program's weights; a target "
-                           "must never mutate its input")
-    _normalise_paths(artifacts, target_id, build_dir)
-    return artifacts
-
-
 def _golden(session: Any, target: Any, artifacts: list["Artifact"], components: Any = None) -> list[tuple["Artifact", "GoldenResult"]]:
     """Check each artifact: the decoder's with `session`, the others' with `components`."""
     out = []
@@ -183,25 +156,6 @@ def _golden(session: Any, target: Any, artifacts: list["Artifact"], components: 
 def _golden_files(build_dir: Path) -> dict[str, str]:
     return {p.relative_to(build_dir).as_posix(): mf.file_sha256(p)
             for p in sorted((build_dir / "golden").rglob("*")) if p.is_file()}
-
-
-def _weights_versions(program: Any) -> dict[str, int]:
-    """Version counters of every tensor of the decoder and the components (bumped on write)."""
-    modules = {"": program.decoder, **{f"{n}.": c.module for n, c in program.components.items()}}
-    return {prefix + k: v._version for prefix, m in modules.items()
-            for k, v in m.state_dict(keep_vars=True).items()}
-
-
-def _normalise_paths(artifacts: list["Artifact"], target_id: str, build_dir: Path) -> None:
-    for a in artifacts:
-        p = Path(a.path)
-        if p.is_absolute():
-            p = p.relative_to(build_dir)
-        elif not (build_dir / p).exists() and (build_dir / target_id / p).exists():
-            p = Path(target_id) / p
-        if not (build_dir / p).exists():
-            raise CompileError(f"{target_id}: artifact {a.path} was not written")
-        a.path = p.as_posix()
 
 
 def _artifact_entry(a: "Artifact", g: "GoldenResult", build_dir: Path) -> mf.ArtifactEntry:
@@ -382,7 +336,7 @@ def compile(
             _log.info(f"  {r.id:<28} {'changed' if r.changed else 'unchanged':<9} "
                       f"{r.seconds:.3f}s")
         _dump(dump, "05-passes.json", {"passes": [vars(r) for r in pass_records],
-                                       "quant_plan": program.annotations.get("quant_plan")})
+                                       "quant_plan": program.quant_plan})
     fault = active_fault()
     lowered = program
     if fault:
@@ -408,7 +362,7 @@ def compile(
         results: list[tuple["Artifact", "GoldenResult"]] = []
         for t in target_ids:
             with stage(f"{t}: lower", "targets"):
-                artifacts = _lower(t, objs[t], lowered, staging)
+                artifacts = lower_target(t, objs[t], lowered, staging)
             with stage(f"{t}: golden", "targets"):
                 results += _golden(session, objs[t], artifacts, component_session)
             _dump(dump, f"06-{t}-artifacts.json", [

@@ -7,7 +7,7 @@ DEFAULT: list[str] = [
     # that produced other names must fail here, by name, before anything depends on them.
     "common::verify_inventory",
     # After the inventory check: the plan is keyed by those names and must cover all of them.
-    # Before lowering: every target reads annotations["quant_plan"] instead of re-deciding.
+    # Before lowering: every target reads program.schemes() instead of re-deciding.
     "quant::plan",
 ]
 

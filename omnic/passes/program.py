@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from omnic.quant.select import TensorScheme
     from omnic.spec import ResolvedSpec
+
+
+class NoQuantPlan(RuntimeError):
+    """A target asked for the quant plan of a program that `quant::plan` has not run on."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,20 @@ class Program:
     decoder: "torch.nn.Module"  # omnic.model.Decoder with fp32 reference weights
     # encoders and heads: omnic.model.components.Component by component id
     components: dict[str, Any] = field(default_factory=dict)
-    annotations: dict[str, Any] = field(default_factory=dict)  # pass results, e.g. "quant_plan"
+    # every decoder tensor's storage scheme, decided once by the `quant::plan` pass for all
+    # targets; None until that pass has run
+    quant_plan: "dict[str, TensorScheme] | None" = None
 
     def evolve(self, **changes: Any) -> "Program":
         return replace(self, **changes)
+
+    def schemes(self) -> "dict[str, TensorScheme]":
+        """The quant plan (canonical tensor name -> TensorScheme); every target lowers this.
+
+        Raises:
+            NoQuantPlan: the `quant::plan` pass has not run on this program.
+        """
+        if self.quant_plan is None:
+            raise NoQuantPlan("the program has no quant plan: run the quant::plan pass before "
+                              "lowering (omnic.passes.DEFAULT does)")
+        return dict(self.quant_plan)

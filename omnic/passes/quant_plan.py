@@ -1,8 +1,8 @@
 """`quant::plan`: decide every decoder tensor's storage scheme, once, for all targets.
 
 The decision comes from `omnic.quant.select.tensor_schemes` (default scheme, ordered overrides,
-first match wins); this pass records it in `program.annotations["quant_plan"]` so that every
-target lowers the same decision and the golden check can explain it. It does not touch weights:
+first match wins); this pass records it in `program.quant_plan` so that every target lowers
+the same decision and the golden check can explain it. It does not touch weights:
 each target quantizes in its own native format.
 """
 
@@ -20,27 +20,22 @@ from omnic.passes.base import (
 if TYPE_CHECKING:
     from omnic.passes.program import Program
 
-ANNOTATION = "quant_plan"
-
-
 @register_pass("quant::plan")
 class QuantPlan:
     def requires(self, program: "Program") -> None:
-        if ANNOTATION in program.annotations:
+        if program.quant_plan is not None:
             raise PreconditionError("the program already has a quant_plan; run quant::plan once")
 
     def call(self, program: "Program") -> PassResult:
         from omnic.quant.select import tensor_schemes
 
         plan = dict(tensor_schemes(program.spec))
-        return PassResult(
-            program.evolve(annotations={**program.annotations, ANNOTATION: plan}), changed=True
-        )
+        return PassResult(program.evolve(quant_plan=plan), changed=True)
 
     def ensures(self, program: "Program") -> None:
         from omnic.spec.inventory import decoder_tensors
 
-        plan = program.annotations[ANNOTATION]
+        plan = program.schemes()
         for t in decoder_tensors(program.spec.model):
             if t.name not in plan:
                 raise PostconditionError(f"no scheme chosen for {t.name}")

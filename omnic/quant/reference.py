@@ -179,7 +179,7 @@ def reference_weights(
 
     Args:
         state_dict: canonical name -> tensor (torch or numpy), fp32.
-        quant_plan: `program.annotations["quant_plan"]`: name -> TensorScheme (scheme,
+        quant_plan: `program.schemes()`: name -> TensorScheme (scheme,
             group_size, symmetric).
 
     Returns:

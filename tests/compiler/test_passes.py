@@ -58,11 +58,11 @@ def test_default_pipeline_plans_quantization_without_touching_the_input(program)
     out, records = run_passes(program, DEFAULT)
     assert [(r.id, r.changed) for r in records] == [("common::verify_inventory", False),
                                                     ("quant::plan", True)]
-    plan = out.annotations["quant_plan"]
+    plan = out.schemes()
     assert plan == tensor_schemes(program.spec)
     assert plan["embed.weight"].scheme == "int8" and plan["layers.1.ffn.up.weight"].scheme == "int4"
     assert plan["layers.0.attn_norm.weight"].scheme == "fp32"
-    assert program.annotations == {}  # the input program is unchanged
+    assert program.quant_plan is None  # the input program is unchanged
     for k, v in program.decoder.state_dict().items():
         assert torch.equal(v, weights[k])
     with pytest.raises(PassError, match=r"quant::plan failed after \[\]: precondition"):
@@ -105,4 +105,4 @@ def test_a_pass_returns_a_result(program):
     result = get_pass("common::verify_inventory").call(program)
     assert isinstance(result, PassResult) and result.program is program and not result.changed
     with pytest.raises(PostconditionError):
-        get_pass("quant::plan").ensures(program.evolve(annotations={"quant_plan": {}}))
+        get_pass("quant::plan").ensures(program.evolve(quant_plan={}))

@@ -71,14 +71,13 @@ class CoremlTarget:
         if problems:
             raise ValueError("coreml cannot take this spec:\n" + "\n".join(map(str, problems)))
         ct = _require_coremltools()
-        from omnic.quant.select import tensor_schemes
         from omnic.spec.inventory import decoder_tensors
         from omnic.targets.coreml import convert as cv
         from omnic.targets.coreml import structure as ins
         from omnic.targets.coreml import quant as q
 
         c, m = spec.targets.coreml, spec.model
-        plan = program.annotations.get("quant_plan") or tensor_schemes(spec)
+        plan = program.schemes()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         package = out_dir / f"{spec.name}.mlpackage"

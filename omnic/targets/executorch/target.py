@@ -305,7 +305,7 @@ class ExecutorchTarget:
         out_dir.mkdir(parents=True, exist_ok=True)
 
         decoder = copy.deepcopy(program.decoder).eval()  # never mutate the program's decoder
-        quant = quantize_decoder(decoder, program.annotations.get("quant_plan") or _plan(spec))
+        quant = quantize_decoder(decoder, program.schemes())
         for form, n in sorted(Counter(quant.forms.values()).items()):
             _log.info(f"executorch: {n} tensor(s) → {form}")
         if backend == "coreml" and _coreml_options(spec)["compute_precision"] == "fp16":
@@ -400,11 +400,6 @@ def require_delegate(backend: str) -> None:
         raise NotRunnable(f"this ExecuTorch runtime has no {needed} (it has {registered}); "
                           + ("Core ML runs only on macOS/iOS" if backend == "coreml" else ""))
 
-
-def _plan(spec: "ResolvedSpec") -> dict[str, Any]:
-    from omnic.quant.select import tensor_schemes
-
-    return tensor_schemes(spec)
 
 
 def _runtime_ops(et_program: Any) -> dict[str, int]:

@@ -39,15 +39,6 @@ _log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 
 
-def _quant_plan(program: "Program") -> dict[str, Any]:
-    plan = program.annotations.get("quant_plan")
-    if plan is None:
-        from omnic.quant.select import tensor_schemes
-
-        plan = tensor_schemes(program.spec)
-    return dict(plan)
-
-
 def precision_of(spec: "ResolvedSpec") -> str:
     """Tolerance-table row of the spec's default weight scheme: fp32, fp16, int8, int4_g32..."""
     w = spec.quantization.weights
@@ -163,7 +154,7 @@ class OnnxTarget:
         spec = program.spec
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
-        records = onnx_quant.store_weights(model, _quant_plan(program),
+        records = onnx_quant.store_weights(model, program.schemes(),
                                            accuracy_level=self.accuracy_level)
         lost = sorted(n for n, r in records.items()
                       if r["form"] == "unrecognised" and r["planned"] != "fp32")

@@ -158,7 +158,6 @@ class TvmTarget:
         import tvm
         from safetensors.numpy import save_file
 
-        from omnic.quant.select import tensor_schemes
         from omnic.targets.tvm import lowering as L
         from omnic.targets.tvm.quant import apply_packing, dequantize, pack, precision_of
 
@@ -166,7 +165,7 @@ class TvmTarget:
         cfg = spec.targets.tvm
         target_str = cfg.target if cfg is not None else "llvm"
         opt_level = cfg.opt_level if cfg is not None else 3
-        plan = program.annotations.get("quant_plan") or tensor_schemes(spec)
+        plan = program.schemes()
         config = program.decoder.config
         timings: dict[str, float] = {}
 
