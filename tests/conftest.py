@@ -3,7 +3,7 @@
 - `tiny_spec_file`: a factory writing a tiny spec YAML (2 layers, d_model 64, vocab 320) with
   deep-merged overrides, for tests that go through files (compile, validate, golden).
 - `mobile_2gb_build`: specs/mobile_2gb.yaml compiled ONCE per session with all five targets,
-  shared by every target's tests and by the golden conformance tests. Its BuildResult has `.out_dir` (the build, or
+  shared by every target's tests and by the golden conformance tests. Its CompileResult has `.out_dir` (the build, or
   OUT_DIR.failed when a golden check failed) and `.manifest`.
 
 Nothing here imports torch at import time: torch-free test modules stay fast.
@@ -51,7 +51,7 @@ def tiny_spec_file(tmp_path_factory) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def mobile_2gb_build(tmp_path_factory):
-    """specs/mobile_2gb.yaml compiled once with all of its targets (a BuildResult).
+    """specs/mobile_2gb.yaml compiled once with all of its targets (a CompileResult).
 
     Every target the spec names must be installed and accept the spec: `make test` installs
     every backend, so a missing one is a failure here, never a silently smaller build.

@@ -6,6 +6,7 @@ failed (the build is kept at OUT_DIR.failed) or a stage crashed; 2 invalid spec 
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -24,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--dump-dir", metavar="D", help="write every stage's intermediate result here")
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
+    # tests plant faults with it (omnic.passes.faults); not for users, so not in --help
+    p.add_argument("--append-pass", action="append", default=[], metavar="PASS_ID",
+                   help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -38,7 +42,8 @@ def run(args) -> int:
     err_console = Console(stderr=True, highlight=False)
     try:
         result = compile(args.spec, args.out_dir, targets=targets, dump_dir=args.dump_dir,
-                         force=args.force, progress=not args.quiet)
+                         force=args.force, progress=not args.quiet,
+                         extra_passes=args.append_pass)
     except CompileError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return err.exit_code

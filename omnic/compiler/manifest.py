@@ -68,6 +68,10 @@ class ArtifactEntry(_Model):
 class PassEntry(_Model):
     id: str = Field(description="Namespaced pass id.")
     changed: bool = Field(description="Whether the pass changed the program.")
+    target: str | None = Field(
+        None, description="The target whose own pipeline ran the pass (with `component`); "
+        "null for the model-level passes every target starts from.")
+    component: str | None = Field(None, description="The component the target was lowering.")
 
 
 class PlanVsActual(_Model):
@@ -128,7 +132,7 @@ class Manifest(_Model):
         description="failed when any artifact's golden check failed (not_run does not fail).")
     targets: list[str] = Field(description="Targets built, in order.")
     test_fault: str | None = Field(
-        None, description="A fault planted by the test-only OMNIC_TEST_FAULT hook; null normally.")
+        None, description="The fault planted by test-only passes (test::...); null normally.")
     spec_sha256: str = Field(description="sha256 of the canonical JSON of the resolved spec.")
     spec: dict[str, Any] = Field(description="The fully resolved spec.")
     toolchain: dict[str, str] = Field(description="Python and library versions.")

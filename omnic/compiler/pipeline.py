@@ -1,7 +1,10 @@
 """`compile()`: the stages of DESIGN.md, top to bottom.
 
-    load → validate → resolve → plan → check (every target's pre-flight) → build → passes
-    → reference → per target: lower → golden → manifest → publish
+    validate (load, check, resolve presets) → [quantization: auto picks its scheme] → plan
+    → check (every target's pre-flight) → build → passes → reference
+    → per target: lower → golden → manifest → publish
+
+Each stage runs once and hands its value to the next.
 
 Output is written to a hidden staging directory beside OUT_DIR and renamed into place at the end,
 so an interrupted or crashed compile leaves nothing that looks like a build. Outcomes:
@@ -50,7 +53,7 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass
-class BuildResult:
+class CompileResult:
     status: str  # "passed" | "failed"
     exit_code: int  # 0 passed, 1 a golden check failed
     out_dir: Path  # where the build is: OUT_DIR, or OUT_DIR.failed
@@ -137,7 +140,8 @@ def _exported_graph(decoder: Any) -> str:
         return f"torch.export failed: {type(err).__name__}: {err}\n"
 
 
-def _golden(session: Any, target: Any, artifacts: list["Artifact"], components: Any = None) -> list[tuple["Artifact", "GoldenResult"]]:
+def _golden(session: Any, components: Any, target: Any, artifacts: list["Artifact"]
+            ) -> list[tuple["Artifact", "GoldenResult"]]:
     """Check each artifact: the decoder's with `session`, the others' with `components`."""
     out = []
     for a in artifacts:
@@ -210,6 +214,51 @@ def _publish(staging: Path, out_dir: Path, passed: bool) -> Path:
     return final
 
 
+@dataclass(frozen=True)
+class Built:
+    """The build stage's value: the program every pass and target starts from, and the
+    tokenizer the golden prompts are encoded with."""
+
+    program: Any  # omnic.passes.program.Program
+    tokenizer: Any
+
+
+def _build(resolved: Any, spec_dir: Path, dump: Path | None) -> Built:
+    """The torch model, its components and tokenizer, from the resolved spec."""
+    from omnic.model import build_model
+    from omnic.model.components import build_components
+    from omnic.passes.program import Program
+    from omnic.tokenizer import load_tokenizer
+
+    try:
+        decoder = build_model(resolved, spec_dir)
+        components = build_components(resolved, spec_dir)  # encoders, heads (modalities)
+        tokenizer = load_tokenizer(resolved, spec_dir)
+    except (ValueError, OSError) as err:  # weights / tokenizer that do not fit the spec
+        raise InputError(f"{type(err).__name__}: {err}") from None
+    _dump(dump, "04-model.txt", f"{decoder}\n\n" + "\n".join(
+        f"{k} {list(v.shape)} {v.dtype}" for k, v in decoder.state_dict().items()) + "\n")
+    return Built(Program(spec=resolved, spec_dir=spec_dir, decoder=decoder,
+                         components=components), tokenizer)
+
+
+def _check(resolved: Any, requested: Sequence[str] | None) -> dict[str, Any]:
+    """Every selected target's pre-flight; the targets by id, or InputError with every problem."""
+    from omnic.targets.base import get_target
+
+    objs, problems = {}, []
+    for t in _select_targets(resolved, requested):
+        try:
+            objs[t] = get_target(t)
+        except KeyError as err:
+            raise InputError(f"target {t} is not available: {err}") from None
+        problems += [str(p) for p in objs[t].check(resolved)]
+    if problems:
+        raise InputError("pre-flight problems:\n" + "\n".join(problems))
+    _log.info(f"  targets: {', '.join(objs)}")
+    return objs
+
+
 def compile(
     spec_path: str | Path,
     out_dir: str | Path,
@@ -217,8 +266,11 @@ def compile(
     dump_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
-) -> BuildResult:
+    extra_passes: Sequence[str] = (),
+) -> CompileResult:
     """Compile a spec into verified artifacts and a manifest.
+
+    Each stage runs once and hands its value to the next (see the module docstring).
 
     Args:
         spec_path: the spec YAML.
@@ -226,31 +278,26 @@ def compile(
         targets: target ids to build (default: every target enabled in the spec).
         dump_dir: when given, each stage's intermediate result is written there.
         force: replace an existing out_dir.
-        progress: show progress on stderr.
+        progress: show a spinner on stderr while a stage runs (log lines go through `logging`).
+        extra_passes: pass ids appended to the model-level pipeline (tests plant faults with
+            the `test::` passes of omnic.passes.faults).
 
     Returns:
-        BuildResult (status "passed" with exit_code 0, or "failed" with exit_code 1 and the
+        CompileResult (status "passed" with exit_code 0, or "failed" with exit_code 1 and the
         build at OUT_DIR.failed).
 
     Raises:
         InputError: invalid spec or input (exit status 2); nothing written.
         CompileError: a stage crashed (exit status 1); nothing written.
     """
-    from omnic.compiler.faults import active_fault, apply_fault
-    from omnic.golden import inputs as golden_inputs
-    from omnic.golden.check import GoldenSession
-    from omnic.golden.components import ComponentGoldenSession
+    from omnic.compiler.plan import plan_memory
     from omnic.golden.tolerances import validate_overrides
     from omnic.passes import DEFAULT, PassError, run_passes
-    from omnic.compiler.plan import plan_memory
+    from omnic.passes.faults import fault_name
     from omnic.quant.auto import choose_for_build, is_auto
-    from omnic.presets.resolve import resolve
-    from omnic.spec.extends import load_with_extends
-    from omnic.spec.load import SpecError
     from omnic.spec.validate import validate_file
 
-    console = Console(stderr=True, quiet=not progress, highlight=False)
-    stage = _Stages(console)
+    stage = _Stages(Console(stderr=True, quiet=not progress, highlight=False))
     started = time.perf_counter()
     spec_path, out_dir = Path(spec_path), Path(out_dir)
     dump = Path(dump_dir) if dump_dir is not None else None
@@ -258,11 +305,7 @@ def compile(
     if out_dir.exists() and not force:
         raise InputError(f"{out_dir} exists; pass --force to replace it")
 
-    with stage("load"):
-        doc, diagnostics = load_with_extends(spec_path)
-        if doc is None:
-            raise InputError("\n".join(str(d) for d in diagnostics))
-        _dump_yaml(dump, "01-spec.yaml", doc.data)
+    # load, validate and resolve: the file is read once, presets are resolved once
     with stage("validate"):
         validation = validate_file(spec_path)
         if not validation.ok:
@@ -273,63 +316,36 @@ def compile(
         warnings = [str(d) for d in validation.warnings]
         for w in warnings:
             _log.warning(f"warning: {w}")
-    with stage("resolve"):
-        try:
-            resolved = resolve(validation.spec, spec_dir)
-        except SpecError as err:
-            raise InputError(str(err)) from None
-        spec_data = resolved.model_dump(mode="json")
-        _dump_yaml(dump, "02-resolved.yaml", spec_data)
+        resolved = validation.resolved
+        _dump_yaml(dump, "01-spec.yaml", validation.spec.model_dump(mode="json",
+                                                                    exclude_unset=True))
+        _dump_yaml(dump, "02-resolved.yaml", resolved.model_dump(mode="json"))
+    built, auto = None, None
+    if is_auto(validation.spec.quantization):
+        # quantization: auto picks its scheme here, measured on the built fp32 model (which does
+        # not depend on the scheme, so the build stage below takes this one over)
+        with stage("quant auto"):
+            built = _build(resolved, spec_dir, dump)
+            try:
+                auto = choose_for_build(resolved, built.program.decoder, built.tokenizer,
+                                        _log.info)
+            except ValueError as err:
+                raise InputError(str(err)) from None
+            resolved = resolved.model_copy(update={"quantization": auto.quantization})
+            built = Built(built.program.evolve(spec=resolved), built.tokenizer)
+    spec_data = resolved.model_dump(mode="json")
     with stage("plan"):
         plan = plan_memory(resolved, artifacts=True, spec_dir=str(spec_dir))
         _dump(dump, "03-plan.json", plan.to_dict())
     with stage("check"):
-        from omnic.targets.base import get_target
-
-        target_ids = _select_targets(resolved, targets)
-        objs, problems = {}, []
-        for t in target_ids:
-            try:
-                objs[t] = get_target(t)
-            except (KeyError, ImportError) as err:
-                raise InputError(f"target {t} is not available: {err}") from None
-            problems += [str(p) for p in objs[t].check(resolved)]
-        if problems:
-            raise InputError("pre-flight problems:\n" + "\n".join(problems))
-        _log.info(f"  targets: {', '.join(target_ids)}")
-    with stage("build"):
-        from omnic.model import build_model
-        from omnic.model.components import build_components
-        from omnic.passes.program import Program
-        from omnic.tokenizer import load_tokenizer
-
-        try:
-            decoder = build_model(resolved, spec_dir)
-            components = build_components(resolved, spec_dir)  # encoders, heads (modalities)
-            tokenizer = load_tokenizer(resolved, spec_dir)
-        except (ValueError, OSError) as err:  # weights / tokenizer that do not fit the spec
-            raise InputError(f"{type(err).__name__}: {err}") from None
-        program = Program(spec=resolved, spec_dir=spec_dir, decoder=decoder,
-                          components=components)
-        _dump(dump, "04-model.txt", f"{decoder}\n\n" + "\n".join(
-            f"{k} {list(v.shape)} {v.dtype}" for k, v in decoder.state_dict().items()) + "\n")
-    auto = None
-    if is_auto(validation.spec.quantization):  # measured on the built model (omnic.quant.auto)
-        with stage("quant auto"):
-            try:
-                auto = choose_for_build(resolved, decoder, tokenizer, _log.info)
-            except ValueError as err:
-                raise InputError(str(err)) from None
-            resolved = resolved.model_copy(update={"quantization": auto.quantization})
-            spec_data = resolved.model_dump(mode="json")
-            plan = plan_memory(resolved, artifacts=True, spec_dir=str(spec_dir))
-            program = program.evolve(spec=resolved)
-            problems = [str(p) for t in target_ids for p in objs[t].check(resolved)]
-            if problems:
-                raise InputError("pre-flight problems:\n" + "\n".join(problems))
+        objs = _check(resolved, targets)
+    if built is None:
+        with stage("build"):
+            built = _build(resolved, spec_dir, dump)
+    pipeline = [*DEFAULT, *extra_passes]
     with stage("passes"):
         try:
-            program, pass_records = run_passes(program, DEFAULT)
+            program, pass_records = run_passes(built.program, pipeline)
         except PassError as err:
             raise CompileError(str(err)) from err
         for r in pass_records:
@@ -337,14 +353,12 @@ def compile(
                       f"{r.seconds:.3f}s")
         _dump(dump, "05-passes.json", {"passes": [vars(r) for r in pass_records],
                                        "quant_plan": program.quant_plan})
-    fault = active_fault()
-    lowered = program
+    fault = fault_name(pipeline)
     if fault:
         _log.warning(f"TEST FAULT {fault}: the targets get a damaged program")
-        lowered = apply_fault(program, fault)
     if dump is not None:
         with stage("dump graph"):
-            _dump(dump, "05-program-graph.txt", _exported_graph(lowered.decoder))
+            _dump(dump, "05-program-graph.txt", _exported_graph(program.decoder))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.omnic-staging-{os.getpid()}")
@@ -352,19 +366,15 @@ def compile(
     staging.mkdir()
     try:
         with stage("reference"):
-            inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(tokenizer))
-            session = GoldenSession(program.decoder, inputs, staging,
-                                    resolved.golden.tolerances)
-            session.fp32()
-            # the built components, never the lowered (possibly faulted) ones
-            component_session = ComponentGoldenSession(
-                program.components, staging, resolved.golden.seed, resolved.golden.tolerances)
+            # from the model as built, before any pass: a pass that damages the program (the
+            # test:: faults) must show up as a golden failure, not move the reference with it
+            sessions = _reference(built, resolved, staging)
         results: list[tuple["Artifact", "GoldenResult"]] = []
-        for t in target_ids:
+        for t, target in objs.items():
             with stage(f"{t}: lower", "targets"):
-                artifacts = lower_target(t, objs[t], lowered, staging)
+                artifacts = lower_target(t, target, program, staging)
             with stage(f"{t}: golden", "targets"):
-                results += _golden(session, objs[t], artifacts, component_session)
+                results += _golden(*sessions, target, artifacts)
             _dump(dump, f"06-{t}-artifacts.json", [
                 {k: v for k, v in vars(a).items() if k != "reference_weights"}
                 for a in artifacts])
@@ -373,10 +383,12 @@ def compile(
             g = resolved.golden
             manifest = mf.Manifest(
                 omnic_version=_version(), manifest_format=MANIFEST_FORMAT_VERSION,
-                name=resolved.name, status=mf.overall_status(entries), targets=target_ids,
+                name=resolved.name, status=mf.overall_status(entries), targets=list(objs),
                 test_fault=fault, spec_sha256=mf.spec_sha256(spec_data), spec=spec_data,
                 toolchain=mf.toolchain_versions(), memory_plan=mf.jsonable(plan.to_dict()),
-                passes=[mf.PassEntry(id=r.id, changed=r.changed) for r in pass_records],
+                passes=[mf.PassEntry(id=r.id, changed=r.changed) for r in pass_records] + [
+                    mf.PassEntry(id=r.id, changed=r.changed, target=a.target,
+                                 component=a.component) for a, _ in results for r in a.passes],
                 artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries, staging),
                 quantization_auto=auto.to_dict() if auto is not None else None,
                 golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
@@ -385,7 +397,9 @@ def compile(
             )
         manifest.timings = mf.Timings(
             stages=stage.records["stages"], targets=stage.records["targets"],
-            passes=[mf.StageTiming(stage=r.id, seconds=r.seconds) for r in pass_records],
+            passes=[mf.StageTiming(stage=r.id, seconds=r.seconds) for r in pass_records] + [
+                mf.StageTiming(stage=f"{a.target}/{a.component}: {r.id}", seconds=r.seconds)
+                for a, _ in results for r in a.passes],
             total_seconds=time.perf_counter() - started,
             peak_rss_mb=max(stage.peak_mb, mf.peak_rss_mb() or 0.0) or None)
         mf.write(manifest, staging)
@@ -395,7 +409,22 @@ def compile(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return BuildResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
+    return CompileResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
+
+
+def _reference(built: Built, resolved: Any, staging: Path) -> tuple[Any, Any]:
+    """The golden sessions: the decoder's fp32 reference, and the components'."""
+    from omnic.golden import inputs as golden_inputs
+    from omnic.golden.check import GoldenSession
+    from omnic.golden.components import ComponentGoldenSession
+
+    golden = resolved.golden
+    inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(built.tokenizer))
+    session = GoldenSession(built.program.decoder, inputs, staging, golden.tolerances)
+    session.fp32()
+    components = ComponentGoldenSession(built.program.components, staging, golden.seed,
+                                        golden.tolerances)
+    return session, components
 
 
 def _version() -> str:

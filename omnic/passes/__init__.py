@@ -9,15 +9,16 @@ from omnic.passes.base import (
     PassResult,
     PostconditionError,
     PreconditionError,
+    PurityError,
     get_pass,
     register_pass,
     registered_passes,
     run_passes,
 )
-from omnic.passes import quant_plan, verify_inventory  # noqa: F401  (registration)
+from omnic.passes import faults, quant_plan, verify_inventory  # noqa: F401  (registration)
 from omnic.passes.pipelines import DEFAULT, PIPELINES
 
 __all__ = [
     "DEFAULT", "PIPELINES", "PassError", "PassRecord", "PassResult", "PostconditionError",
-    "PreconditionError", "get_pass", "register_pass", "registered_passes", "run_passes",
+    "PreconditionError", "PurityError", "get_pass", "register_pass", "registered_passes", "run_passes",
 ]

@@ -1,15 +1,17 @@
-"""Test-only fault injection: prove that the golden check can fail.
+"""Test-only passes that plant a fault: they prove that the golden check can fail.
 
-The one place the environment variable OMNIC_TEST_FAULT is read. When it names a fault, the
-pipeline hands the targets a damaged copy of the program while the golden references keep the
-true decoder, so a correct golden check must fail and say what diverged. Never set it outside
-tests.
+Tests append one to the model-level pipeline (`compile(..., extra_passes=["test::..."])`, or
+`omnic compile --append-pass test::...`). The golden references are built from the model as the
+build stage made it, before any pass, so the targets lower a damaged program while the references
+keep the true one: a correct golden check must fail and say what diverged. Never in a default
+pipeline.
 
-Faults:
-    swap_kv_heads   reverse the order of the key heads in every layer's k projection (rows of
+Passes:
+    test::swap_kv_heads
+                    reverse the order of the key heads in every layer's k projection (rows of
                     layers.{i}.attn.k.weight and .bias): each query group attends to the keys
                     of another group, the classic wrong-GQA-layout bug. Needs >= 2 kv heads.
-    permute_component_weights
+    test::permute_component_weights
                     reverse the output rows of the first matrix (or conv filter bank) of every
                     component (encoders, projectors, heads): a wrong weight layout in each
                     component artifact, the decoder untouched. Needs a spec with modalities.
@@ -18,62 +20,67 @@ Faults:
 from __future__ import annotations
 
 import copy
-import os
-from typing import TYPE_CHECKING
+import dataclasses
 
-if TYPE_CHECKING:
-    from omnic.passes.program import Program
+from omnic.passes.base import PassResult, PreconditionError, register_pass
+from omnic.passes.program import Program
 
-ENV = "OMNIC_TEST_FAULT"
-FAULTS = ("swap_kv_heads", "permute_component_weights")
+NAMESPACE = "test::"
 
 
-def active_fault() -> str | None:
-    """The fault named by OMNIC_TEST_FAULT, or None. Unknown names are an error, not ignored."""
-    name = os.environ.get(ENV, "").strip()
-    if not name:
-        return None
-    if name not in FAULTS:
-        raise ValueError(f"{ENV}={name!r} is not a known fault; one of {FAULTS}")
-    return name
+def fault_name(pass_ids: list[str]) -> str | None:
+    """The fault planted by a pipeline's test passes (without the namespace), or None."""
+    names = [p.removeprefix(NAMESPACE) for p in pass_ids if p.startswith(NAMESPACE)]
+    return ",".join(names) or None
 
 
-def apply_fault(program: "Program", fault: str) -> "Program":
-    """A copy of `program` with `fault` planted; the input is not touched."""
-    import torch
+@register_pass("test::swap_kv_heads")
+class SwapKvHeads:
+    """A copy of the program whose k projections have their kv heads in reverse order."""
 
-    if fault == "permute_component_weights":
-        return _permute_component_weights(program)
-    if fault != "swap_kv_heads":
-        raise ValueError(f"unknown fault {fault!r}")
-    model = program.spec.model
-    kv, hd = model.kv_heads, model.dim_per_head
-    if kv < 2:
-        raise ValueError("swap_kv_heads needs a model with at least 2 kv heads")
-    decoder = copy.deepcopy(program.decoder)
-    state = decoder.state_dict()
-    order = torch.arange(kv * hd).reshape(kv, hd).flip(0).reshape(-1)
-    with torch.no_grad():
-        for i in range(model.n_layers):
-            for suffix in ("weight", "bias"):
-                name = f"layers.{i}.attn.k.{suffix}"
-                if name in state:
-                    state[name].copy_(state[name][order].clone())
-    return program.evolve(decoder=decoder)
+    def requires(self, program: Program) -> None:
+        if program.spec.model.kv_heads < 2:
+            raise PreconditionError("swap_kv_heads needs a model with at least 2 kv heads")
 
+    def call(self, program: Program) -> PassResult:
+        import torch
 
-def _permute_component_weights(program: "Program") -> "Program":
-    import dataclasses
-
-    import torch
-
-    if not program.components:
-        raise ValueError("permute_component_weights needs a spec with modalities")
-    damaged = {}
-    for name, comp in program.components.items():
-        module = copy.deepcopy(comp.module)
-        weight = next(p for p in module.parameters() if p.dim() >= 2 and p.shape[0] >= 2)
+        model = program.spec.model
+        kv, hd = model.kv_heads, model.dim_per_head
+        decoder = copy.deepcopy(program.decoder)
+        state = decoder.state_dict()
+        order = torch.arange(kv * hd).reshape(kv, hd).flip(0).reshape(-1)
         with torch.no_grad():
-            weight.copy_(weight.flip(0).clone())
-        damaged[name] = dataclasses.replace(comp, module=module)
-    return program.evolve(components=damaged)
+            for i in range(model.n_layers):
+                for suffix in ("weight", "bias"):
+                    name = f"layers.{i}.attn.k.{suffix}"
+                    if name in state:
+                        state[name].copy_(state[name][order].clone())
+        return PassResult(program.evolve(decoder=decoder), changed=True)
+
+    def ensures(self, program: Program) -> None:
+        pass
+
+
+@register_pass("test::permute_component_weights")
+class PermuteComponentWeights:
+    """A copy of the program whose components have their first matrix's rows reversed."""
+
+    def requires(self, program: Program) -> None:
+        if not program.components:
+            raise PreconditionError("permute_component_weights needs a spec with modalities")
+
+    def call(self, program: Program) -> PassResult:
+        import torch
+
+        damaged = {}
+        for name, comp in program.components.items():
+            module = copy.deepcopy(comp.module)
+            weight = next(p for p in module.parameters() if p.dim() >= 2 and p.shape[0] >= 2)
+            with torch.no_grad():
+                weight.copy_(weight.flip(0).clone())
+            damaged[name] = dataclasses.replace(comp, module=module)
+        return PassResult(program.evolve(components=damaged), changed=True)
+
+    def ensures(self, program: Program) -> None:
+        pass

@@ -4,12 +4,11 @@ torch.export target (tests/compiler/export_target.py):
 - build_a:  the tiny spec, targets torch_export (fp32) + torch_int8, with --dump-dir
 - build_a2: the same spec compiled again (determinism)
 - build_b:  the same spec with one field changed (model.rope.theta), for diff
-- fault_build: build_a's spec through the CLI with OMNIC_TEST_FAULT=swap_kv_heads (exit 1)
+- fault_build: build_a's spec through the CLI with the test::swap_kv_heads pass appended (exit 1)
 """
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -59,20 +58,14 @@ def build_b(spec_b, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fault_build(spec_a, tmp_path_factory):
-    """The CLI with the test-only fault hook; returns exit code, requested dir, stderr text."""
+    """The CLI with a test-only fault pass; returns exit code, requested dir, stderr text."""
     import contextlib
     import io
 
     from omnic.cli.main import main
-    from omnic.compiler.faults import ENV
-
     out = tmp_path_factory.mktemp("fault") / "build"
     err = io.StringIO()
-    os.environ[ENV] = "swap_kv_heads"
-    try:
-        with contextlib.redirect_stderr(err):
-            code = main(["compile", str(spec_a), "-o", str(out), "--targets", "torch_export",
-                         "--quiet"])
-    finally:
-        del os.environ[ENV]
+    with contextlib.redirect_stderr(err):
+        code = main(["compile", str(spec_a), "-o", str(out), "--targets", "torch_export",
+                     "--quiet", "--append-pass", "test::swap_kv_heads"])
     return SimpleNamespace(code=code, out_dir=out, stderr=err.getvalue())

@@ -14,7 +14,6 @@ manifest's resolved spec, run every artifact on its runtime through the backend 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +58,14 @@ def mm_build(mm_spec, tmp_path_factory):
 def mm_fault_build(mm_spec, tmp_path_factory):
     import torch
 
-    from omnic.compiler.faults import ENV
     from omnic.compiler.pipeline import compile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    os.environ[ENV] = "permute_component_weights"
     try:
         return compile(mm_spec, tmp_path_factory.mktemp("mm-fault") / "build", targets=["tvm"],
-                       progress=False)
+                       progress=False, extra_passes=["test::permute_component_weights"])
     finally:
-        del os.environ[ENV]
         torch.set_num_threads(threads)
 
 
