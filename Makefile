@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/omnic compile specs/mobile_2gb.yaml -o build/mobile_2gb --force
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check omnic tests bench
 	$(PY) -m pytest
 
 schemas: $(STAMP)
