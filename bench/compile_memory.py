@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -47,7 +46,7 @@ def _status_mb(pid: int, key: str) -> float | None:
 
 def fp32_weight_bytes(spec: Path) -> int:
     from omnic.spec.inventory import parameter_count
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
     return 4 * parameter_count(load_resolved(spec).model)
 

@@ -81,6 +81,7 @@ def main() -> None:
     from omnic.compiler.plan import plan_memory
     from omnic.passes.program import Program
     from omnic.runtime.torch_runner import TorchRunner
+    from omnic.quant.select import tensor_schemes
     from omnic.spec.inventory import parameter_count
     from omnic.targets.base import get_target
 
@@ -105,7 +106,8 @@ def main() -> None:
         spec = make_spec(ft)
         t0 = time.perf_counter()
         tracemalloc.start()
-        (art,) = target.lower(Program(spec, ROOT, decoder), args.out / "gguf")
+        program = Program(spec, ROOT, decoder, quant_plan=tensor_schemes(spec))
+        (art,) = target.lower(program, args.out / "gguf")
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         lower_s = time.perf_counter() - t0
@@ -140,7 +142,8 @@ def main() -> None:
         path.unlink()
         print(json.dumps(row), flush=True)
 
-    print("\n| type | file MiB | plan MiB | file/plan | bits/weight | KLD (nats) | top-1 | tensor types |")
+    print("\n| type | file MiB | plan MiB | file/plan | bits/weight | KLD (nats) | top-1 "
+          "| tensor types |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         plan = f"{r['plan_weight_MiB']}" if r["plan_weight_MiB"] else "-"
@@ -149,7 +152,8 @@ def main() -> None:
         print(f"| {r['type']} | {r['MiB']} | {plan} | {ratio} | {r['bits_per_weight']} | "
               f"{r['kld']:.5f} | {r['top1']:.1%} | {types} |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak RSS {peak:.0f} MiB (fp32 model {parameter_count(base.model) * 4 / 2**20:.0f} MiB)")
+    print(f"\npeak RSS {peak:.0f} MiB "
+          f"(fp32 model {parameter_count(base.model) * 4 / 2**20:.0f} MiB)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

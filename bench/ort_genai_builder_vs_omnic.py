@@ -199,7 +199,8 @@ def main() -> int:
     ratios = []
     for name in builds:
         parts = [f"{kind} {ratio(name, kind, 'decode_tok_s', results)} (p10 "
-                 f"{ratio(name, kind, 'decode_tok_s_p10', results, True)})" for kind in ("og", "ort")]
+                 f"{ratio(name, kind, 'decode_tok_s_p10', results, True)})"
+                 for kind in ("og", "ort")]
         if cpu:
             parts += [f"cpu-time {kind} {ratio(name, kind, 'decode_cpu_tok_s', cpu)}"
                       for kind in ("og", "ort")]

@@ -70,8 +70,7 @@ def write_spec(scheme: str, out: Path, targets: list[str] | None = None) -> Path
 
 def carriers(spec_path: Path, targets: list[str]) -> dict[str, list[str]]:
     """target -> pre-flight problems (empty list: the target can carry the scheme)."""
-    from omnic.spec.validate import validate_file
-    from omnic.presets.resolve import resolve
+    from omnic.compiler.validate import resolve, validate_file
     from omnic.targets.base import get_target
 
     v = validate_file(spec_path)
@@ -120,7 +119,7 @@ def read_build(build: Path) -> dict[str, dict]:
 
 def _ratio(manifest: dict, artifact: dict, build: Path) -> float | None:
     """actual / predicted with the current byte model, for a manifest written without it."""
-    from omnic.quant.footprint import artifact_bytes, measured_bytes
+    from omnic.targets.footprint import artifact_bytes, measured_bytes
     from omnic.spec import ResolvedSpec
 
     predicted = artifact_bytes(ResolvedSpec.model_validate(manifest["spec"]), artifact["target"])
@@ -143,7 +142,8 @@ def table(results: dict[str, dict[str, dict]], skipped: dict[str, dict[str, str]
             continue
         fp32 = (results.get(COREML_FP32 if target == "coreml" and COREML_FP32 in results
                             else "fp32", {}).get(target) or {}).get("bytes")
-        lines += [f"## {target}", "", "| scheme | precision | bytes | x fp32 | plan | KLD | top-1 | golden |",
+        lines += [f"## {target}", "",
+                  "| scheme | precision | bytes | x fp32 | plan | KLD | top-1 | golden |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
         for scheme in results:
             r = results[scheme].get(target)
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schemes", default=",".join(SCHEMES))
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--markdown", default=None, help="also write the table to this file")
-    p.add_argument("--report-only", action="store_true", help="read existing builds, compile nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="read existing builds, compile nothing")
     args = p.parse_args(argv)
     out = Path(args.out)
     schemes = [s for s in args.schemes.split(",") if s]

@@ -50,7 +50,8 @@ class Roles:
     SENSORS = "sensors"
     PROJECTOR = "projector"
     ACTION = "action"
-    ALL = (EMBEDDING, ATTENTION, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS, PROJECTOR, ACTION)
+    ALL = (EMBEDDING, ATTENTION, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS, PROJECTOR,
+           ACTION)
 
 
 class Components:
@@ -116,7 +117,7 @@ class TensorNames:
     Q = "layers.{i}.attn.q.weight"
     K = "layers.{i}.attn.k.weight"
     V = "layers.{i}.attn.v.weight"
-    O = "layers.{i}.attn.o.weight"
+    O = "layers.{i}.attn.o.weight"  # noqa: E741  (the projection is called o)
     Q_BIAS = "layers.{i}.attn.q.bias"
     K_BIAS = "layers.{i}.attn.k.bias"
     V_BIAS = "layers.{i}.attn.v.bias"

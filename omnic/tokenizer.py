@@ -24,11 +24,13 @@ class TokenizerError(ValueError):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as ids 0..255, then `<s>`=256, `</s>`=257, `<pad>`=258, `<unused_N>` to vocab_size."""
+    """UTF-8 bytes as ids 0..255, then `<s>`=256, `</s>`=257, `<pad>`=258, `<unused_N>` to
+    vocab_size."""
 
     def __init__(self, vocab_size: int) -> None:
         if vocab_size < 256 + len(BYTE_SPECIALS):
-            raise TokenizerError(f"the byte tokenizer needs vocab_size >= 259, the model has {vocab_size}")
+            raise TokenizerError(f"the byte tokenizer needs vocab_size >= 259, the model has "
+                                 f"{vocab_size}")
         self.vocab_size = vocab_size
         self.bos_id, self.pad_id = 256, 258
         self.eos_ids = [257]
@@ -139,14 +141,16 @@ class HFTokenizer:
     """A Hugging Face `tokenizer.json` read with the `tokenizers` library.
 
     Special ids: eos from generation_config.json, then config.json, then tokenizer_config.json
-    (all distinct ids kept, in that order); bos and pad from config.json, else tokenizer_config.json.
+    (all distinct ids kept, in that order); bos and pad from config.json, else
+    tokenizer_config.json.
     """
 
     def __init__(self, directory: Path) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise TokenizerError("the tokenizers library is missing: install omnic[torch]") from None
+            raise TokenizerError("the tokenizers library is missing: "
+                                 "install omnic[torch]") from None
         self.directory = Path(directory)
         path = self.directory / "tokenizer.json"
         if not path.is_file():
@@ -162,9 +166,11 @@ class HFTokenizer:
             tid = self._tok.token_to_id(text) if text else None
             return [] if tid is None else [tid]
 
-        eos = _as_list(gcfg.get("eos_token_id")) + _as_list(cfg.get("eos_token_id")) + by_text("eos_token")
+        eos = (_as_list(gcfg.get("eos_token_id")) + _as_list(cfg.get("eos_token_id"))
+               + by_text("eos_token"))
         self.eos_ids = list(dict.fromkeys(eos))
-        bos = _as_list(gcfg.get("bos_token_id")) or _as_list(cfg.get("bos_token_id")) or by_text("bos_token")
+        bos = (_as_list(gcfg.get("bos_token_id")) or _as_list(cfg.get("bos_token_id"))
+               or by_text("bos_token"))
         self.bos_id = bos[0] if bos else None
         pad = _as_list(cfg.get("pad_token_id")) or by_text("pad_token")
         self.pad_id = pad[0] if pad else None
@@ -181,7 +187,8 @@ class HFTokenizer:
         return self._tok.token_to_id(token)
 
     def save(self, directory: Path) -> list[Path]:
-        """Copy tokenizer.json and tokenizer_config.json (and special_tokens_map.json) into `directory`."""
+        """Copy tokenizer.json and tokenizer_config.json (and special_tokens_map.json) into
+        `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         out = []

@@ -3,8 +3,8 @@
 - `tiny_spec_file`: a factory writing a tiny spec YAML (2 layers, d_model 64, vocab 320) with
   deep-merged overrides, for tests that go through files (compile, validate, golden).
 - `mobile_2gb_build`: specs/mobile_2gb.yaml compiled ONCE per session with all five targets,
-  shared by every target's tests and by the golden conformance tests. Its CompileResult has `.out_dir` (the build, or
-  OUT_DIR.failed when a golden check failed) and `.manifest`.
+  shared by every target's tests and by the golden conformance tests. Its CompileResult has
+  `.out_dir` (the build, or OUT_DIR.failed when a golden check failed) and `.manifest`.
 
 Nothing here imports torch at import time: torch-free test modules stay fast.
 """

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 COMMON = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=64, bos_token_id=256, eos_token_id=257, pad_token_id=258,
+    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    bos_token_id=256, eos_token_id=257, pad_token_id=258,
 )
 
 # family -> (transformers config class name, config overrides)

@@ -123,7 +123,6 @@ def measure_bandwidth(nbytes: int | None = None, threads: int = 1, repeat: int =
 
     one_pass()  # warm-up: page faults of dst, thread start-up
     samples = [2 * nbytes / one_pass() / 1e9 for _ in range(max(1, repeat))]
-    del src, dst
     return Bandwidth(gbps=statistics.median(samples), samples_gbps=samples, buffer_bytes=nbytes,
                      llc_bytes=llc, threads=threads)
 

@@ -26,6 +26,7 @@ def run_update(args) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    from omnic.compiler.validate import load_resolved
     from omnic.golden.summary import write
     from omnic.spec.load import SpecError
 
@@ -38,7 +39,7 @@ def run_update(args) -> int:
     for spec in specs:
         try:
             with console.status(f"golden: {spec}"):
-                out = write(Path(args.golden_dir), spec)
+                out = write(Path(args.golden_dir), spec, load_resolved(spec))
         except (SpecError, FileNotFoundError) as err:
             console.print(f"[red]error:[/] {escape(str(spec))}: {escape(str(err))}")
             status = 2

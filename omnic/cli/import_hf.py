@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("hf_dir", metavar="HF_DIR", help="Hugging Face model directory")
     p.add_argument("-o", "--out", required=True, metavar="SPEC", help="spec YAML file to write")
     p.add_argument("--context-length", type=int, metavar="N",
-                   help="static KV cache length (default: the checkpoint's max_position_embeddings)")
+                   help="static KV cache length "
+                   "(default: the checkpoint's max_position_embeddings)")
     p.add_argument("--name", help="spec name (default: the directory's name)")
     p.set_defaults(func=run)
 

@@ -83,12 +83,13 @@ def print_summary(manifest: "Manifest", console=None) -> None:
         if p.excluded_bytes:
             actual += f" (+{human_bytes(p.excluded_bytes)} code)"
         within = "-" if p.within_tolerance is None else (
-            f"[green]±{p.tolerance:.0%}[/]" if p.within_tolerance else f"[red]no (±{p.tolerance:.0%})[/]")
+            f"[green]±{p.tolerance:.0%}[/]" if p.within_tolerance
+            else f"[red]no (±{p.tolerance:.0%})[/]")
         plan.add_row(p.target, p.path, human_bytes(p.planned_bytes) + ("" if p.basis == "target"
                      else " (weights)"), actual, f"{p.ratio:.3f}" if p.ratio is not None else "-",
                      within)
     console.print(plan)
-    if manifest.quantization_auto:  # quantization: auto (omnic.quant.auto)
+    if manifest.quantization_auto:  # quantization: auto (omnic.compiler.auto_quant)
         qa = manifest.quantization_auto
         console.print(f"quantization auto -> [b]{qa['chosen']}[/]: {escape(qa['reason'])}",
                       soft_wrap=True)

@@ -8,7 +8,8 @@ import json
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("plan", help="memory plan: weights, KV cache, activations vs device budget")
+    p = subparsers.add_parser("plan", help="memory plan: weights, KV cache, activations vs "
+                              "device budget")
     p.add_argument("spec", metavar="SPEC", help="spec YAML file")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--explain-quant", action="store_true",
@@ -34,7 +35,8 @@ def render(plan, title: str) -> None:
         weights.add_column(col, justify=justify)
     for w in plan.weights:
         weights.add_row(w.component, w.storage, str(w.tensors), f"{w.parameters:,}", _mib(w.bytes))
-    weights.add_row("[b]all weights", "", "", f"[b]{plan.parameters:,}", f"[b]{_mib(plan.weight_bytes)}")
+    weights.add_row("[b]all weights", "", "", f"[b]{plan.parameters:,}",
+                    f"[b]{_mib(plan.weight_bytes)}")
     console.print(weights)
 
     total = Table(title=f"against {plan.device}", title_justify="left")
@@ -63,7 +65,7 @@ def render(plan, title: str) -> None:
 
 
 def render_artifacts(artifacts: list[dict], console) -> None:
-    """Each target's predicted artifact, line by line (omnic.quant.footprint)."""
+    """Each target's predicted artifact, line by line (omnic.targets.footprint)."""
     from rich.table import Table
 
     table = Table(title="artifacts (predicted bytes per target)", title_justify="left")
@@ -94,14 +96,14 @@ def run(args) -> int:
     plan = plan_memory(result.resolved, artifacts=True, spec_dir=str(Path(args.spec).parent))
     auto_note = None
     if result.spec is not None and result.spec.quantization == "auto":
-        from omnic.quant.auto import placeholder
+        from omnic.compiler.auto_quant import placeholder
 
         _, name = placeholder(result.resolved)
         auto_note = (f"quantization: auto (decided at compile); planned with {name}, the largest "
                      "preset that fits and every target carries (the worst case)")
         plan.notes.append(auto_note)
     if args.explain_quant:
-        from omnic.quant.explain import explain, one_line, render as render_quant
+        from omnic.targets.explain import explain, one_line, render as render_quant
 
         ex = explain(result.resolved)
         if args.json:

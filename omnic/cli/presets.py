@@ -49,7 +49,8 @@ def run_show(args) -> int:
     kind_given, _, name = args.name.rpartition("/")
     kinds = [kind_given] if kind_given else list(store.KINDS)
     if kind_given and kind_given not in store.KINDS:
-        print(f"unknown preset kind {kind_given!r}; one of {', '.join(store.KINDS)}", file=sys.stderr)
+        print(f"unknown preset kind {kind_given!r}; one of {', '.join(store.KINDS)}",
+              file=sys.stderr)
         return 2
     hits = [(k, store.path_of(k, name)) for k in kinds if name in store.names(k)]
     if not hits:
@@ -61,8 +62,8 @@ def run_show(args) -> int:
         print(f"unknown preset {name!r}{hint} (see `omnic presets list`)", file=sys.stderr)
         return 2
     if len(hits) > 1:
-        print(f"{name!r} is a preset of several kinds; say {' or '.join(f'{k}/{name}' for k, _ in hits)}",
-              file=sys.stderr)
+        print(f"{name!r} is a preset of several kinds; "
+              f"say {' or '.join(f'{k}/{name}' for k, _ in hits)}", file=sys.stderr)
         return 2
     kind, path = hits[0]
     print(f"# {kind} preset {name}: {path}")

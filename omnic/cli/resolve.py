@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("resolve", help="print the spec with presets inlined, every value explicit")
+    p = subparsers.add_parser("resolve",
+                              help="print the spec with presets inlined, every value explicit")
     p.add_argument("spec", metavar="SPEC", help="spec YAML file")
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.set_defaults(func=run)

@@ -6,10 +6,11 @@ manifest). `--json` prints {"tokens": [...], "text": ...}; `--logits-out FILE.np
 prompt's logits, float32 [prompt_len, vocab].
 
 Multimodal builds: `--image FILE`, `--audio FILE.wav` and `--sensors 0.1,0.2,...|FILE.npy` run
-each input through its encoder (the build's component artifacts on `--target onnx`, or the
-reference), splice the embeddings in at the prompt's placeholders (`<image>`, `<audio>`,
-`<sensor>`; see omnic.runtime.multimodal) and decode with the decoder on inputs_embeds. When the
-spec has an action head, the predicted actions (from the last prompt position's final hidden
+each input through its encoder (the build's component artifacts on a `--target` that takes input
+embeddings, i.e. has `Target.load_embeds` (ONNX), or the reference), splice the embeddings in at
+the prompt's placeholders (`<image>`, `<audio>`, `<sensor>`; see omnic.runtime.multimodal) and
+decode with the decoder on inputs_embeds (omnic.compiler.multimodal_run opens the parts). When
+the spec has an action head, the predicted actions (from the last prompt position's final hidden
 state) are printed after the text (`actions: [[...]]`, or "actions" in --json).
 Exit status: 0 done, 1 the artifact cannot run on this host, 2 bad input.
 """
@@ -22,7 +23,6 @@ import sys
 from pathlib import Path
 
 REFERENCE = "torch"  # --target value of the PyTorch reference
-MULTIMODAL_TARGETS = ("onnx", REFERENCE)
 
 
 class RunError(ValueError):
@@ -32,9 +32,9 @@ class RunError(ValueError):
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="greedy generation from a spec (reference) or a build (any target)",
-        description="Greedy decoding. SOURCE is a spec YAML (runs the PyTorch reference) or a build "
-        "directory with manifest.json (runs the artifact of --target on its runtime; --target "
-        f"{REFERENCE} runs the reference rebuilt from the build's spec).",
+        description="Greedy decoding. SOURCE is a spec YAML (runs the PyTorch reference) or a "
+        "build directory with manifest.json (runs the artifact of --target on its runtime; "
+        f"--target {REFERENCE} runs the reference rebuilt from the build's spec).",
     )
     p.add_argument("source", metavar="SPEC|BUILD_DIR")
     p.add_argument("--target", help=f"target id (or {REFERENCE}), required with a build directory")
@@ -106,7 +106,7 @@ class _Source:
         if args.target and args.target != REFERENCE:
             raise RunError("--target needs a build directory; a spec runs on the PyTorch reference")
         from omnic.spec.load import SpecError
-        from omnic.spec.validate import load_resolved
+        from omnic.compiler.validate import load_resolved
 
         try:
             self.spec = load_resolved(source)
@@ -118,6 +118,25 @@ class _Source:
     @property
     def reference(self) -> bool:
         return self.target == REFERENCE
+
+    def takes_embeddings(self) -> bool:
+        """Whether --target can run the decoder on input embeddings (the reference can)."""
+        if self.reference:
+            return True
+        from omnic.targets.base import get_target, takes_embeddings
+
+        try:
+            return takes_embeddings(get_target(self.target))
+        except KeyError:
+            return False
+
+    def embeddings_targets(self) -> list[str]:
+        """The --target values this source can run multimodal prompts on."""
+        if self.build_dir is None:
+            return [REFERENCE]
+        from omnic.compiler.multimodal_run import embeds_targets
+
+        return [*embeds_targets(self.manifest), REFERENCE]
 
     def decoder(self):
         """The reference decoder (built from the spec's weights)."""
@@ -193,13 +212,15 @@ def _media(args, spec) -> dict:
 
 def _generate_multimodal(args, src: _Source) -> dict:
     """Encoders -> placeholder rows -> the decoder on inputs_embeds, greedy (module docstring)."""
+    from omnic.compiler import multimodal_run
     from omnic.constants import Components
     from omnic.runtime import multimodal as mm
     from omnic.spec.component_inventory import placeholder_tokens
 
-    if src.target not in MULTIMODAL_TARGETS:
-        raise RunError(f"--image/--audio/--sensors run on --target onnx or {REFERENCE}; "
-                       f"omnic run does not sequence {src.target} components yet")
+    if not src.takes_embeddings():
+        raise RunError(f"--image/--audio/--sensors run on --target "
+                       f"{' or '.join(src.embeddings_targets())}; {src.target} cannot take input "
+                       "embeddings")
     spec = src.spec
     inputs = _media(args, spec)  # decode (and reject) the media before anything heavy loads
     tokenizer = src.tokenizer()
@@ -217,9 +238,9 @@ def _generate_multimodal(args, src: _Source) -> dict:
     _check_vocab(prompt, spec.model.vocab_size)
     needed = list(inputs) + ([Components.ACTION_HEAD] if spec.modalities.action_head else [])
     if src.reference:
-        parts = mm.reference_parts(spec, src.spec_dir, needed, src.decoder())
+        parts = multimodal_run.reference_parts(spec, src.spec_dir, needed, src.decoder())
     else:
-        parts = mm.build_parts(src.build_dir, src.target, needed)
+        parts = multimodal_run.build_parts(src.build_dir, src.target, needed)
     stop = () if args.ignore_eos else tokenizer.eos_ids
     result = mm.generate(parts.decoder, prompt, {c: parts.components[c] for c in inputs}, inputs,
                          ids, args.max_new_tokens, stop_ids=stop,
@@ -241,7 +262,7 @@ def generate(args) -> dict:
 
     src = _Source(args)
     m = src.spec.modalities
-    if _media_given(args) or (m.action_head is not None and src.target in MULTIMODAL_TARGETS):
+    if _media_given(args) or (m.action_head is not None and src.takes_embeddings()):
         return _generate_multimodal(args, src)
     runner, tokenizer = _open(src)
     prompt = _prompt_ids(args, tokenizer, src.spec.model.vocab_size)

@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from omnic.spec.validate import Validation
+    from omnic.compiler.validate import Validation
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def check(path: str) -> "Validation":
     """Validate one file; an internal failure becomes a diagnostic, never a traceback."""
     from omnic.spec.load import Diagnostic
-    from omnic.spec.validate import Validation, validate_file
+    from omnic.compiler.validate import Validation, validate_file
 
     try:
         return validate_file(path)

@@ -42,7 +42,8 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
         try:
             target = get_target(entry.target)
         except (KeyError, ImportError) as err:
-            results.append((entry, GoldenResult(GoldenStatus.NOT_RUN, f"target unavailable: {err}")))
+            results.append((entry, GoldenResult(GoldenStatus.NOT_RUN,
+                                                f"target unavailable: {err}")))
             continue
         verify = verify_artifact if entry.component == Components.DECODER else verify_component
         results.append((entry, verify(target, artifact_from_entry(entry), build_dir,

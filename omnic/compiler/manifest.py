@@ -8,7 +8,6 @@ with sorted keys, two-space indent and floats rounded to 6 significant digits.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform

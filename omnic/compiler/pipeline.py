@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -177,9 +176,9 @@ def _artifact_entry(a: "Artifact", g: "GoldenResult", build_dir: Path) -> mf.Art
 def _plan_vs_actual(plan: Any, entries: list[mf.ArtifactEntry], build_dir: Path
                     ) -> list[mf.PlanVsActual]:
     """Each artifact's bytes against the plan: the target's byte model for the decoder
-    (omnic.quant.footprint, compiled code excluded), else the component's weight bytes."""
+    (omnic.targets.footprint, compiled code excluded), else the component's weight bytes."""
     from omnic.constants import Components
-    from omnic.quant.footprint import TOLERANCE, measured_bytes
+    from omnic.targets.footprint import TOLERANCE, measured_bytes
 
     models = {a["target"]: a for a in plan.artifacts if a.get("carried")}
     out = []
@@ -294,8 +293,8 @@ def compile(
     from omnic.golden.tolerances import validate_overrides
     from omnic.passes import DEFAULT, PassError, run_passes
     from omnic.passes.faults import fault_name
-    from omnic.quant.auto import choose_for_build, is_auto
-    from omnic.spec.validate import validate_file
+    from omnic.compiler.auto_quant import choose_for_build, is_auto
+    from omnic.compiler.validate import validate_file
 
     stage = _Stages(Console(stderr=True, quiet=not progress, highlight=False))
     started = time.perf_counter()
@@ -315,7 +314,7 @@ def compile(
             raise InputError("\n".join(problems))
         warnings = [str(d) for d in validation.warnings]
         for w in warnings:
-            _log.warning(f"warning: {w}")
+            _log.warning(w)
         resolved = validation.resolved
         _dump_yaml(dump, "01-spec.yaml", validation.spec.model_dump(mode="json",
                                                                     exclude_unset=True))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
 from omnic.constants import Roles, Schemes
-from omnic.quant.select import TensorScheme, tensor_schemes
+from omnic.quant.select import TensorScheme, storage_id, tensor_schemes
 from omnic.spec.inventory import TensorInfo, decoder_tensors
 
 if TYPE_CHECKING:
@@ -24,7 +24,8 @@ MIB = 1024 * 1024
 # group_size keeps one per output row. Scales are fp16 as in llama.cpp Q4_0/Q8_0 blocks, ONNX
 # MatMulNBits and Core ML per-block weights; asymmetric int4 packs its zero points as uint4 like
 # MatMulNBits, asymmetric int8 stores one uint8 zero point per group.
-# ref: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h (block_q4_0, block_q8_0)
+# ref: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h
+#      (block_q4_0, block_q8_0)
 # ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
 STORAGE = {
     #  scheme        bits/weight  scale bytes/group  zero-point bits/group (asymmetric only)
@@ -55,18 +56,11 @@ ASSUMPTIONS = {
     "kv_cache": "none = fp32 (the widest target); int8 = 1 byte + one fp16 scale per head vector",
     "activations": f"fp32, one prefill chunk of min(context_length, {PREFILL_CHUNK}) tokens, "
                    "attention over the full static cache",
-    "runtime_overhead": f"{RUNTIME_BASE_BYTES // MIB} MiB + {int(FRAGMENTATION * 100)}% of the rest",
+    "runtime_overhead": f"{RUNTIME_BASE_BYTES // MIB} MiB + {int(FRAGMENTATION * 100)}% "
+                        "of the rest",
     "decode_bytes_per_token": "every weight once (one embedding row when untied; routed experts "
                               "scaled by top_k/experts) + the KV cache read",
 }
-
-
-def storage_id(ts: TensorScheme) -> str:
-    """A short name for a storage type: fp32, fp16, bf16, int8_channel, int8_g32, int4_g32_asym."""
-    if ts.scheme in (Schemes.FP32, Schemes.FP16, Schemes.BF16):
-        return ts.scheme
-    out = f"{ts.scheme}_g{ts.group_size}" if ts.group_size else f"{ts.scheme}_channel"
-    return out if ts.symmetric else out + "_asym"
 
 
 def tensor_bytes(shape: tuple[int, ...], ts: TensorScheme) -> int:
@@ -117,7 +111,7 @@ class MemoryPlan:
     decode_tokens_per_s_full: float
     assumptions: dict = field(default_factory=lambda: dict(ASSUMPTIONS))
     notes: list[str] = field(default_factory=list)
-    # Per target: the artifact's predicted bytes, line by line (omnic.quant.footprint); filled
+    # Per target: the artifact's predicted bytes, line by line (omnic.targets.footprint); filled
     # by plan_memory(..., artifacts=True), e.g. for `omnic plan` and the manifest.
     artifacts: list[dict] = field(default_factory=list)
     # Prompt positions one input of each encoder takes (`<image>` tokens per image, ...), out of
@@ -213,7 +207,7 @@ def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
 
 
 def _artifacts(spec: "ResolvedSpec", spec_dir: "str | None") -> list[dict]:
-    from omnic.quant.footprint import plan_artifacts
+    from omnic.targets.footprint import plan_artifacts
 
     return [a.to_dict() for a in plan_artifacts(spec, spec_dir)]
 

@@ -17,9 +17,10 @@ along the exact reference's path (teacher forcing, the same call pattern): every
 decode position is compared there. Where the runtime's argmax departs from the reference's
 greedy token, the reference's logits on the runtime's token at that very position are compared
 with its own choice: a departure between near-equal logits (gap within twice the error the runtime
-shows, capped at what the tolerance allows) is a tie, anything else fails. The runtime's own greedy continuation is then run to report
-how long it agrees. Because everything the runtime is compared with is a saved array, `omnic
-verify` re-runs the check later from the build's golden/ files alone, without torch.
+shows, capped at what the tolerance allows) is a tie, anything else fails. The runtime's own
+greedy continuation is then run to report how long it agrees. Because everything the runtime
+is compared with is a saved array, `omnic verify` re-runs the check later from the build's
+golden/ files alone, without torch.
 """
 
 from __future__ import annotations

@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from omnic.golden.check import ReferenceData
 from omnic.golden.inputs import GoldenInputs
+
+if TYPE_CHECKING:
+    from omnic.spec import ResolvedSpec
 
 STAT_ATOL = 1e-5
 STAT_RTOL = 1e-4
@@ -55,8 +58,13 @@ def inputs_json(inputs: GoldenInputs) -> dict[str, Any]:
             "seed": inputs.seed}
 
 
-def compute(spec_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(inputs.json data, expected.json data) of one spec, computed from scratch."""
+def compute(spec_path: Path, spec: "ResolvedSpec") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inputs.json data, expected.json data) of one spec, computed from scratch.
+
+    Args:
+        spec_path: the spec file (paths in the spec are relative to its folder).
+        spec: the spec resolved and validated (`omnic.compiler.validate.load_resolved`).
+    """
     import copy
 
     import torch
@@ -68,10 +76,8 @@ def compute(spec_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from omnic.quant.reference import reference_weights
     from omnic.quant.select import tensor_schemes
     from omnic.runtime.torch_runner import TorchRunner
-    from omnic.spec.validate import load_resolved
     from omnic.tokenizer import load_tokenizer
 
-    spec = load_resolved(spec_path)
     spec_dir = Path(spec_path).parent
     decoder = build_model(spec, spec_dir)
     inputs = inputs_for_spec(spec, special_ids_of(load_tokenizer(spec, spec_dir)))
@@ -99,9 +105,9 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def write(golden_root: Path, spec_path: Path) -> Path:
-    """Compute and write golden/<stem>/ for one spec; returns the directory."""
-    inputs, expected = compute(spec_path)
+def write(golden_root: Path, spec_path: Path, spec: "ResolvedSpec") -> Path:
+    """Compute and write golden/<stem>/ for one (resolved) spec; returns the directory."""
+    inputs, expected = compute(spec_path, spec)
     out = golden_root / Path(spec_path).stem
     out.mkdir(parents=True, exist_ok=True)
     (out / "inputs.json").write_text(dumps(inputs), encoding="utf-8")

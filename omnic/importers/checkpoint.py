@@ -19,7 +19,8 @@ class WeightError(ValueError):
     """Weights do not match the spec (missing, unexpected or mis-shaped tensors)."""
 
 
-def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"], source: str) -> None:
+def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"],
+                  source: str) -> None:
     """Raise WeightError naming every missing, unexpected or mis-shaped tensor."""
     want = {t.name: tuple(t.shape) for t in inventory}
     missing = [n for n in want if n not in state]
@@ -30,13 +31,16 @@ def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"],
     ]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}"
+                        f"{' ...' if len(missing) > 8 else ''}")
     if extra:
-        problems.append(f"unexpected {len(extra)}: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
+        problems.append(f"unexpected {len(extra)}: {', '.join(extra[:8])}"
+                        f"{' ...' if len(extra) > 8 else ''}")
     if shapes:
         problems.append(f"wrong shape: {'; '.join(shapes[:8])}")
     if problems:
-        raise WeightError(f"{source}: weights do not match the spec's model: " + " | ".join(problems))
+        raise WeightError(f"{source}: weights do not match the spec's model: "
+                          + " | ".join(problems))
 
 
 def read_safetensors(path: Path, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -69,7 +73,8 @@ def safetensors_weights(path: Path, inventory: list["TensorInfo"]) -> dict[str, 
         raise WeightError(f"weights file not found: {path}")
     names = safetensors_keys(path)
     want = {t.name for t in inventory}
-    state: dict[str, torch.Tensor] = {n: torch.empty(0) for n in names if n not in want}  # reported below
+    # reported below
+    state: dict[str, torch.Tensor] = {n: torch.empty(0) for n in names if n not in want}
     state.update(read_safetensors(path, [n for n in names if n in want]))
     check_weights(state, inventory, str(path))
     return state

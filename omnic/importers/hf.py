@@ -4,7 +4,8 @@ Only `config.json` is read here (torch-free); the weights stay in the directory 
 the builder through `omnic.importers.hf_weights`. Every config field that changes the network is
 either translated or rejected with an error naming it: an import never silently drops a feature.
 Defaults for absent fields are those of the transformers configuration class of each family.
-ref: https://github.com/huggingface/transformers/tree/main/src/transformers/models (configuration_*.py)
+ref: https://github.com/huggingface/transformers/tree/main/src/transformers/models
+(configuration_*.py)
 """
 
 from __future__ import annotations
@@ -24,19 +25,26 @@ class UnsupportedModel(ValueError):
 
 # architecture -> (family, per-family defaults of transformers' config classes)
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "LlamaForCausalLM": ("llama", {"tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-6}),
-    "MistralForCausalLM": ("mistral", {"tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-6}),
-    "Qwen2ForCausalLM": ("qwen2", {"tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-6}),
-    "Qwen3ForCausalLM": ("qwen3", {"tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-                                   "head_dim": 128}),
-    "GemmaForCausalLM": ("gemma", {"tie_word_embeddings": True, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-                                   "head_dim": 256}),
-    "Gemma2ForCausalLM": ("gemma2", {"tie_word_embeddings": True, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-                                     "head_dim": 256, "query_pre_attn_scalar": 256,
-                                     "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+    "LlamaForCausalLM": ("llama", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                   "rms_norm_eps": 1e-6}),
+    "MistralForCausalLM": ("mistral", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                       "rms_norm_eps": 1e-6}),
+    "Qwen2ForCausalLM": ("qwen2", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                   "rms_norm_eps": 1e-6}),
+    "Qwen3ForCausalLM": ("qwen3", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                   "rms_norm_eps": 1e-6, "head_dim": 128}),
+    "GemmaForCausalLM": ("gemma", {"tie_word_embeddings": True, "rope_theta": 10000.0,
+                                   "rms_norm_eps": 1e-6, "head_dim": 256}),
+    "Gemma2ForCausalLM": ("gemma2", {"tie_word_embeddings": True, "rope_theta": 10000.0,
+                                     "rms_norm_eps": 1e-6, "head_dim": 256,
+                                     "query_pre_attn_scalar": 256,
+                                     "attn_logit_softcapping": 50.0,
+                                     "final_logit_softcapping": 30.0,
                                      "sliding_window": 4096}),
-    "Phi3ForCausalLM": ("phi3", {"tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-5}),
-    "MixtralForCausalLM": ("mixtral", {"tie_word_embeddings": False, "rope_theta": 1e6, "rms_norm_eps": 1e-5}),
+    "Phi3ForCausalLM": ("phi3", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                 "rms_norm_eps": 1e-5}),
+    "MixtralForCausalLM": ("mixtral", {"tie_word_embeddings": False, "rope_theta": 1e6,
+                                       "rms_norm_eps": 1e-5}),
 }
 
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
@@ -100,9 +108,11 @@ def _rope(c: _Config) -> dict[str, Any]:
     theta = float(merged.get("rope_theta") or c.get("rope_theta"))
     partial = merged.get("partial_rotary_factor", c.raw.get("partial_rotary_factor", 1.0))
     if partial is not None and float(partial) != 1.0:
-        raise UnsupportedModel(f"{c.arch}: partial_rotary_factor={partial} (partial RoPE) is not supported")
+        raise UnsupportedModel(f"{c.arch}: partial_rotary_factor={partial} (partial RoPE) "
+                               "is not supported")
     kind = merged.get("rope_type") or merged.get("type") or "default"
-    original = merged.get("original_max_position_embeddings") or c.raw.get("original_max_position_embeddings")
+    original = (merged.get("original_max_position_embeddings")
+                or c.raw.get("original_max_position_embeddings"))
     if kind == "default":
         return {"theta": theta, "scaling": None}
     if kind == "linear":
@@ -121,7 +131,8 @@ def _rope(c: _Config) -> dict[str, Any]:
         if merged.get("truncate") is False:
             raise UnsupportedModel(f"{c.arch}: yarn with truncate=false is not supported")
         if original is None:
-            raise UnsupportedModel(f"{c.arch}: yarn scaling without original_max_position_embeddings")
+            raise UnsupportedModel(f"{c.arch}: yarn scaling without "
+                                   "original_max_position_embeddings")
         factor = merged.get("factor") or c.need("max_position_embeddings") / original
         out = {"kind": "yarn", "factor": float(factor), "original_context_length": int(original)}
         for key in ("beta_fast", "beta_slow", "attention_factor"):
@@ -139,11 +150,13 @@ def _sliding(c: _Config, family: str, n_layers: int) -> dict[str, Any] | None:
     types = c.raw.get("layer_types")
     if types is None:
         if family == "gemma2":
-            types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+            types = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                     for i in range(n_layers)]
         elif family in ("qwen2", "qwen3"):
             use = c.raw.get("use_sliding_window", False) and window is not None
             first = c.raw.get("max_window_layers", 28)
-            types = ["sliding_attention" if use and i >= first else "full_attention" for i in range(n_layers)]
+            types = ["sliding_attention" if use and i >= first else "full_attention"
+                     for i in range(n_layers)]
         else:  # Mistral, Phi-3, Mixtral: the window applies to every layer when it is set
             types = ["sliding_attention" if window is not None else "full_attention"] * n_layers
     if family in ("qwen2", "qwen3") and not c.raw.get("use_sliding_window", False):
@@ -186,7 +199,8 @@ def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         ffn_kind = "geglu"
     else:
         if act != "silu":
-            raise UnsupportedModel(f"{arch}: hidden_act={act!r} is not supported (SwiGLU needs silu)")
+            raise UnsupportedModel(f"{arch}: hidden_act={act!r} is not supported "
+                                   "(SwiGLU needs silu)")
         ffn_kind = "swiglu"
 
     model: dict[str, Any] = {
@@ -215,12 +229,14 @@ def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if family == "gemma2":
         model["post_norms"] = True
         model["attn_scale"] = float(c.get("query_pre_attn_scalar")) ** -0.5
-        for key, field in (("attn_logit_softcapping", "attn_softcap"), ("final_logit_softcapping", "final_softcap")):
+        for key, field in (("attn_logit_softcapping", "attn_softcap"),
+                           ("final_logit_softcapping", "final_softcap")):
             value = c.raw[key] if key in c.raw else c.defaults[key]
             if value is not None:
                 model[field] = float(value)
     if family == "mixtral":
-        model["moe"] = {"experts": int(c.need("num_local_experts")), "top_k": int(c.need("num_experts_per_tok")),
+        model["moe"] = {"experts": int(c.need("num_local_experts")),
+                        "top_k": int(c.need("num_experts_per_tok")),
                         "normalize_top_k": True}
     return arch, model
 
@@ -253,7 +269,8 @@ def import_hf(hf_dir: Path | str, out: Path | str, context_length: int | None = 
         model["context_length"] = int(context_length)
     rel = _relative(hf_dir, out.parent)
     has_tokenizer = (hf_dir / "tokenizer.json").is_file()
-    spec_name = name or re.sub(r"[^A-Za-z0-9._-]", "-", hf_dir.resolve().name).lstrip("._-") or "imported"
+    spec_name = (name or re.sub(r"[^A-Za-z0-9._-]", "-", hf_dir.resolve().name).lstrip("._-")
+                 or "imported")
     data = {
         "omnic": 1,
         "name": spec_name[:64],

@@ -56,7 +56,8 @@ _VISION_NAMES = [  # (HF name after the prefix, omnic module name)
     (r"pre_layrnorm\.(weight|bias)", r"tower.pre_norm.\1"),
     (r"post_layernorm\.(weight|bias)", r"tower.post_norm.\1"),
     (r"encoder\.layers\.(\d+)\.layer_norm1\.(weight|bias)", r"tower.layers.\1.attn_norm.\2"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"tower.layers.\1.attn.\2.\3"),
+    (r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
+     r"tower.layers.\1.attn.\2.\3"),
     (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"tower.layers.\1.attn.o.\2"),
     (r"encoder\.layers\.(\d+)\.layer_norm2\.(weight|bias)", r"tower.layers.\1.ffn_norm.\2"),
     (r"encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"tower.layers.\1.ffn.up.\2"),
@@ -87,14 +88,16 @@ def _vision_config(hf_dir: Path) -> tuple[str, dict[str, Any]]:
     """(family, vision config with defaults filled in) of a SigLIP or CLIP directory."""
     raw = read_config(hf_dir)
     model_type = str(raw.get("model_type", ""))
-    family = "siglip" if model_type.startswith("siglip") else "clip" if model_type.startswith("clip") else None
+    family = ("siglip" if model_type.startswith("siglip")
+              else "clip" if model_type.startswith("clip") else None)
     if family is None:
         archs = ", ".join(raw.get("architectures") or []) or f"model_type={model_type!r}"
         raise EncoderMismatch(f"modalities.vision.weights: {hf_dir} holds {archs}; omnic imports "
                               "SigLIP and CLIP vision towers (siglip, siglip_vision_model, clip, "
                               "clip_vision_model)")
     config = raw.get("vision_config") if model_type in ("siglip", "clip") else raw
-    return family, {**_VISION_DEFAULTS[family], **{k: v for k, v in (config or {}).items() if v is not None}}
+    return family, {**_VISION_DEFAULTS[family],
+                    **{k: v for k, v in (config or {}).items() if v is not None}}
 
 
 def _square(value: Any) -> Any:
@@ -104,18 +107,22 @@ def _square(value: Any) -> Any:
 
 
 def _refuse_mismatches(hf_dir: Path, section: str, pairs: list[tuple[str, Any, str, Any]]) -> None:
-    """Raise EncoderMismatch listing every (spec field, spec value, config key, config value) that differs."""
+    """Raise EncoderMismatch listing every (spec field, spec value, config key, config value)
+    that differs."""
     bad = []
     for field, ours, key, theirs in pairs:
-        same = math.isclose(ours, theirs, rel_tol=1e-9) if isinstance(ours, float) else ours == theirs
+        same = (math.isclose(ours, theirs, rel_tol=1e-9) if isinstance(ours, float)
+                else ours == theirs)
         if not same:
-            bad.append(f"modalities.{section}.{field} is {ours!r} but config.json {key} is {theirs!r}")
+            bad.append(f"modalities.{section}.{field} is {ours!r} but config.json {key} "
+                       f"is {theirs!r}")
     if bad:
         raise EncoderMismatch(f"{hf_dir}/config.json disagrees with the spec: " + "; ".join(bad))
 
 
 def check_vision(hf_dir: Path, v: "Vision") -> str:
-    """Raise EncoderMismatch unless the directory's vision tower is the spec's; returns its family."""
+    """Raise EncoderMismatch unless the directory's vision tower is the spec's; returns its
+    family."""
     family, c = _vision_config(hf_dir)
     act = _ACTIVATIONS.get(c["hidden_act"])
     if act is None:
@@ -169,7 +176,8 @@ def _read(hf_dir: Path, anchor: str, table: list[tuple[str, str]], wanted: set[s
     keys = {k: f for f in files for k in safetensors_keys(f)}
     prefixes = sorted(k[: -len(anchor)] for k in keys if k.endswith(anchor))
     if not prefixes:
-        raise EncoderMismatch(f"modalities.{section}.weights: no tensor named *{anchor} in {hf_dir}")
+        raise EncoderMismatch(f"modalities.{section}.weights: no tensor named *{anchor} "
+                              f"in {hf_dir}")
     prefix = prefixes[0]  # the shortest: a tower directly, not one nested in another model
     rules = [(re.compile(re.escape(prefix) + pat), repl) for pat, repl in table]
     plan: dict[Path, dict[str, str]] = {}

@@ -1,9 +1,10 @@
 """Hugging Face checkpoint tensors -> omnic canonical tensors, per family.
 
 Reads `model.safetensors` or the shards listed in `model.safetensors.index.json` through
-memory maps, one tensor at a time (`omnic.model.weights.read_safetensors`), and renames (and, for Phi-3's fused projections and
-transformers 5's fused experts, splits) each into omnic's names. Tensors stay unpermuted:
-omnic's RoPE uses the same rotate_half convention as transformers.
+memory maps, one tensor at a time (`omnic.importers.checkpoint.read_safetensors`), and
+renames (and, for Phi-3's fused projections and transformers 5's fused experts, splits) each
+into omnic's names. Tensors stay unpermuted: omnic's RoPE uses the same rotate_half convention as
+transformers.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def _fused_splitter(rest: str, layer: str, dims: dict[str, int]) -> Split | None
 
 def renamer(sandwich: bool, dims: dict[str, int]) -> Callable[[str], Split | str | None]:
     """hf name -> an omnic name, a splitter, or None when the tensor has no omnic meaning."""
-    rules = [(re.compile(p), r) for p, r in _LAYER + (_SANDWICH_NORMS if sandwich else _LLAMA_NORMS)]
+    rules = [(re.compile(p), r)
+             for p, r in _LAYER + (_SANDWICH_NORMS if sandwich else _LLAMA_NORMS)]
 
     def rename(name: str):
         if name in _TOP:

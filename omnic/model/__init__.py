@@ -19,7 +19,8 @@ from omnic.importers.checkpoint import WeightError, check_weights
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
 
-__all__ = ["Decoder", "DecoderConfig", "WeightError", "build_model", "decoder_config", "load_weights"]
+__all__ = ["Decoder", "DecoderConfig", "WeightError", "build_model", "decoder_config",
+           "load_weights"]
 
 _log = logging.getLogger(__name__)
 

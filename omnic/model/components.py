@@ -9,11 +9,11 @@ returns one `Component` per part present in `spec.modalities` (an empty dict whe
 action_head. Each module is in eval mode, float32, requires_grad off, batch fixed at 1, static
 shapes, with ONE tensor input and ONE tensor output so every backend can carry it:
 
-    component          input name       input shape                 output name     output shape
-    vision_encoder     pixel_values     f32 [1, C, H, W]            image_embeds    f32 [1, N_img, d_dec]
-    audio_encoder      input_features   f32 [1, n_mels, n_frames]   audio_embeds    f32 [1, N_aud, d_dec]
-    sensor_projector   sensor_values    f32 [1, dim]                sensor_embeds   f32 [1, n_tokens, d_dec]
-    action_head        hidden_states    f32 [1, d_dec]              actions         f32 [1, horizon, dim]
+    component         input name       input shape (f32)       output name     output shape (f32)
+    vision_encoder    pixel_values     [1, C, H, W]            image_embeds    [1, N_img, d_dec]
+    audio_encoder     input_features   [1, n_mels, n_frames]   audio_embeds    [1, N_aud, d_dec]
+    sensor_projector  sensor_values    [1, dim]                sensor_embeds   [1, n_tokens, d_dec]
+    action_head       hidden_states    [1, d_dec]              actions         [1, horizon, dim]
 
 (d_dec = the decoder's d_model.) The encoders include their projector: their output rows are
 decoder input embeddings, placed where the prompt's placeholder tokens are.
@@ -67,7 +67,8 @@ def component_seed(spec: "ResolvedSpec") -> int:
     return spec.weights.seed if spec.weights.source == "random" else 0
 
 
-def random_component_weights(component: str, inventory: list, seed: int) -> dict[str, "torch.Tensor"]:
+def random_component_weights(component: str, inventory: list,
+                             seed: int) -> dict[str, "torch.Tensor"]:
     """Seeded weights for one component: LayerNorm weights 1 and biases 0, Whisper's position
     table as its fixed sinusoids, every other tensor uniform with std 0.02 (the decoder's
     bit-reproducible generator, `omnic.model.weights.random_tensor`).
@@ -114,11 +115,11 @@ def _module_and_shape(spec: "ResolvedSpec", name: str):
     if name == Components.VISION_ENCODER:
         v = m.vision
         c = vision.VisionConfig(
-            image_size=v.image_size, patch_size=v.patch_size, channels=v.channels, d_model=v.d_model,
-            n_layers=v.n_layers, n_heads=v.n_heads, ffn_hidden=v.ffn_width, activation=v.act,
-            eps=v.eps, class_token=v.class_token, pre_norm=v.pre_norm, post_norm=v.post_norm,
-            patch_bias=v.patch_bias, pooling=v.pooling, projector=v.projector,
-            shuffle_factor=v.pixel_shuffle_factor, d_out=d_dec,
+            image_size=v.image_size, patch_size=v.patch_size, channels=v.channels,
+            d_model=v.d_model, n_layers=v.n_layers, n_heads=v.n_heads, ffn_hidden=v.ffn_width,
+            activation=v.act, eps=v.eps, class_token=v.class_token, pre_norm=v.pre_norm,
+            post_norm=v.post_norm, patch_bias=v.patch_bias, pooling=v.pooling,
+            projector=v.projector, shuffle_factor=v.pixel_shuffle_factor, d_out=d_dec,
         )
         return vision.VisionEncoder(c, "meta"), (1, v.channels, v.image_size, v.image_size)
     if name == Components.AUDIO_ENCODER:
@@ -131,7 +132,8 @@ def _module_and_shape(spec: "ResolvedSpec", name: str):
         return audio.AudioEncoder(c, "meta"), (1, a.n_mels, a.n_frames)
     if name == Components.SENSOR_PROJECTOR:
         s = m.sensors
-        module = heads.SensorProjector(s.dim, s.n_tokens, d_dec, s.projector, s.hidden or d_dec, "meta")
+        module = heads.SensorProjector(s.dim, s.n_tokens, d_dec, s.projector, s.hidden or d_dec,
+                                       "meta")
         return module, (1, s.dim)
     h = m.action_head
     return heads.ActionHead(d_dec, h.hidden, h.horizon, h.dim, "meta"), (1, d_dec)
@@ -165,7 +167,6 @@ def build_components(spec: "ResolvedSpec", spec_dir: "Path") -> dict[str, Compon
     Raises:
         WeightError: an imported checkpoint disagrees with the spec (the message names the field).
     """
-    import torch
 
     from omnic.importers.checkpoint import WeightError, check_weights
     from omnic.spec.component_inventory import component_tensors
@@ -184,7 +185,8 @@ def build_components(spec: "ResolvedSpec", spec_dir: "Path") -> dict[str, Compon
         module.load_state_dict(state, strict=True, assign=True)
         module.eval().requires_grad_(False)
         n = sum(t.numel() for t in state.values())
-        source = f"imported tower + seeded projector (seed {seed})" if loaded else f"seeded random (seed {seed})"
+        source = (f"imported tower + seeded projector (seed {seed})" if loaded
+                  else f"seeded random (seed {seed})")
         _log.info(f"build: {name} {n / 1e6:.2f}M parameters, {source}")
         inp, outp = IO_NAMES[name]
         out[name] = Component(name, module, example_input(name, shape), inp, outp)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
 from omnic.constants import Roles
-from omnic.importers.checkpoint import WeightError
 
 if TYPE_CHECKING:
     from omnic.spec.inventory import TensorInfo

@@ -20,5 +20,6 @@ from omnic.passes.pipelines import DEFAULT, PIPELINES
 
 __all__ = [
     "DEFAULT", "PIPELINES", "PassError", "PassRecord", "PassResult", "PostconditionError",
-    "PreconditionError", "PurityError", "get_pass", "register_pass", "registered_passes", "run_passes",
+    "PreconditionError", "PurityError", "get_pass", "register_pass", "registered_passes",
+    "run_passes",
 ]

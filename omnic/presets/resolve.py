@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 from omnic.presets import store
 from omnic.spec import Model, ResolvedSpec, Spec
+
+# `quantization: auto`: resolved fields (quantization still "auto") -> (the spec resolved with
+# the placeholder preset, its name) or (None, why no preset is eligible). Choosing reads the
+# memory plan and the targets' rules, so the compiler passes it in
+# (omnic.compiler.auto_quant.resolve_with_auto).
+AutoQuant = Callable[[dict[str, Any]], "tuple[ResolvedSpec | None, str]"]
 
 
 def explicit_model(model: Model) -> Model:
@@ -28,10 +35,11 @@ def _merge_extends(spec: Spec, spec_dir: Path) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as err:
-        raise SpecError([Diagnostic(None, tuple(e["loc"]), e["msg"]) for e in err.errors()]) from None
+        raise SpecError([Diagnostic(None, tuple(e["loc"]), e["msg"])
+                         for e in err.errors()]) from None
 
 
-def resolve(spec: Spec, spec_dir: Path | str) -> ResolvedSpec:
+def resolve(spec: Spec, spec_dir: Path | str, auto: AutoQuant | None = None) -> ResolvedSpec:
     """Inline presets and fill derived values.
 
     Args:
@@ -39,6 +47,8 @@ def resolve(spec: Spec, spec_dir: Path | str) -> ResolvedSpec:
             rather than by `omnic.spec.load`), the extended files are merged first, relative to
             `spec_dir`.
         spec_dir: the folder of the spec file; relative paths in the spec are relative to it.
+        auto: how `quantization: auto` is planned (`omnic.compiler.validate.resolve` passes
+            `omnic.compiler.auto_quant.resolve_with_auto`); a spec with `auto` needs it.
 
     Returns:
         A ResolvedSpec: device, model and quantization inlined, n_kv_heads and head_dim set,
@@ -46,7 +56,8 @@ def resolve(spec: Spec, spec_dir: Path | str) -> ResolvedSpec:
 
     Raises:
         omnic.presets.store.UnknownPreset: a preset name does not exist.
-        omnic.spec.load.SpecError: an extended file cannot be read, or the merge is invalid.
+        omnic.spec.load.SpecError: an extended file cannot be read, or the merge is invalid, or
+            `quantization: auto` has no eligible preset (or no `auto` was given).
     """
     if isinstance(spec, ResolvedSpec):
         return spec
@@ -59,11 +70,14 @@ def resolve(spec: Spec, spec_dir: Path | str) -> ResolvedSpec:
         quant = store.load("quantization", quant)
     fields = {name: getattr(spec, name) for name in Spec.model_fields}
     fields.update(extends=(), device=device, model=explicit_model(model), quantization=quant)
-    if quant == "auto":  # omnic.quant.auto: planned with the worst case, chosen at compile
-        from omnic.quant.auto import resolve_with_auto
+    if quant == "auto":  # planned with the worst case, chosen at compile (auto_quant)
         from omnic.spec.load import Diagnostic, SpecError
 
-        resolved, why = resolve_with_auto(fields)
+        if auto is None:
+            raise SpecError([Diagnostic(None, ("quantization",), (
+                "quantization auto is decided by the compiler; resolve the spec with "
+                "omnic.compiler.validate.resolve"))])
+        resolved, why = auto(fields)
         if resolved is None:
             raise SpecError([Diagnostic(None, ("quantization",), why)])
         return resolved

@@ -28,7 +28,8 @@ class UnknownPreset(LookupError):
     def __init__(self, kind: str, name: str, known: list[str]):
         self.kind, self.name, self.known = kind, name, known
         self.suggestions = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        hint = (f"; did you mean {' or '.join(map(repr, self.suggestions))}?"
+                if self.suggestions else "")
         super().__init__(
             f"unknown {kind} preset {name!r}{hint} (known: {', '.join(known) or 'none'})"
         )

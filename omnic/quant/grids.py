@@ -4,16 +4,45 @@ omnic's reference (`omnic.quant.reference`) defines what a scheme means. The bac
 quantizers agree with it on the idea (int4 blocks of 32 with a scale each) but not always on the
 levels, the scale formula, the rounding or the scale's storage dtype. Each variant below is the
 backend's quantizer re-implemented in numpy and tested bit-exact against that quantizer
-(tests/quant/test_grids.py). Targets store what the last column says; `omnic plan
---explain-quant` prints the grid of every form it shows.
+(tests/quant/test_grids.py). Targets store what the last field of their backend below says
+("the target stores"); `omnic plan --explain-quant` prints the grid of every form it shows.
 
-| backend     | int4 symmetric                      | int8 symmetric          | asymmetric            | scale dtype | rounding          | the target stores           |
-|-------------|-------------------------------------|-------------------------|-----------------------|-------------|-------------------|-----------------------------|
-| omnic       | -8..7, s = m / -8 (m: the extreme)  | -127..127, s = max/127  | 0..15 / 0..255 + zp, range holds 0 | fp32 | half away, w / s | (the reference)             |
-| onnxruntime | = omnic's levels and scale          | -128..127, s = m / -128 | = omnic's range, zp roundf(-lo/s) | fp32 | half away of w * (1/s) | ONNX: omnic's codes (int4: equal to ORT's in every test; int8: ±127) |
-| gguf        | Q4_0: -8..7, s = m / -8, codes trunc(w * (1/s) + 8.5) | Q8_0: -127..127, roundf(w * (1/s)), blocks of 32 | Q4_1: 0..15, s = (max-min)/15, + min (not a zero point) | fp16 (codes chosen with the fp32 s) | ties up / half away | GGUF: gguf-py's (= ggml-quants.c) |
-| coreml      | -7..7, s = max|w| / 7               | -127..127, s = max/127  | -8..7 / -128..127 + zp, range holds 0 | the weight's (fp16 at fp16 compute) | half to even, in the weight dtype | Core ML: coremltools' own |
-| xnnpack     | -8..7, s = m / -8 when m < 0, m / 7 when m > 0, s rounded to bf16 first | = omnic (fp32 scales) | - (no zero points)   | bf16 (int4), fp32 (int8) | half away | ExecuTorch linears: this; embeddings: omnic's |
+omnic
+    int4 symmetric      -8..7, s = m / -8 (m: the extreme)
+    int8 symmetric      -127..127, s = max/127
+    asymmetric          0..15 / 0..255 + zp, range holds 0
+    scale dtype         fp32
+    rounding            half away, w / s
+    the target stores   (the reference)
+onnxruntime
+    int4 symmetric      = omnic's levels and scale
+    int8 symmetric      -128..127, s = m / -128
+    asymmetric          = omnic's range, zp roundf(-lo/s)
+    scale dtype         fp32
+    rounding            half away of w * (1/s)
+    the target stores   ONNX: omnic's codes (int4: equal to ORT's in every test; int8: ±127)
+gguf
+    int4 symmetric      Q4_0: -8..7, s = m / -8, codes trunc(w * (1/s) + 8.5)
+    int8 symmetric      Q8_0: -127..127, roundf(w * (1/s)), blocks of 32
+    asymmetric          Q4_1: 0..15, s = (max-min)/15, + min (not a zero point)
+    scale dtype         fp16 (codes chosen with the fp32 s)
+    rounding            ties up / half away
+    the target stores   GGUF: gguf-py's (= ggml-quants.c)
+coreml
+    int4 symmetric      -7..7, s = max|w| / 7
+    int8 symmetric      -127..127, s = max/127
+    asymmetric          -8..7 / -128..127 + zp, range holds 0
+    scale dtype         the weight's (fp16 at fp16 compute)
+    rounding            half to even, in the weight dtype
+    the target stores   Core ML: coremltools' own
+xnnpack
+    int4 symmetric      -8..7, s = m / -8 when m < 0, m / 7 when m > 0, s rounded to bf16 first
+    int8 symmetric      = omnic (fp32 scales)
+    asymmetric          - (no zero points)
+    scale dtype         bf16 (int4), fp32 (int8)
+    rounding            half away
+    the target stores   ExecuTorch linears: this; embeddings: omnic's
+
 TVM stores omnic's codes with the scales rounded to fp16 afterwards (dequantized exactly from the
 stored arrays). m is the group's element of largest magnitude, with its sign.
 
@@ -128,7 +157,8 @@ def gguf(w: np.ndarray, scheme: str, group_size: int | None, symmetric: bool) ->
         d = (hi - lo) / 15
         with np.errstate(divide="ignore"):
             inv = np.where(d == 0, 0, 1 / d)
-        u = np.trunc((x - lo) * inv + np.float32(0.5), dtype=np.float32).astype(np.uint8).clip(0, 15)
+        u = np.trunc((x - lo) * inv + np.float32(0.5),
+                     dtype=np.float32).astype(np.uint8).clip(0, 15)
         return Grid(u, d[..., 0].astype(np.float16), None, lo[..., 0].astype(np.float16))
     if scheme == "int8" and symmetric:
         d = np.abs(x).max(axis=-1, keepdims=True) / 127

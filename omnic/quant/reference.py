@@ -16,14 +16,17 @@ only on exact ties.
 
 Formulas (w one group, q the stored integer code, w' = dequantize(q)):
 
-| scheme              | codes      | scale s                          | q                                  | w'          |
-|---------------------|------------|----------------------------------|------------------------------------|-------------|
-| fp16                | float16    | -                                | IEEE round-to-nearest-even         | float32(q)  |
-| bf16                | uint16 bits| -                                | upper 16 bits, round-nearest-even  | float32(q)  |
-| int8 symmetric      | [-127,127] | max|w| / 127                     | clip(round(w/s), -127, 127)        | q*s         |
-| int8 asymmetric     | [0,255]    | (hi-lo)/255, lo=min(w,0), hi=max(w,0) | clip(round(w/s)+z, 0, 255), z=clip(round(-lo/s),0,255) | (q-z)*s |
-| int4 symmetric      | [-8,7]     | m / -8, m = the w of largest |w| | clip(round(w/s), -8, 7)            | q*s         |
-| int4 asymmetric     | [0,15]     | (hi-lo)/15, lo=min(w,0), hi=max(w,0)  | clip(round(w/s)+z, 0, 15), z=clip(round(-lo/s),0,15)   | (q-z)*s |
+| scheme          | codes       | scale s      | q                                 | w'         |
+|-----------------|-------------|--------------|-----------------------------------|------------|
+| fp16            | float16     | -            | IEEE round-to-nearest-even        | float32(q) |
+| bf16            | uint16 bits | -            | upper 16 bits, round-nearest-even | float32(q) |
+| int8 symmetric  | [-127,127]  | max|w| / 127 | clip(round(w/s), -127, 127)       | q*s        |
+| int8 asymmetric | [0,255]     | (hi-lo)/255  | clip(round(w/s)+z, 0, 255)        | (q-z)*s    |
+| int4 symmetric  | [-8,7]      | m / -8       | clip(round(w/s), -8, 7)           | q*s        |
+| int4 asymmetric | [0,15]      | (hi-lo)/15   | clip(round(w/s)+z, 0, 15)         | (q-z)*s    |
+
+where m = the w of largest |w|, lo=min(w,0), hi=max(w,0), and z=clip(round(-lo/s),0,255) for
+int8 asymmetric, z=clip(round(-lo/s),0,15) for int4 asymmetric.
 
 int4 symmetric uses the signed extreme (`m / -8`, llama.cpp Q4_0's choice) so that all 16 levels
 are used: the largest-magnitude element maps exactly to -8. int8 symmetric keeps the level set

@@ -39,6 +39,14 @@ class TensorScheme:
 FP32 = TensorScheme(Schemes.FP32, None, True, None)
 
 
+def storage_id(ts: TensorScheme) -> str:
+    """A short name for a storage type: fp32, fp16, bf16, int8_channel, int8_g32, int4_g32_asym."""
+    if ts.scheme in (Schemes.FP32, Schemes.FP16, Schemes.BF16):
+        return ts.scheme
+    out = f"{ts.scheme}_g{ts.group_size}" if ts.group_size else f"{ts.scheme}_channel"
+    return out if ts.symmetric else out + "_asym"
+
+
 def matches(match: "Match", tensor: TensorInfo) -> bool:
     """True when every key given in `match` matches the tensor (name is a full-match regex)."""
     if match.name is not None and re.fullmatch(match.name, tensor.name) is None:

@@ -28,7 +28,8 @@ def greedy(
         raise ValueError("greedy() needs at least one prompt token")
     stop = set(stop_ids)
     runner.reset()
-    prompt_logits = np.asarray(runner.forward(np.asarray(prompt_ids, dtype=np.int64)), dtype=np.float32)
+    prompt_logits = np.asarray(runner.forward(np.asarray(prompt_ids, dtype=np.int64)),
+                               dtype=np.float32)
     last = prompt_logits[-1]
     out: list[int] = []
     for step in range(steps):

@@ -74,7 +74,8 @@ def preprocess_image(image: Any, vision: "Vision") -> np.ndarray:
     if vision.kind == "clip":  # shortest edge to `size`, then the centred size x size crop
         w, h = image.size
         short, long = (w, h) if w <= h else (h, w)
-        # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/image_transforms.py (get_resize_output_image_size)
+        # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/image_transforms.py
+        #      (get_resize_output_image_size)
         new_long = int(size * long / short)
         new_w, new_h = (size, new_long) if w <= h else (new_long, size)
         image = image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
@@ -135,7 +136,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
-    # ref: https://github.com/librosa/librosa/blob/main/librosa/core/convert.py (hz_to_mel, htk=False)
+    # ref: https://github.com/librosa/librosa/blob/main/librosa/core/convert.py
+    #      (hz_to_mel, htk=False)
     f = np.asarray(f, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0

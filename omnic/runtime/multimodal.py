@@ -18,6 +18,9 @@ Placement rules (`assemble_prompt`):
 - a placeholder with no input is an error, as is a placeholder the tokenizer does not have.
 Decoding is the shared greedy loop (`omnic.runtime.generate.greedy`) over `SplicingRunner`,
 which splices the rows in on the prefill only, so the reference and every target decode alike.
+
+Opening the parts of one run (the reference built from a spec, or a build's artifacts through
+the Target interface) is omnic.compiler.multimodal_run's.
 """
 
 from __future__ import annotations
@@ -276,64 +279,3 @@ def torch_component_runner(module: "torch.nn.Module") -> Callable[[np.ndarray], 
             return module(torch.as_tensor(np.asarray(x, dtype=np.float32))).float().numpy()
 
     return run
-
-
-# -- opening the parts --------------------------------------------------------------------------
-@dataclass
-class Parts:
-    """A decoder on embeddings and the components one run needs, each as run(x) -> y."""
-
-    decoder: EmbedsRunner
-    components: dict[str, Callable[[np.ndarray], np.ndarray]]
-
-
-def reference_parts(spec: Any, spec_dir: Any, components: Sequence[str],
-                    decoder: "torch.nn.Module | None" = None) -> Parts:
-    """The PyTorch reference: the decoder and the components built from the spec."""
-    from omnic.model import build_model
-    from omnic.model.components import build_components
-
-    built = build_components(spec, spec_dir) if components else {}
-    missing = [c for c in components if c not in built]
-    if missing:
-        raise PromptError(f"the spec has no {', '.join(missing)}")
-    decoder = decoder if decoder is not None else build_model(spec, spec_dir)
-    return Parts(TorchEmbedsRunner(decoder),
-                 {c: torch_component_runner(built[c].module) for c in components})
-
-
-def build_parts(build_dir: Any, target: str, components: Sequence[str]) -> Parts:
-    """The compiled parts of a build on `target`'s runtime (ONNX: embedding.onnx + text.onnx
-    and the components' artifacts).
-
-    Raises:
-        omnic.compiler.artifact_runner.BuildError: the build lacks one of the artifacts.
-        omnic.targets.base.NotRunnable: this host cannot run them.
-    """
-    from pathlib import Path
-
-    from omnic.compiler import manifest as mf
-    from omnic.compiler.artifact_runner import BuildError, artifact_from_entry, find_entry
-    from omnic.targets.base import get_target
-
-    if target != "onnx":
-        raise BuildError(f"multimodal generation runs on --target onnx (or the reference, "
-                         f"--target torch); {target} is not supported by omnic run yet")
-    build_dir = Path(build_dir)
-    manifest = mf.load(build_dir)
-    from omnic.targets.onnx.multimodal import load_embeds_runner
-
-    dec = artifact_from_entry(find_entry(manifest, target, Components.DECODER))
-    try:
-        decoder = load_embeds_runner(build_dir, dec)
-    except FileNotFoundError as err:
-        raise BuildError(str(err)) from None
-    impl = get_target(target)
-    runs = {}
-    for comp in components:
-        art = artifact_from_entry(find_entry(manifest, target, comp))
-        runner = impl.load(art, build_dir)
-        if not hasattr(runner, "run"):
-            raise BuildError(f"{target}: the {comp} artifact did not load as a component")
-        runs[comp] = runner.run
-    return Parts(decoder, runs)

@@ -1,10 +1,10 @@
 """Give back the resident pages of weights that are memory-mapped from a file.
 
-fp32 safetensors weights are views of the mapped checkpoint (`weights.read_safetensors`): no copy
-is made, but every page a lowering or a reference run reads stays in this process's resident set
-until the mapping closes, so a compile that reads each weight once ends holding the whole file
-(4.9 GB for Llama-3.2-1B) although it needed one tensor at a time. `release(arrays)` drops the
-process's page mappings behind arrays that lie in a read-only file mapping (madvise
+fp32 safetensors weights are views of the mapped checkpoint (`checkpoint.read_safetensors`): no
+copy is made, but every page a lowering or a reference run reads stays in this process's
+resident set until the mapping closes, so a compile that reads each weight once ends holding the
+whole file (4.9 GB for Llama-3.2-1B) although it needed one tensor at a time. `release(arrays)`
+drops the process's page mappings behind arrays that lie in a read-only file mapping (madvise
 MADV_DONTNEED): the data stays in the kernel's page cache and the next read maps it again, the
 same bytes. Only mappings whose pages are all still the file's bytes qualify (read-only, or
 private with no page written, per /proc/self/smaps); arrays in anonymous memory (random weights,

@@ -34,10 +34,12 @@ class TorchRunner:
         t = ids.shape[0]
         if self.position + t > self.context_length:
             raise ValueError(
-                f"position {self.position} + {t} tokens exceeds context_length {self.context_length}"
+                f"position {self.position} + {t} tokens exceeds context_length "
+                f"{self.context_length}"
             )
         pos = torch.arange(self.position, self.position + t, dtype=torch.int64)
         with torch.no_grad():
-            logits, self.k_cache, self.v_cache = self.decoder(ids[None], pos, self.k_cache, self.v_cache)
+            logits, self.k_cache, self.v_cache = self.decoder(ids[None], pos, self.k_cache,
+                                                              self.v_cache)
         self.position += t
         return logits[0].to(torch.float32).numpy()

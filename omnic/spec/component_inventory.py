@@ -1,4 +1,5 @@
-"""Every tensor of the components other than the decoder, and their prompt token counts (torch-free).
+"""Every tensor of the components other than the decoder, and their prompt token counts
+(torch-free).
 
 `component_tensors(spec)` lists, per component id, the tensors of the module that
 `omnic.model.components.build_components` builds: names equal the module's state_dict
@@ -25,7 +26,8 @@ def _linear(out: list, name: str, d_out: int, d_in: int, role: str, comp: str,
         out.append(TensorInfo(f"{name}.bias", (d_out,), role, layer, comp))
 
 
-def _layer_norm(out: list, name: str, d: int, role: str, comp: str, layer: int | None = None) -> None:
+def _layer_norm(out: list, name: str, d: int, role: str, comp: str,
+                layer: int | None = None) -> None:
     out.append(TensorInfo(f"{name}.weight", (d,), role, layer, comp))
     out.append(TensorInfo(f"{name}.bias", (d,), role, layer, comp))
 
@@ -58,7 +60,8 @@ def vision_tensors(v: "Vision", d_dec: int) -> list[TensorInfo]:
     if v.class_token:
         out.append(TensorInfo("tower.class_embed", (d,), role, None, comp))
     out.append(TensorInfo("tower.pos_embed", (v.n_positions, d), role, None, comp))
-    out.append(TensorInfo("tower.patch_embed.weight", (d, v.channels, v.patch_size, v.patch_size), role, None, comp))
+    out.append(TensorInfo("tower.patch_embed.weight", (d, v.channels, v.patch_size, v.patch_size),
+                          role, None, comp))
     if v.patch_bias:
         out.append(TensorInfo("tower.patch_embed.bias", (d,), role, None, comp))
     if v.pre_norm:

@@ -105,7 +105,7 @@ def load_with_extends(
         return doc, diagnostics
     entries = doc.data[KEY]
     data = {k: v for k, v in doc.data.items() if k != KEY}
-    top = Document(doc.file, data, {p: l for p, l in doc.locations.items() if p[:1] != (KEY,)})
+    top = Document(doc.file, data, {p: loc for p, loc in doc.locations.items() if p[:1] != (KEY,)})
     if isinstance(entries, str):
         entries = [entries]
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
@@ -139,8 +139,10 @@ def load_with_extends(
     return merge(base, top), diagnostics
 
 
-def merge_data(spec_data: dict, extends: list[str], spec_dir: Path) -> tuple[dict, list[Diagnostic]]:
-    """Merge extended files under plain spec data (for a Spec built in code, not read from a file)."""
+def merge_data(spec_data: dict, extends: list[str],
+               spec_dir: Path) -> tuple[dict, list[Diagnostic]]:
+    """Merge extended files under plain spec data (for a Spec built in code, not read from a
+    file)."""
     top = Document("<spec>", {k: v for k, v in spec_data.items() if k != KEY}, {})
     base: Document | None = None
     diagnostics: list[Diagnostic] = []

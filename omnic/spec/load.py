@@ -173,7 +173,8 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]
     return Document(file, data, locations), diagnostics
 
 
-def read_yaml(path: Path | str, display: str | None = None) -> tuple[Document | None, list[Diagnostic]]:
+def read_yaml(path: Path | str,
+              display: str | None = None) -> tuple[Document | None, list[Diagnostic]]:
     """Read and parse one YAML file (see `parse_yaml`); an unreadable file is a diagnostic."""
     file = display or str(path)
     try:

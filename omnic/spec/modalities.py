@@ -68,9 +68,12 @@ class Vision(SpecModel):
         "Linear as LLaVA-1.5); pixel_shuffle_mlp (SmolVLM/Idefics3: r x r neighbouring patches "
         "concatenated into one token of width d_model*r^2, then the mlp).",
     )
-    pixel_shuffle_factor: PositiveInt = Field(2, description="Pixel-shuffle ratio r (pixel_shuffle_mlp).")
+    pixel_shuffle_factor: PositiveInt = Field(
+        2, description="Pixel-shuffle ratio r (pixel_shuffle_mlp)."
+    )
     weights: str | None = Field(
-        None, description="Hugging Face directory of the vision tower (relative to the spec file), or null."
+        None, description="Hugging Face directory of the vision tower (relative to the spec "
+        "file), or null."
     )
 
     @property
@@ -79,7 +82,8 @@ class Vision(SpecModel):
 
     @property
     def eps(self) -> float:
-        return self.layer_norm_eps if self.layer_norm_eps is not None else VISION_DEFAULTS[self.kind][1]
+        return (self.layer_norm_eps if self.layer_norm_eps is not None
+                else VISION_DEFAULTS[self.kind][1])
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -151,7 +155,8 @@ class Audio(SpecModel):
         "(Qwen2-Audio pools by 2); 1 = no pooling. Must divide n_frames/2.",
     )
     projector: Literal["linear", "mlp"] = Field(
-        "mlp", description="Projection into the decoder embedding space (mlp: Linear, GELU, Linear)."
+        "mlp", description="Projection into the decoder embedding space "
+        "(mlp: Linear, GELU, Linear)."
     )
     weights: str | None = Field(
         None, description="Hugging Face Whisper directory (relative to the spec file), or null."
@@ -176,7 +181,9 @@ class Sensors(SpecModel):
     dim: PositiveInt = Field(description="Width of one sensor reading vector.")
     n_tokens: PositiveInt = Field(1, description="Decoder tokens each reading becomes.")
     projector: Literal["linear", "mlp"] = Field("mlp", description="Projection into the decoder.")
-    hidden: PositiveInt | None = Field(None, description="MLP inner width; null = the decoder's d_model.")
+    hidden: PositiveInt | None = Field(
+        None, description="MLP inner width; null = the decoder's d_model."
+    )
 
 
 class ActionHead(SpecModel):

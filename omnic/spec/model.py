@@ -26,7 +26,9 @@ class Norm(SpecModel):
 
 
 class LinearScaling(SpecModel):
-    kind: Literal["linear"] = Field(description="Position interpolation: positions divided by factor.")
+    kind: Literal["linear"] = Field(
+        description="Position interpolation: positions divided by factor."
+    )
     factor: float = Field(gt=0, description="Scaling factor (>0).")
 
 
@@ -41,7 +43,9 @@ class Llama3Scaling(SpecModel):
 
 
 class YarnScaling(SpecModel):
-    kind: Literal["yarn"] = Field(description="YaRN: NTK-by-parts interpolation with attention scaling.")
+    kind: Literal["yarn"] = Field(
+        description="YaRN: NTK-by-parts interpolation with attention scaling."
+    )
     factor: float = Field(gt=0, description="Scaling factor.")
     original_context_length: PositiveInt = Field(description="Pre-training context length.")
     beta_fast: float = Field(32.0, gt=0, description="YaRN beta_fast.")
@@ -96,13 +100,18 @@ class Model(SpecModel):
     n_layers: PositiveInt = Field(description="Number of transformer blocks.")
     n_heads: PositiveInt = Field(description="Query heads.")
     n_kv_heads: PositiveInt | None = Field(
-        None, description="Key/value heads: n_heads for MHA, fewer for GQA, 1 for MQA. null = n_heads."
+        None,
+        description="Key/value heads: n_heads for MHA, fewer for GQA, 1 for MQA. null = n_heads.",
     )
-    head_dim: PositiveInt | None = Field(None, description="Per-head width; null = d_model / n_heads.")
+    head_dim: PositiveInt | None = Field(
+        None, description="Per-head width; null = d_model / n_heads."
+    )
     ffn: FFN = Field(description="Feed-forward block.")
     norm: Norm = Field(default_factory=Norm, description="Normalisation used throughout.")
     rope: Rope = Field(default_factory=Rope, description="Rotary position embedding.")
-    context_length: PositiveInt = Field(description="Maximum sequence length (static KV cache size).")
+    context_length: PositiveInt = Field(
+        description="Maximum sequence length (static KV cache size)."
+    )
     tie_embeddings: bool = Field(False, description="lm_head shares the embedding matrix.")
     qkv_bias: bool = Field(False, description="Biases on the q, k and v projections (Qwen2).")
     qk_norm: bool = Field(False, description="RMSNorm over each head of q and k (Qwen3).")
@@ -117,8 +126,12 @@ class Model(SpecModel):
     attn_scale: PositiveFloat | None = Field(
         None, description="Attention score scale; null = 1/sqrt(head_dim)."
     )
-    attn_softcap: PositiveFloat | None = Field(None, description="tanh soft-cap of attention scores (Gemma 2).")
-    final_softcap: PositiveFloat | None = Field(None, description="tanh soft-cap of logits (Gemma 2).")
+    attn_softcap: PositiveFloat | None = Field(
+        None, description="tanh soft-cap of attention scores (Gemma 2)."
+    )
+    final_softcap: PositiveFloat | None = Field(
+        None, description="tanh soft-cap of logits (Gemma 2)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "Model":

@@ -57,12 +57,15 @@ class Match(SpecModel):
 
 
 class Override(WeightScheme):
-    match: Match = Field(description="Which tensors this override applies to (all keys must match).")
+    match: Match = Field(
+        description="Which tensors this override applies to (all keys must match)."
+    )
 
 
 class Quantization(SpecModel):
     weights: WeightScheme = Field(
-        default_factory=lambda: WeightScheme(scheme="fp32"), description="Default for matrix weights."
+        default_factory=lambda: WeightScheme(scheme="fp32"),
+        description="Default for matrix weights.",
     )
     overrides: tuple[Override, ...] = Field((), description="Ordered; the first match wins.")
     kv_cache: Literal["none", "int8"] = Field("none", description="KV cache storage.")

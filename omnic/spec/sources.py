@@ -15,7 +15,9 @@ class RandomWeights(SpecModel):
 
 
 class SafetensorsWeights(SpecModel):
-    source: Literal["safetensors"] = Field(description="One .safetensors file in omnic tensor names.")
+    source: Literal["safetensors"] = Field(
+        description="One .safetensors file in omnic tensor names."
+    )
     path: str = Field(description="Path to the file, relative to the spec file.")
 
 
@@ -32,7 +34,9 @@ Weights = Annotated[
 
 
 class ByteTokenizer(SpecModel):
-    kind: Literal["byte"] = Field(description="256 byte tokens followed by specials (bos, eos, pad).")
+    kind: Literal["byte"] = Field(
+        description="256 byte tokens followed by specials (bos, eos, pad)."
+    )
 
 
 class HuggingfaceTokenizer(SpecModel):

@@ -1,12 +1,31 @@
 """The target interface, the target registry, and the runner every runtime is driven through.
 
-A target is a module under `omnic/targets/` (or a third-party module named by the entry-point
+A target is a package under `omnic/targets/` (or a third-party module named by the entry-point
 group `omnic.targets`) that defines one class decorated with `@register_target("id")`:
 
-    check(spec) -> list[Problem]          pre-flight, before any work; torch-free
-    lower(program, out_dir) -> list[Artifact]   writes files under out_dir; never mutates program
-    load(artifact, build_dir) -> Runner   raises NotRunnable(reason) when this host cannot run it
-                                          (a ComponentRunner for a non-decoder component)
+    check(spec) -> list[Problem]
+        pre-flight, before any work; torch-free. Everything that would stop lowering is a
+        Problem: an op, scheme or component the backend cannot take, and a backend library
+        missing on this host ("install omnic[x]").
+    lower(program, out_dir) -> list[Artifact]
+        the decoder's artifact(s): writes files under out_dir, never mutates the program. The
+        pipeline has run `check` on program.spec before; lower does not repeat it.
+    lower_component(program, name, out_dir) -> Artifact
+        one component of program.components (an encoder, projector or head), beside the
+        decoder's files. The pipeline (omnic.compiler.lowering) calls it for each component, in
+        `omnic.targets.components.components_of` order, after `lower`. A target that carries no
+        component refuses specs with one in `check` and may leave this method out.
+    load(artifact, build_dir) -> Runner | ComponentRunner
+        a Runner for the decoder, a ComponentRunner for a component; raises NotRunnable(reason)
+        when this host cannot run it (a backend library missing, another OS, no delegate).
+
+and, optionally:
+
+    load_embeds(artifact, build_dir) -> omnic.runtime.multimodal.EmbedsRunner
+        the decoder artifact driven by input embeddings (`omnic run --image/--audio`), for
+        targets whose build carries such a graph; raises NotRunnable like `load`. Call it
+        through `load_embeds(target, ...)` below, which answers NotRunnable("cannot take
+        embeddings") for targets without it.
 
 Backend libraries are imported inside these methods, never at module import time.
 """
@@ -14,6 +33,7 @@ Backend libraries are imported inside these methods, never at module import time
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -22,9 +42,9 @@ from omnic.runtime.runner import ComponentRunner, Runner  # noqa: F401  (part of
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import numpy as np
 
     from omnic.passes.program import Program
+    from omnic.runtime.multimodal import EmbedsRunner
     from omnic.spec import ResolvedSpec
 
 
@@ -65,14 +85,41 @@ class NotRunnable(Exception):
     """This host cannot execute the artifact (for example Core ML off macOS)."""
 
 
+def absent_modules(modules: list[str]) -> list[str]:
+    """Those of `modules` this host cannot import, found without importing them: backend
+    libraries import torch, and pre-flight (`check`) stays torch-free."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
 class Target(Protocol):
+    """The interface of every target (see the module docstring for each method's contract)."""
+
     id: str
 
     def check(self, spec: "ResolvedSpec") -> list[Problem]: ...
 
     def lower(self, program: "Program", out_dir: "Path") -> list[Artifact]: ...
 
+    def lower_component(self, program: "Program", name: str, out_dir: "Path") -> Artifact: ...
+
     def load(self, artifact: Artifact, build_dir: "Path") -> "Runner | ComponentRunner": ...
+
+
+def takes_embeddings(target: Any) -> bool:
+    """Whether `target` can run its decoder on input embeddings (has `load_embeds`)."""
+    return callable(getattr(target, "load_embeds", None))
+
+
+def load_embeds(target: Any, artifact: Artifact, build_dir: "Path") -> "EmbedsRunner":
+    """`target.load_embeds(artifact, build_dir)`.
+
+    Raises:
+        NotRunnable: the target cannot take embeddings, or this host cannot run the artifact.
+    """
+    if not takes_embeddings(target):
+        raise NotRunnable(f"{target.id}: cannot take embeddings (its build has no decoder on "
+                          "input embeddings)")
+    return target.load_embeds(artifact, build_dir)
 
 
 _REGISTRY: dict[str, type] = {}

@@ -1,20 +1,21 @@
-"""What the four component lowerings (`<target>_component.py`) share.
+"""What the backends' component lowerings (`omnic/targets/<backend>/components.py`) share.
 
 A component (omnic/model/components.py) is one module with one float32 tensor in and
-one out, batch 1, static shapes. Every target lowers it the same way around its own backend call:
+one out, batch 1, static shapes. Every target lowers it the same way around its own backend call
+(`Target.lower_component(program, name, out_dir)`, called by the pipeline for each component in
+`components_of` order):
 
     torch.export (static shapes) ─► backend ─► files under BUILD/<target>/ ─► Artifact
 
 and `Target.load` hands back a `ComponentRunner` (`run(x) -> y`) instead of a decoder Runner.
-This module holds the common parts: the export, the I/O signature, the Artifact, the loop over
-`program.components`, and the input check every runner applies before calling its runtime.
+This module holds the common parts: the order of `program.components`, the export, the I/O
+signature, the Artifact, and the input check every runner applies before calling its runtime.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,10 +26,7 @@ if TYPE_CHECKING:
 
     from omnic.model.components import Component
     from omnic.passes.program import Program
-    from omnic.spec import ResolvedSpec
     from omnic.targets.base import Artifact
-
-_log = logging.getLogger(__name__)
 
 FLOAT32 = "float32"
 
@@ -43,19 +41,6 @@ def components_of(program: "Program") -> list["Component"]:
     comps = program.components or {}
     order = [c for c in Components.ALL if c in comps] + sorted(set(comps) - set(Components.ALL))
     return [comps[name] for name in order]
-
-
-def lower_all(program: "Program", out_dir: Path, target_id: str,
-              lower_one: Callable[["Component", Path, "ResolvedSpec"], "Artifact"]
-              ) -> list["Artifact"]:
-    """`lower_one(component, out_dir, spec)` for every component of `program`, in order."""
-    out = []
-    for comp in components_of(program):
-        artifact = lower_one(comp, Path(out_dir), program.spec)
-        _log.info(f"{target_id}: {comp.name} → {artifact.path} ({artifact.precision}, "
-                   f"{sum(artifact.op_histogram.values())} ops)")
-        out.append(artifact)
-    return out
 
 
 def reference_output(component: "Component") -> "torch.Tensor":

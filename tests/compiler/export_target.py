@@ -22,7 +22,8 @@ from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
 
 class ExportRunner:
     def __init__(self, module, n_layers: int, kv_shape: tuple[int, ...], context: int):
-        self.module, self.n_layers, self.kv_shape, self.context = module, n_layers, kv_shape, context
+        self.module, self.n_layers, self.kv_shape, self.context = (
+            module, n_layers, kv_shape, context)
         self.reset()
 
     def reset(self) -> None:

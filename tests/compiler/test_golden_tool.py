@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from omnic.cli.main import main
+from omnic.compiler.validate import load_resolved
 from omnic.golden import summary
 
 
@@ -20,7 +21,7 @@ def test_golden_update_round_trip(tiny_spec_file, tmp_path):
     # int4 weights move the logits: the two summaries differ, each matches its own recompute.
     fp32, quant = expected["references"]["fp32"], expected["references"]["quant_reference"]
     assert summary.compare_reference("x", fp32, quant)
-    again_inputs, again = summary.compute(spec)
+    again_inputs, again = summary.compute(spec, load_resolved(spec))
     assert again_inputs == inputs
     for name, ref in expected["references"].items():
         assert summary.compare_reference(name, ref, again["references"][name]) == []

@@ -21,7 +21,7 @@ from omnic.passes.program import Program
 @pytest.fixture(scope="module")
 def program(tiny_spec_file):
     from omnic.model import build_model
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
     path = tiny_spec_file("passes", {"quantization": {
         "weights": {"scheme": "int4", "group_size": 32},
@@ -72,7 +72,8 @@ def test_default_pipeline_plans_quantization_without_touching_the_input(program)
 def test_pass_error_names_the_passes_before(program):
     with pytest.raises(PassError) as err:
         run_passes(program, ["common::verify_inventory", "test::boom"])
-    assert str(err.value) == "test::boom failed after [common::verify_inventory]: ValueError: kaboom"
+    assert str(err.value) == (
+        "test::boom failed after [common::verify_inventory]: ValueError: kaboom")
 
 
 def test_verify_inventory_names_the_mismatch(program):

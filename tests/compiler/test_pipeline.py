@@ -50,8 +50,8 @@ def test_good_build_passes_and_records_everything(build_a):
         assert mf.file_sha256(out / rel) == sha
     assert {p.path for p in m.plan_vs_actual} == {fp32.path, int8.path}
     assert all(p.planned_bytes and p.ratio > 0 for p in m.plan_vs_actual)
-    assert {s.stage for s in m.timings.stages} >= {"load", "validate", "resolve", "plan", "build",
-                                                   "passes", "manifest"}
+    assert {s.stage for s in m.timings.stages} >= {"validate", "plan", "check", "build", "passes",
+                                                   "reference", "manifest"}
 
 
 def test_golden_reference_matches_an_independent_rerun(build_a, spec_a):
@@ -59,7 +59,7 @@ def test_golden_reference_matches_an_independent_rerun(build_a, spec_a):
     import torch
 
     from omnic.model import build_model
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
     g = np.load(build_a.out_dir / "golden" / "inputs.npz")
     ref = np.load(build_a.out_dir / "golden" / "fp32.npz")

@@ -44,13 +44,14 @@ def test_every_example_spec_has_golden_data():
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_reference_outputs_match_golden(spec):
     from omnic.spec.inventory import parameter_count
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
-    params = parameter_count(load_resolved(spec).model)
+    resolved = load_resolved(spec)
+    params = parameter_count(resolved.model)
     if params > MAX_PARAMS and not os.environ.get("OMNIC_GOLDEN_ALL"):
         pytest.skip(f"{params / 1e6:.0f}M parameters; set OMNIC_GOLDEN_ALL=1 to recompute")
     golden_inputs, golden_expected = _golden(spec)
-    inputs, expected = summary.compute(spec)
+    inputs, expected = summary.compute(spec, resolved)
     problems = [] if inputs == golden_inputs else ["golden inputs differ"]
     if sorted(expected["references"]) != sorted(golden_expected["references"]):
         problems.append(f"references {sorted(expected['references'])} != golden "

@@ -13,7 +13,7 @@ from omnic.cli.main import main as omnic_main
 from omnic.model import build_model
 from omnic.runtime.generate import greedy
 from omnic.runtime.torch_runner import TorchRunner
-from omnic.spec.validate import load_resolved
+from omnic.compiler.validate import load_resolved
 
 from hf_checkpoints import FAMILIES
 
@@ -48,7 +48,8 @@ def test_family_matches_transformers(family, checkpoints, tmp_path):
         hf.generation_config.eos_token_id = None  # 16 tokens whatever they are
         ref_tokens = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=STEPS,
                                  do_sample=False, pad_token_id=258)[0, len(PROMPT):].tolist()
-    assert ref_logits.abs().max() > 1.0  # the weights are large enough for the check to mean something
+    # the weights are large enough for the check to mean something
+    assert ref_logits.abs().max() > 1.0
 
     tokens, logits = greedy(TorchRunner(decoder), PROMPT, STEPS)
     err = np.abs(logits - ref_logits.numpy()).max()
@@ -58,7 +59,8 @@ def test_family_matches_transformers(family, checkpoints, tmp_path):
     # generated sequence (well past each sliding window) through the KV-cache runner.
     full = PROMPT + tokens[:-1]
     runner = TorchRunner(decoder)
-    ours = np.concatenate([runner.forward(np.array(PROMPT)), *(runner.forward(np.array([t])) for t in tokens[:-1])])
+    ours = np.concatenate([runner.forward(np.array(PROMPT)),
+                           *(runner.forward(np.array([t])) for t in tokens[:-1])])
     with torch.no_grad():
         ref_full = hf(torch.tensor([full])).logits[0].numpy()
     assert np.abs(ours - ref_full).max() < ATOL

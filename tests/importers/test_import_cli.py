@@ -10,7 +10,7 @@ import yaml
 
 from omnic.cli.main import main as omnic_main
 from omnic.model import build_model
-from omnic.spec.validate import load_resolved
+from omnic.compiler.validate import load_resolved
 
 from hf_checkpoints import COMMON, make_checkpoint
 
@@ -47,8 +47,10 @@ def test_unsupported_is_a_clear_error(tmp_path, capsys, change, needle):
 
 
 def test_gemma2_odd_sliding_layers_are_rejected(tmp_path, capsys):
-    d = _config_dir(tmp_path, **{**LLAMA, "architectures": ["Gemma2ForCausalLM"], "num_hidden_layers": 3,
-                                 "layer_types": ["full_attention", "sliding_attention", "full_attention"]})
+    d = _config_dir(tmp_path, **{**LLAMA, "architectures": ["Gemma2ForCausalLM"],
+                                 "num_hidden_layers": 3,
+                                 "layer_types": ["full_attention", "sliding_attention",
+                                                 "full_attention"]})
     assert omnic_main(["import", str(d), "-o", str(tmp_path / "s.yaml")]) == 2
     assert "sliding window on layers [1]" in capsys.readouterr().err
 
@@ -61,7 +63,8 @@ def test_missing_config_is_a_clear_error(tmp_path, capsys):
 def test_written_spec(tmp_path):
     d = _config_dir(tmp_path, **LLAMA)  # no tokenizer.json: the byte tokenizer stands in
     out = tmp_path / "specs" / "m.yaml"
-    assert omnic_main(["import", str(d), "-o", str(out), "--context-length", "32", "--name", "mine"]) == 0
+    assert omnic_main(["import", str(d), "-o", str(out), "--context-length", "32",
+                       "--name", "mine"]) == 0
     text = out.read_text()
     assert text.startswith(f"# Imported by `omnic import` from {d.resolve()} (LlamaForCausalLM).")
     data = yaml.safe_load(text)

@@ -1,6 +1,7 @@
 """Blocks without a transformers counterpart among the imported families, checked against
 straightforward reference implementations written here: the dense-computed MoE against a
-per-token sparse loop, LayerNorm with unit offset, the plain GELU FFN; and the module layout rule."""
+per-token sparse loop, LayerNorm with unit offset, the plain GELU FFN; and the module layout
+rule."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_moe_equals_sparse_routing(normalize, shared):
             w = probs[top] / probs[top].sum() if normalize else probs[top]
             for weight, e in zip(w, top.tolist()):
                 ex = moe.experts[e]
-                ref[b, t] += weight * (ex.down.weight @ (F.silu(ex.gate.weight @ h) * (ex.up.weight @ h)))
+                ref[b, t] += weight * (ex.down.weight @ (F.silu(ex.gate.weight @ h)
+                                                         * (ex.up.weight @ h)))
             if shared:
                 s = moe.shared
                 ref[b, t] += s.down.weight @ (F.silu(s.gate.weight @ h) * (s.up.weight @ h))
@@ -48,7 +50,8 @@ def test_gelu_ffn_and_layernorm_offset():
     _randomize(ffn, 2)
     x = torch.randn(3, 16)
     inner = ffn.up.weight @ x.T
-    tanh_gelu = 0.5 * inner * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (inner + 0.044715 * inner**3)))
+    tanh_gelu = 0.5 * inner * (1 + torch.tanh((2 / torch.pi) ** 0.5
+                                              * (inner + 0.044715 * inner**3)))
     torch.testing.assert_close(ffn(x), (ffn.down.weight @ tanh_gelu).T, rtol=0, atol=1e-5)
 
     norm = LayerNorm(16, 1e-5, unit_offset=True)
@@ -67,4 +70,5 @@ def test_modules_never_import_the_spec():
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n.startswith("omnic.spec") for n in names), f"{path.name} imports {names}"
+            assert not any(n.startswith("omnic.spec") for n in names), (
+                f"{path.name} imports {names}")

@@ -27,7 +27,8 @@ D_DEC = DECODER["d_model"]
 def resolved_spec(**top):
     return make_resolved_spec(DECODER, **top)
 
-VISION = {"kind": "siglip", "image_size": 32, "patch_size": 8, "d_model": 32, "n_layers": 2, "n_heads": 2}
+VISION = {"kind": "siglip", "image_size": 32, "patch_size": 8, "d_model": 32, "n_layers": 2,
+          "n_heads": 2}
 AUDIO = {"n_mels": 16, "n_frames": 40, "d_model": 32, "n_layers": 2, "n_heads": 2}
 SENSORS = {"dim": 7, "n_tokens": 3}
 ACTION = {"dim": 6, "horizon": 4, "hidden": 48}
@@ -81,12 +82,14 @@ def test_vision_token_counts(vision, tokens):
     modalities = {"vision": {**VISION, **vision}}
     c = build(modalities)[Components.VISION_ENCODER]
     assert tuple(c.module(c.example_input).shape) == (1, tokens, D_DEC)
-    assert placeholder_tokens(resolved_spec(modalities=modalities))[Components.VISION_ENCODER] == tokens
+    assert (placeholder_tokens(resolved_spec(modalities=modalities))[Components.VISION_ENCODER]
+            == tokens)
 
 
 @pytest.mark.parametrize("modalities", [
     ALL,
-    {"vision": {**VISION, "kind": "clip", "projector": "linear"}, "audio": {**AUDIO, "projector": "linear"},
+    {"vision": {**VISION, "kind": "clip", "projector": "linear"},
+     "audio": {**AUDIO, "projector": "linear"},
      "sensors": {**SENSORS, "projector": "linear"}},
     {"vision": {**VISION, "projector": "pixel_shuffle_mlp"}, "sensors": {**SENSORS, "hidden": 16}},
 ])
@@ -111,7 +114,8 @@ def test_random_weights_are_seeded_and_deterministic(components):
     again = build(ALL)
     other = build(ALL, weights={"source": "random", "seed": 7})
     for name, c in components.items():
-        a, b, o = c.module.state_dict(), again[name].module.state_dict(), other[name].module.state_dict()
+        a, b, o = (c.module.state_dict(), again[name].module.state_dict(),
+                   other[name].module.state_dict())
         for key in a:
             assert a[key].numpy().tobytes() == b[key].numpy().tobytes(), key
         assert torch.equal(c.example_input, again[name].example_input)
@@ -160,7 +164,8 @@ def test_pixel_shuffle_projector_matches_idefics3():
     m, x = c.module, c.example_input
     tokens = m.tower(x)  # [1, 16, 32]
     shuffled = Idefics3Connector.pixel_shuffle(None, tokens, 2)  # [1, 4, 128]
-    torch.testing.assert_close(m(x), _mlp(m.state_dict(), "projector.", shuffled), rtol=0, atol=1e-6)
+    torch.testing.assert_close(m(x), _mlp(m.state_dict(), "projector.", shuffled),
+                               rtol=0, atol=1e-6)
     # token 0 holds the top-left 2x2 patches of the 4x4 grid
     assert torch.equal(shuffled[0, 0].reshape(4, 32)[0], tokens[0, 0])
 
@@ -170,7 +175,8 @@ def test_clip_drops_class_token_and_mean_pooling():
     m, x = c.module, c.example_input
     tokens = m.tower(x)
     assert tokens.shape == (1, 17, 32)
-    torch.testing.assert_close(m(x), _mlp(m.state_dict(), "projector.", tokens[:, 1:].mean(1, keepdim=True)),
+    torch.testing.assert_close(m(x), _mlp(m.state_dict(), "projector.",
+                                          tokens[:, 1:].mean(1, keepdim=True)),
                                rtol=0, atol=1e-6)
 
 
@@ -192,14 +198,15 @@ def test_every_component_exports(components):
 SPEC = {
     "omnic": 1, "name": "mm", "device": "desktop_cpu",
     "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-              "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True},
+              "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64,
+              "tie_embeddings": True},
     "targets": {},
     "golden": {"cases": 1, "prompt_tokens": 8, "decode_steps": 4},
 }
 
 
 def validate(tmp_path, modalities):
-    from omnic.spec.validate import validate_file
+    from omnic.compiler.validate import validate_file
 
     data = copy.deepcopy(SPEC)
     data["modalities"] = modalities
@@ -214,17 +221,22 @@ def test_valid_modalities_spec(tmp_path):
 
 
 @pytest.mark.parametrize("modalities, field, words", [
-    ({"vision": {**VISION, "image_size": 30}}, "modalities.vision.image_size", "not divisible by patch_size 8"),
-    ({"vision": {**VISION, "n_heads": 3}}, "modalities.vision.n_heads", "does not divide d_model 32"),
+    ({"vision": {**VISION, "image_size": 30}}, "modalities.vision.image_size",
+     "not divisible by patch_size 8"),
+    ({"vision": {**VISION, "n_heads": 3}}, "modalities.vision.n_heads",
+     "does not divide d_model 32"),
     ({"vision": {**VISION, "projector": "pixel_shuffle_mlp", "pixel_shuffle_factor": 3}},
      "modalities.vision.pixel_shuffle_factor", "4x4 patch grid"),
     ({"vision": {**VISION, "projector": "pixel_shuffle_mlp", "pooling": "mean"}},
      "modalities.vision.pooling", "pooling: none"),
-    ({"vision": {**VISION, "image_mean": [0.5, 0.5]}}, "modalities.vision.image_mean", "2 values for 3 channels"),
-    ({"audio": {**AUDIO, "downsample": 3}}, "modalities.audio.downsample", "does not divide the 20"),
+    ({"vision": {**VISION, "image_mean": [0.5, 0.5]}}, "modalities.vision.image_mean",
+     "2 values for 3 channels"),
+    ({"audio": {**AUDIO, "downsample": 3}}, "modalities.audio.downsample",
+     "does not divide the 20"),
     ({"audio": {**AUDIO, "n_frames": 41}}, "modalities.audio.n_frames", "must be even"),
     ({"audio": {**AUDIO, "n_heads": 5}}, "modalities.audio.n_heads", "does not divide d_model 32"),
-    ({"vision": {**VISION, "activation": "relu"}}, "modalities.vision.activation", "must be one of"),
+    ({"vision": {**VISION, "activation": "relu"}}, "modalities.vision.activation",
+     "must be one of"),
 ])
 def test_invalid_modalities_are_reported(tmp_path, modalities, field, words):
     errors = validate(tmp_path, modalities)

@@ -29,7 +29,8 @@ def test_static_cache_entry_exports(decoder):
     n = decoder.config.n_layers
     tokens, pos = torch.tensor([[5, 17, 99, 3]]), torch.arange(4)
     t = Dim.AUTO
-    ep = export(decoder, (tokens, pos, k, v), dynamic_shapes=({1: t}, {0: t}, [None] * n, [None] * n), strict=False)
+    ep = export(decoder, (tokens, pos, k, v),
+                dynamic_shapes=({1: t}, {0: t}, [None] * n, [None] * n), strict=False)
     logits, k1, v1 = decoder(tokens, pos, k, v)
     _same(ep.module()(tokens, pos, k, v), (logits, k1, v1))
     # The same graph decodes one token at position 4 against the filled cache.
@@ -42,7 +43,8 @@ def test_concat_entry_exports(decoder):
     entry = decoder.concat_entry()
     assert list(entry.state_dict()) == list(decoder.state_dict())  # canonical names, no prefix
     past = [torch.randn(1, c.n_kv_heads, 3, c.head_dim) for _ in range(c.n_layers)]
-    args = (torch.tensor([[5, 17, 99, 3]]), torch.ones(1, 7, dtype=torch.long), torch.arange(3, 7)[None], past, past)
+    args = (torch.tensor([[5, 17, 99, 3]]), torch.ones(1, 7, dtype=torch.long),
+            torch.arange(3, 7)[None], past, past)
     a = Dim.AUTO
     shapes = ({1: a}, {1: a}, {1: a}, [{2: a}] * c.n_layers, [{2: a}] * c.n_layers)
     ep = export(entry, args, dynamic_shapes=shapes, strict=False)

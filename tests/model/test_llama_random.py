@@ -44,7 +44,8 @@ def pair(make_spec):
     c = dec.config
     cfg = LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.ffn_hidden,
-        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads,
+        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_kv_heads,
         head_dim=c.head_dim, max_position_embeddings=c.context_length, rms_norm_eps=c.norm_eps,
         rope_theta=c.rope_theta, tie_word_embeddings=False, attn_implementation="eager",
     )
@@ -78,7 +79,8 @@ def test_random_weights_are_seeded(make_spec):
 
 
 def test_random_init_statistics(make_spec):
-    dec = build_model(make_spec({"norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True}}), ".")
+    dec = build_model(make_spec({"norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True}}),
+                      ".")
     sd = dec.state_dict()
     w = sd["layers.0.attn.q.weight"].numpy()
     assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002

@@ -16,10 +16,10 @@ CASES = [
       "original_max_position_embeddings": 8192}),
     ("yarn", {"kind": "yarn", "factor": 4.0, "original_context_length": 32768},
      {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}),
-    ("yarn_custom", {"kind": "yarn", "factor": 8.0, "original_context_length": 4096, "beta_fast": 16.0,
-                     "beta_slow": 2.0, "attention_factor": 1.25},
-     {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096, "beta_fast": 16.0,
-      "beta_slow": 2.0, "attention_factor": 1.25}),
+    ("yarn_custom", {"kind": "yarn", "factor": 8.0, "original_context_length": 4096,
+                     "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.25},
+     {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096,
+      "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.25}),
 ]
 
 
@@ -30,10 +30,12 @@ def test_frequencies_match_transformers(name, ours, theirs, head_dim, theta):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     config = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, head_dim=head_dim,
-                         max_position_embeddings=131072, rope_parameters={**theirs, "rope_theta": theta})
+                         max_position_embeddings=131072,
+                         rope_parameters={**theirs, "rope_theta": theta})
     kind = theirs["rope_type"]
     if kind == "default":
-        ref = (1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)), 1.0)
+        ref = (1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float()
+                                / head_dim)), 1.0)
     else:
         ref = ROPE_INIT_FUNCTIONS[kind](config, None)
     inv_freq, factor = rope_frequencies(head_dim, theta, ours)

@@ -24,12 +24,15 @@ def test_safetensors_source_round_trip(make_spec, tmp_path):
     save_file(sd, tmp_path / "w.safetensors")
     save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, tmp_path / "w16.safetensors")
 
-    got = build_model(make_spec(weights={"source": "safetensors", "path": "w.safetensors"}), tmp_path)
+    got = build_model(make_spec(weights={"source": "safetensors", "path": "w.safetensors"}),
+                      tmp_path)
     for k, v in got.state_dict().items():
         assert torch.equal(v, sd[k]), k
-    half = build_model(make_spec(weights={"source": "safetensors", "path": "w16.safetensors"}), tmp_path)
+    half = build_model(make_spec(weights={"source": "safetensors", "path": "w16.safetensors"}),
+                       tmp_path)
     w = half.state_dict()["layers.0.attn.q.weight"]
-    assert w.dtype == torch.float32 and torch.equal(w, sd["layers.0.attn.q.weight"].to(torch.bfloat16).float())
+    assert w.dtype == torch.float32 and torch.equal(
+        w, sd["layers.0.attn.q.weight"].to(torch.bfloat16).float())
 
 
 def test_safetensors_mismatch_names_every_problem(make_spec, tmp_path):
@@ -41,7 +44,8 @@ def test_safetensors_mismatch_names_every_problem(make_spec, tmp_path):
     sd["extra.weight"] = torch.zeros(2)
     save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "bad.safetensors")
     with pytest.raises(WeightError) as err:
-        build_model(make_spec(weights={"source": "safetensors", "path": "bad.safetensors"}), tmp_path)
+        build_model(make_spec(weights={"source": "safetensors", "path": "bad.safetensors"}),
+                    tmp_path)
     text = str(err.value)
     assert "missing 1: layers.1.attn.k.weight" in text
     assert "unexpected 1: extra.weight" in text
@@ -52,7 +56,8 @@ def test_state_dict_is_the_inventory(make_spec):
     from omnic.spec.inventory import decoder_tensors
 
     for extra in ({}, {"moe": {"experts": 3, "top_k": 2, "shared_experts": 2, "shared_hidden": 32}},
-                  {"norm": {"kind": "layernorm"}, "qkv_bias": True, "qk_norm": True, "post_norms": True,
+                  {"norm": {"kind": "layernorm"}, "qkv_bias": True, "qk_norm": True,
+                   "post_norms": True,
                    "ffn": {"kind": "gelu", "hidden": 96}, "tie_embeddings": False}):
         spec = make_spec(extra)
         sd = build_model(spec, ".").state_dict()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from omnic.compiler.plan import MIB, kv_cache_bytes, plan_memory, storage_id, tensor_bytes
+from omnic.compiler.plan import MIB, kv_cache_bytes, plan_memory, tensor_bytes
 from omnic.presets import resolve, store
-from omnic.quant.select import TensorScheme
+from omnic.quant.select import TensorScheme, storage_id
 from omnic.spec import Device, Spec
 from omnic.spec.inventory import parameter_count
 
@@ -52,7 +52,8 @@ def test_qwen3_non_embedding_count_matches_model_card():
 @pytest.mark.parametrize("shape, ts, expected", [
     ((64, 128), TensorScheme("int4", 32, True), 64 * 64 + 64 * 4 * 2),          # 0.5 B + fp16/group
     ((64, 128), TensorScheme("int4", 32, False), 64 * 64 + 256 * 2 + 256 // 2),  # + uint4 zeros
-    ((10, 7), TensorScheme("int8", None, True), 70 + 10 * 2),                    # per-row fp16 scale
+    # per-row fp16 scale
+    ((10, 7), TensorScheme("int8", None, True), 70 + 10 * 2),
     ((4, 64), TensorScheme("int8", 32, False), 256 + 8 * 2 + 8),                 # + uint8 zeros
     ((2, 3), TensorScheme("int4", 3, True), 2 * 2 + 2 * 2),                      # odd rows padded
     ((3, 5), TensorScheme("fp16", None, True), 30),
@@ -73,7 +74,7 @@ def test_storage_ids():
 
 @pytest.fixture(scope="module")
 def pocket():
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
     return load_resolved(ROOT / "specs" / "mobile_2gb.yaml")
 
@@ -94,7 +95,8 @@ def test_pocket_chat_plan_by_hand(pocket):
     assert plan.decode_bytes_per_token_empty == embed + int4 + norms
     assert plan.decode_tokens_per_s_empty == round(12.0e9 / (embed + int4 + norms), 1)
     assert plan.decode_tokens_per_s_full == round(12.0e9 / (embed + int4 + norms + kv), 1)
-    assert plan.total_bytes == plan.weight_bytes + kv + plan.activation_bytes + plan.runtime_overhead_bytes
+    assert plan.total_bytes == (plan.weight_bytes + kv + plan.activation_bytes
+                                + plan.runtime_overhead_bytes)
     assert plan.fits and plan.headroom_bytes == 1400 * MIB - plan.total_bytes
 
 
@@ -105,10 +107,12 @@ def test_int8_kv_cache_bytes(pocket):
 
 
 def test_untied_embedding_reads_one_row(pocket):
-    spec = pocket.model_copy(update={"model": pocket.model.model_copy(update={"tie_embeddings": False})})
+    spec = pocket.model_copy(
+        update={"model": pocket.model.model_copy(update={"tie_embeddings": False})})
     plan = plan_memory(spec)
     embed = 4096 * 384 + 4096 * 2
-    lm_head = 4096 * 384 // 2 + 4096 * 384 // 32 * 2   # int4 g32 by default (the override is role embedding)
+    # int4 g32 by default (the override is role embedding)
+    lm_head = 4096 * 384 // 2 + 4096 * 384 // 32 * 2
     assert plan.weight_bytes == plan_memory(pocket).weight_bytes + lm_head
     assert plan.decode_bytes_per_token_empty == plan_memory(pocket).decode_bytes_per_token_empty \
         - embed + round(embed / 4096) + lm_head

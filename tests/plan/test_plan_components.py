@@ -34,7 +34,7 @@ def mlp2(d_in: int, d_hidden: int, d_out: int) -> int:
 
 @pytest.fixture(scope="module")
 def vlm():
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
     return load_resolved(ROOT / "specs" / "vision_4gb.yaml")
 

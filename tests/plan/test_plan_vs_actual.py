@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnic.quant.footprint import TOLERANCE
+from omnic.targets.footprint import TOLERANCE
 
 
 @pytest.mark.slow

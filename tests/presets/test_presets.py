@@ -72,7 +72,8 @@ def test_user_preset_path_is_searched_first(tmp_path, monkeypatch):
 
 
 def test_wheel_data_files_cover_every_preset():
-    tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.skip("3.11+")
+    tomllib = (pytest.importorskip("tomllib") if sys.version_info >= (3, 11)
+               else pytest.skip("3.11+"))
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     shipped = set()
     for target, patterns in config["tool"]["setuptools"]["data-files"].items():
@@ -80,7 +81,8 @@ def test_wheel_data_files_cover_every_preset():
         for pattern in patterns:
             shipped.update(Path(p).relative_to("presets").as_posix()
                            for p in glob.glob(pattern, root_dir=ROOT))
-    on_disk = {p.relative_to(ROOT / "presets").as_posix() for p in (ROOT / "presets").rglob("*.yaml")}
+    on_disk = {p.relative_to(ROOT / "presets").as_posix()
+               for p in (ROOT / "presets").rglob("*.yaml")}
     assert on_disk == shipped
 
 

@@ -1,4 +1,5 @@
-"""`quantization: auto`: candidates, the torch-free placeholder, the measured choice, the manifest."""
+"""`quantization: auto`: candidates, the torch-free placeholder, the measured choice, the
+manifest."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from omnic.compiler.plan import MIB, plan_memory
-from omnic.quant import auto
-from omnic.spec.validate import validate_file
+from omnic.compiler import auto_quant as auto
+from omnic.compiler.validate import validate_file
 
 REPO = Path(__file__).resolve().parents[2]
 # 256 wide: the candidates' memory totals differ by whole MiB, so a budget can separate them
@@ -22,8 +23,10 @@ def budget_between(tiny_spec_file) -> int:
     """A budget (MiB) that int8 fits and fp16 does not (computed from the plan, not assumed)."""
     from omnic.presets import store
 
-    spec = validate_file(tiny_spec_file("probe", {"model": MODEL, "targets": {"gguf": {}}})).resolved
-    totals = {n: plan_memory(spec.model_copy(update={"quantization": store.load("quantization", n)}))
+    spec = validate_file(
+        tiny_spec_file("probe", {"model": MODEL, "targets": {"gguf": {}}})).resolved
+    totals = {n: plan_memory(spec.model_copy(update={"quantization":
+                                                     store.load("quantization", n)}))
               .total_bytes for n in ("fp16", "int8")}
     budget = math.ceil(totals["int8"] / MIB)
     assert totals["fp16"] > budget * MIB
@@ -95,7 +98,8 @@ def test_choose_measures_kld_like_an_independent_torch_run(tiny_spec_file):
     assert by_name["fp32"].kld is None  # not eligible: not measured
 
     # independent: quantize int8 weights by hand, run fp32 and int8 models along fp32's path
-    plan = tensor_schemes(spec.model_copy(update={"quantization": store.load("quantization", "int8")}))
+    plan = tensor_schemes(
+        spec.model_copy(update={"quantization": store.load("quantization", "int8")}))
     q = copy.deepcopy(decoder)
     with torch.no_grad():
         for name, p in q.named_parameters():
@@ -137,6 +141,7 @@ def test_compile_records_the_choice_in_the_manifest(tiny_spec_file, tmp_path):
     # the manifest's resolved spec is the chosen preset, and so is its plan
     from omnic.presets import store
 
-    assert m.spec["quantization"] == store.load("quantization", qa["chosen"]).model_dump(mode="json")
+    assert m.spec["quantization"] == (
+        store.load("quantization", qa["chosen"]).model_dump(mode="json"))
     chosen = next(c for c in qa["candidates"] if c["name"] == qa["chosen"])
     assert m.memory_plan["total_bytes"] == chosen["total_bytes"]

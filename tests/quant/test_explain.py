@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from omnic.quant.explain import explain, one_line
-from omnic.quant.fates import fates
+from omnic.targets.explain import explain, one_line
+from omnic.targets.fates import fates
 from omnic.spec import ResolvedSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,9 +46,11 @@ def lower(spec: ResolvedSpec, target: str, out: Path) -> Any:
     pytest.importorskip("torch")
     from omnic.model import build_model
     from omnic.passes.program import Program
+    from omnic.quant.select import tensor_schemes
     from omnic.targets.base import get_target
 
-    program = Program(spec, Path("."), build_model(spec, Path(".")))
+    program = Program(spec, Path("."), build_model(spec, Path(".")),
+                      quant_plan=tensor_schemes(spec))
     (artifact,) = [a for a in get_target(target).lower(program, out / target)
                    if a.component == "decoder"]
     return artifact

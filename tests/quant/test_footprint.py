@@ -1,4 +1,4 @@
-"""The per-target byte model (omnic.quant.footprint) against files and hand counts."""
+"""The per-target byte model (omnic.targets.footprint) against files and hand counts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from omnic.quant import ggml
-from omnic.quant.footprint import (
+from omnic.targets.footprint import (
     CODE_SUFFIXES, artifact_bytes, byte_tokenizer_json_bytes, measured_bytes, plan_artifacts,
 )
-from omnic.spec.validate import load_resolved
+from omnic.compiler.validate import load_resolved
 
 REPO = Path(__file__).resolve().parents[2]
 

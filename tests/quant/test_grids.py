@@ -24,7 +24,8 @@ def weights(rows: int = 24, cols: int = 96, zero_group: bool = True, seed: int =
 # -- Core ML ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme,group,symmetric,dtype", [
     ("int4", 32, True, np.float16), ("int4", 32, True, np.float32), ("int4", 16, False, np.float16),
-    ("int8", None, True, np.float16), ("int8", 32, True, np.float32), ("int8", None, False, np.float16),
+    ("int8", None, True, np.float16), ("int8", 32, True, np.float32),
+    ("int8", None, False, np.float16),
 ])
 def test_coreml_grid_is_coremltools_quantizer(scheme, group, symmetric, dtype):
     pytest.importorskip("coremltools")
@@ -107,7 +108,7 @@ def test_onnxruntime_int8_uses_the_lowest_level_omnic_does_not():
 @pytest.mark.parametrize("scheme,symmetric,qtype", [("int4", True, "Q4_0"), ("int4", False, "Q4_1"),
                                                     ("int8", True, "Q8_0")])
 def test_gguf_grid_is_gguf_py(scheme, symmetric, qtype):
-    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("gguf")
     from gguf import GGMLQuantizationType, quants
 
     w = weights()

@@ -17,12 +17,14 @@ CASES = {
     "gqa": {},
     "mqa_window_even": {"n_kv_heads": 1, "sliding_window": {"size": 5, "layers": "even"}},
     "gemma2_like": {
-        "ffn": {"kind": "geglu", "hidden": 96}, "norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True},
+        "ffn": {"kind": "geglu", "hidden": 96},
+        "norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True},
         "scale_embeddings": True, "post_norms": True, "attn_softcap": 50.0, "final_softcap": 30.0,
         "sliding_window": {"size": 4, "layers": "all"},
     },
     "moe_layernorm": {
-        "moe": {"experts": 4, "top_k": 2, "shared_experts": 1}, "norm": {"kind": "layernorm", "eps": 1e-5},
+        "moe": {"experts": 4, "top_k": 2, "shared_experts": 1},
+        "norm": {"kind": "layernorm", "eps": 1e-5},
         "qkv_bias": True, "qk_norm": True,
     },
 }
@@ -81,7 +83,8 @@ def test_greedy_runner_equals_recompute(decoder):
     runner = TorchRunner(decoder)
     prompt = SEQ[:8]
     generated, prompt_logits = greedy(runner, prompt, steps=10)
-    assert prompt_logits.dtype == np.float32 and prompt_logits.shape == (8, decoder.config.vocab_size)
+    assert (prompt_logits.dtype == np.float32
+            and prompt_logits.shape == (8, decoder.config.vocab_size))
     ids = list(prompt)
     for _ in range(10):  # greedy by full recomputation, no cache
         ids.append(int(_full(decoder, ids)[-1].argmax()))

@@ -129,12 +129,13 @@ def build(tmp_path_factory):
     from multimodal_build import multimodal_build
 
     spec_path, build_dir = multimodal_build(tmp_path_factory)
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.multimodal_run import build_parts, reference_parts
+    from omnic.compiler.validate import load_resolved
 
     spec = load_resolved(spec_path)
     needed = [V, A, S, Components.ACTION_HEAD]
-    ref = mm.reference_parts(spec, spec_path.parent, needed)
-    onnx = mm.build_parts(build_dir, "onnx", needed)
+    ref = reference_parts(spec, spec_path.parent, needed)
+    onnx = build_parts(build_dir, "onnx", needed)
     return {"spec": spec, "dir": build_dir, "ref": ref, "onnx": onnx}
 
 
@@ -220,6 +221,7 @@ def test_missing_embeds_decoder_is_reported(build, tmp_path):
     import shutil
 
     from omnic.compiler.artifact_runner import BuildError
+    from omnic.compiler.multimodal_run import build_parts
 
     copy = tmp_path / "b"
     shutil.copytree(build["dir"], copy)
@@ -227,9 +229,21 @@ def test_missing_embeds_decoder_is_reported(build, tmp_path):
     manifest["artifacts"] = [e for e in manifest["artifacts"] if e["component"] != V]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BuildError, match="no onnx/vision_encoder artifact"):
-        mm.build_parts(copy, "onnx", [V])
+        build_parts(copy, "onnx", [V])
     for e in manifest["artifacts"]:
         e["details"].pop("multimodal", None)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BuildError, match="compiled without modalities"):
-        mm.build_parts(copy, "onnx", [])
+        build_parts(copy, "onnx", [])
+
+
+def test_targets_without_an_embeds_graph_cannot_take_embeddings(tmp_path):
+    from omnic.targets.base import (
+        Artifact, NotRunnable, get_target, load_embeds, takes_embeddings,
+    )
+
+    assert takes_embeddings(get_target("onnx"))  # embedding.onnx + text.onnx
+    for t in ("gguf", "executorch", "coreml", "tvm"):
+        assert not takes_embeddings(get_target(t))
+        with pytest.raises(NotRunnable, match=f"{t}: cannot take embeddings"):
+            load_embeds(get_target(t), Artifact("decoder", t, f"{t}/x"), tmp_path)

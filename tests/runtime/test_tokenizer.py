@@ -46,7 +46,8 @@ def test_saved_byte_tokenizer_is_read_by_transformers(tmp_path):
 
 def test_hf_special_ids_from_config_files(tmp_path):
     ByteTokenizer(300).save(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 256, "eos_token_id": [257, 280]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"bos_token_id": 256, "eos_token_id": [257, 280]}))
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 290}))
     tok = HFTokenizer(tmp_path)
     assert tok.eos_ids == [290, 257, 280]  # generation_config first, all distinct ids kept

@@ -16,7 +16,8 @@ SPEC_BODY = """\
 omnic: 1
 name: base
 device: mobile_2gb
-model: {vocab_size: 512, d_model: 64, n_layers: 2, n_heads: 4, ffn: {kind: swiglu, hidden: 128}, context_length: 64}
+model: {vocab_size: 512, d_model: 64, n_layers: 2, n_heads: 4, ffn: {kind: swiglu, hidden: 128}, \
+context_length: 64}
 targets: {onnx: {}}
 """
 
@@ -114,7 +115,7 @@ def test_extends_cycle_and_self_reference_are_errors(tmp_path):
 def test_extended_spec_validates_and_resolves(tmp_path):
     write(tmp_path / "base.yaml", SPEC_BODY)
     top = write(tmp_path / "spec.yaml", "extends: [base.yaml]\nname: child\nquantization: int8\n")
-    from omnic.spec.validate import load_resolved
+    from omnic.compiler.validate import load_resolved
 
     resolved = load_resolved(top)
     assert resolved.name == "child" and resolved.quantization.weights.scheme == "int8"
@@ -126,7 +127,8 @@ def test_resolve_merges_extends_of_a_spec_built_in_code(tmp_path):
 
     write(tmp_path / "base.yaml", SPEC_BODY)
     spec = Spec.model_validate({"omnic": 1, "name": "coded", "extends": ["base.yaml"],
-                                **{k: v for k, v in yaml.safe_load(SPEC_BODY).items() if k != "name"}})
+                                **{k: v for k, v in yaml.safe_load(SPEC_BODY).items()
+                                   if k != "name"}})
     resolved = resolve(spec, tmp_path)
     assert resolved.name == "coded" and resolved.extends == ()
     with pytest.raises(SpecError):
@@ -135,7 +137,8 @@ def test_resolve_merges_extends_of_a_spec_built_in_code(tmp_path):
 
 def test_paths_in_extended_files_stay_relative_to_their_file(tmp_path):
     write(tmp_path / "shared" / "weights" / "m.safetensors", "")
-    write(tmp_path / "shared" / "base.yaml", "weights: {source: safetensors, path: weights/m.safetensors}\n")
+    write(tmp_path / "shared" / "base.yaml",
+          "weights: {source: safetensors, path: weights/m.safetensors}\n")
     top = write(tmp_path / "specs" / "spec.yaml", "extends: [../shared/base.yaml]\nname: x\n")
     doc, problems = load_with_extends(top)
     assert problems == []

@@ -22,7 +22,8 @@ from omnic.cli.main import main
 
 CORPUS = Path(__file__).parent / "malformed"
 FILES = sorted(CORPUS.glob("*.yaml"))
-EXPECT = re.compile(r"^# expect: (?:(?P<file>[^\s:]+):)?(?P<line>\d+):(?P<col>\d+) (?P<field>\S+): (?P<frag>.+)$")
+EXPECT = re.compile(r"^# expect: (?:(?P<file>[^\s:]+):)?(?P<line>\d+):(?P<col>\d+) "
+                    r"(?P<field>\S+): (?P<frag>.+)$")
 
 
 def expectations(path: Path) -> list[dict]:

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omnic.spec import capabilities
+from omnic.compiler.validate import load_resolved, validate_file
 from omnic.spec.load import SpecError
-from omnic.spec.validate import load_resolved, validate_file
+from omnic.targets import rules
 
 TINY = {
     "omnic": 1, "name": "tiny", "device": "desktop_cpu",
     "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-              "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64, "tie_embeddings": True},
+              "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64,
+              "tie_embeddings": True},
     "quantization": {"weights": {"scheme": "int4", "group_size": 32}},
     "targets": {"onnx": {}},
     "golden": {"cases": 1, "prompt_tokens": 8, "decode_steps": 4},
@@ -50,7 +51,8 @@ def test_tiny_spec_is_valid(tmp_path):
 
 def test_role_override_matching_nothing_is_a_warning(tmp_path):
     # a shared quant preset may target lm_head; on a tied model there is none: warn, not fail
-    result = run(tmp_path, quantization__overrides=[{"match": {"role": "lm_head"}, "scheme": "int8"}])
+    result = run(tmp_path,
+                 quantization__overrides=[{"match": {"role": "lm_head"}, "scheme": "int8"}])
     assert result.ok
     assert fields(result, "warning") == {"quantization.overrides[0].match"}
 
@@ -68,7 +70,8 @@ def test_shadowed_and_norm_only_overrides_are_warnings(tmp_path):
 
 
 def test_layer_range_beyond_the_model_warns(tmp_path):
-    result = run(tmp_path, quantization__overrides=[{"match": {"layers": [5, 9]}, "scheme": "int8"}])
+    result = run(tmp_path,
+                 quantization__overrides=[{"match": {"layers": [5, 9]}, "scheme": "int8"}])
     assert result.ok and "matches no tensor" in result.warnings[0].message
 
 
@@ -82,7 +85,7 @@ def test_coreml_int4_needs_ios18(tmp_path, deployment_target, ok):
 
 
 def rule_ids(result) -> set[str]:
-    return {rule.id for rule, _ in capabilities.findings(result.resolved)}
+    return {rule.id for rule, _ in rules.findings(result.resolved)}
 
 
 def test_coreml_int8_per_channel_works_before_ios18_but_blocks_do_not(tmp_path):
@@ -97,14 +100,14 @@ def test_coreml_int8_per_channel_works_before_ios18_but_blocks_do_not(tmp_path):
 
 
 def test_target_rule_modules_are_loaded_by_validation(tmp_path):
-    """omnic/targets/<id>_rules.py (when it exists) is imported for each enabled target."""
+    """omnic/targets/<id>/rules.py (when it exists) is imported for each enabled target."""
     import subprocess
     import sys
 
     assert run(tmp_path, targets={"coreml": {}}).ok
-    code = ("import sys; from omnic.spec.validate import validate_file\n"
+    code = ("import sys; from omnic.compiler.validate import validate_file\n"
             f"assert validate_file({str(tmp_path / 'spec.yaml')!r}).ok\n"
-            "from omnic.spec.capabilities import RULE_MODULE, RULES\n"
+            "from omnic.targets.rules import RULE_MODULE, RULES\n"
             "print(RULE_MODULE.format('coreml') in sys.modules, sorted({r.target for r in RULES}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded, targets = out.stdout.split(" ", 1)
@@ -150,24 +153,25 @@ def test_gguf_odd_widths_warn(tmp_path):
 def test_capability_table_is_extensible_and_feeds_target_check(tmp_path):
     resolved = run(tmp_path, targets={"tvm": {}}).resolved
 
-    @capabilities.register("tvm", "test.always", "a test rule", "https://example.invalid")
+    @rules.register("tvm", "test.always", "a test rule", "https://example.invalid")
     def _always(ctx):
-        yield capabilities.Finding(("targets", "tvm", "opt_level"), "test rule fired")
+        yield rules.Finding(("targets", "tvm", "opt_level"), "test rule fired")
 
     try:
-        problems = capabilities.problems(resolved, "tvm")
+        problems = rules.problems(resolved, "tvm")
         assert [(p.target, p.field, p.message) for p in problems] == \
             [("tvm", "targets.tvm.opt_level", "test rule fired")]
-        assert capabilities.problems(resolved, "onnx") == []
+        assert rules.problems(resolved, "onnx") == []
     finally:
-        capabilities.RULES[:] = [r for r in capabilities.RULES if r.id != "test.always"]
+        rules.RULES[:] = [r for r in rules.RULES if r.id != "test.always"]
 
 
 def test_unknown_preferred_target_on_inline_device(tmp_path):
     device = {"name": "board", "memory_budget_mb": 512, "bandwidth_gbps": 4.0, "os": "linux",
               "preferred_targets": ["onnx", "ggfu"]}
     result = run(tmp_path, device=device)
-    assert ("device.preferred_targets[1]", "unknown target 'ggfu'; did you mean 'gguf'?") in messages(result)
+    assert ("device.preferred_targets[1]",
+            "unknown target 'ggfu'; did you mean 'gguf'?") in messages(result)
 
 
 def test_load_resolved_raises_with_every_error(tmp_path):
@@ -201,4 +205,5 @@ def test_errors_inside_a_preset_file_point_into_that_file(tmp_path, monkeypatch)
     monkeypatch.setenv("OMNIC_PRESET_PATH", str(presets))
     result = run(tmp_path, device="broken_board")
     [err] = result.errors
-    assert (err.location.file, err.location.line, err.field) == (str(board), 2, "device.memory_budget_mb")
+    assert (err.location.file, err.location.line, err.field) == (
+        str(board), 2, "device.memory_budget_mb")

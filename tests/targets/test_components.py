@@ -15,6 +15,7 @@ manifest's resolved spec, run every artifact on its runtime through the backend 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -201,7 +202,8 @@ def test_coreml_component_structure_checked_not_run(mm_build, component) -> None
 def test_fault_in_components_fails_the_compile(mm_fault_build) -> None:
     r = mm_fault_build
     assert r.status == "failed" and r.exit_code == 1
-    assert r.out_dir.name.endswith(".failed") and r.manifest.test_fault == "permute_component_weights"
+    assert (r.out_dir.name.endswith(".failed")
+            and r.manifest.test_fault == "permute_component_weights")
     by = {a.component: a for a in r.manifest.artifacts}
     assert by["decoder"].golden.status == "passed"  # the fault touches components only
     for c in COMPONENTS:
@@ -246,3 +248,67 @@ def test_preflight_accepts_modalities() -> None:
     for t in TARGETS:
         problems = [p for p in get_target(t).check(spec) if "modalities" in p.field]
         assert problems == [], (t, problems)
+
+
+class _Recording:
+    """A target that writes one file per call and records the calls (for `lower_target`)."""
+
+    id = "recording"
+
+    def __init__(self, mutate: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.mutate = mutate
+
+    def _write(self, out_dir: Path, name: str, precision: str = "fp32"):
+        from omnic.targets.base import Artifact
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.bin").write_bytes(b"x")
+        self.calls.append(name)
+        return Artifact(name, self.id, f"{out_dir.name}/{name}.bin", precision=precision)
+
+    def lower(self, program, out_dir: Path):
+        return [self._write(out_dir, "decoder")]
+
+    def lower_component(self, program, name: str, out_dir: Path):
+        if name == self.mutate:
+            import torch
+
+            with torch.no_grad():
+                next(program.components[name].module.parameters()).add_(1.0)
+        return self._write(out_dir, name)
+
+
+def _toy_program():
+    import torch
+
+    from omnic.passes.program import Program
+
+    comps = {name: SimpleNamespace(name=name, module=torch.nn.Linear(2, 2))
+             for name in ["action_head", "audio_encoder", "vision_encoder"]}  # not in order
+    return Program(spec=None, spec_dir=Path("."), decoder=torch.nn.Linear(2, 2), components=comps)
+
+
+def test_pipeline_lowers_decoder_then_each_component_in_order(tmp_path) -> None:
+    from omnic.compiler.lowering import lower_target
+
+    target = _Recording()
+    artifacts = lower_target("recording", target, _toy_program(), tmp_path)
+    order = ["decoder", "vision_encoder", "audio_encoder", "action_head"]
+    assert target.calls == order
+    assert [a.component for a in artifacts] == order
+    assert [a.path for a in artifacts] == [f"recording/{c}.bin" for c in order]
+
+
+def test_pipeline_refuses_a_component_lowering_that_mutates_or_is_missing(tmp_path) -> None:
+    from omnic.compiler.errors import CompileError
+    from omnic.compiler.lowering import lower_target
+
+    with pytest.raises(CompileError, match="lower_component\\('audio_encoder'\\) modified"):
+        lower_target("recording", _Recording(mutate="audio_encoder"), _toy_program(), tmp_path)
+
+    class DecoderOnly(_Recording):
+        lower_component = None
+
+    with pytest.raises(CompileError, match="cannot lower the vision_encoder"):
+        lower_target("recording", DecoderOnly(), _toy_program(), tmp_path / "b")

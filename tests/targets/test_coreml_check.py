@@ -91,9 +91,22 @@ def test_moe_and_sliding_window_are_accepted():
     assert problems(spec(model=model, quantization=INT4)) == []
 
 
-def test_lower_refuses_what_check_refuses(tmp_path):
-    from omnic.passes.program import Program
-
+def test_check_refuses_what_lower_cannot_take():
+    """lower() does not repeat the pre-flight (the pipeline runs check first): check refuses."""
     bad = spec({"deployment_target": "iOS17"}, INT4, device={"os_version": "17"})
-    with pytest.raises(ValueError, match="coreml cannot take this spec"):
-        get_target("coreml").lower(Program(bad, tmp_path, decoder=None), tmp_path)
+    assert "targets.coreml.deployment_target" in fields(bad)
+
+
+def test_missing_coremltools_is_a_problem_and_not_runnable(monkeypatch, tmp_path):
+    import importlib.util
+
+    from omnic.targets.base import Artifact, NotRunnable
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "coremltools" else real(name, *a))
+    assert problems(spec()) == [("targets.coreml",
+                                 "coreml: coremltools is not installed: install omnic[coreml]")]
+    component = Artifact("vision_encoder", "coreml", "coreml/vision_encoder.mlpackage")
+    with pytest.raises(NotRunnable, match="install omnic\\[coreml\\]"):
+        get_target("coreml").load(component, tmp_path)

@@ -45,12 +45,14 @@ def tiny_spec(model: dict | None = None, quantization: dict | None = None,
 def lower(spec: ResolvedSpec, build: Path):
     from omnic.model import build_model
     from omnic.passes.program import Program
+    from omnic.quant.select import tensor_schemes
     from omnic.targets.base import get_target
 
     torch.set_num_threads(1)
     decoder = build_model(spec, build)
     start = time.perf_counter()
-    [artifact] = get_target("coreml").lower(Program(spec, build, decoder), build / "coreml")
+    program = Program(spec, build, decoder, quant_plan=tensor_schemes(spec))
+    [artifact] = get_target("coreml").lower(program, build / "coreml")
     seconds = time.perf_counter() - start
     print(f"coreml lower: {seconds:.1f} s, {artifact.details['bytes']} bytes, {artifact.precision}")
     return decoder, artifact

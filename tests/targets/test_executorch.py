@@ -29,6 +29,7 @@ pytest.importorskip("torchao")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.quant.reference import fake_quantize  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
@@ -68,7 +69,7 @@ class Builds:
             spec = make_spec(quant)
             build = self.root / key
             before = {k: v.clone() for k, v in self.decoder.state_dict().items()}
-            program = Program(spec, Path("."), self.decoder)
+            program = Program(spec, Path("."), self.decoder, quant_plan=tensor_schemes(spec))
             (artifact,) = get_target("executorch").lower(program, build / "executorch")
             after = self.decoder.state_dict()
             assert all(torch.equal(before[k], after[k]) for k in before), "lower() mutated it"
@@ -140,10 +141,28 @@ def test_check_accepts_supported_schemes():
     assert target.check(make_spec(untied, {"tie_embeddings": False})) == []
 
 
-def test_lower_refuses_what_check_rejects(tmp_path, builds):
+def test_check_refuses_what_lower_cannot_take():
+    """lower() does not repeat the pre-flight (the pipeline runs check first): check refuses."""
     spec = make_spec({"weights": {"scheme": "int8", "group_size": 32}})
-    with pytest.raises(ValueError, match="group_size"):
-        get_target("executorch").lower(Program(spec, Path("."), builds.decoder), tmp_path / "et")
+    problems = get_target("executorch").check(spec)
+    assert [p.field for p in problems] == ["quantization.weights.group_size"], problems
+
+
+def test_missing_executorch_is_a_problem_and_not_runnable(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else real(name, *a))
+    problems = get_target("executorch").check(make_spec(INT4))
+    assert [(p.field, p.message) for p in problems] == [
+        ("targets.executorch", "executorch: torchao missing: install omnic[executorch] "
+                               "(executorch, torchao)")]
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "executorch" else real(name, *a))
+    artifact = Artifact("decoder", "executorch", "executorch/x.pte")
+    with pytest.raises(NotRunnable, match="executorch missing"):
+        get_target("executorch").load(artifact, tmp_path)
 
 
 def test_coreml_variant_is_not_runnable_here(tmp_path):
@@ -248,7 +267,7 @@ def test_executorch_llm_runner_drives_the_program(fp32, builds):
 
 def test_lowering_is_deterministic(fp32, builds, tmp_path):
     spec, artifact, build, runner = fp32
-    program = Program(spec, Path("."), builds.decoder)
+    program = Program(spec, Path("."), builds.decoder, quant_plan=tensor_schemes(spec))
     (again,) = get_target("executorch").lower(program, tmp_path / "executorch")
     assert (tmp_path / again.path).read_bytes() == (build / artifact.path).read_bytes()
     assert again.details == artifact.details and again.op_histogram == artifact.op_histogram

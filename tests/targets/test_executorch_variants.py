@@ -18,6 +18,7 @@ pytest.importorskip("executorch")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
@@ -45,7 +46,8 @@ def decoder():
 def test_fp16_program(decoder, tmp_path):
     spec = make_spec({"weights": {"scheme": "fp16"}}, "xnnpack")
     target = get_target("executorch")
-    (artifact,) = target.lower(Program(spec, Path("."), decoder), tmp_path / "executorch")
+    program = Program(spec, Path("."), decoder, quant_plan=tensor_schemes(spec))
+    (artifact,) = target.lower(program, tmp_path / "executorch")
     assert artifact.precision == "fp16" and artifact.details["compute_dtype"] == "float16"
     assert artifact.signature["state"]["v_cache_0"]["dtype"] == "float16"
     assert "linear" not in artifact.details["not_delegated"]
@@ -68,7 +70,8 @@ def test_coreml_delegate_lowers_but_does_not_run_here(decoder, tmp_path):
     spec = make_spec({}, "coreml")
     target = get_target("executorch")
     assert target.check(spec) == []
-    (artifact,) = target.lower(Program(spec, Path("."), decoder), tmp_path / "executorch")
+    program = Program(spec, Path("."), decoder, quant_plan=tensor_schemes(spec))
+    (artifact,) = target.lower(program, tmp_path / "executorch")
     d = artifact.details
     assert d["backend"] == "coreml" and d["delegate_partitions"] == 1
     assert d["not_delegated"] == {} and d["delegated_ops"] > 0  # the whole graph is Core ML's
@@ -99,7 +102,8 @@ def test_qwen_like_int8_program(tmp_path):
     target = get_target("executorch")
     assert target.check(spec) == []
     decoder = build_model(spec, Path("."))
-    (artifact,) = target.lower(Program(spec, Path("."), decoder), tmp_path / "executorch")
+    program = Program(spec, Path("."), decoder, quant_plan=tensor_schemes(spec))
+    (artifact,) = target.lower(program, tmp_path / "executorch")
     assert artifact.precision == "8da8w"
     assert artifact.quantization["forms"]["embed.weight"] == "embedding_8bit_g16"
     assert artifact.quantization["forms"]["lm_head.weight"] == "8da8w"

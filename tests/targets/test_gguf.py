@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
@@ -61,7 +62,8 @@ class Builds:
         if (key, file_type) not in self.artifacts:
             spec = make_spec(model, file_type, **top)
             build = self.root / f"{key}-{file_type}"
-            program = Program(spec, Path("."), self.decoder(key, model))
+            program = Program(spec, Path("."), self.decoder(key, model),
+                              quant_plan=tensor_schemes(spec))
             (artifact,) = get_target("gguf").lower(program, build / "gguf")
             self.artifacts[key, file_type] = (spec, artifact, build)
         return self.artifacts[key, file_type]
@@ -181,7 +183,8 @@ def test_byte_tokenizer_tokenizes_like_omnic(builds, runners) -> None:
 
 
 def test_llama_cpp_warnings_are_caught(builds, tmp_path) -> None:
-    """The runner's log capture sees a warning llama.cpp emits (a BPE vocab without pre-tokenizer)."""
+    """The runner's log capture sees a warning llama.cpp emits (a BPE vocab without
+    pre-tokenizer)."""
     from omnic.targets.gguf import write as gguf_write
     from omnic.targets.gguf.arch import plan_arch, tensor_plan
     from omnic.targets.gguf.quant import plan_types
@@ -238,7 +241,8 @@ def test_quantized_matches_its_exact_reference(builds, runners, file_type: str) 
     assert got_tokens[:4] == tokens[:4]
     fp32 = decode_logits(TorchRunner(decoder), PROMPT, tokens[:-1])
     kld, top1 = kld_top1(fp32, got)
-    print(f"{file_type}: nmse vs exact {nmse(got, ref):.2e}, KLD vs fp32 {kld:.4f}, top-1 {top1:.1%}")
+    print(f"{file_type}: nmse vs exact {nmse(got, ref):.2e}, KLD vs fp32 {kld:.4f}, "
+          f"top-1 {top1:.1%}")
     assert kld < {"Q8_0": 0.01, "Q4_0": 0.15}[file_type]
 
 
@@ -247,11 +251,13 @@ def _llama_quantize(src: Path, dst: Path, ftype: int) -> None:
     params.ftype = ftype
     params.pure = True  # every tensor in the one type, no mixture
     params.nthread = 2
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                          ctypes.byref(params)) == 0
 
 
 @pytest.mark.parametrize("file_type,ftype", [("Q8_0", 7), ("Q4_0", 2)])
-def test_block_bytes_equal_llama_cpp_quantizer(builds, tmp_path, file_type: str, ftype: int) -> None:
+def test_block_bytes_equal_llama_cpp_quantizer(builds, tmp_path, file_type: str,
+                                               ftype: int) -> None:
     import gguf
 
     _, f32, f32_build = builds.compile("llama", {}, "F32")
@@ -290,7 +296,8 @@ def test_q4_k_m_by_llama_cpp_quantizer_loads_and_runs(builds, runners) -> None:
 
 
 def test_k_quant_override_reaches_llama_cpp(builds) -> None:
-    """An int8 embedding override under Q4_K_M becomes a Q8_0 token_embd (llama.cpp's tt_overrides)."""
+    """An int8 embedding override under Q4_K_M becomes a Q8_0 token_embd (llama.cpp's
+    tt_overrides)."""
     quant = {"weights": {"scheme": "fp32"},
              "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"}]}
     spec, artifact, build = builds.compile("wide-override", WIDE, "Q4_K_M", quantization=quant)
@@ -312,7 +319,8 @@ def test_k_mixture_falls_back_on_narrow_rows_like_llama_cpp(builds, runners) -> 
     decoder = builds.decoder("llama", {})
     exact = TorchRunner(reference_decoder(decoder, artifact.reference_weights))
     tokens, _ = greedy(exact, PROMPT, STEPS)
-    assert nmse(decode_logits(runner, PROMPT, tokens[:-1]), decode_logits(exact, PROMPT, tokens[:-1])) < 5e-3
+    assert nmse(decode_logits(runner, PROMPT, tokens[:-1]),
+                decode_logits(exact, PROMPT, tokens[:-1])) < 5e-3
 
 
 def test_an_override_coarser_than_the_file_type_sets_the_precision(builds) -> None:
@@ -326,7 +334,8 @@ def test_an_override_coarser_than_the_file_type_sets_the_precision(builds) -> No
     weights = artifact.reference_weights
     true = builds.decoder("llama-embed8", {}).state_dict()
     assert not np.array_equal(weights["embed.weight"], true["embed.weight"].numpy())
-    np.testing.assert_array_equal(weights["layers.0.attn.q.weight"], true["layers.0.attn.q.weight"].numpy())
+    np.testing.assert_array_equal(weights["layers.0.attn.q.weight"],
+                                  true["layers.0.attn.q.weight"].numpy())
 
 
 # Blocks the HF families do not reach: each must run on llama.cpp like the PyTorch decoder.
@@ -340,7 +349,8 @@ ARCH_CASES = {
     "yarn_attention_factor": ({"rope": {"scaling": {"kind": "yarn", "factor": 4.0,
                                                     "original_context_length": 16,
                                                     "attention_factor": 1.3}}}, "llama"),
-    "mixtral_qkv_bias": ({"qkv_bias": True, "head_dim": 32, "moe": {"experts": 4, "top_k": 2}}, "llama"),
+    "mixtral_qkv_bias": ({"qkv_bias": True, "head_dim": 32, "moe": {"experts": 4, "top_k": 2}},
+                         "llama"),
 }
 
 

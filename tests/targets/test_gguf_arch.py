@@ -36,7 +36,8 @@ def spec(model: dict[str, Any] | None = None, quant: dict[str, Any] | None = Non
 
 GEMMA2 = {"ffn": {"kind": "geglu", "hidden": 128}, "norm": {"kind": "rmsnorm", "unit_offset": True},
           "scale_embeddings": True, "post_norms": True, "tie_embeddings": True,
-          "attn_softcap": 50.0, "final_softcap": 30.0, "sliding_window": {"size": 16, "layers": "even"}}
+          "attn_softcap": 50.0, "final_softcap": 30.0,
+          "sliding_window": {"size": 16, "layers": "even"}}
 
 ARCH_CASES = {
     "llama": ({}, "llama"),
@@ -224,5 +225,26 @@ def test_check_imports_neither_torch_nor_llama_cpp() -> None:
 
     code = ("import sys; from omnic.targets.base import get_target; "
             "from omnic.spec import ResolvedSpec; t = get_target('gguf'); "
-            "assert 'torch' not in sys.modules and 'llama_cpp' not in sys.modules, sorted(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+            "assert 'torch' not in sys.modules and 'llama_cpp' not in sys.modules, "
+            "sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+
+
+def test_missing_llama_cpp_is_a_problem_for_k_quants_and_not_runnable(monkeypatch, tmp_path):
+    """gguf-py writes every file; llama-cpp-python (the K-mixture quantizer, the runtime) is a
+    pre-flight problem only for K mixtures, and `load` is NotRunnable without it."""
+    import importlib.util
+
+    from omnic.targets.base import Artifact, NotRunnable
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    assert GgufTarget().check(spec()) == []
+    problems = GgufTarget().check(spec(file_type="Q4_K_M"))
+    assert [(p.field, p.message) for p in problems][:1] == [
+        ("targets.gguf", "gguf: llama-cpp-python missing: install omnic[gguf] "
+                         "(gguf, llama-cpp-python==0.3.36)")]
+    with pytest.raises(NotRunnable, match="llama-cpp-python missing"):
+        GgufTarget().load(Artifact("decoder", "gguf", "gguf/x.gguf"), tmp_path)

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
@@ -56,7 +57,8 @@ def _checkpoint(family: str, root: Path) -> Path:
     cls_name, extra, _ = FAMILIES[family]
     config = getattr(transformers, cls_name)(**{**COMMON, **extra})
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager").eval()
     # std 0.1 weights (transformers' 0.02 init gives near-flat logits), norms near neutral
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
@@ -90,7 +92,8 @@ def test_family_f32_gguf_runs_like_the_reference(family: str, tmp_path: Path) ->
     decoder = build_model(spec, tmp_path)
     target = get_target("gguf")
     assert target.check(spec) == []
-    (artifact,) = target.lower(Program(spec, tmp_path, decoder), tmp_path / "build" / "gguf")
+    program = Program(spec, tmp_path, decoder, quant_plan=tensor_schemes(spec))
+    (artifact,) = target.lower(program, tmp_path / "build" / "gguf")
     assert artifact.details["architecture"] == FAMILIES[family][2]
     runner = target.load(artifact, tmp_path / "build")
     try:
@@ -117,6 +120,7 @@ def test_family_f32_gguf_runs_like_the_reference(family: str, tmp_path: Path) ->
 
         tok = load_tokenizer(spec, tmp_path)
         text = "héllo  wörld\n"
-        assert runner.llama.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
+        assert (runner.llama.tokenize(text.encode(), add_bos=False, special=False)
+                == tok.encode(text))
     finally:
         runner.close()

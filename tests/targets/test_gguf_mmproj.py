@@ -24,8 +24,10 @@ from omnic.model.components import build_components  # noqa: E402
 from omnic.golden.components import golden_inputs, judge, reference  # noqa: E402
 from omnic.golden.tolerances import lookup_component  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
-from omnic.targets import gguf_mmproj  # noqa: E402
+from omnic.targets.gguf import mmproj as gguf_mmproj  # noqa: E402
+from omnic.targets.gguf import mmproj_runtime  # noqa: E402
 from omnic.targets.base import get_target  # noqa: E402
 
 DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
@@ -55,9 +57,11 @@ class Build:
         self.spec = make_spec(vision, ft)
         self.components = build_components(self.spec, Path("."))
         program = Program(self.spec, Path("."), build_model(self.spec, Path(".")),
-                          components=self.components)
+                          components=self.components, quant_plan=tensor_schemes(self.spec))
         self.dir = root / name
-        self.decoder, self.mmproj = get_target("gguf").lower(program, self.dir / "gguf")
+        target = get_target("gguf")
+        (self.decoder,) = target.lower(program, self.dir / "gguf")
+        self.mmproj = target.lower_component(program, "vision_encoder", self.dir / "gguf")
         self.component = self.components["vision_encoder"]
 
 
@@ -74,7 +78,8 @@ def builds(tmp_path_factory: pytest.TempPathFactory):
 
 
 def nmse(got: np.ndarray, want: np.ndarray) -> float:
-    return float(((got.astype(np.float64) - want) ** 2).sum() / (want.astype(np.float64) ** 2).sum())
+    return float(((got.astype(np.float64) - want) ** 2).sum()
+                 / (want.astype(np.float64) ** 2).sum())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -160,7 +165,7 @@ def test_a_misplaced_tensor_fails_the_comparison(builds, tmp_path, monkeypatch) 
     path = tmp_path / "gguf" / "broken.gguf"
     path.parent.mkdir()
     gguf_mmproj.write_mmproj(path, b.spec, b.component, "F32")
-    runner = gguf_mmproj.MmprojRunner(str(path), str(b.dir / b.decoder.path), 32, 64, 64, "mlp")
+    runner = mmproj_runtime.MmprojRunner(str(path), str(b.dir / b.decoder.path), 32, 64, 64, "mlp")
     try:
         x = golden_inputs(b.component, seed=0)[0]
         with torch.no_grad():

@@ -79,13 +79,15 @@ def _compile(tok_dir: Path, build: Path) -> Path:
 
     from omnic.model import build_model
     from omnic.passes.program import Program
+    from omnic.quant.select import tensor_schemes
     from omnic.targets.base import get_target
 
     spec = ResolvedSpec.model_validate({
         "omnic": 1, "name": "tok", "device": DEVICE, "model": MODEL,
         "tokenizer": {"kind": "huggingface", "path": str(tok_dir)},
         "quantization": {"weights": {"scheme": "fp32"}}, "targets": {"gguf": {"file_type": "F32"}}})
-    (artifact,) = get_target("gguf").lower(Program(spec, build, build_model(spec, build)), build / "gguf")
+    (artifact,) = get_target("gguf").lower(Program(spec, build, build_model(spec, build),
+                                                  quant_plan=tensor_schemes(spec)), build / "gguf")
     return build / artifact.path
 
 

@@ -31,7 +31,8 @@ MODEL = {"vocab_size": 512, "d_model": 128, "n_layers": 2, "n_heads": 4, "n_kv_h
 def make_spec(file_type: str) -> ResolvedSpec:
     return ResolvedSpec.model_validate({
         "omnic": 1, "name": "w", "device": DEVICE, "model": MODEL,
-        "quantization": {"weights": {"scheme": "fp32"}}, "targets": {"gguf": {"file_type": file_type}}})
+        "quantization": {"weights": {"scheme": "fp32"}},
+        "targets": {"gguf": {"file_type": file_type}}})
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
@@ -82,7 +83,8 @@ def fp32(tmp_path_factory):
     for key, fusions, threshold in variants:
         s = spec.model_copy(update={"targets": spec.targets.model_copy(
             update={"onnx": spec.targets.onnx.model_copy(update={"fusions": fusions})})})
-        program = Program(spec=s, spec_dir=Path("."), decoder=decoder)
+        program = Program(spec=s, spec_dir=Path("."), decoder=decoder,
+                          quant_plan=tensor_schemes(s))
         target = onnx_target.OnnxTarget(external_data_threshold=threshold)
         out[key] = target.lower_exported(program, _copy(raw), root / key / "onnx")
     return out
@@ -96,7 +98,8 @@ def mixed(tmp_path_factory):
 
     spec = tiny_spec(tie=True, quantization=MIXED)
     decoder = build_model(spec, Path("."))
-    program = Program(spec=spec, spec_dir=Path("."), decoder=decoder)
+    program = Program(spec=spec, spec_dir=Path("."), decoder=decoder,
+                      quant_plan=tensor_schemes(spec))
     root = tmp_path_factory.mktemp("onnx_mixed")
     target = get_target("onnx")
     first = target.lower(program, root / "a" / "onnx")
@@ -324,7 +327,8 @@ def cfg_gqa_count(build: Path) -> int:
 
 
 def test_onnxruntime_genai_tokenizer_encodes_like_omnic(fp32):
-    """genai's own tokenizer (not `tokenizers`) reads the byte tokenizer written beside the model."""
+    """genai's own tokenizer (not `tokenizers`) reads the byte tokenizer written beside the
+    model."""
     og = pytest.importorskip("onnxruntime_genai")
     from omnic.tokenizer import ByteTokenizer
 

@@ -30,6 +30,7 @@ def test_embedding_onnx_storage(tmp_path, scheme, group):
 
     from omnic.model import build_model
     from omnic.passes.program import Program
+    from omnic.quant.select import tensor_schemes
     from omnic.quant.reference import fake_quantize
     from omnic.targets.onnx import export as onnx_export
     from omnic.targets.onnx import multimodal as onnx_multimodal
@@ -42,7 +43,8 @@ def test_embedding_onnx_storage(tmp_path, scheme, group):
     spec = make_resolved_spec(TINY, quantization=quant)
     decoder = build_model(spec, Path("."))
     model = onnx_multimodal._export_embedding(decoder, 21)
-    records, _ = OnnxTarget().transform(Program(spec=spec, spec_dir=Path("."), decoder=decoder),
+    graph, _ = OnnxTarget().transform(Program(spec=spec, spec_dir=Path("."), decoder=decoder,
+                                               quant_plan=tensor_schemes(spec)),
                                         model)
     path = tmp_path / onnx_multimodal.EMBEDDING_FILE
     onnx_export.save(model, path)
@@ -51,7 +53,7 @@ def test_embedding_onnx_storage(tmp_path, scheme, group):
         assert ops.get("com.microsoft::GatherBlockQuantized") == 1
     else:
         assert ops.get("Gather") == 1
-    assert records["embed.weight"]["scheme"] == scheme
+    assert graph.records["embed.weight"]["scheme"] == scheme
     ids = np.array([[0, 5, 256, 299, 5, 17]], np.int64)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = sess.run(["inputs_embeds"], {"input_ids": ids})

@@ -139,6 +139,19 @@ def check(spec):
     return found
 
 
+def test_missing_toolchain_is_a_problem_and_not_runnable(monkeypatch, tmp_path):
+    import sys
+
+    from omnic.targets.base import Artifact, NotRunnable, get_target
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` fails
+    assert [(p.field, p.message) for p in check(_spec())] == [
+        ("targets.onnx", "onnx: onnxscript is missing: install omnic[onnx]")]
+    for component in ("decoder", "vision_encoder"):
+        with pytest.raises(NotRunnable, match="onnxscript is missing"):
+            get_target("onnx").load(Artifact(component, "onnx", "onnx"), tmp_path)
+
+
 def test_check_accepts_a_good_spec():
     assert check(_spec()) == []
     assert check(_spec(dict(weights=dict(scheme="int8"), overrides=[

@@ -29,6 +29,7 @@ pytest.importorskip("tvm")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.passes.program import Program  # noqa: E402
+from omnic.quant.select import tensor_schemes  # noqa: E402
 from omnic.quant.reference import fake_quantize  # noqa: E402
 from omnic.runtime.generate import greedy  # noqa: E402
 from omnic.runtime.torch_runner import TorchRunner  # noqa: E402
@@ -66,7 +67,8 @@ class Build:
         self.decoder = build_model(spec, Path("."))
         self.root = root
         self.target = get_target("tvm")
-        (self.artifact,) = self.target.lower(Program(spec, Path("."), self.decoder), root)
+        (self.artifact,) = self.target.lower(Program(spec, Path("."), self.decoder,
+                                                            quant_plan=tensor_schemes(spec)), root)
         self.dir = root / self.artifact.path
         self.meta = json.loads((self.dir / "decoder.json").read_text())
 
@@ -111,7 +113,8 @@ def test_fp32_prefill_and_decode_logits_match_torch(fp32: Build) -> None:
     assert_close(tvm_r.forward(np.array(PROMPT[:12])), ref.forward(np.array(PROMPT[:12])))
     for tok in PROMPT[12:]:  # decode one at a time: T=1 through the same dynamic function
         assert_close(tvm_r.forward(np.array([tok])), ref.forward(np.array([tok])))
-    assert_close(tvm_r.forward(np.array(PROMPT[:5])), ref.forward(np.array(PROMPT[:5])))  # T=5 later
+    # T=5 later
+    assert_close(tvm_r.forward(np.array(PROMPT[:5])), ref.forward(np.array(PROMPT[:5])))
 
 
 def test_fp32_greedy_matches_torch(fp32: Build) -> None:
@@ -125,7 +128,8 @@ def test_reset_zeroes_the_cache(fp32: Build) -> None:
     r = fp32.runner()
     r.forward(np.array(PROMPT))
     r.reset()
-    assert_close(r.forward(np.array(PROMPT[3:9])), TorchRunner(fp32.decoder).forward(np.array(PROMPT[3:9])))
+    assert_close(r.forward(np.array(PROMPT[3:9])),
+                 TorchRunner(fp32.decoder).forward(np.array(PROMPT[3:9])))
 
 
 def test_runner_rejects_out_of_range_inputs(fp32: Build) -> None:
@@ -142,7 +146,8 @@ def test_fp32_files_weights_and_histogram(fp32: Build) -> None:
 
     a, d = fp32.artifact, fp32.dir
     assert a.precision == "fp32" and a.reference_weights is None
-    assert {"decoder.so", "decoder.params.safetensors", "decoder.json"} <= {p.name for p in d.iterdir()}
+    assert ({"decoder.so", "decoder.params.safetensors", "decoder.json"}
+            <= {p.name for p in d.iterdir()})
     assert a.details["bytes"] == sum(p.stat().st_size for p in d.iterdir())
     assert a.details["target_triple"] is None and a.details["cross"] is None
     # The params file holds exactly the decoder's fp32 weights, in main's argument order.
@@ -170,7 +175,8 @@ def test_thread_count_is_settable(fp32: Build) -> None:
     assert set_threads(1) == 1 == tvm.get_global_func("runtime.NumThreads")()
     r = fp32.target.load(fp32.artifact, fp32.root, num_threads=1)
     assert tvm.get_global_func("runtime.NumThreads")() == 1
-    assert_close(r.forward(np.array(PROMPT[:4])), TorchRunner(fp32.decoder).forward(np.array(PROMPT[:4])))
+    assert_close(r.forward(np.array(PROMPT[:4])),
+                 TorchRunner(fp32.decoder).forward(np.array(PROMPT[:4])))
 
 
 # -- int4 --------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@
 The log-mel front end is not part of the component (see omnic/runtime/media.py).
 """
 
-# ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/whisper/modeling_whisper.py (WhisperEncoder)
-# ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2_audio/modeling_qwen2_audio.py (avg_pooler)
+# ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/whisper/modeling_whisper.py
+#      (WhisperEncoder)
+# ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2_audio/modeling_qwen2_audio.py
+#      (avg_pooler)
 
 from __future__ import annotations
 
@@ -80,12 +82,14 @@ class WhisperTower(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """`audio_encoder` component: input_features [1, n_mels, n_frames] -> audio_embeds [1, N_aud, d_dec]."""
+    """`audio_encoder` component: input_features [1, n_mels, n_frames] -> audio_embeds
+    [1, N_aud, d_dec]."""
 
     def __init__(self, c: AudioConfig, device=None) -> None:
         super().__init__()
         if c.n_positions % c.downsample:
-            raise ValueError(f"downsample {c.downsample} does not divide the {c.n_positions} encoder frames")
+            raise ValueError(f"downsample {c.downsample} does not divide the {c.n_positions} "
+                             "encoder frames")
         self.tower = WhisperTower(c, device)
         self.projector = Projector(c.projector, c.d_model, c.d_out, device)
         self.config = c

@@ -20,7 +20,8 @@ def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
     if kind == "gelu_tanh":
         return F.gelu(x, approximate="tanh")
     if kind == "quick_gelu":
-        # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/activations.py (QuickGELUActivation)
+        # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/activations.py
+        #      (QuickGELUActivation)
         return x * torch.sigmoid(1.702 * x)
     raise ValueError(f"unknown activation {kind!r}; expected one of {', '.join(ACTIVATIONS)}")
 
@@ -82,7 +83,8 @@ class Projector(nn.Module):
     """Tokens [1, N, d_in] -> decoder embeddings [1, N, d_out]: `linear`, or `mlp` (Linear, GELU,
     Linear, as LLaVA-1.5's mlp2x_gelu) whose inner width is d_out."""
 
-    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llava/modeling_llava.py (LlavaMultiModalProjector)
+    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llava/modeling_llava.py
+    #      (LlavaMultiModalProjector)
 
     def __init__(self, kind: str, d_in: int, d_out: int, device=None) -> None:
         super().__init__()

@@ -52,7 +52,8 @@ class VisionTower(nn.Module):
     def __init__(self, c: VisionConfig, device=None) -> None:
         super().__init__()
         if c.image_size % c.patch_size:
-            raise ValueError(f"image_size {c.image_size} is not divisible by patch_size {c.patch_size}")
+            raise ValueError(f"image_size {c.image_size} is not divisible by "
+                             f"patch_size {c.patch_size}")
         d = c.d_model
         self.patch_embed = nn.Conv2d(c.channels, d, c.patch_size, stride=c.patch_size,
                                      bias=c.patch_bias, device=device)
@@ -87,7 +88,8 @@ class VisionTower(nn.Module):
 def pixel_shuffle(x: torch.Tensor, grid: int, r: int) -> torch.Tensor:
     """[b, grid^2, d] -> [b, grid^2/r^2, d*r^2]: each r x r block of patches becomes one token,
     in Idefics3's order (so its checkpoints' projector weights line up)."""
-    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/idefics3/modeling_idefics3.py (Idefics3Connector.pixel_shuffle)
+    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/idefics3/modeling_idefics3.py
+    #      (Idefics3Connector.pixel_shuffle)
     b, n, d = x.shape
     x = x.reshape(b, grid, grid // r, d * r)
     x = x.permute(0, 2, 1, 3)

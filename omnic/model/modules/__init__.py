@@ -6,4 +6,5 @@ from omnic.model.modules.ffn import FeedForward, MoE
 from omnic.model.modules.norm import make_norm
 from omnic.model.modules.rope import Rope, rope_frequencies
 
-__all__ = ["Attention", "Block", "Decoder", "FeedForward", "MoE", "Rope", "make_norm", "rope_frequencies"]
+__all__ = ["Attention", "Block", "Decoder", "FeedForward", "MoE", "Rope", "make_norm",
+           "rope_frequencies"]

@@ -57,8 +57,10 @@ class Attention(nn.Module):
         rep = self.n_heads // self.n_kv_heads
         if rep > 1:  # transformers' repeat_kv: query head h reads kv head h // rep
             s = k.shape[2]
-            k = k[:, :, None].expand(b, self.n_kv_heads, rep, s, self.head_dim).reshape(b, self.n_heads, s, self.head_dim)
-            v = v[:, :, None].expand(b, self.n_kv_heads, rep, s, self.head_dim).reshape(b, self.n_heads, s, self.head_dim)
+            k = k[:, :, None].expand(b, self.n_kv_heads, rep, s, self.head_dim).reshape(
+                b, self.n_heads, s, self.head_dim)
+            v = v[:, :, None].expand(b, self.n_kv_heads, rep, s, self.head_dim).reshape(
+                b, self.n_heads, s, self.head_dim)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap

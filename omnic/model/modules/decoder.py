@@ -88,13 +88,15 @@ class Decoder(nn.Module):
         )
         self.layers = nn.ModuleList(Block(c, i, device) for i in range(c.n_layers))
         self.norm = make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)
-        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False, device=device)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False,
+                                                               device=device)
         self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.context_length)
         # Gemma multiplies embeddings by sqrt(d_model) cast to the activation dtype: a buffer that
         # follows `.to(dtype)` reproduces that rounding.
         # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/gemma2/modeling_gemma2.py
         self.register_buffer(
-            "embed_scale", torch.tensor(c.d_model**0.5, dtype=torch.float32, device="cpu"), persistent=False
+            "embed_scale", torch.tensor(c.d_model**0.5, dtype=torch.float32, device="cpu"),
+            persistent=False
         )
         self._windows = list(dict.fromkeys(b.window for b in self.layers))  # distinct, in order
 

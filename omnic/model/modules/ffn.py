@@ -50,7 +50,8 @@ class MoE(nn.Module):
         self.top_k = top_k
         self.normalize_top_k = normalize_top_k
         self.router = nn.Linear(d_model, experts, bias=False, device=device)
-        self.experts = nn.ModuleList(FeedForward(d_model, hidden, kind, device) for _ in range(experts))
+        self.experts = nn.ModuleList(FeedForward(d_model, hidden, kind, device)
+                                     for _ in range(experts))
         self.shared = FeedForward(d_model, shared_hidden, kind, device) if shared_hidden else None
 
     def routing(self, x: torch.Tensor) -> torch.Tensor:

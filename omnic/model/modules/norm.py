@@ -15,8 +15,10 @@ class RMSNorm(nn.Module):
     normalised input is cast back first and then scaled (Llama's order).
     """
 
-    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py (LlamaRMSNorm)
-    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/gemma/modeling_gemma.py (GemmaRMSNorm)
+    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
+    #      (LlamaRMSNorm)
+    # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/gemma/modeling_gemma.py
+    #      (GemmaRMSNorm)
 
     def __init__(self, width: int, eps: float, unit_offset: bool = False, device=None) -> None:
         super().__init__()

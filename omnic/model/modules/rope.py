@@ -49,7 +49,8 @@ def _yarn(dim: int, theta: float, s: dict[str, Any]) -> tuple[torch.Tensor, floa
     high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # prevent a division by zero, as transformers does
-    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low), 0, 1)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low)
+                       / (high - low), 0, 1)
     pos_freqs = theta ** (torch.arange(0, dim, 2, device="cpu").to(dtype=torch.float) / dim)
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
     extrapolation_factor = 1 - ramp
@@ -87,7 +88,8 @@ class Rope(nn.Module):
     constructed on the meta device (they are computed, not loaded).
     """
 
-    def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None, context_length: int) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None,
+                 context_length: int) -> None:
         super().__init__()
         inv_freq, attention_factor = rope_frequencies(head_dim, theta, scaling)
         positions = torch.arange(context_length, dtype=torch.float32, device="cpu")

@@ -15,7 +15,6 @@ the golden check, a sound one is "not run: needs macOS".
 
 from __future__ import annotations
 
-import platform
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ import numpy as np
 
 from omnic.constants import Targets
 from omnic.targets.base import NotRunnable
+from omnic.targets.coreml.backend import NEEDS_MACOS, is_macos, require_coremltools
 from omnic.targets.components import (
     build_relative, checked_input, export, io_of, make_artifact,
 )
@@ -95,7 +95,7 @@ def lower_component(component: "Component", out_dir: Path,
             "bytes": ins.package_bytes(package),
             "frontend": "torch.export",
             "coremltools": ct.__version__,
-            "numeric_check": "runs on macOS only (needs macOS); structure checked here",
+            "numeric_check": f"runs on macOS only ({NEEDS_MACOS}); structure checked here",
         },
         precision=precision,
     )
@@ -139,12 +139,14 @@ def structural_check(artifact: "Artifact", build_dir: Path) -> list[str]:
 
 
 def load_component(artifact: "Artifact", build_dir: Path) -> "CoremlComponentRunner":
-    """A runner on macOS; elsewhere the structural check, then NotRunnable("needs macOS")."""
-    if platform.system() != "Darwin":
+    """A runner on macOS; elsewhere the structural check, then NotRunnable("needs macOS").
+    NotRunnable without coremltools (which the structural check reads the package with)."""
+    require_coremltools()
+    if not is_macos():
         failures = structural_check(artifact, build_dir)
         if failures:
             raise RuntimeError("structural check failed: " + "; ".join(failures))
-        raise NotRunnable("needs macOS (structure checked: I/O, ops, precision, metadata)")
+        raise NotRunnable(f"{NEEDS_MACOS} (structure checked: I/O, ops, precision, metadata)")
     return CoremlComponentRunner(Path(build_dir) / artifact.path,
                                  artifact.details.get("compute_units", "all"), *io_of(artifact))
 

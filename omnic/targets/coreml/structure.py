@@ -223,7 +223,7 @@ def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec"
                     failures.append(f"{part}.{name}: {got[name]}, {label} expects {exp[name]}")
 
     # The default shape of the token range is a single token (decode): the shape Core ML can
-    # run on the Neural Engine (see coreml_convert).
+    # run on the Neural Engine (see convert.py).
     defaults = {i.name: [int(d) for d in i.type.multiArrayType.shape]
                 for i in spec_pb.description.input}
     if defaults and defaults != {INPUT_IDS: [1, 1], INPUT_POS: [1]}:

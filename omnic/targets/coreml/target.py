@@ -5,26 +5,27 @@
             ─► linear_quantize_weights (per-channel int8 / per-block int4, per the quant plan)
             ─► save, normalise (deterministic) ─► read back: signature, ops, stored weights
 
-Pieces: `coreml_convert` (wrapper, export, conversion), `coreml_quant` (compression, stored
-weights), `coreml_inspect` (what a package is; `structural_check`), `coreml_rules` (pre-flight).
+Pieces: `convert.py` (wrapper, export, conversion), `quant.py` (compression, stored
+weights), `structure.py` (what a package is; `structural_check`), `rules.py` (pre-flight).
 
 Core ML runs only on macOS. Elsewhere `load()` raises NotRunnable("needs macOS") and the golden
-stage calls `structural_check(artifact, build_dir, spec)` instead.
+stage calls `structural_check(artifact, build_dir, spec)` instead. Without coremltools, `check`
+reports a Problem and `load` raises NotRunnable (backend.py).
 """
 
 from __future__ import annotations
 
 import logging
-import platform
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets.coreml.backend import NEEDS_MACOS, is_macos, missing, require_coremltools
 from omnic.targets.coreml.structure import structural_check
 
 if TYPE_CHECKING:
@@ -34,22 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["CoremlRunner", "CoremlTarget", "structural_check"]
 
 _log = logging.getLogger(__name__)
-NEEDS_MACOS = "needs macOS"
-
-
-def _problems(spec: "ResolvedSpec") -> list[Problem]:
-    import omnic.targets.coreml.rules  # noqa: F401 - registers the Core ML rules
-    from omnic.spec.capabilities import problems
-
-    return problems(spec, Targets.COREML)
-
-
-def _require_coremltools() -> Any:
-    try:
-        import coremltools as ct
-    except ImportError:
-        raise RuntimeError("coreml: coremltools is not installed; install omnic[coreml]") from None
-    return ct
 
 
 @register_target(Targets.COREML)
@@ -61,21 +46,25 @@ class CoremlTarget:
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """What Core ML cannot take: pre-iOS18 states or int4/per-block weights, bf16, int8 KV
         cache, fp16 storage at fp32 compute, blocks that do not tile a weight, an OS older than
-        the deployment target (see omnic.spec.capabilities and coreml_rules)."""
-        return _problems(spec)
+        the deployment target (see rules.py); and a missing
+        coremltools."""
+        import omnic.targets.coreml.rules  # noqa: F401 - registers the Core ML rules
+        from omnic.targets.rules import problems
+
+        reason = missing()
+        out = [Problem(self.id, "targets.coreml", reason)] if reason else []
+        return out + problems(spec, Targets.COREML)
 
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Write `<name>.mlpackage` under out_dir; never mutates `program`."""
-        spec = program.spec
-        problems = _problems(spec)
-        if problems:
-            raise ValueError("coreml cannot take this spec:\n" + "\n".join(map(str, problems)))
-        ct = _require_coremltools()
+        import coremltools as ct
+
         from omnic.spec.inventory import decoder_tensors
         from omnic.targets.coreml import convert as cv
         from omnic.targets.coreml import structure as ins
         from omnic.targets.coreml import quant as q
 
+        spec = program.spec
         c, m = spec.targets.coreml, spec.model
         plan = program.schemes()
         out_dir = Path(out_dir)
@@ -128,7 +117,7 @@ class CoremlTarget:
         # Relative to the build directory when out_dir is BUILD/coreml (the pipeline's layout).
         rel = Path(out_dir.name) / package.name if out_dir.name == Targets.COREML else \
             Path(package.name)
-        decoder_artifact = Artifact(
+        return [Artifact(
             component=Components.DECODER,
             target=Targets.COREML,
             path=rel.as_posix(),
@@ -163,12 +152,13 @@ class CoremlTarget:
             },
             precision=precision,
             reference_weights=weights,
-        )
-        # encoders and heads: <component>.mlpackage beside the decoder (coreml_component)
-        from omnic.targets.coreml import components as cc
-        from omnic.targets.components import lower_all
+        )]
 
-        return [decoder_artifact, *lower_all(program, out_dir, self.id, cc.lower_component)]
+    def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:
+        """`<component>.mlpackage` beside the decoder: a stateless ML Program (components.py)."""
+        from omnic.targets.coreml.components import lower_component
+
+        return lower_component(program.components[name], Path(out_dir), program.spec)
 
     @staticmethod
     def _reference_weights(program: "Program", stored: dict[str, np.ndarray],
@@ -192,14 +182,15 @@ class CoremlTarget:
         return out
 
     def load(self, artifact: Artifact, build_dir: Path) -> "CoremlRunner":
-        """A Runner over the package on macOS; elsewhere raises NotRunnable("needs macOS")."""
-        if artifact.component != Components.DECODER:  # a ComponentRunner (coreml_component)
+        """A Runner over the package on macOS; elsewhere raises NotRunnable("needs macOS"), and
+        NotRunnable without coremltools."""
+        if artifact.component != Components.DECODER:  # a ComponentRunner (components.py)
             from omnic.targets.coreml.components import load_component
 
             return load_component(artifact, build_dir)
-        if platform.system() != "Darwin":
+        if not is_macos():
             raise NotRunnable(NEEDS_MACOS)
-        _require_coremltools()
+        require_coremltools()
         return CoremlRunner(Path(build_dir) / artifact.path,
                             artifact.details.get("compute_units", "all"),
                             int(artifact.details["context_length"]))

@@ -1,6 +1,6 @@
 """ExecuTorch lowering of one component: `BUILD/executorch/<component>.pte`.
 
-The same path as the decoder's (executorch.py) without the KV cache and the LLM metadata: one
+The same path as the decoder's (target.py) without the KV cache and the LLM metadata: one
 `forward(x) -> y` method at the contract's static batch-1 shapes, torch.export →
 `to_edge_transform_and_lower` with the spec's backend partitioner (XNNPACK by default) →
 `to_executorch`. Weights stay float32 (the decoder's quant plan names decoder tensors only);
@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from omnic.constants import Targets
-from omnic.targets.base import NotRunnable
 from omnic.targets.components import (
     build_relative, checked_input, export, io_of, make_artifact,
+)
+from omnic.targets.executorch.backend import (
+    coreml_options, delegate_of, delegation_summary, partitioners, require_runtime, runtime_ops,
 )
 
 if TYPE_CHECKING:
@@ -38,14 +40,11 @@ def lower_component(component: "Component", out_dir: Path,
         EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower,
     )
 
-    from omnic.targets.executorch import target as et
-
-    backend = et._backend(spec) if spec is not None else "xnnpack"
-    partitioners = et._partitioners(spec) if spec is not None else _xnnpack()
+    backend = delegate_of(spec) if spec is not None else "xnnpack"
     edge = to_edge_transform_and_lower(
-        export(component), partitioner=partitioners,
+        export(component), partitioner=partitioners(spec),
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
-    summary = et.delegation_summary(edge.exported_program().graph_module)
+    summary = delegation_summary(edge.exported_program().graph_module)
     edge = edge.transform([ConvertToLinearPass()])  # linears outside a delegate: one op
     program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
     out_dir = Path(out_dir)
@@ -61,11 +60,11 @@ def lower_component(component: "Component", out_dir: Path,
         "delegate_partitions": summary["partitions"],
         "delegates": summary["backends"],
         "not_delegated": summary["not_delegated"],
-        "runtime_ops": et._runtime_ops(program),
+        "runtime_ops": runtime_ops(program),
         "methods": [FORWARD],
     }
     if backend == "coreml":
-        details["coreml"] = et._coreml_options(spec)
+        details["coreml"] = coreml_options(spec)
         details["deterministic"] = False  # the Core ML delegate's model id is a uuid4
         precision = details["coreml"]["compute_precision"]
     histogram = Counter(summary["delegated"]) + Counter(summary["not_delegated"])
@@ -73,21 +72,9 @@ def lower_component(component: "Component", out_dir: Path,
                          op_histogram=dict(histogram), details=details, precision=precision)
 
 
-def _xnnpack() -> list:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-    return [XnnpackPartitioner()]
-
-
 def load_component(artifact: "Artifact", build_dir: Path) -> "ExecutorchComponentRunner":
     """The .pte's `forward` on ExecuTorch's Python runtime (NotRunnable without its delegate)."""
-    import importlib.util
-
-    from omnic.targets.executorch.target import INSTALL_HINT, require_delegate
-
-    if importlib.util.find_spec("executorch") is None:
-        raise NotRunnable(f"executorch is missing: {INSTALL_HINT}")
-    require_delegate(artifact.details.get("backend", "xnnpack"))
+    require_runtime(artifact.details.get("backend", "xnnpack"))
     return ExecutorchComponentRunner(Path(build_dir) / artifact.path, *io_of(artifact))
 
 

@@ -159,7 +159,7 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
         weights (the stored weights, dequantized), or None when every tensor stays fp32.
 
     Raises:
-        ValueError: a scheme the pre-flight rules reject (`executorch_rules.py`).
+        ValueError: a scheme the pre-flight rules reject (`rules.py`).
     """
     import torch
 

@@ -1,14 +1,14 @@
-"""The ExecuTorch target's pre-flight rules, on the shared capabilities table (torch-free).
+"""The ExecuTorch target's pre-flight rules, on the shared table of `omnic.targets.rules`
+(torch-free).
 
 `omnic validate` imports this module for specs that enable the ExecuTorch target, and
-`ExecutorchTarget.check` reads the same table. The bf16 and asymmetric-int4 rules live in
-`omnic.spec.capabilities` itself. How each scheme is stored is in `executorch_quant.py`.
+`ExecutorchTarget.check` reads the same table. How each scheme is stored is in `quant.py`.
 """
 
 from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, TensorNames, Targets
-from omnic.spec.capabilities import Context, Finding, register
+from omnic.targets.rules import Context, Finding, register
 
 _ET = "https://github.com/pytorch/executorch/blob/main/"
 
@@ -18,6 +18,27 @@ XNNPACK_BLOCK = 32  # qb4w group sizes are multiples of 32
 def backend(ctx: Context) -> str:
     et = ctx.spec.targets.executorch
     return et.backend if et is not None else "xnnpack"
+
+
+@register(Targets.EXECUTORCH, "executorch.xnnpack_no_bf16", "XNNPACK has no bf16 kernels",
+          "https://github.com/pytorch/executorch/tree/main/backends/xnnpack")
+def _bf16(ctx: Context):
+    backend = ctx.spec.targets.executorch.backend
+    if backend in ("xnnpack", "coreml"):
+        for path in sorted({ctx.source(s) for _, s in ctx.using(Schemes.BF16)}):
+            yield Finding(path + ("scheme",),
+                          f"executorch backend {backend} cannot run bf16 weights; use fp16")
+
+
+@register(Targets.EXECUTORCH, "executorch.xnnpack_int4_symmetric",
+          "XNNPACK blockwise int4 weights (torchao 8da4w) carry scales only, no zero points",
+          "https://github.com/pytorch/ao/blob/main/torchao/quantization/GPTQ.py")
+def _int4_asym(ctx: Context):
+    if ctx.spec.targets.executorch.backend != "xnnpack":
+        return
+    for path in sorted({ctx.source(s) for _, s in ctx.using(Schemes.INT4) if not s.symmetric}):
+        yield Finding(path + ("symmetric",),
+                      "executorch xnnpack int4 weights are symmetric; set symmetric: true")
 
 
 def _linear_uses(ctx: Context, scheme: str):
@@ -33,7 +54,7 @@ def _linear_uses(ctx: Context, scheme: str):
 def _int8_asym(ctx: Context):
     if backend(ctx) != "xnnpack":
         return
-    # int4 is covered by capabilities' executorch.xnnpack_int4_symmetric
+    # int4 is covered by executorch.xnnpack_int4_symmetric (above)
     asym = [s for _, s in _linear_uses(ctx, Schemes.INT8) if not s.symmetric]
     for path in sorted({ctx.source(s) for s in asym}):
         yield Finding(path + ("symmetric",),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import copy
-import importlib.util
 import platform
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from omnic.constants import Components, Targets
-from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets.base import Artifact, Problem, register_target
+from omnic.targets.executorch.backend import (
+    coreml_options, delegate_of, delegation_summary, missing, partitioners, require_runtime,
+    runtime_ops,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -43,17 +46,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-INSTALL_HINT = "install omnic[executorch] (executorch, torchao)"
 FORWARD = "forward"
-# Core ML deployment targets and compute units when the spec has no `targets.coreml` block.
-COREML_DEFAULTS = {
-    "deployment_target": "iOS18", "compute_units": "cpu_only", "compute_precision": "fp16",
-}
-
-
-def _backend(spec: "ResolvedSpec") -> str:
-    et = spec.targets.executorch
-    return et.backend if et is not None else "xnnpack"
 
 
 def metadata(
@@ -117,46 +110,6 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
     return KVCacheDecoder().eval()
 
 
-def _op_name(target: Any) -> str:
-    name = getattr(target, "__name__", None) or str(target)
-    return name.removeprefix("aten.").replace(".default", "")
-
-
-def delegation_summary(graph_module: "torch.fx.GraphModule") -> dict[str, Any]:
-    """Operators inside delegate partitions and outside them, counted by op name."""
-    delegated: Counter[str] = Counter()
-    kept: Counter[str] = Counter()
-    partitions = 0
-    backends: Counter[str] = Counter()
-    for node in graph_module.graph.nodes:
-        if node.op == "get_attr" and node.name.startswith("lowered_module"):
-            lowered = getattr(graph_module, node.target)
-            partitions += 1
-            backends[lowered.backend_id] += 1
-            for inner in lowered.original_module.graph.nodes:
-                if inner.op == "call_function" and "getitem" not in str(inner.target):
-                    delegated[_op_name(inner.target)] += 1
-        elif node.op == "call_function":
-            name = _op_name(node.target)
-            if "executorch_call_delegate" in name or "getitem" in name:
-                continue
-            kept[name] += 1
-    return {
-        "delegated_ops": sum(delegated.values()),
-        "non_delegated_ops": sum(kept.values()),
-        "partitions": partitions,
-        "backends": dict(sorted(backends.items())),
-        "delegated": dict(sorted(delegated.items())),
-        "not_delegated": dict(sorted(kept.items())),
-    }
-
-
-def _coreml_options(spec: "ResolvedSpec") -> dict[str, str]:
-    """Deployment target, compute units and precision: the spec's `targets.coreml`, if any."""
-    c = spec.targets.coreml
-    return {k: getattr(c, k) for k in COREML_DEFAULTS} if c is not None else dict(COREML_DEFAULTS)
-
-
 def _coreml_fp16(decoder: "torch.nn.Module", quant: Any) -> None:
     """Core ML at fp16 compute precision stores and computes in fp16 (coremltools casts the
     fp32 program): the artifact's precision and reference weights say so."""
@@ -167,33 +120,6 @@ def _coreml_fp16(decoder: "torch.nn.Module", quant: Any) -> None:
     quant.precision = "fp16"
     quant.reference_weights = {n: fake_quantize(p.detach().numpy(), "fp16")
                                for n, p in decoder.named_parameters()}
-
-
-def _partitioners(spec: "ResolvedSpec") -> list[Any]:
-    backend = _backend(spec)
-    if backend == "portable":
-        return []
-    if backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-        return [XnnpackPartitioner()]
-    import coremltools as ct
-    from executorch.backends.apple.coreml.compiler import CoreMLBackend
-    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
-
-    cfg = _coreml_options(spec)
-    target = getattr(ct.target, cfg["deployment_target"])
-    units = {"cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
-             "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU, "all": ct.ComputeUnit.ALL}
-    units = units[cfg["compute_units"]]
-    precision = ct.precision.FLOAT16 if cfg["compute_precision"] == "fp16" else ct.precision.FLOAT32
-    specs = CoreMLBackend.generate_compile_specs(
-        minimum_deployment_target=target, compute_precision=precision, compute_unit=units,
-        model_type=CoreMLBackend.MODEL_TYPE.MODEL,
-    )
-    # export_llm keeps the KV cache out of the Core ML delegate: the open-source Core ML runtime
-    # of ExecuTorch does not carry Core ML state. ref: extension/llm/export/partitioner_lib.py
-    return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
 
 
 def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[str, Any],
@@ -216,7 +142,7 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
         ep = ep.run_decompositions({})  # unwrap torchao tensor subclasses, as export_llm does
     edge = to_edge_transform_and_lower(
         ep,
-        partitioner=_partitioners(spec),
+        partitioner=partitioners(spec),
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
         constant_methods=meta,
     )
@@ -266,37 +192,29 @@ class ExecutorchTarget:
     id = Targets.EXECUTORCH
 
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
-        """What the backend cannot take, before anything is built (torch-free).
-
-        The rules are the shared capabilities table (`omnic/targets/executorch/rules.py` and
-        `omnic.spec.capabilities`), so `omnic validate` reports the same problems.
+        """What the backend cannot take, before anything is built (torch-free): a missing
+        toolchain (`backend.missing`), and the rules of the shared capabilities table
+        (`omnic/targets/executorch/rules.py`, `omnic.targets.rules`), so `omnic validate`
+        reports the same problems.
         """
-        from omnic.spec.capabilities import problems
+        from omnic.targets.rules import problems
 
-        out: list[Problem] = []
-        needed = ["executorch", "torchao"] + (["coremltools"] if _backend(spec) == "coreml" else [])
-        for mod in needed:
-            if importlib.util.find_spec(mod) is None:
-                out.append(Problem(self.id, "targets.executorch",
-                                   f"{mod} is missing: {INSTALL_HINT}"))
+        reason = missing(delegate_of(spec))
+        out = [Problem(self.id, "targets.executorch", reason)] if reason else []
         return out + problems(spec, self.id)
 
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
-        """Export, quantize, lower and serialize the decoder; write the tokenizer beside it."""
-        try:
-            import torch
-            import executorch.exir  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError(f"ExecuTorch target: {err}; {INSTALL_HINT}") from None
+        """Export, quantize, lower and serialize the decoder; write the tokenizer beside it.
+
+        The pipeline has run `check` on the spec before (a missing toolchain is a Problem there).
+        """
+        import torch
 
         from omnic.targets.executorch.quant import quantize_decoder
         from omnic.tokenizer import load_tokenizer
 
         spec = program.spec
-        problems = self.check(spec)
-        if problems:
-            raise ValueError("ExecuTorch cannot take this spec:\n" + "\n".join(map(str, problems)))
-        backend = _backend(spec)
+        backend = delegate_of(spec)
         dynamic = backend != "coreml"  # export_llm: "Dynamic shape is not supported with coreml"
         if backend == "coreml" and platform.system() != "Darwin":
             _log.info("executorch: the Core ML delegate lowers here but runs only on macOS/iOS; "
@@ -308,7 +226,7 @@ class ExecutorchTarget:
         quant = quantize_decoder(decoder, program.schemes())
         for form, n in sorted(Counter(quant.forms.values()).items()):
             _log.info(f"executorch: {n} tensor(s) → {form}")
-        if backend == "coreml" and _coreml_options(spec)["compute_precision"] == "fp16":
+        if backend == "coreml" and coreml_options(spec)["compute_precision"] == "fp16":
             _coreml_fp16(decoder, quant)
         dtype = getattr(torch, quant.dtype)
         module = _kv_module(decoder, dtype)
@@ -321,7 +239,7 @@ class ExecutorchTarget:
         tokenizer_files = [p.name for p in tok.save(out_dir)]
 
         histogram = Counter(summary["delegated"]) + Counter(summary["not_delegated"])
-        runtime_ops = _runtime_ops(et_program)
+        kernels = runtime_ops(et_program)
         _log.info(
             f"executorch: {summary['delegated_ops']} of {sum(histogram.values())} ops delegated to "
             f"{backend} in {summary['partitions']} partition(s); not delegated: "
@@ -334,7 +252,7 @@ class ExecutorchTarget:
             "delegate_partitions": summary["partitions"],
             "delegates": summary["backends"],  # backend id -> partitions
             "not_delegated": summary["not_delegated"],
-            "runtime_ops": runtime_ops,
+            "runtime_ops": kernels,
             "methods": sorted([FORWARD, *meta]),
             "metadata": meta,
             "tokenizer": tokenizer_files,
@@ -347,7 +265,7 @@ class ExecutorchTarget:
             details["tied_embedding"] = ("stored twice: the lookup table of the embedding op and "
                                          "the lm_head weights packed inside XNNPACK")
         if backend == "coreml":
-            details["coreml"] = _coreml_options(spec)
+            details["coreml"] = coreml_options(spec)
             # Not byte-deterministic: ExecuTorch's Core ML model identifier is a uuid4
             # (coreml_preprocess) and the embedded .mlpackage differs between lowerings beyond
             # its UUIDs as well (seen in CI), so no stable digest is recorded; manifests of
@@ -356,7 +274,7 @@ class ExecutorchTarget:
         if quant.dynamic_activations:
             details["activations"] = ("int8 asymmetric per token, quantized at run time inside "
                                       "XNNPACK's quantized linears (8da)")
-        decoder_artifact = Artifact(
+        return [Artifact(
             component=Components.DECODER,
             target=self.id,
             path=f"{out_dir.name}/{pte.name}",
@@ -366,55 +284,28 @@ class ExecutorchTarget:
             details=details,
             precision=quant.precision,
             reference_weights=quant.reference_weights,
-        )
-        # encoders and heads: <component>.pte beside the decoder (executorch_component)
-        from omnic.targets.executorch import components as ec
-        from omnic.targets.components import lower_all
+        )]
 
-        return [decoder_artifact, *lower_all(program, out_dir, self.id, ec.lower_component)]
+    def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:
+        """`<component>.pte` beside the decoder (components.py), with the spec's delegate."""
+        from omnic.targets.executorch.components import lower_component
+
+        return lower_component(program.components[name], Path(out_dir), program.spec)
 
     def load(self, artifact: Artifact, build_dir: Path) -> "ExecutorchRunner":
-        """The .pte on the ExecuTorch runtime's Python bindings, every method loaded."""
-        if importlib.util.find_spec("executorch") is None:
-            raise NotRunnable(f"executorch is missing: {INSTALL_HINT}")
+        """The .pte on the ExecuTorch runtime's Python bindings, every method loaded; raises
+        NotRunnable without the runtime or its delegate."""
+        require_runtime(artifact.details.get("backend", "xnnpack"))
         if artifact.component != Components.DECODER:  # a ComponentRunner
             from omnic.targets.executorch.components import load_component
 
             return load_component(artifact, build_dir)
-        require_delegate(artifact.details.get("backend", "xnnpack"))
         runner = ExecutorchRunner(Path(build_dir) / artifact.path)
         expected = artifact.details.get("metadata")
         if expected is not None and runner.metadata != expected:
             raise RuntimeError(f"{artifact.path}: metadata methods return {runner.metadata}, "
                                f"the build recorded {expected}")
         return runner
-
-
-def require_delegate(backend: str) -> None:
-    """Raise NotRunnable unless this ExecuTorch runtime carries `backend`'s delegate."""
-    from executorch.runtime import Runtime
-
-    registered = Runtime.get().backend_registry.registered_backend_names
-    needed = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}.get(backend)
-    if needed is not None and needed not in registered:
-        raise NotRunnable(f"this ExecuTorch runtime has no {needed} (it has {registered}); "
-                          + ("Core ML runs only on macOS/iOS" if backend == "coreml" else ""))
-
-
-
-def _runtime_ops(et_program: Any) -> dict[str, int]:
-    """Operators the runtime must provide (kernels outside any delegate), by call count."""
-    out: Counter[str] = Counter()
-    for plan in et_program.executorch_program.execution_plan:
-        names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
-        for chain in plan.chains:
-            for instr in chain.instructions:
-                args = instr.instr_args
-                if hasattr(args, "op_index"):
-                    out[names[args.op_index]] += 1
-                elif hasattr(args, "delegate_index"):
-                    out["<delegate>"] += 1
-    return dict(sorted(out.items()))
 
 
 class ExecutorchRunner:

@@ -106,14 +106,20 @@ class TypePlan:
     k_fallbacks: list[str]  # K mixtures: tensors with rows not whole 256-blocks (32-block type)
 
 
-def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"]
+def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"],
+               schemes: "dict[str, TensorScheme] | None" = None
                ) -> tuple[TypePlan | None, list[Any]]:
-    """Decide the file type and each tensor's type from `targets.gguf` and the quantization."""
+    """Decide the file type and each tensor's type from `targets.gguf` and the quant plan.
+
+    Args:
+        schemes: the program's quant plan (`Program.schemes()`), which lowering stores; None
+            computes it from the spec (pre-flight, which has only the spec).
+    """
     from omnic.quant.select import tensor_schemes
 
     problems: list[Any] = []
     requested = spec.targets.gguf.file_type if spec.targets.gguf is not None else "auto"
-    schemes = tensor_schemes(spec)
+    schemes = tensor_schemes(spec) if schemes is None else schemes
     if requested == "auto":
         default, why = type_for_scheme(_default_scheme(spec))
         if default is None:

@@ -21,19 +21,13 @@ if TYPE_CHECKING:
 LOG_WARN, LOG_ERROR, LOG_CONT = 3, 4, 5
 
 
-class LlamaCppMissing(ImportError):
-    """llama-cpp-python is not installed."""
-
-
 def import_llama_cpp():  # noqa: ANN201 - the module
-    """`llama_cpp`, or a one-line explanation of how to get it."""
-    try:
-        import llama_cpp
-    except ImportError as err:
-        raise LlamaCppMissing(
-            "llama-cpp-python is not installed: pip install 'omnic[gguf]' "
-            "(llama-cpp-python==0.3.36)"
-        ) from err
+    """`llama_cpp`; NotRunnable (backend.missing) when it is not installed."""
+    from omnic.targets.gguf.backend import require_llama_cpp
+
+    require_llama_cpp()
+    import llama_cpp
+
     return llama_cpp
 
 

@@ -1,14 +1,15 @@
 """GGUF target: one llama.cpp file per spec, in the file type the spec asks for.
 
-    check(spec)     the architecture (gguf_arch), every tensor's type (gguf_quant) and the
+    check(spec)     the architecture (arch.py), every tensor's type (quant.py) and the
                     tokenizer, before any work; torch-free
-    lower(program)  streams the decoder's tensors into a GGUF (gguf_write); K-quant mixtures are
+    lower(program)  streams the decoder's tensors into a GGUF (write.py); K-quant mixtures are
                     written in F32 and handed to llama.cpp's own quantizer; the file is then read
                     back to report what it stores and to hand the golden check the weights
                     exactly as stored (artifact.reference_weights)
     load(artifact)  llama-cpp-python; any llama.cpp warning while loading is a failure
-    vision encoder  written as llama.cpp's mmproj beside the decoder, run with libmtmd
-                    (gguf_mmproj); other modalities are pre-flight problems
+    lower_component the vision encoder, written as llama.cpp's mmproj beside the decoder and run
+                    with libmtmd (mmproj.py, mmproj_runtime.py); other modalities are pre-flight
+                    problems
 
 Types: `targets.gguf.file_type: auto` takes the type of `quantization.weights` (int4 g32 -> Q4_0,
 asymmetric -> Q4_1, int8 -> Q8_0, fp16 -> F16, ...); an explicit file type sets the matrices'
@@ -17,9 +18,9 @@ Q8_0, also inside an F32 or Q4_K_M file), 1-D tensors and the MoE router stay F3
 llama.cpp, and `artifact.precision` is the coarsest thing stored (the file type, a coarser
 override, or the q8_0 KV cache of `kv_cache: int8`).
 
-The pieces: gguf_arch (architecture, names, keys), gguf_quant (types, quantizers),
-gguf_tokenizer (tokenizer.ggml.*), gguf_write (streaming writer, read-back), gguf_runtime
-(llama-cpp-python runner with the log captured).
+The pieces: arch.py (architecture, names, keys), quant.py (types, quantizers),
+tokenizer.py (tokenizer.ggml.*), write.py (streaming writer, read-back), runtime.py
+(llama-cpp-python runner with the log captured), backend.py (what is missing on this host).
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from omnic.constants import Components, Targets
-from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets.base import Artifact, Problem, register_target
 from omnic.targets.gguf.arch import plan_arch, tensor_plan
+from omnic.targets.gguf.backend import missing, require_llama_cpp
 from omnic.targets.gguf.mmproj import mmproj_problems
 from omnic.targets.gguf.quant import K_QUANTS, plan_types
 
 if TYPE_CHECKING:
     from omnic.passes.program import Program
     from omnic.spec import ResolvedSpec
+    from omnic.targets.gguf.arch import ArchPlan, GgufTensor
+    from omnic.targets.gguf.mmproj_runtime import MmprojRunner
+    from omnic.targets.gguf.quant import TypePlan
     from omnic.targets.gguf.runtime import LlamaCppRunner
 
 _log = logging.getLogger(__name__)
@@ -49,13 +53,16 @@ _EXPECTED_QUANTIZE_WARNINGS = ("applying manual override",)
 
 
 def _problems(spec: "ResolvedSpec") -> list[Problem]:
-    problems: list[Problem] = []
+    ft = spec.targets.gguf.file_type if spec.targets.gguf is not None else "auto"
+    # gguf-py writes every file; llama.cpp's own quantizer makes the K mixtures
+    reason = missing(llama_cpp=ft in K_QUANTS)
+    problems = [Problem(Targets.GGUF, "targets.gguf", reason)] if reason else []
     plan, found = plan_arch(spec.model)
     problems += found
     if plan is not None:
         _, found = plan_types(spec, tensor_plan(spec.model, plan))
         problems += found
-    problems += mmproj_problems(spec)  # the vision encoder goes into an mmproj file (gguf_mmproj)
+    problems += mmproj_problems(spec)  # the vision encoder goes into an mmproj file (mmproj.py)
     if spec.quantization.kv_cache == "int8" and spec.model.dim_per_head % 32:
         problems.append(Problem(Targets.GGUF, "quantization.kv_cache", "llama.cpp's int8 KV cache "
                                 f"is q8_0 (blocks of 32); head_dim {spec.model.dim_per_head} is "
@@ -64,6 +71,23 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
         problems.append(Problem(Targets.GGUF, "model.vocab_size", "the byte tokenizer needs "
                                 "256 bytes + <s>, </s>, <pad>: vocab_size >= 259"))
     return problems
+
+
+def _plans(program: "Program") -> tuple["ArchPlan", list["GgufTensor"], "TypePlan"]:
+    """The architecture, the tensors and the type of each, from the program's quant plan."""
+    spec = program.spec
+    plan, found = plan_arch(spec.model)
+    if plan is None:  # check() has reported these
+        raise ValueError("gguf cannot take this spec:\n" + "\n".join(map(str, found)))
+    tensors = tensor_plan(spec.model, plan)
+    types_plan, found = plan_types(spec, tensors, program.schemes())
+    if types_plan is None:
+        raise ValueError("gguf cannot take this spec:\n" + "\n".join(map(str, found)))
+    return plan, tensors, types_plan
+
+
+def _decoder_file(program: "Program", types_plan: "TypePlan") -> str:
+    return f"{program.spec.name}-{types_plan.file_type.name}.gguf"
 
 
 @register_target(Targets.GGUF)
@@ -82,15 +106,7 @@ class GgufTarget:
         from omnic.targets.gguf.write import read_back, write_gguf
 
         spec = program.spec
-        _require_backends(spec)
-        problems = _problems(spec)
-        if problems:
-            raise ValueError("gguf cannot take this spec:\n" + "\n".join(map(str, problems)))
-        plan, _ = plan_arch(spec.model)
-        assert plan is not None
-        tensors = tensor_plan(spec.model, plan)
-        types_plan, _ = plan_types(spec, tensors)
-        assert types_plan is not None
+        plan, tensors, types_plan = _plans(program)
         ft = types_plan.file_type
         try:
             vocab = vocab_for(spec, Path(program.spec_dir))
@@ -99,7 +115,7 @@ class GgufTarget:
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        filename = f"{spec.name}-{ft.name}.gguf"
+        filename = _decoder_file(program, types_plan)
         final = out_dir / filename
         state = program.decoder.state_dict()
 
@@ -132,7 +148,7 @@ class GgufTarget:
                    f"tensors {facts['tensor_types']}, {write_s + quantize_s:.1f} s)")
         rel = Path(out_dir.name) / filename if out_dir.name == Targets.GGUF else Path(filename)
         kv_type = "Q8_0" if spec.quantization.kv_cache == "int8" else "F32"
-        decoder = Artifact(
+        return [Artifact(
             component=Components.DECODER,
             target=Targets.GGUF,
             path=str(rel),
@@ -156,24 +172,27 @@ class GgufTarget:
             },
             precision=precision_of(ft, facts["types"], kv_type),
             reference_weights=weights,
-        )
-        if Components.VISION_ENCODER not in (program.components or {}):
-            return [decoder]
+        )]
+
+    def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:
+        """The vision encoder as llama.cpp's `mmproj-<name>-<F32|F16>.gguf` beside the decoder
+        (mmproj.py); check() refuses every other component."""
         from omnic.targets.gguf.mmproj import lower_mmproj
 
-        return [decoder, lower_mmproj(program, out_dir, filename, ft.name)]
+        if name != Components.VISION_ENCODER:
+            raise ValueError(f"gguf: no GGUF form for the {name} (check() refuses it)")
+        _, _, types_plan = _plans(program)
+        return lower_mmproj(program, Path(out_dir), _decoder_file(program, types_plan),
+                            types_plan.file_type.name)
 
-    def load(self, artifact: Artifact, build_dir: Path) -> "LlamaCppRunner":
-        """A llama.cpp runner over the artifact; raises if llama.cpp warned while loading."""
-        from omnic.targets.gguf.runtime import (LlamaCppMissing, LlamaCppRunner, artifact_file,
-                                                import_llama_cpp)
+    def load(self, artifact: Artifact, build_dir: Path) -> "LlamaCppRunner | MmprojRunner":
+        """A llama.cpp runner over the artifact; raises if llama.cpp warned while loading, and
+        NotRunnable without llama-cpp-python."""
+        from omnic.targets.gguf.runtime import LlamaCppRunner, artifact_file
 
-        try:
-            import_llama_cpp()
-        except LlamaCppMissing as err:
-            raise NotRunnable(str(err)) from None
+        require_llama_cpp()
         if artifact.component != Components.DECODER:  # the vision encoder's mmproj
-            from omnic.targets.gguf.mmproj import load_mmproj
+            from omnic.targets.gguf.mmproj_runtime import load_mmproj
 
             return load_mmproj(artifact, Path(build_dir))
         path = artifact_file(Path(build_dir), artifact.path)
@@ -184,19 +203,6 @@ class GgufTarget:
             raise RuntimeError("llama.cpp warned while loading " + path.name + ": "
                                + " | ".join(runner.load_warnings[:5]))
         return runner
-
-
-def _require_backends(spec: "ResolvedSpec") -> None:
-    """gguf-py always, llama-cpp-python for K mixtures: a one-line message when missing."""
-    from omnic.targets.gguf.runtime import import_llama_cpp
-
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise ImportError("the gguf package is not installed: pip install 'omnic[gguf]'") from None
-    ft = spec.targets.gguf.file_type if spec.targets.gguf is not None else "auto"
-    if ft in K_QUANTS:
-        import_llama_cpp()  # llama.cpp's own quantizer makes the K mixtures
 
 
 def _llama_quantize(src: Path, dst: Path, types_plan) -> None:  # noqa: ANN001 - TypePlan
@@ -221,7 +227,7 @@ _MIXTURE_MAIN = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}
 
 
 def precision_of(ft, types: dict[str, str], kv_type: str = "F32") -> str:  # noqa: ANN001
-    """artifact.precision: the file type's (ft, a gguf_quant.FileType), unless an override stored
+    """artifact.precision: the file type's (ft, a quant.FileType), unless an override stored
     something coarser, or the KV cache is q8_0 (the references keep an fp32 cache)."""
     main = _MIXTURE_MAIN.get(ft.name, ft.tensor_type or "F32")
     coarsest = min([*types.values(), kv_type], key=lambda t: _BITS.get(t, 32.0), default=main)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from omnic.targets.base import NotRunnable
+from omnic.targets.base import NotRunnable, absent_modules
 
 INSTALL_HINT = "install omnic[onnx]"
 
 
 def missing() -> str | None:
     """Why the ONNX toolchain cannot be used on this host, or None when it can."""
-    try:
-        import onnx_ir  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        return f"onnx: {err.name} is missing: {INSTALL_HINT}"
+    absent = absent_modules(["onnx_ir", "onnxruntime", "onnxscript"])
+    if absent:
+        return f"onnx: {', '.join(absent)} missing: {INSTALL_HINT}"
     return None
 
 

@@ -7,7 +7,8 @@ The graph's inputs and outputs are named and shaped the way onnxruntime-genai's 
            past_key_values.{i}.key/value [batch, n_kv_heads, past_sequence_length, head_dim]
   outputs  logits [batch, sequence_length, vocab] float32,
            present.{i}.key/value [batch, n_kv_heads, total_sequence_length, head_dim]
-  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (input_names, output_names)
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
+       (input_names, output_names)
 
 `finalize` makes the file a pure function of the graph: no exporter metadata or stack traces,
 names assigned in topological order, producer "omnic" (two lowerings are byte-identical).

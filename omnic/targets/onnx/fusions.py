@@ -1,18 +1,19 @@
-"""Graph clean-up and the fusions onnxruntime rewards, as an explicit ordered list.
+"""Graph clean-up and the fusions onnxruntime rewards (their order: omnic.targets.onnx.passes).
 
 The generic rules are onnxscript's own (`onnxscript.rewriter.ort_fusions`): RMSNorm ->
 SimplifiedLayerNormalization, residual Add + RMSNorm -> SkipSimplifiedLayerNormalization, the
 rotate-half pattern -> RotaryEmbedding. Two rules are omnic's, because the omnic decoder's graph
 differs from the Hugging Face export those rules were written for:
-  - `onnx_gqa.RopeTable`: RoPE whose cos/sin are gathered from a precomputed table at
+  - `gqa.RopeTable`: RoPE whose cos/sin are gathered from a precomputed table at
     position_ids -> com.microsoft RotaryEmbedding(x, position_ids, cos_cache, sin_cache);
-  - `onnx_gqa.GroupQueryAttention`: q/k/v projections, rotary, past/present concatenation,
+  - `gqa.GroupQueryAttention`: q/k/v projections, rotary, past/present concatenation,
     repeat-kv, scaled, masked softmax attention -> com.microsoft GroupQueryAttention.
 Then one storage-level fusion, `pack_qkv`: the three MatMulNBits feeding a GroupQueryAttention
 become one (rows concatenated, biases into MatMulNBits' bias input) and GroupQueryAttention takes
 the packed [batch, seq, (heads + 2 kv_heads) * head_dim] query, as the onnxruntime-genai builder
 writes it: one kernel and one activation quantization per layer instead of three.
-  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (make_attention_qkv_fused)
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
+       (make_attention_qkv_fused)
 A rule that does not match leaves the graph as it was: fusions never change results, only speed
 (the golden check proves it on every build).
   ref: https://github.com/microsoft/onnxscript/tree/main/onnxscript/rewriter/ort_fusions
@@ -47,39 +48,6 @@ def cleanup(model: "ir.Model") -> None:
 
     common.ShapeInferencePass()(model)
     optimize_ir(model, input_size_limit=FOLD_INPUT_LIMIT)
-
-
-def fuse(model: "ir.Model", records: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
-    """Apply the fusions in order (in place); return how many times each rule fired.
-
-    Args:
-        model: the graph after `onnx_quant.store_weights` and `cleanup`.
-        records: the storage records of `store_weights`; when given, q/k/v are packed
-            (`pack_qkv`) and the records of the packed matrices updated in place.
-    """
-    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
-    from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
-    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
-
-    from omnic.targets.onnx import gqa as onnx_gqa
-
-    counts: dict[str, int] = {}
-    # RMSNorm first: the skip fusion matches an Add feeding a SimplifiedLayerNormalization.
-    counts["rms_normalization"] = fuse_rms_normalization(model)
-    counts["skip_rms_normalization"] = fuse_skip_rms_normalization(model)
-    # Rotate-half -> a temporary RotaryEmbedding function node; the table rule turns it into
-    # onnxruntime's op (it must see the cos/sin gathers, so before any other cleanup).
-    counts["rotary_embedding"] = fuse_rotary_embedding(model)
-    counts["rope_table"] = onnx_gqa.fuse_rope_table(model)
-    # Attention last: its pattern starts from the com.microsoft RotaryEmbedding nodes.
-    counts["group_query_attention"] = onnx_gqa.fuse_gqa(model)
-    # Packing needs the GroupQueryAttention nodes (their q/k/v inputs are what gets packed).
-    if records is not None:
-        counts["pack_qkv"] = pack_qkv(model, records)
-    # Rotary function nodes left unconverted are inlined back to plain ops here.
-    cleanup(model)
-    counts["unused_outputs_dropped"] = drop_unused_outputs(model)
-    return counts
 
 
 # Optional outputs onnxruntime computes only when they are connected: the normalizations' mean
@@ -129,7 +97,7 @@ def pack_qkv(model: "ir.Model", records: dict[str, dict[str, Any]]) -> int:
 
     Only when the three read the same activation with the same bits, block, symmetry and
     accuracy level, and their storage is used by nothing else; `records` of q/k/v then point at
-    the packed initializers with their `rows` (read by `onnx_quant.read_weights`).
+    the packed initializers with their `rows` (read by `quant.read_weights`).
 
     Returns:
         How many attention blocks were packed.

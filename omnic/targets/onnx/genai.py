@@ -5,7 +5,8 @@ config follows the one onnxruntime-genai's model builder writes for a Llama-styl
 `past_present_share_buffer` is true when every layer's attention is one GroupQueryAttention (as
 in the builder's graphs): genai then allocates the KV cache once at max_length and GQA writes each
 step's keys in place. An unfused graph concatenates past and new keys and needs it false.
-  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (make_genai_config)
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
+       (make_genai_config)
   ref: https://onnxruntime.ai/docs/genai/reference/config.html
 """
 

@@ -7,7 +7,8 @@ and builds its mask as `(q_pos - k_pos >= 0) & attention_mask`, so these rules m
 The fused GroupQueryAttention follows onnxruntime-genai's convention for the attention mask: it
 reads only each row's length (`seqlens_k = sum(attention_mask) - 1`, `total_sequence_length =
 attention_mask.shape[1]`), i.e. masks with ones then padding, which is what genai feeds.
-  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (make_attention_mask_reformatting_for_gqa)
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
+       (make_attention_mask_reformatting_for_gqa)
   ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.GroupQueryAttention
 """
 

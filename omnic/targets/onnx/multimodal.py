@@ -1,7 +1,7 @@
 """The ONNX decoder of a multimodal build: token embeddings and a decoder on inputs_embeds.
 
 For a spec with `modalities` (vision, audio, sensors or an action head), the ONNX folder holds,
-beside model.onnx (the token decoder, unchanged) and the encoders (onnx_component):
+beside model.onnx (the token decoder, unchanged) and the encoders (components.py):
   embedding.onnx  input_ids int64 [batch, seq] -> inputs_embeds float32 [batch, seq, d_model]
                   the decoder's embedding stored exactly as in model.onnx (Gather of fp32/fp16,
                   or com.microsoft GatherBlockQuantized for int4/int8), Gemma's scale included
@@ -12,7 +12,7 @@ This is the split onnxruntime-genai's vision-language packages use (vision, embe
 models in one folder); a runtime embeds the prompt, overwrites the placeholder rows with the
 encoders' outputs (omnic.runtime.multimodal) and runs text.onnx.
   ref: https://github.com/microsoft/onnxruntime-genai/blob/main/examples/python/phi-3-vision.md
-Both files go through the decoder's own stages (onnx_export.export_decoder with inputs_embeds,
+Both files go through the decoder's own stages (export.export_decoder with inputs_embeds,
 then OnnxTarget.transform: weight storage, clean-up, fusions, narrowing, finalize), so their
 weights are stored as model.onnx stores them. genai_config.json keeps describing model.onnx:
 genai's multimodal pipelines are tied to its own model types and their image processors.
@@ -25,7 +25,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
     from omnic.passes.program import Program
     from omnic.spec import ResolvedSpec
-    from omnic.targets.onnx.target import OnnxTarget
 
 _log = logging.getLogger(__name__)
 
@@ -98,8 +97,16 @@ def _fix_embedding_shapes(model: "ir.Model", d_model: int) -> None:
     model.graph.outputs[0].shape = ir.Shape([BATCH, SEQ, d_model])
 
 
-def write_files(target: "OnnxTarget", program: "Program", folder: Path) -> list[Path]:
-    """Export, store and save embedding.onnx and text.onnx into `folder`; return the files."""
+def write_files(program: "Program", folder: Path, transform: Callable[["ir.Model"], Any],
+                external_data_threshold: int) -> list[Path]:
+    """Export, store and save embedding.onnx and text.onnx into `folder`; return the files.
+
+    Args:
+        transform: the decoder's stages after its export, applied in place to each exported
+            model (`OnnxTarget.transform`: weight storage, clean-up, fusions, narrowing,
+            finalize), so both files store their weights as model.onnx does.
+        external_data_threshold: as for model.onnx (`export.save`).
+    """
     from omnic.targets.onnx import export as onnx_export
 
     spec = program.spec
@@ -109,17 +116,17 @@ def write_files(target: "OnnxTarget", program: "Program", folder: Path) -> list[
     files: list[Path] = []
     _log.info(f"onnx: {EMBEDDING_FILE} (input_ids → inputs_embeds)")
     emb = _export_embedding(program.decoder, opset)
-    target.transform(program, emb)
+    transform(emb)
     _fix_embedding_shapes(emb, spec.model.d_model)
     emb.graph.name = "omnic_embedding"
-    files += onnx_export.save(emb, Path(folder) / EMBEDDING_FILE, target.external_data_threshold)
+    files += onnx_export.save(emb, Path(folder) / EMBEDDING_FILE, external_data_threshold)
     del emb
     _log.info(f"onnx: {TEXT_FILE} (the decoder on inputs_embeds"
                f"{', + last_hidden_state' if hidden else ''})")
     text = onnx_export.export_decoder(program.decoder, opset, inputs_embeds=True, hidden=hidden)
-    target.transform(program, text)
+    transform(text)
     text.graph.name = "omnic_text"
-    files += onnx_export.save(text, Path(folder) / TEXT_FILE, target.external_data_threshold)
+    files += onnx_export.save(text, Path(folder) / TEXT_FILE, external_data_threshold)
     return files
 
 
@@ -183,9 +190,11 @@ class OnnxEmbedsRunner:
 
 def load_embeds_runner(build_dir: Path, artifact: Any,
                        intra_op_threads: int | None = None) -> OnnxEmbedsRunner:
-    """The multimodal decoder of an ONNX decoder artifact (its details name the files).
+    """The multimodal decoder of an ONNX decoder artifact (its details name the files);
+    `OnnxTarget.load_embeds`.
 
     Raises:
+        NotRunnable: the ONNX toolchain is missing.
         FileNotFoundError: the build has no multimodal decoder (a text-only spec).
     """
     from omnic.targets.onnx.backend import require_backend

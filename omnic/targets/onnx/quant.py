@@ -11,7 +11,8 @@ after the module's state-dict keys) and rewritten into the form its scheme asks 
 
 A tied embedding is stored once: the lm_head's MatMulNBits weight, reshaped, is also the data of
 the GatherBlockQuantized (as onnxruntime-genai's model builder does).
-  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py (make_embedding_lookup)
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
+       (make_embedding_lookup)
 
 The integer codes are omnic's own (`omnic.quant.reference.quantize`), packed into onnxruntime's
 layout; for int4 and asymmetric int8 they are bit-identical to onnxruntime's MatMulNBitsQuantizer
@@ -48,7 +49,8 @@ MAX_BLOCK = 256
 # stored exactly as before; only the activations are rounded (the int4/int8 rows of
 # omnic/golden/tolerances.py allow for that).
 # ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
-# ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builder.py (int4_accuracy_level)
+# ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builder.py
+#      (int4_accuracy_level)
 INT8_COMPUTE = 4
 
 
@@ -453,7 +455,7 @@ def read_weights(model: "ir.Model", lazy: bool = False) -> Mapping[str, np.ndarr
     for name, rec in records_of(model).items():
         if rec["form"] == "MatMulNBits":
             zp = rec["zero_points"]
-            # `rows`: this matrix's rows of a packed one (q/k/v packed by onnx_fusions)
+            # `rows`: this matrix's rows of a packed one (q/k/v packed by fusions.py)
             rows = slice(*rec["rows"]) if rec.get("rows") else slice(None)
             stored = (inits[rec["qweight"]].const_value, inits[rec["scales"]].const_value,
                       None if zp is None else inits[zp].const_value)

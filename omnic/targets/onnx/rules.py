@@ -1,17 +1,35 @@
-"""The ONNX target's pre-flight rules, registered on the shared capabilities table (torch-free).
+"""The ONNX target's pre-flight rules, on the shared table of `omnic.targets.rules` (torch-free).
 
 `omnic validate` imports this module for specs that enable the ONNX target, and
-`OnnxTarget.check` reads the same table, so both report the same problems. The MatMulNBits
-block-size rule lives in `omnic.spec.capabilities` itself.
+`OnnxTarget.check` reads the same table, so both report the same problems.
 """
 
 from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, Targets
-from omnic.spec.capabilities import Context, Finding, register
+from omnic.targets.rules import Context, Finding, register
 
 MIN_OPSET = 18  # the lowest opset the torch.onnx dynamo exporter emits
 MAX_BLOCK = 256  # onnxruntime's CPU MatMulNBits kernels take blocks of 16 to 256
+
+
+@register(Targets.ONNX, "onnx.block_size",
+          "MatMulNBits block_size is a power of two, at least 16",
+          "https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md"
+          "#com.microsoft.MatMulNBits")
+def _blocks(ctx: Context):
+    seen = set()
+    for scheme in (Schemes.INT4, Schemes.INT8):
+        for _, s in ctx.using(scheme):
+            g = s.group_size
+            if g is None or (g >= 16 and g & (g - 1) == 0) or ctx.source(s) in seen:
+                continue
+            seen.add(ctx.source(s))
+            nearest = max(16, min((1 << (g.bit_length() - 1), 1 << g.bit_length()),
+                                  key=lambda b: (abs(b - g), b)))
+            yield Finding(ctx.source(s) + ("group_size",),
+                          f"onnx MatMulNBits needs a power-of-two group_size >= 16, got {g}; "
+                          f"nearest: {nearest}")
 
 
 @register(Targets.ONNX, "onnx.opset", f"the torch.onnx dynamo exporter emits opset {MIN_OPSET}+",

@@ -3,15 +3,15 @@
 `lower(program, out_dir)` writes the folder `out_dir` (the pipeline passes BUILD/onnx):
   model.onnx (+ model.onnx.data past 128 MiB) the decoder, torch.onnx dynamo export, genai I/O
   genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
-  embedding.onnx, text.onnx                   multimodal specs only (onnx_multimodal): token
+  embedding.onnx, text.onnx                   multimodal specs only (multimodal.py): token
                                               embeddings, and the decoder on inputs_embeds
 The artifact is that folder (what a user deploys), its path `out_dir.name` relative to the build.
 
 Stages, in order (each a function in a small module):
-  export (onnx_export) -> store weights (onnx_quant: must see the exporter's canonical names,
-  so before any optimizer) -> clean-up and fusions (onnx_fusions) -> narrow fp16/bf16 weights
-  (onnx_quant: after the optimizers, which would fold the Casts) -> finalize (deterministic
-  names and metadata) -> save -> genai files (onnx_genai).
+  export (export.py) -> store weights (quant.py: must see the exporter's canonical names,
+  so before any optimizer) -> clean-up and fusions (fusions.py) -> narrow fp16/bf16 weights
+  (quant.py: after the optimizers, which would fold the Casts) -> finalize (deterministic
+  names and metadata) -> save -> genai files (genai.py).
 """
 
 from __future__ import annotations
@@ -19,20 +19,22 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from omnic.digest import file_sha256
 from omnic.constants import Components, Targets
-from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
-from omnic.targets.onnx.backend import require_backend
+from omnic.targets.base import Artifact, Problem, register_target
+from omnic.targets.onnx.backend import missing, require_backend
 
 if TYPE_CHECKING:
     import onnx_ir as ir
 
     from omnic.passes.program import Program
     from omnic.spec import ResolvedSpec
+    from omnic.targets.onnx.multimodal import OnnxEmbedsRunner
+    from omnic.targets.onnx.passes import Graph
 
 _log = logging.getLogger(__name__)
 
@@ -60,20 +62,22 @@ class OnnxTarget:
         from omnic.targets.onnx.quant import INT8_COMPUTE
 
         self.external_data_threshold = external_data_threshold or EXTERNAL_DATA_THRESHOLD
-        # MatMulNBits compute precision (onnx_quant.INT8_COMPUTE: why 4); 0 = exact float32
+        # MatMulNBits compute precision (quant.INT8_COMPUTE: why 4); 0 = exact float32
         self.accuracy_level = INT8_COMPUTE if accuracy_level is None else accuracy_level
 
     # -- pre-flight --------------------------------------------------------------------------
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
-        """Problems that would stop this target, found from the spec alone (torch-free)."""
-        from omnic.spec.capabilities import problems
+        """Problems that would stop this target, found from the spec alone (torch-free): a
+        missing toolchain, and the capability rules."""
+        from omnic.targets.rules import problems
 
-        return problems(spec, Targets.ONNX)
+        reason = missing()
+        out = [Problem(self.id, "targets.onnx", reason)] if reason else []
+        return out + problems(spec, Targets.ONNX)
 
     # -- lowering ----------------------------------------------------------------------------
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Export, store weights, fuse, save the ONNX folder; return the decoder's artifact."""
-        require_backend()
         from omnic.targets.onnx import export as onnx_export
 
         spec = program.spec
@@ -83,12 +87,13 @@ class OnnxTarget:
         start = time.perf_counter()
         model = onnx_export.export_decoder(program.decoder, opset)
         _log.info(f"onnx: exported in {time.perf_counter() - start:.1f} s")
-        decoder = self.lower_exported(program, model, Path(out_dir))
-        # encoders and heads: <component>.onnx beside the decoder (onnx_component)
-        from omnic.targets.onnx import components as oc
-        from omnic.targets.components import lower_all
+        return [self.lower_exported(program, model, Path(out_dir))]
 
-        return [decoder, *lower_all(program, Path(out_dir), self.id, oc.lower_component)]
+    def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:
+        """`<component>.onnx` in the folder, beside the decoder (components.py)."""
+        from omnic.targets.onnx.components import lower_component
+
+        return lower_component(program.components[name], Path(out_dir), program.spec)
 
     def lower_exported(self, program: "Program", model: "ir.Model", out_dir: Path) -> Artifact:
         """Everything after the export, on an exported model (consumed, modified in place)."""
@@ -101,8 +106,8 @@ class OnnxTarget:
         spec = program.spec
         opts = spec.targets.onnx
         opset = opts.opset if opts is not None else 21
-        records, fusion_counts = self.transform(program, model)
-        quant = onnx_quant.summary(records)
+        graph, pass_records = self.transform(program, model)
+        quant = onnx_quant.summary(graph.records)
 
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,9 @@ class OnnxTarget:
         files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE,
                                               share_buffer=gqa == spec.model.n_layers)
         if onnx_multimodal.wanted(spec):  # + embedding.onnx and text.onnx (inputs_embeds)
-            files += onnx_multimodal.write_files(self, program, folder)
+            files += onnx_multimodal.write_files(
+                program, folder, lambda m: self.transform(program, m),
+                self.external_data_threshold)
         stored = _reload(folder / MODEL_FILE)  # read back what the file holds
         reference = onnx_quant.read_weights(stored, lazy=True)  # dequantized when read
         details = {
@@ -122,7 +129,7 @@ class OnnxTarget:
                       for p in sorted(files)},
             "external_data": len([p for p in files if p.name.endswith(".data")]) > 0,
             "fusions": bool(opts is None or opts.fusions),
-            "fusion_counts": fusion_counts,
+            "fusion_counts": graph.fusion_counts,
             "fused_ops": onnx_fusions.fused_ops(stored),
             "context_length": spec.model.context_length,
         }
@@ -138,44 +145,42 @@ class OnnxTarget:
             details=details,
             precision=precision_of(spec) if reference else "fp32",
             reference_weights=reference or None,
+            passes=pass_records,
         )
 
-    def transform(self, program: "Program", model: "ir.Model") -> tuple[dict, dict[str, int]]:
-        """Store weights, clean up, fuse, narrow and finalize an exported graph (in place).
+    def transform(self, program: "Program", model: "ir.Model") -> tuple["Graph", list]:
+        """Store weights, clean up, fuse, narrow and finalize an exported graph (in place), by
+        running the ONNX pass list (omnic.targets.onnx.passes) through the shared pass runner.
 
         Returns:
-            (the weight storage records, how often each fusion fired).
+            (the Graph: weight storage records and how often each fusion fired; one
+            omnic.passes.PassRecord per pass, in order).
         """
         import omnic
-        from omnic.targets.onnx import export as onnx_export
-        from omnic.targets.onnx import fusions as onnx_fusions
+        from omnic.passes import run_passes
         from omnic.targets.onnx import quant as onnx_quant
+        from omnic.targets.onnx.passes import FUSIONS, Graph, pipeline
 
-        spec = program.spec
-        opts = spec.targets.onnx
-        opset = opts.opset if opts is not None else 21
-        records = onnx_quant.store_weights(model, program.schemes(),
-                                           accuracy_level=self.accuracy_level)
-        lost = sorted(n for n, r in records.items()
+        opts = program.spec.targets.onnx
+        fusions = opts is None or opts.fusions
+        graph = Graph(model=model, schemes=program.schemes(), accuracy_level=self.accuracy_level,
+                      opset=opts.opset if opts is not None else 21,
+                      producer_version=omnic.__version__)
+        graph, records = run_passes(graph, pipeline(fusions))
+        lost = sorted(n for n, r in graph.records.items()
                       if r["form"] == "unrecognised" and r["planned"] != "fp32")
         if lost:
             more = " ..." if len(lost) > 3 else ""
             _log.warning(f"onnx: {len(lost)} matrices kept float32, their use in the graph "
                          f"was not recognised: {', '.join(lost[:3])}{more}")
-        onnx_fusions.cleanup(model)
-        fusion_counts: dict[str, int] = {}
-        if opts is None or opts.fusions:
-            start = time.perf_counter()
-            fusion_counts = onnx_fusions.fuse(model, records)  # records: q/k/v packing
-            fusion_counts_s = time.perf_counter() - start
-            fired = ", ".join(f"{k}={v}" for k, v in fusion_counts.items() if v)
-            _log.info(f"onnx: fusions {fired or 'none matched'} ({fusion_counts_s:.1f} s)")
-        onnx_quant.narrow_floats(model, records)
-        quant = onnx_quant.summary(records)
-        forms = ", ".join(f"{k} ({v})" for k, v in quant["forms"].items())
+        if fusions:
+            seconds = sum(r.seconds for r in records if r.id in FUSIONS)
+            fired = ", ".join(f"{k}={v}" for k, v in graph.fusion_counts.items() if v)
+            _log.info(f"onnx: fusions {fired or 'none matched'} ({seconds:.1f} s)")
+        forms = ", ".join(f"{k} ({v})"
+                          for k, v in onnx_quant.summary(graph.records)["forms"].items())
         _log.info(f"onnx: weights → {forms}")
-        onnx_export.finalize(model, opset, omnic.__version__)
-        return records, fusion_counts
+        return graph, records
 
     # -- running -----------------------------------------------------------------------------
     def load(
@@ -183,7 +188,7 @@ class OnnxTarget:
     ) -> "OnnxRunner":
         """An onnxruntime session over the artifact's model, behind the Runner protocol."""
         require_backend()
-        if artifact.component != Components.DECODER:  # a ComponentRunner (onnx_component)
+        if artifact.component != Components.DECODER:  # a ComponentRunner (components.py)
             from omnic.targets.onnx.components import load_component
 
             return load_component(artifact, build_dir)
@@ -193,6 +198,18 @@ class OnnxTarget:
             raise FileNotFoundError(f"onnx: {model} does not exist")
         return OnnxRunner(model, intra_op_threads=intra_op_threads,
                           context_length=artifact.details.get("context_length"))
+
+    def load_embeds(self, artifact: Artifact, build_dir: Path,
+                    intra_op_threads: int | None = None) -> "OnnxEmbedsRunner":
+        """The decoder on input embeddings (embedding.onnx + text.onnx of a multimodal build).
+
+        Raises:
+            NotRunnable: the ONNX toolchain is missing.
+            FileNotFoundError: the build has no such files (a spec without modalities).
+        """
+        from omnic.targets.onnx.multimodal import load_embeds_runner
+
+        return load_embeds_runner(Path(build_dir), artifact, intra_op_threads)
 
 
 def _reload(path: Path) -> "ir.Model":

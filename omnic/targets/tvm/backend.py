@@ -1,11 +1,15 @@
-"""Is apache-tvm importable here, and which device triple does a spec cross-compile for?
+"""Is apache-tvm importable here, which device triple does a spec cross-compile for, and how a
+lowered directory opens in the Relax VM.
 
 Shared by the target and its components.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omnic.targets.base import NotRunnable, absent_modules
 
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
@@ -14,11 +18,8 @@ MISSING = "apache-tvm is not installed: install omnic[tvm] (apache-tvm==0.27.*)"
 
 
 def tvm_missing() -> str | None:
-    try:
-        import tvm  # noqa: F401
-    except ImportError:
-        return MISSING
-    return None
+    """Why apache-tvm cannot be used on this host, or None when it can."""
+    return MISSING if absent_modules(["tvm"]) else None
 
 
 def cross_triple(spec: "ResolvedSpec") -> tuple[str | None, str | None]:
@@ -29,3 +30,24 @@ def cross_triple(spec: "ResolvedSpec") -> tuple[str | None, str | None]:
     if spec.device.target_triple:
         return spec.device.target_triple, "device.target_triple"
     return None, None
+
+
+def require_tvm() -> None:
+    """Raise NotRunnable when apache-tvm is missing."""
+    reason = tvm_missing()
+    if reason is not None:
+        raise NotRunnable(reason)
+
+
+def open_vm(root: Path, meta: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+    """(device, `main` of a Relax VM, weight tensors in call order) of a lowered directory whose
+    descriptor is `meta` (library, function, params, weights): the decoder's or a component's."""
+    import tvm
+    from safetensors.numpy import load_file
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / meta["library"])), device)
+    stored = load_file(str(root / meta["params"]))
+    return device, vm[meta["function"]], [tvm.runtime.tensor(stored[w["name"]], device)
+                                          for w in meta["weights"]]

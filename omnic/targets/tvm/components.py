@@ -1,7 +1,7 @@
 """TVM lowering of one component: a directory `BUILD/tvm/<component>-tvm/` run by the Relax VM.
 
     component ─► torch.export (static batch-1 shape) ─► from_exported_program (weights kept as
-              inputs) ─► tvm.compile with the decoder's CPU pipeline (tvm_lowering.build) for
+              inputs) ─► tvm.compile with the decoder's CPU pipeline (lowering.build) for
               spec.targets.tvm (target, opt_level) and, when a triple is set, cross-compiled
 
 The directory mirrors the decoder's layout:
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from omnic.constants import Targets
-from omnic.targets.base import NotRunnable
 from omnic.targets.components import (
     build_relative, checked_input, export, io_of, make_artifact,
 )
+from omnic.targets.tvm.backend import cross_triple, open_vm, require_tvm
 
 if TYPE_CHECKING:
     from omnic.model.components import Component
@@ -42,7 +42,6 @@ def lower_component(component: "Component", out_dir: Path,
     from safetensors.numpy import save_file
 
     from omnic.targets.tvm import lowering as L
-    from omnic.targets.tvm.backend import cross_triple
 
     cfg = spec.targets.tvm if spec is not None else None
     target_str = cfg.target if cfg is not None else "llvm"
@@ -96,12 +95,8 @@ def lower_component(component: "Component", out_dir: Path,
 
 
 def load_component(artifact: "Artifact", build_dir: Path) -> "TvmComponentRunner":
-    """The component's library on the host's Relax VM."""
-    from omnic.targets.tvm.backend import tvm_missing
-
-    missing = tvm_missing()
-    if missing:
-        raise NotRunnable(missing)
+    """The component's library on the host's Relax VM (NotRunnable without apache-tvm)."""
+    require_tvm()
     root = Path(build_dir) / artifact.path
     return TvmComponentRunner(root / artifact.details["descriptor"], io_of(artifact)[1])
 
@@ -110,8 +105,6 @@ class TvmComponentRunner:
     """`omnic.targets.base.ComponentRunner` over the Relax VM (weights loaded once)."""
 
     def __init__(self, descriptor: Path, input_shape: list[int]) -> None:
-        from omnic.targets.tvm.target import open_vm
-
         meta: dict[str, Any] = json.loads(descriptor.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"tvm: {descriptor} has format {meta.get('format')!r}, this omnic "

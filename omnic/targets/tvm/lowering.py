@@ -62,7 +62,7 @@ def flat_entry(decoder: "torch.nn.Module", n_layers: int) -> "torch.nn.Module":
 def export_decoder(decoder: "torch.nn.Module", config: Any) -> "torch.export.ExportedProgram":
     """torch.export of the flattened decoder; T (prefill length) is dynamic in [1, context].
 
-    Weights that `tvm_quant.apply_packing` parametrized are computed once per call
+    Weights that `quant.apply_packing` parametrized are computed once per call
     (`parametrize.cached`), so a tied embedding is dequantized once, not twice.
     """
     import torch
@@ -343,4 +343,5 @@ def elf_machine(data: bytes) -> str | None:
         return None
     little = data[5] == 1
     machine = int.from_bytes(data[18:20], "little" if little else "big")
-    return {3: "x86", 40: "ARM", 62: "x86-64", 183: "AArch64", 243: "RISC-V"}.get(machine, str(machine))
+    return {3: "x86", 40: "ARM", 62: "x86-64", 183: "AArch64", 243: "RISC-V"}.get(machine,
+                                                                                 str(machine))

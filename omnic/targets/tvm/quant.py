@@ -7,13 +7,17 @@ matmul. Nothing is pre-dequantized at build time, so the deployed file is the pa
 
 Layouts (a matrix is [out, in], groups of `g` consecutive inputs share a scale; G = in / g):
 
-| scheme          | `.q`                                  | `.scale`      | `.zero`      | w'                 |
-|-----------------|---------------------------------------|---------------|--------------|--------------------|
-| fp16            | float16 [out, in]                     | -             | -            | float32(q)         |
-| int8 symmetric  | int8 [out, in], codes -127..127       | f16/f32 [out,G] | -          | q * s              |
-| int8 asymmetric | uint8 [out, in], codes 0..255         | f16/f32 [out,G] | uint8 [out,G] | (q - z) * s      |
-| int4 symmetric  | uint8 [out, in/2], nibble = code + 8  | f16/f32 [out,G] | -          | (nibble - 8) * s   |
-| int4 asymmetric | uint8 [out, in/2], nibble = code      | f16/f32 [out,G] | uint8 [ceil(out*G/2)] | (nibble - z) * s |
+| scheme          | `.q`               | `.scale`        | `.zero`         | w'               |
+|-----------------|--------------------|-----------------|-----------------|------------------|
+| fp16            | float16 [out, in]  | -               | -               | float32(q)       |
+| int8 symmetric  | int8 [out, in],    | f16/f32 [out,G] | -               | q * s            |
+|                 | codes -127..127    |                 |                 |                  |
+| int8 asymmetric | uint8 [out, in],   | f16/f32 [out,G] | uint8 [out,G]   | (q - z) * s      |
+|                 | codes 0..255       |                 |                 |                  |
+| int4 symmetric  | uint8 [out, in/2], | f16/f32 [out,G] | -               | (nibble - 8) * s |
+|                 | nibble = code + 8  |                 |                 |                  |
+| int4 asymmetric | uint8 [out, in/2], | f16/f32 [out,G] | uint8           | (nibble - z) * s |
+|                 | nibble = code      |                 | [ceil(out*G/2)] |                  |
 
 int4 packs two codes per byte, element 2j in the low nibble and 2j+1 in the high nibble (the
 order of onnxruntime's MatMulNBits and MLC-LLM's q4f16 along the reduction axis); its zero points
@@ -79,7 +83,8 @@ class PackedTensor:
             "scheme": self.scheme,
             "group_size": self.group_size,
             "symmetric": self.symmetric,
-            "stored": {k: {"dtype": str(a.dtype), "shape": list(a.shape)} for k, a in self.arrays.items()},
+            "stored": {k: {"dtype": str(a.dtype), "shape": list(a.shape)}
+                       for k, a in self.arrays.items()},
         }
 
     @property
@@ -92,7 +97,8 @@ def packing_problem(shape: tuple[int, ...], scheme: str, group_size: int | None)
     if scheme == "bf16":
         # apache-tvm 0.27's Relax frontend converts every parameter with tensor.numpy(), which
         # has no bfloat16 ("Got unsupported ScalarType BFloat16"): found by bench/quant_quality.py
-        # ref: tvm/relax/frontend/torch/exported_program_translator.py (_convert_pytorch_tensor_to_tvm)
+        # ref: tvm/relax/frontend/torch/exported_program_translator.py
+        #      (_convert_pytorch_tensor_to_tvm)
         return "TVM's Relax frontend cannot import bf16 parameters (torch's .numpy() has no bf16)"
     if scheme in ("fp32", "fp16"):
         return None
@@ -215,7 +221,8 @@ def _dequant_module() -> type:
             super().__init__()
             self.scheme, self.symmetric = packed.scheme, packed.symmetric
             self.shape, self.group = packed.shape, packed.group
-            self.stored = tuple(torch.from_numpy(np.ascontiguousarray(a)) if a.dtype.name != "bfloat16"
+            self.stored = tuple(torch.from_numpy(np.ascontiguousarray(a))
+                                if a.dtype.name != "bfloat16"
                                 else torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16)
                                 for a in packed.arrays.values())
 

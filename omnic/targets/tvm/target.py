@@ -13,15 +13,15 @@
 One function `main(tokens[1,T], input_pos[T], k_0..k_{L-1}, v_0..v_{L-1}, *weights) ->
 (logits[1,T,V], k_0.., v_0..)` serves prefill (any T up to context_length) and decode (T=1).
 Weights are graph inputs (`keep_params_as_input`), so the library holds code only and the params
-file can be swapped. Quantized weights are dequantized inside the graph (see tvm_quant).
+file can be swapped. Quantized weights are dequantized inside the graph (see quant.py).
 
 What the frontend takes (each verified on the Relax VM against PyTorch): GQA/MQA, sliding
 windows (all or even layers), MoE (dense routing: aten.topk + scatter), qkv bias, qk norm,
 layernorm, GELU/GeGLU, Gemma 2 post-norms and soft-caps, tied embeddings. The static cache
-write (`index_copy`) needs omnic's own index_put converter (tvm_lowering._index_put).
+write (`index_copy`) needs omnic's own index_put converter (lowering._index_put).
 What it cannot: an int8 KV cache (the cache is a float32 VM argument), non-CPU targets (no
 thread-bound schedules are applied); `check` reports these. Encoders and heads are lowered
-beside the decoder by tvm_component.
+beside the decoder by `lower_component` (components.py).
 
 On the device (cross build): link the objects with the NDK's clang into a shared library, e.g.
   tar xf decoder.aarch64-linux-android.tar && \
@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from omnic.constants import Components, Targets
-from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
-from omnic.targets.tvm.backend import MISSING, cross_triple, tvm_missing
+from omnic.targets.base import Artifact, Problem, register_target
+from omnic.targets.tvm.backend import cross_triple, open_vm, require_tvm, tvm_missing
 
 if TYPE_CHECKING:
     from omnic.passes.program import Program
@@ -57,6 +57,8 @@ _log = logging.getLogger(__name__)
 
 FORMAT = "omnic-tvm-relax-vm/1"  # the layout of decoder.json; bump on any change
 LIBRARY, PARAMS, DESCRIPTOR = "decoder.so", "decoder.params.safetensors", "decoder.json"
+
+
 def _problems(spec: "ResolvedSpec") -> list[Problem]:
     from omnic.quant.select import tensor_schemes
     from omnic.spec.inventory import decoder_tensors
@@ -89,7 +91,8 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
         known = {str(t) for t in codegen.llvm_get_targets()}
         if arch not in known and arch != "arm64":
             problems.append(Problem(tid, field or "targets.tvm.target_triple",
-                                    f"TVM's LLVM has no backend for {arch!r} (has: {sorted(known)})"))
+                                    f"TVM's LLVM has no backend for {arch!r} "
+                                    f"(has: {sorted(known)})"))
     if spec.quantization.kv_cache != "none":
         problems.append(Problem(
             tid, "quantization.kv_cache",
@@ -111,7 +114,7 @@ def _call_order_weights(targets: list[str], packed: dict[str, Any],
 
     Args:
         targets: the exported program's parameter names, in `main`'s argument order.
-        packed: canonical name -> tvm_quant.PackedTensor (the tensors stored below fp32).
+        packed: canonical name -> quant.PackedTensor (the tensors stored below fp32).
         state: canonical name -> float32 array (everything else).
     """
     from omnic.targets.tvm.quant import stored_name
@@ -149,12 +152,6 @@ class TvmTarget:
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Export, import, compile; write the library, params and descriptor; never mutates
         `program` (the decoder is copied before its weights are packed)."""
-        missing = tvm_missing()
-        if missing:
-            raise RuntimeError(f"tvm: {missing}")
-        problems = _problems(program.spec)
-        if problems:
-            raise ValueError("tvm cannot take this spec:\n" + "\n".join(map(str, problems)))
         import tvm
         from safetensors.numpy import save_file
 
@@ -246,12 +243,13 @@ class TvmTarget:
         lowering_s = sum(timings.values())
         precision = precision_of(packed)
         _log.info(f"tvm: {len(histogram)} Relax op kinds, {sum(histogram.values())} calls; "
-                   f"{len(packed)} of {len(state)} tensors packed ({precision}); host {host.kind.name}"
+                   f"{len(packed)} of {len(state)} tensors packed ({precision}); "
+                   f"host {host.kind.name}"
                    + (f", cross {triple} (from {triple_from})" if triple else "")
                    + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s: "
                    + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items()) + ")")
         rel = Path(out_dir.name) / dirname if out_dir.name == Targets.TVM else Path(dirname)
-        decoder_artifact = Artifact(
+        return [Artifact(
             component=Components.DECODER,
             target=Targets.TVM,
             path=str(rel),
@@ -266,7 +264,8 @@ class TvmTarget:
             details={
                 "target": str(host),
                 "opt_level": opt_level,
-                "relax_pipeline": "cpu_generic + FuseTransposeMatmul + rfactor-vectorized NT matmul",
+                "relax_pipeline": "cpu_generic + FuseTransposeMatmul "
+                                  "+ rfactor-vectorized NT matmul",
                 "kernels": kernels,
                 "target_triple": triple,
                 "target_triple_from": triple_from,
@@ -280,14 +279,16 @@ class TvmTarget:
             },
             precision=precision,
             reference_weights={n: dequantize(p) for n, p in packed.items()} or None,
-        )
-        # encoders and heads: <component>-tvm/ beside the decoder (tvm_component)
-        from omnic.targets.tvm import components as tc
-        from omnic.targets.components import lower_all
+        )]
 
-        return [decoder_artifact, *lower_all(program, out_dir, self.id, tc.lower_component)]
+    def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:
+        """`<component>-tvm/` beside the decoder, run by the Relax VM (components.py)."""
+        from omnic.targets.tvm.components import lower_component
 
-    def load(self, artifact: Artifact, build_dir: Path, num_threads: int | None = None) -> "TvmRunner":
+        return lower_component(program.components[name], Path(out_dir), program.spec)
+
+    def load(self, artifact: Artifact, build_dir: Path,
+             num_threads: int | None = None) -> "TvmRunner":
         """A Relax VM runner over the host library.
 
         Args:
@@ -295,11 +296,12 @@ class TvmTarget:
             build_dir: the directory `artifact.path` is relative to.
             num_threads: TVM worker threads; None keeps TVM's default (TVM_NUM_THREADS, else
                 the number of cores).
+
+        Raises:
+            NotRunnable: apache-tvm is missing.
         """
-        missing = tvm_missing()
-        if missing:
-            raise NotRunnable(missing)
-        if artifact.component != Components.DECODER:  # a ComponentRunner (tvm_component)
+        require_tvm()
+        if artifact.component != Components.DECODER:  # a ComponentRunner (components.py)
             from omnic.targets.tvm.components import load_component
 
             return load_component(artifact, build_dir)
@@ -342,27 +344,14 @@ class TvmRunner:
             raise ValueError(f"position {self.position} + {t} tokens is outside 1..context_length "
                              f"{self.context_length}")
         if ids.min() < 0 or ids.max() >= self.vocab_size:  # the graph's gathers are unchecked
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), "
+                             f"got {ids.min()}..{ids.max()}")
         pos = np.arange(self.position, self.position + t, dtype=np.int64)
         out = self.main(tvm.runtime.tensor(ids, self.device), tvm.runtime.tensor(pos, self.device),
                         *self.cache, *self.weights)
         self.cache = list(out[1:])  # the updated cache stays on the TVM side
         self.position += t
         return out[0].numpy()[0]
-
-
-def open_vm(root: Path, meta: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
-    """(device, `main` of a Relax VM, weight tensors in call order) of a lowered directory whose
-    descriptor is `meta` (library, function, params, weights); shared with tvm_component."""
-    import tvm
-    from safetensors.numpy import load_file
-    from tvm import relax
-
-    device = tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / meta["library"])), device)
-    stored = load_file(str(root / meta["params"]))
-    return device, vm[meta["function"]], [tvm.runtime.tensor(stored[w["name"]], device)
-                                          for w in meta["weights"]]
 
 
 def set_threads(n: int) -> int:

@@ -2,7 +2,7 @@
 
 For each decoder tensor: the rule that chose its scheme (an override, by index and match, or the
 default; norms and biases always stay fp32) and its native form in every enabled target, read
-from `omnic.quant.fates` (the functions the targets lower with). Consecutive layers whose tensor
+from `omnic.targets.fates` (the functions the targets lower with). Consecutive layers whose tensor
 has the same fate everywhere collapse into one row (`layers.0-5.attn.q.weight`), so a 30-layer
 model prints a screenful, and a K-quant mixture shows exactly which layers get more bits.
 
@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omnic.quant.fates import Fate, NotCarried, fates
-from omnic.quant.select import TensorScheme, tensor_schemes
+from omnic.quant.select import TensorScheme, storage_id, tensor_schemes
+from omnic.targets.fates import Fate, NotCarried, fates
 
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
@@ -83,7 +83,6 @@ def _template(name: str) -> tuple[str, int | None]:
 
 def explain(spec: "ResolvedSpec", targets: list[str] | None = None) -> Explanation:
     """Explain the quantization of a resolved spec for its enabled targets (or `targets`)."""
-    from omnic.compiler.plan import storage_id
     from omnic.spec.inventory import decoder_tensors
 
     ids = list(spec.targets.enabled() if targets is None else targets)
@@ -183,9 +182,9 @@ def render(ex: Explanation, console: Any = None) -> None:
     for t in carried:
         if ex.grids.get(t):
             console.print(f"[b]{t}[/] grids: " + "; ".join(ex.grids[t]))
-    console.print("omnic's reference (omnic.quant.reference): int4 -8..7 with scale = extreme / -8, "
-                  "int8 -127..127, float32 scales, round half away from zero; per-backend "
-                  "differences: omnic/quant/README.md")
+    console.print("omnic's reference (omnic.quant.reference): int4 -8..7 with scale = "
+                  "extreme / -8, int8 -127..127, float32 scales, round half away from zero; "
+                  "per-backend differences: omnic/quant/README.md")
 
 
 def one_line(ex: Explanation, tensor: str) -> str:

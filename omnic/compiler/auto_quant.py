@@ -4,11 +4,14 @@ Candidates are the presets of presets/quant/ (and $OMNIC_PRESET_PATH). A candida
 when
 - every matrix's group size divides its input width,
 - its memory plan fits the device budget (`omnic.compiler.plan.plan_memory`), and
-- every enabled target can carry it (the torch-free rules and tables of `omnic.quant.fates`,
+- every enabled target can carry it (the torch-free rules and tables of `omnic.targets.fates`,
   which `Target.check` reads too).
 
-Two phases, because choosing needs torch and `omnic validate` / `omnic plan` must not:
-- `placeholder` (torch-free, at resolve time): validation and the plan use the eligible
+A compiler stage (between resolve and plan), because it reads the memory plan, the targets'
+rules and, to choose, the built model. Two phases, because choosing needs torch and
+`omnic validate` / `omnic plan` must not:
+- `placeholder` (torch-free, at resolve time; `omnic.compiler.validate.resolve` passes
+  `resolve_with_auto` to `omnic.presets.resolve`): validation and the plan use the eligible
   candidate with the largest memory total, the worst case of what compile may pick, so a
   "fits" from `omnic plan` holds whatever compile decides. The plan says "auto (decided at
   compile)". No eligible candidate is a validation error that lists why each one failed.
@@ -88,7 +91,7 @@ def evaluate(spec: "ResolvedSpec", names: list[str] | None = None) -> list[tuple
     """
     from omnic.compiler.plan import plan_memory
     from omnic.presets import store
-    from omnic.quant.fates import NotCarried, fates
+    from omnic.targets.fates import NotCarried, fates
     from omnic.quant.select import tensor_schemes
     from omnic.spec.inventory import decoder_tensors
 
@@ -111,7 +114,8 @@ def evaluate(spec: "ResolvedSpec", names: list[str] | None = None) -> list[tuple
             out.append((cand, quant))
             continue
         plan = plan_memory(s)
-        cand.weight_bytes, cand.total_bytes, cand.fits = plan.weight_bytes, plan.total_bytes, plan.fits
+        cand.weight_bytes, cand.total_bytes, cand.fits = (plan.weight_bytes, plan.total_bytes,
+                                                          plan.fits)
         if not plan.fits:
             cand.problems.append(f"needs {plan.total_bytes / 2**20:.0f} MiB, budget "
                                  f"{plan.budget_bytes / 2**20:.0f} MiB")

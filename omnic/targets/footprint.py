@@ -4,13 +4,19 @@ The memory plan's weight bytes are one backend-neutral count. Each backend store
 differently, so this module predicts every enabled target's artifact as the manifest measures it
 (the file, or the folder the target deploys), line by line:
 
-| target     | weights (omnic.quant.fates)                          | other lines                              |
-|------------|------------------------------------------------------|------------------------------------------|
-| gguf       | ggml blocks (Q4_0 18 B / 32, Q8_0 34 B / 32, K-quants)| header, metadata (vocabulary, spec JSON), tensor index, 32-byte alignment |
-| onnx       | MatMulNBits with fp32 scales (onnxruntime's dtype)   | RoPE cos/sin caches, graph + omnic.weights records, genai_config.json, tokenizer files |
-| executorch | bf16-scaled qb4w, fp32-scaled int8, tied embedding twice | RoPE tables, flatbuffer program + XNNPACK graphs |
-| coreml     | int4/int8 + fp16 scales, floats at compute precision | RoPE tables, weight.bin blob headers, model.mlmodel, Manifest.json |
-| tvm        | packed codes + fp16 scales                           | safetensors header, decoder.json; the compiled code (decoder.so, the device .tar) is listed apart and not compared |
+| target     | weights (omnic.targets.fates)      | other lines                                  |
+|------------|------------------------------------|----------------------------------------------|
+| gguf       | ggml blocks (Q4_0 18 B / 32,       | header, metadata (vocabulary, spec JSON),    |
+|            | Q8_0 34 B / 32, K-quants)          | tensor index, 32-byte alignment              |
+| onnx       | MatMulNBits with fp32 scales       | RoPE cos/sin caches, graph + omnic.weights   |
+|            | (onnxruntime's dtype)              | records, genai_config.json, tokenizer files  |
+| executorch | bf16-scaled qb4w, fp32-scaled      | RoPE tables, flatbuffer program + XNNPACK    |
+|            | int8, tied embedding twice         | graphs                                       |
+| coreml     | int4/int8 + fp16 scales, floats at | RoPE tables, weight.bin blob headers,        |
+|            | compute precision                  | model.mlmodel, Manifest.json                 |
+| tvm        | packed codes + fp16 scales         | safetensors header, decoder.json; the        |
+|            |                                    | compiled code (decoder.so, the device .tar)  |
+|            |                                    | is listed apart and not compared             |
 
 Lines marked "(est.)" are estimates of format overhead, fitted on pocket-chat's builds
 (specs/mobile_2gb.yaml, 6 layers, in fp32, fp16, int8 and int4); everything else is computed
@@ -132,7 +138,7 @@ def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
 
 def _gguf(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
     from omnic.digest import canonical_json
-    from omnic.quant import fates
+    from omnic.targets import fates
     from omnic.quant.ggml import nbytes
     from omnic.targets.gguf.arch import plan_arch, tensor_plan
 
@@ -180,7 +186,7 @@ def _tokenizer_files(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
 
 
 def _onnx(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
-    from omnic.quant import fates
+    from omnic.targets import fates
 
     f = fates.fates(spec, Targets.ONNX)
     matrices = sum(1 for x in f.values() if x.detail.get("form") != "initializer")
@@ -197,7 +203,7 @@ def _onnx(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
 
 # -- ExecuTorch ------------------------------------------------------------------------------
 def _executorch(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
-    from omnic.quant import fates
+    from omnic.targets import fates
 
     f = fates.fates(spec, Targets.EXECUTORCH)
     dtype_bytes = 2 if any(x.form in ("fp16", "bf16") for x in f.values()) else 4
@@ -210,7 +216,7 @@ def _executorch(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
 
 # -- Core ML ---------------------------------------------------------------------------------
 def _coreml(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
-    from omnic.quant import fates
+    from omnic.targets import fates
 
     f = fates.fates(spec, Targets.COREML)
     precision = spec.targets.coreml.compute_precision if spec.targets.coreml else "fp16"
@@ -234,7 +240,7 @@ def _coreml(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
 
 # -- TVM -------------------------------------------------------------------------------------
 def _tvm(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
-    from omnic.quant import fates
+    from omnic.targets import fates
 
     f = fates.fates(spec, Targets.TVM)
     arrays = sum(1 if x.form.startswith(("float", "bfloat")) else
@@ -259,7 +265,7 @@ def artifact_bytes(spec: "ResolvedSpec", target: str, spec_dir: Path | str | Non
         target: target id.
         spec_dir: the spec's folder (to read a Hugging Face tokenizer's files); None: estimate.
     """
-    from omnic.quant.fates import NotCarried
+    from omnic.targets.fates import NotCarried
 
     try:
         return _MODELS[target](spec, None if spec_dir is None else Path(spec_dir))

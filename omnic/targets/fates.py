@@ -1,16 +1,17 @@
 """What every decoder tensor becomes in each backend, and how many bytes it takes there.
 
 One function per target, each reading the decision from the module that target lowers with, so
-`omnic plan --explain-quant`, the per-target byte model (`omnic.quant.footprint`) and the
+`omnic plan --explain-quant`, the per-target byte model (`omnic.targets.footprint`) and the
 artifacts cannot disagree (tests lower tiny specs and compare):
 
-| target     | decision read from                                   | recorded in the artifact as        |
-|------------|------------------------------------------------------|------------------------------------|
-| gguf       | gguf_quant.plan_types (+ omnic.quant.ggml K mixtures) | quantization.tensor_types, file    |
-| onnx       | onnx_quant.storage_form                              | model metadata `omnic.weights`     |
-| executorch | executorch_quant.form_of                             | quantization.forms                 |
-| coreml     | coreml_quant.storage_form                            | quantization.compressed            |
-| tvm        | tvm_quant.storage_form                               | quantization.packed                |
+| target     | decision read from              | recorded in the artifact as     |
+|------------|---------------------------------|---------------------------------|
+| gguf       | gguf.quant.plan_types           | quantization.tensor_types, file |
+|            | (+ omnic.quant.ggml K mixtures) |                                 |
+| onnx       | onnx.quant.storage_form         | model metadata `omnic.weights`  |
+| executorch | executorch.quant.form_of        | quantization.forms              |
+| coreml     | coreml.quant.storage_form       | quantization.compressed         |
+| tvm        | tvm.quant.storage_form          | quantization.packed             |
 
 Bytes are what the backend stores for that tensor: its own scale dtype (fp32 for MatMulNBits and
 ExecuTorch's int8 kernels, fp16 for GGUF blocks and Core ML, bf16 for XNNPACK's int4 blocks), and
@@ -30,7 +31,6 @@ from omnic.constants import Schemes, Targets, TensorNames
 if TYPE_CHECKING:
     from omnic.quant.select import TensorScheme
     from omnic.spec import ResolvedSpec
-    from omnic.spec.inventory import TensorInfo
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,8 @@ def _et_bytes(form: str, shape: tuple[int, ...], ts: "TensorScheme") -> int:
 
 def _et_grid(form: str, ts: "TensorScheme") -> str:
     if "8da4w" in form:
-        return "int4 -8..7, bf16 positive scales (extreme on -8, or on +7 when positive); int8 activations"
+        return ("int4 -8..7, bf16 positive scales (extreme on -8, or on +7 when positive); "
+                "int8 activations")
     if "8da8w" in form:
         return "int8 -127..127, fp32 scales; int8 activations"
     return _int_grid(ts, "fp32")
@@ -236,10 +237,10 @@ def fates(spec: "ResolvedSpec", target: str) -> dict[str, Fate]:
 
     `Target.check` is torch-free for gguf, onnx, executorch and coreml (a test keeps `omnic plan`
     free of torch and backends); TVM's parses its target string with tvm, so for TVM only its
-    rules in `omnic.spec.capabilities` and the packing rule (below) are checked here.
+    rules in `omnic.targets.rules` and the packing rule (below) are checked here.
     """
     if target == Targets.TVM:
-        from omnic.spec.capabilities import problems as rule_problems
+        from omnic.targets.rules import problems as rule_problems
 
         problems = rule_problems(spec, target)
     else:

@@ -1,0 +1,145 @@
+"""What the ExecuTorch target and its components share: is the toolchain here, which delegate a
+spec asks for, the partitioner that delegate brings, and what a lowered program delegated.
+
+Backend libraries (executorch, coremltools) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from omnic.targets.base import NotRunnable, absent_modules
+
+if TYPE_CHECKING:
+    import torch
+
+    from omnic.spec import ResolvedSpec
+
+INSTALL_HINT = "install omnic[executorch] (executorch, torchao)"
+# Core ML deployment targets and compute units when the spec has no `targets.coreml` block.
+COREML_DEFAULTS = {
+    "deployment_target": "iOS18", "compute_units": "cpu_only", "compute_precision": "fp16",
+}
+
+
+def missing(delegate: str = "xnnpack", lowering: bool = True) -> str | None:
+    """Why ExecuTorch cannot be used on this host, or None when it can.
+
+    Args:
+        delegate: the spec's `targets.executorch.backend` (the Core ML delegate lowers with
+            coremltools).
+        lowering: whether the program is to be built (torchao, the delegate's converter) or
+            only run (the executorch runtime alone).
+    """
+    needed = ["executorch"]
+    if lowering:
+        needed += ["torchao"] + (["coremltools"] if delegate == "coreml" else [])
+    absent = absent_modules(needed)
+    if absent:
+        return f"executorch: {', '.join(absent)} missing: {INSTALL_HINT}"
+    return None
+
+
+def delegate_of(spec: "ResolvedSpec") -> str:
+    """The spec's delegate: `targets.executorch.backend` (xnnpack, coreml or portable)."""
+    et = spec.targets.executorch
+    return et.backend if et is not None else "xnnpack"
+
+
+def coreml_options(spec: "ResolvedSpec") -> dict[str, str]:
+    """Deployment target, compute units and precision: the spec's `targets.coreml`, if any."""
+    c = spec.targets.coreml
+    return {k: getattr(c, k) for k in COREML_DEFAULTS} if c is not None else dict(COREML_DEFAULTS)
+
+
+def partitioners(spec: "ResolvedSpec | None") -> list[Any]:
+    """The partitioners of the spec's delegate (XNNPACK without a spec; none for portable)."""
+    backend = delegate_of(spec) if spec is not None else "xnnpack"
+    if backend == "portable":
+        return []
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    cfg = coreml_options(spec)
+    target = getattr(ct.target, cfg["deployment_target"])
+    units = {"cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
+             "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU, "all": ct.ComputeUnit.ALL}
+    units = units[cfg["compute_units"]]
+    precision = ct.precision.FLOAT16 if cfg["compute_precision"] == "fp16" else ct.precision.FLOAT32
+    specs = CoreMLBackend.generate_compile_specs(
+        minimum_deployment_target=target, compute_precision=precision, compute_unit=units,
+        model_type=CoreMLBackend.MODEL_TYPE.MODEL,
+    )
+    # export_llm keeps the KV cache out of the Core ML delegate: the open-source Core ML runtime
+    # of ExecuTorch does not carry Core ML state. ref: extension/llm/export/partitioner_lib.py
+    return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
+
+
+def _op_name(target: Any) -> str:
+    name = getattr(target, "__name__", None) or str(target)
+    return name.removeprefix("aten.").replace(".default", "")
+
+
+def delegation_summary(graph_module: "torch.fx.GraphModule") -> dict[str, Any]:
+    """Operators inside delegate partitions and outside them, counted by op name."""
+    delegated: Counter[str] = Counter()
+    kept: Counter[str] = Counter()
+    partitions = 0
+    backends: Counter[str] = Counter()
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr" and node.name.startswith("lowered_module"):
+            lowered = getattr(graph_module, node.target)
+            partitions += 1
+            backends[lowered.backend_id] += 1
+            for inner in lowered.original_module.graph.nodes:
+                if inner.op == "call_function" and "getitem" not in str(inner.target):
+                    delegated[_op_name(inner.target)] += 1
+        elif node.op == "call_function":
+            name = _op_name(node.target)
+            if "executorch_call_delegate" in name or "getitem" in name:
+                continue
+            kept[name] += 1
+    return {
+        "delegated_ops": sum(delegated.values()),
+        "non_delegated_ops": sum(kept.values()),
+        "partitions": partitions,
+        "backends": dict(sorted(backends.items())),
+        "delegated": dict(sorted(delegated.items())),
+        "not_delegated": dict(sorted(kept.items())),
+    }
+
+
+def runtime_ops(et_program: Any) -> dict[str, int]:
+    """Operators the runtime must provide (kernels outside any delegate), by call count."""
+    out: Counter[str] = Counter()
+    for plan in et_program.executorch_program.execution_plan:
+        names = [op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators]
+        for chain in plan.chains:
+            for instr in chain.instructions:
+                args = instr.instr_args
+                if hasattr(args, "op_index"):
+                    out[names[args.op_index]] += 1
+                elif hasattr(args, "delegate_index"):
+                    out["<delegate>"] += 1
+    return dict(sorted(out.items()))
+
+
+def require_runtime(delegate: str) -> None:
+    """Raise NotRunnable unless this host has the ExecuTorch runtime with `delegate`'s kernels
+    (XnnpackBackend, CoreMLBackend; the portable kernels are always there)."""
+    reason = missing(delegate, lowering=False)
+    if reason is not None:
+        raise NotRunnable(reason)
+    from executorch.runtime import Runtime
+
+    registered = Runtime.get().backend_registry.registered_backend_names
+    needed = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}.get(delegate)
+    if needed is not None and needed not in registered:
+        raise NotRunnable(f"this ExecuTorch runtime has no {needed} (it has {registered}); "
+                          + ("Core ML runs only on macOS/iOS" if delegate == "coreml" else ""))
