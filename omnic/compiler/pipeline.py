@@ -1,7 +1,8 @@
 """`compile()`: the stages of DESIGN.md, top to bottom.
 
-    validate (load, check, resolve presets) → [quantization: auto picks its scheme] → plan
-    → check (every target's pre-flight) → build → passes → reference
+    load (YAML, extends, the spec's models) → resolve (presets) → validate (semantic checks)
+    → [quantization: auto picks its scheme] → plan (and the device budget) → check (every
+    target's pre-flight) → build → passes → reference
     → per target: lower → golden → manifest → publish
 
 Each stage runs once and hands its value to the next.
@@ -294,7 +295,7 @@ def compile(
     from omnic.passes import DEFAULT, PassError, run_passes
     from omnic.passes.faults import fault_name
     from omnic.compiler.auto_quant import choose_for_build, is_auto
-    from omnic.compiler.validate import validate_file
+    from omnic.compiler import validate
 
     stage = _Stages(Console(stderr=True, quiet=not progress, highlight=False))
     started = time.perf_counter()
@@ -304,21 +305,32 @@ def compile(
     if out_dir.exists() and not force:
         raise InputError(f"{out_dir} exists; pass --force to replace it")
 
-    # load, validate and resolve: the file is read once, presets are resolved once
-    with stage("validate"):
-        validation = validate_file(spec_path)
-        if not validation.ok:
+    # The file is read once and its presets resolved once. Every error of the three stages is
+    # reported at once (as `omnic validate` does): a stage stops the compile only when the next
+    # one has nothing to work on.
+    def stop_on_errors(stopped: bool = False) -> None:
+        if stopped or not validation.ok:
             raise InputError("\n".join(str(d) for d in validation.errors))
+
+    with stage("load"):
+        validation = validate.load(spec_path)
+        stop_on_errors(validation.spec is None)
+        _dump_yaml(dump, "01-spec.yaml", validation.spec.model_dump(mode="json",
+                                                                    exclude_unset=True))
+    with stage("resolve"):
+        validate.inline_presets(validation)
+        stop_on_errors(validation.resolved is None)
+        resolved = validation.resolved
+        _dump_yaml(dump, "02-resolved.yaml", resolved.model_dump(mode="json"))
+    with stage("validate"):
+        validate.check_resolved(validation, spec_dir)
+        stop_on_errors()
         problems = validate_overrides(validation.spec.golden.tolerances)
         if problems:
             raise InputError("\n".join(problems))
         warnings = [str(d) for d in validation.warnings]
         for w in warnings:
             _log.warning(w)
-        resolved = validation.resolved
-        _dump_yaml(dump, "01-spec.yaml", validation.spec.model_dump(mode="json",
-                                                                    exclude_unset=True))
-        _dump_yaml(dump, "02-resolved.yaml", resolved.model_dump(mode="json"))
     built, auto = None, None
     if is_auto(validation.spec.quantization):
         # quantization: auto picks its scheme here, measured on the built fp32 model (which does
@@ -335,6 +347,9 @@ def compile(
     spec_data = resolved.model_dump(mode="json")
     with stage("plan"):
         plan = plan_memory(resolved, artifacts=True, spec_dir=str(spec_dir))
+        validation.resolved = resolved  # the scheme auto chose, when it did
+        validate.check_fit(validation, plan)
+        stop_on_errors()
         _dump(dump, "03-plan.json", plan.to_dict())
     with stage("check"):
         objs = _check(resolved, targets)

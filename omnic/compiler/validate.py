@@ -44,6 +44,7 @@ class Validation:
     """The outcome of validating one spec file."""
 
     file: str
+    doc: Document | None = None  # the merged YAML, with the location of every field
     spec: Spec | None = None
     resolved: ResolvedSpec | None = None
     plan: MemoryPlan | None = None  # when the spec resolved and has no error
@@ -236,8 +237,8 @@ def _modality_checks(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[Field
                    f"{a.n_positions} encoder frames (n_frames/2)", "error")
 
 
-def _fit(spec: ResolvedSpec) -> tuple[MemoryPlan, str | None]:
-    plan = plan_memory(spec)
+def _fit(spec: ResolvedSpec, plan: MemoryPlan | None = None) -> tuple[MemoryPlan, str | None]:
+    plan = plan if plan is not None else plan_memory(spec)
     if plan.fits:
         return plan, None
     fitting = []
@@ -258,28 +259,52 @@ def _fit(spec: ResolvedSpec) -> tuple[MemoryPlan, str | None]:
 
 
 # --- entry points -------------------------------------------------------------------------------
+# The steps of validate_file, each public so that `compile()` runs them as its load, resolve and
+# validate stages (and its plan stage calls check_fit with the plan it makes anyway).
+def load(path: Path | str, display: str | None = None) -> Validation:
+    """Read the YAML, merge `extends:` and match the spec's models (never raises on bad input)."""
+    result = Validation(display or str(path))
+    result.doc, result.spec, result.diagnostics = read_spec(Path(path), display)
+    return result
+
+
+def inline_presets(result: Validation) -> Validation:
+    """Inline every preset of a loaded spec into `result.resolved` (None when one is bad).
+    YAML-level errors found by `load` (duplicates, extends) do not stop this step."""
+    if result.spec is not None:
+        result.resolved, problems = _inline_presets(result.spec, result.doc)
+        result.diagnostics += problems
+    return result
+
+
+def check_resolved(result: Validation, spec_dir: Path) -> Validation:
+    """The semantic checks of a resolved spec (section 3 of the module docstring), device
+    budget excepted (`check_fit`)."""
+    if result.resolved is not None:
+        for fpath, message, severity in _semantic(result.resolved, spec_dir):
+            result.diagnostics.append(Diagnostic(result.doc.locate(fpath), fpath, message,
+                                                 severity))
+    return result
+
+
+def check_fit(result: Validation, plan: MemoryPlan | None = None) -> Validation:
+    """The memory plan against the device's budget, naming the device presets that would fit.
+
+    Args:
+        plan: the resolved spec's plan when the caller has made it; planned here otherwise.
+    """
+    if result.resolved is not None:
+        result.plan, too_big = _fit(result.resolved, plan)
+        if too_big:
+            result.diagnostics.append(Diagnostic(result.doc.locate(("device",)), ("device",),
+                                                 too_big))
+    return result
+
+
 def validate_file(path: Path | str, display: str | None = None) -> Validation:
     """Validate one spec file and collect every diagnostic (never raises on bad input)."""
-    path = Path(path)
-    result = Validation(display or str(path))
-    doc, spec, diagnostics = read_spec(path, display)
-    result.diagnostics += diagnostics
-    if spec is None:
-        return result
-    result.spec = spec  # earlier YAML-level errors (duplicates, extends) do not stop the checks
-    resolved, problems = _inline_presets(spec, doc)
-    result.diagnostics += problems
-    if resolved is None:
-        return result
-    result.resolved = resolved
-    for fpath, message, severity in _semantic(resolved, path.parent):
-        result.diagnostics.append(Diagnostic(doc.locate(fpath), fpath, message, severity))
-    if not result.errors:
-        plan, too_big = _fit(resolved)
-        result.plan = plan
-        if too_big:
-            result.diagnostics.append(Diagnostic(doc.locate(("device",)), ("device",), too_big))
-    return result
+    result = check_resolved(inline_presets(load(path, display)), Path(path).parent)
+    return check_fit(result) if result.ok else result
 
 
 def load_spec(path: Path | str) -> Spec:

@@ -85,6 +85,12 @@ class NotRunnable(Exception):
     """This host cannot execute the artifact (for example Core ML off macOS)."""
 
 
+def runnable_unless(reason: str | None) -> None:
+    """Raise NotRunnable(reason) when a backend's `missing()` gave a reason."""
+    if reason is not None:
+        raise NotRunnable(reason)
+
+
 def absent_modules(modules: list[str]) -> list[str]:
     """Those of `modules` this host cannot import, found without importing them: backend
     libraries import torch, and pre-flight (`check`) stays torch-free."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import platform
 
-from omnic.targets.base import NotRunnable, absent_modules
+from omnic.targets.base import absent_modules, runnable_unless
 
 INSTALL_HINT = "install omnic[coreml]"
 NEEDS_MACOS = "needs macOS"
@@ -23,9 +23,7 @@ def missing() -> str | None:
 
 def require_coremltools() -> None:
     """Raise NotRunnable when coremltools is missing."""
-    reason = missing()
-    if reason is not None:
-        raise NotRunnable(reason)
+    runnable_unless(missing())
 
 
 def is_macos() -> bool:

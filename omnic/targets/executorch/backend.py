@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from omnic.targets.base import NotRunnable, absent_modules
+from omnic.targets.base import NotRunnable, absent_modules, runnable_unless
 
 if TYPE_CHECKING:
     import torch
@@ -133,9 +133,7 @@ def runtime_ops(et_program: Any) -> dict[str, int]:
 def require_runtime(delegate: str) -> None:
     """Raise NotRunnable unless this host has the ExecuTorch runtime with `delegate`'s kernels
     (XnnpackBackend, CoreMLBackend; the portable kernels are always there)."""
-    reason = missing(delegate, lowering=False)
-    if reason is not None:
-        raise NotRunnable(reason)
+    runnable_unless(missing(delegate, lowering=False))
     from executorch.runtime import Runtime
 
     registered = Runtime.get().backend_registry.registered_backend_names

@@ -7,7 +7,7 @@ mixtures with its own quantizer.
 
 from __future__ import annotations
 
-from omnic.targets.base import NotRunnable, absent_modules
+from omnic.targets.base import absent_modules, runnable_unless
 
 INSTALL_HINT = "install omnic[gguf] (gguf, llama-cpp-python==0.3.36)"
 
@@ -24,6 +24,4 @@ def missing(llama_cpp: bool = True) -> str | None:
 
 def require_llama_cpp() -> None:
     """Raise NotRunnable when gguf-py or llama-cpp-python is missing."""
-    reason = missing()
-    if reason is not None:
-        raise NotRunnable(reason)
+    runnable_unless(missing())

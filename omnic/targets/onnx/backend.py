@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omnic.targets.base import NotRunnable, absent_modules
+from omnic.targets.base import absent_modules, runnable_unless
 
 INSTALL_HINT = "install omnic[onnx]"
 
@@ -17,6 +17,4 @@ def missing() -> str | None:
 
 def require_backend() -> None:
     """Raise NotRunnable when the ONNX toolchain is missing."""
-    reason = missing()
-    if reason is not None:
-        raise NotRunnable(reason)
+    runnable_unless(missing())

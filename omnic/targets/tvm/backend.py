@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omnic.targets.base import NotRunnable, absent_modules
+from omnic.targets.base import absent_modules, runnable_unless
 
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
@@ -34,9 +34,7 @@ def cross_triple(spec: "ResolvedSpec") -> tuple[str | None, str | None]:
 
 def require_tvm() -> None:
     """Raise NotRunnable when apache-tvm is missing."""
-    reason = tvm_missing()
-    if reason is not None:
-        raise NotRunnable(reason)
+    runnable_unless(tvm_missing())
 
 
 def open_vm(root: Path, meta: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
