@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -94,7 +95,15 @@ def runnable_unless(reason: str | None) -> None:
 def absent_modules(modules: list[str]) -> list[str]:
     """Those of `modules` this host cannot import, found without importing them: backend
     libraries import torch, and pre-flight (`check`) stays torch-free."""
-    return [m for m in modules if importlib.util.find_spec(m) is None]
+    def absent(module: str) -> bool:
+        if module in sys.modules:  # imported already, or blocked (None)
+            return sys.modules[module] is None
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a parent package missing, or no __spec__
+            return True
+
+    return [m for m in modules if absent(m)]
 
 
 class Target(Protocol):

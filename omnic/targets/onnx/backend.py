@@ -11,7 +11,8 @@ def missing() -> str | None:
     """Why the ONNX toolchain cannot be used on this host, or None when it can."""
     absent = absent_modules(["onnx_ir", "onnxruntime", "onnxscript"])
     if absent:
-        return f"onnx: {', '.join(absent)} missing: {INSTALL_HINT}"
+        verb = "is" if len(absent) == 1 else "are"
+        return f"onnx: {' and '.join(absent)} {verb} missing: {INSTALL_HINT}"
     return None
 
 
