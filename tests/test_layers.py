@@ -22,6 +22,7 @@ LAYERS = [
     "presets",     # preset store and resolving (torch-free)
     "quant",       # one numpy reference per scheme, scheme selection
     "tokenizer",   # tokenizers from the spec
+    "formats",     # file formats read and written alike (GGUF architectures, vocabularies)
     "importers",   # checkpoint files (safetensors, Hugging Face) -> specs and canonical weights
     "model",       # the torch model, built from the spec's weights
     "runtime",     # running a model: torch reference runner, greedy loop, pages, media

@@ -78,7 +78,7 @@ def _context(spec: "ResolvedSpec"):
 def gguf(spec: "ResolvedSpec") -> dict[str, Fate]:
     """GGUF: the ggml type of each tensor (plan_types; K mixtures predicted as llama.cpp does)."""
     from omnic.quant import ggml
-    from omnic.targets.gguf.arch import plan_arch, tensor_plan
+    from omnic.formats.gguf_arch import plan_arch, tensor_plan
     from omnic.targets.gguf.quant import K_QUANTS, KEEP_F32_SUFFIXES, plan_types
 
     arch, problems = plan_arch(spec.model)

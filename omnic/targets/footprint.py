@@ -110,7 +110,7 @@ def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
     merges: list[str] = []
     scores = False
     if spec.tokenizer.kind == "byte":
-        from omnic.targets.gguf.tokenizer import byte_vocab
+        from omnic.formats.gguf_vocab import byte_vocab
 
         vocab = byte_vocab(spec, Path(spec_dir or "."))
         tokens, merges, scores = vocab.tokens, vocab.merges, vocab.scores is not None
@@ -140,7 +140,7 @@ def _gguf(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
     from omnic.digest import canonical_json
     from omnic.targets import fates
     from omnic.quant.ggml import nbytes
-    from omnic.targets.gguf.arch import plan_arch, tensor_plan
+    from omnic.formats.gguf_arch import plan_arch, tensor_plan
 
     f = fates.fates(spec, Targets.GGUF)
     arch, _ = plan_arch(spec.model)

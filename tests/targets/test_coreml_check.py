@@ -98,13 +98,11 @@ def test_check_refuses_what_lower_cannot_take():
 
 
 def test_missing_coremltools_is_a_problem_and_not_runnable(monkeypatch, tmp_path):
-    import importlib.util
+    import sys
 
     from omnic.targets.base import Artifact, NotRunnable
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "coremltools" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "coremltools", None)  # `import coremltools` fails
     assert problems(spec()) == [("targets.coreml",
                                  "coreml: coremltools is not installed: install omnic[coreml]")]
     component = Artifact("vision_encoder", "coreml", "coreml/vision_encoder.mlpackage")

@@ -149,17 +149,14 @@ def test_check_refuses_what_lower_cannot_take():
 
 
 def test_missing_executorch_is_a_problem_and_not_runnable(monkeypatch, tmp_path):
-    import importlib.util
+    import sys
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "torchao" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "torchao", None)  # `import torchao` fails
     problems = get_target("executorch").check(make_spec(INT4))
     assert [(p.field, p.message) for p in problems] == [
         ("targets.executorch", "executorch: torchao missing: install omnic[executorch] "
                                "(executorch, torchao)")]
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "executorch" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "executorch", None)
     artifact = Artifact("decoder", "executorch", "executorch/x.pte")
     with pytest.raises(NotRunnable, match="executorch missing"):
         get_target("executorch").load(artifact, tmp_path)

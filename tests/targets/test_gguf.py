@@ -186,10 +186,10 @@ def test_llama_cpp_warnings_are_caught(builds, tmp_path) -> None:
     """The runner's log capture sees a warning llama.cpp emits (a BPE vocab without
     pre-tokenizer)."""
     from omnic.targets.gguf import write as gguf_write
-    from omnic.targets.gguf.arch import plan_arch, tensor_plan
+    from omnic.formats.gguf_arch import plan_arch, tensor_plan
     from omnic.targets.gguf.quant import plan_types
     from omnic.targets.gguf.runtime import LlamaCppRunner
-    from omnic.targets.gguf.tokenizer import vocab_for
+    from omnic.formats.gguf_vocab import vocab_for
 
     spec = make_spec()
     decoder = builds.decoder("llama", {})

@@ -14,7 +14,7 @@ import pytest
 
 from omnic.spec import ResolvedSpec
 from omnic.targets.gguf.target import GgufTarget
-from omnic.targets.gguf.arch import (
+from omnic.formats.gguf_arch import (
     GGUF_NAMES, from_gguf, plan_arch, tensor_plan, to_gguf,
 )
 from omnic.targets.gguf.quant import plan_types
@@ -234,13 +234,11 @@ def test_check_imports_neither_torch_nor_llama_cpp() -> None:
 def test_missing_llama_cpp_is_a_problem_for_k_quants_and_not_runnable(monkeypatch, tmp_path):
     """gguf-py writes every file; llama-cpp-python (the K-mixture quantizer, the runtime) is a
     pre-flight problem only for K mixtures, and `load` is NotRunnable without it."""
-    import importlib.util
+    import sys
 
     from omnic.targets.base import Artifact, NotRunnable
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` fails
     assert GgufTarget().check(spec()) == []
     problems = GgufTarget().check(spec(file_type="Q4_K_M"))
     assert [(p.field, p.message) for p in problems][:1] == [

@@ -126,7 +126,7 @@ def test_llama_cpp_tokenizes_like_tokenizers(kind: str, tmp_path: Path) -> None:
 def test_unknown_pre_tokenizer_is_refused(tmp_path: Path) -> None:
     import json
 
-    from omnic.targets.gguf.tokenizer import TokenizerError, hf_vocab
+    from omnic.formats.gguf_vocab import TokenizerError, hf_vocab
 
     tok_dir = _byte_level(tmp_path / "tok")
     data = json.loads((tok_dir / "tokenizer.json").read_text())

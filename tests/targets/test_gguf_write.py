@@ -17,9 +17,9 @@ gguf = pytest.importorskip("gguf")
 
 from omnic.model import build_model  # noqa: E402
 from omnic.spec import ResolvedSpec  # noqa: E402
-from omnic.targets.gguf.arch import plan_arch, tensor_plan  # noqa: E402
+from omnic.formats.gguf_arch import plan_arch, tensor_plan  # noqa: E402
 from omnic.targets.gguf.quant import plan_types  # noqa: E402
-from omnic.targets.gguf.tokenizer import vocab_for  # noqa: E402
+from omnic.formats.gguf_vocab import vocab_for  # noqa: E402
 from omnic.targets.gguf.write import read_back, write_gguf  # noqa: E402
 
 DEVICE = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from omnic.quant.select import TensorScheme
     from omnic.spec import ResolvedSpec
-    from omnic.targets.gguf.arch import GgufTensor
+    from omnic.formats.gguf_arch import GgufTensor
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """GGUF target: one llama.cpp file per spec, in the file type the spec asks for.
 
-    check(spec)     the architecture (arch.py), every tensor's type (quant.py) and the
+    check(spec)     the architecture (formats.gguf_arch), every tensor's type (quant.py) and the
                     tokenizer, before any work; torch-free
     lower(program)  streams the decoder's tensors into a GGUF (write.py); K-quant mixtures are
                     written in F32 and handed to llama.cpp's own quantizer; the file is then read
@@ -18,9 +18,10 @@ Q8_0, also inside an F32 or Q4_K_M file), 1-D tensors and the MoE router stay F3
 llama.cpp, and `artifact.precision` is the coarsest thing stored (the file type, a coarser
 override, or the q8_0 KV cache of `kv_cache: int8`).
 
-The pieces: arch.py (architecture, names, keys), quant.py (types, quantizers),
-tokenizer.py (tokenizer.ggml.*), write.py (streaming writer, read-back), runtime.py
-(llama-cpp-python runner with the log captured), backend.py (what is missing on this host).
+The pieces: omnic.formats.gguf_arch (architecture, names, keys), quant.py (types,
+quantizers), omnic.formats.gguf_vocab (tokenizer.ggml.*), write.py (streaming writer,
+read-back), runtime.py (llama-cpp-python runner with the log captured), backend.py (what is
+missing on this host).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, Problem, register_target
-from omnic.targets.gguf.arch import plan_arch, tensor_plan
+from omnic.formats.gguf_arch import plan_arch, tensor_plan
 from omnic.targets.gguf.backend import missing, require_llama_cpp
 from omnic.targets.gguf.mmproj import mmproj_problems
 from omnic.targets.gguf.quant import K_QUANTS, plan_types
@@ -40,7 +41,7 @@ from omnic.targets.gguf.quant import K_QUANTS, plan_types
 if TYPE_CHECKING:
     from omnic.passes.program import Program
     from omnic.spec import ResolvedSpec
-    from omnic.targets.gguf.arch import ArchPlan, GgufTensor
+    from omnic.formats.gguf_arch import ArchPlan, GgufTensor
     from omnic.targets.gguf.mmproj_runtime import MmprojRunner
     from omnic.targets.gguf.quant import TypePlan
     from omnic.targets.gguf.runtime import LlamaCppRunner
@@ -58,7 +59,7 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
     reason = missing(llama_cpp=ft in K_QUANTS)
     problems = [Problem(Targets.GGUF, "targets.gguf", reason)] if reason else []
     plan, found = plan_arch(spec.model)
-    problems += found
+    problems += [Problem(Targets.GGUF, p.field, p.message) for p in found]
     if plan is not None:
         _, found = plan_types(spec, tensor_plan(spec.model, plan))
         problems += found
@@ -102,7 +103,7 @@ class GgufTarget:
 
     def lower(self, program: "Program", out_dir: Path) -> list[Artifact]:
         """Write `<name>-<file_type>.gguf` under out_dir; never mutates `program`."""
-        from omnic.targets.gguf.tokenizer import TokenizerError, vocab_for
+        from omnic.formats.gguf_vocab import TokenizerError, vocab_for
         from omnic.targets.gguf.write import read_back, write_gguf
 
         spec = program.spec

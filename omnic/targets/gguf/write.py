@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from omnic.runtime import pages
 from omnic.constants import GgufKeys
-from omnic.targets.gguf.arch import (
+from omnic.formats.gguf_arch import (
     ArchPlan, GgufTensor, extra_tensors, from_gguf, to_gguf, write_hparams,
 )
 from omnic.targets.gguf.quant import FileType, dequantize, quantize, stored_nbytes
-from omnic.targets.gguf.tokenizer import GgufVocab, write_vocab
+from omnic.formats.gguf_vocab import GgufVocab, write_vocab
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,4 +1,7 @@
-"""Spec -> llama.cpp architecture: which `general.architecture`, which tensor names, which keys.
+"""Spec <-> llama.cpp architecture: which `general.architecture`, which tensor names, which keys.
+
+The GGUF target writes with these tables (omnic.targets.gguf) and the GGUF importer reads with
+them (omnic.importers.gguf), so a file omnic writes imports back to the same model.
 
 Torch-free and backend-free (numpy and the `gguf` package only when writing), so `check()` can
 run in a bare environment. Every choice below was read in llama.cpp's own sources (the
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from omnic.constants import TensorNames as N
 from omnic.spec.inventory import decoder_tensors
@@ -115,23 +118,29 @@ class GgufTensor:
     is_matrix: bool  # quantizable (2-D and up); 1-D tensors stay F32 as in llama.cpp
 
 
-def _problem(field: str, message: str) -> Any:
-    from omnic.targets.base import Problem
+class ArchProblem(NamedTuple):
+    """Why a spec has no llama.cpp architecture: the field to change and the reason (the GGUF
+    target reports each as its Problem)."""
 
-    return Problem("gguf", field, message)
+    field: str
+    message: str
+
+
+def _problem(field: str, message: str) -> ArchProblem:
+    return ArchProblem(field, message)
 
 
 def _approx(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6)
 
 
-def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[Any]]:
+def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[ArchProblem]]:
     """The llama.cpp architecture for `model`, or the reasons there is none.
 
     Returns:
         (plan, problems): plan is None when problems is not empty.
     """
-    problems: list[Any] = []
+    problems: list[ArchProblem] = []
     hd, moe = model.dim_per_head, model.moe
     gemma_family = model.post_norms or model.scale_embeddings
     if model.norm.kind != "rmsnorm":

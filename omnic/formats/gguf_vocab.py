@@ -1,4 +1,5 @@
-"""The spec's tokenizer as `tokenizer.ggml.*` metadata that llama.cpp tokenizes identically.
+"""The spec's tokenizer as `tokenizer.ggml.*` metadata that llama.cpp tokenizes identically, and
+back: a GGUF vocabulary as the tokenizer.json that tokenizes like llama.cpp (`save_tokenizer`).
 
 Three shapes, mirroring convert_hf_to_gguf's vocab classes
 (ref: https://github.com/ggml-org/llama.cpp/blob/master/gguf-py/gguf/vocab.py):
@@ -277,3 +278,93 @@ def write_vocab(writer: Any, vocab: GgufVocab) -> None:
         w.add_add_space_prefix(vocab.add_space_prefix)
     if vocab.chat_template:
         w.add_chat_template(vocab.chat_template)
+
+
+# --- the other way: a GGUF vocabulary as tokenizer.json (omnic.importers.gguf) ------------------
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+               "use_regex": True}
+
+
+def _split_then_bytes(regex: str) -> dict[str, Any]:
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {**_BYTE_LEVEL, "use_regex": False}]}
+
+
+# llama.cpp pre-tokenizer name -> the tokenizer.json pre-tokenizer that splits text the same way
+# (`_pre_tokenizer` reads each back to its name). llama.cpp's "default" BPE split has four
+# regexes of its own and no tokenizer.json counterpart.
+PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
+    "gpt-2": _BYTE_LEVEL,
+    "smollm": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]},
+    "llama-bpe": _split_then_bytes(_LLAMA3),
+    "qwen2": _split_then_bytes(_QWEN2),
+}
+# Pre-tokenizers whose BPE takes a word that is itself a token whole, before any merge
+# (llama-vocab.cpp: `ignore_merges` for LLAMA_VOCAB_PRE_TYPE_LLAMA3; tokenizer.json's BPE
+# `ignore_merges`, as Llama 3's own tokenizer.json sets it).
+IGNORE_MERGES = frozenset({"llama-bpe"})
+
+
+def hf_tokenizer_of(vocab: GgufVocab) -> Any:
+    """A `tokenizers.Tokenizer` that tokenizes like llama.cpp does with this byte-level BPE
+    vocabulary.
+
+    Raises:
+        TokenizerError: not a byte-level BPE ("gpt2") vocabulary, or a pre-tokenizer with no
+            tokenizer.json counterpart.
+    """
+    from tokenizers import AddedToken, Tokenizer, processors
+    from tokenizers.models import BPE
+
+    if vocab.model != "gpt2":
+        raise TokenizerError(f"tokenizer model {vocab.model!r}: only byte-level BPE ('gpt2') "
+                             "vocabularies are converted")
+    if vocab.pre not in PRE_TOKENIZERS:
+        raise TokenizerError(f"llama.cpp pre-tokenizer {vocab.pre!r} has no tokenizer.json "
+                             f"counterpart here (known: {', '.join(PRE_TOKENIZERS)})")
+    ids: dict[str, int] = {}
+    for i, token in enumerate(vocab.tokens):
+        ids.setdefault(token, i)
+    merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+    tok = Tokenizer(BPE(vocab=ids, merges=merges, ignore_merges=vocab.pre in IGNORE_MERGES))
+    data = json.loads(tok.to_str())
+    data["pre_tokenizer"] = PRE_TOKENIZERS[vocab.pre]
+    data["decoder"] = {**_BYTE_LEVEL}
+    tok = Tokenizer.from_str(json.dumps(data))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, ty in zip(vocab.tokens, vocab.types) if ty == CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t, ty in zip(vocab.tokens, vocab.types) if ty == USER_DEFINED])
+    if vocab.add_bos and vocab.bos_id is not None:
+        bos = vocab.tokens[vocab.bos_id]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab.bos_id)])
+    return tok
+
+
+def save_tokenizer(vocab: GgufVocab, directory: Path) -> list[Path]:
+    """Write tokenizer.json and tokenizer_config.json for a GGUF vocabulary into `directory`."""
+    directory = Path(directory)
+    tok = hf_tokenizer_of(vocab)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "tokenizer.json"
+    tok.save(str(path))
+
+    def text(ident: int | None) -> str | None:
+        return vocab.tokens[ident] if ident is not None and ident < len(vocab.tokens) else None
+
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",  # onnxruntime-genai picks its BPE decoder by class
+        "bos_token": text(vocab.bos_id), "eos_token": text(vocab.eos_id),
+        "pad_token": text(vocab.pad_id), "unk_token": text(vocab.unk_id),
+        "add_bos_token": vocab.add_bos, "add_eos_token": vocab.add_eos,
+        "clean_up_tokenization_spaces": False,
+    }
+    if vocab.chat_template:
+        config["chat_template"] = vocab.chat_template
+    cfg_path = directory / "tokenizer_config.json"
+    cfg_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+    return [path, cfg_path]
