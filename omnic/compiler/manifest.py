@@ -143,6 +143,10 @@ class Manifest(_Model):
     quantization_auto: dict[str, Any] | None = Field(
         None, description="`quantization: auto`: the chosen preset, every candidate (KLD vs fp32, "
         "top-1, bytes, fit, problems) and the reason; null when the spec names its quantization.")
+    weights_source: dict[str, Any] | None = Field(
+        None, description="How the weight source stores the weights when it is itself quantized "
+        "(a GGUF: its file type and the count of each tensor type); null for random weights and "
+        "float checkpoints.")
     golden: GoldenInfo = Field(description="Golden inputs and the saved reference files.")
     timings: Timings = Field(
         default_factory=Timings,

@@ -405,6 +405,7 @@ def compile(
                                  component=a.component) for a, _ in results for r in a.passes],
                 artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries, staging),
                 quantization_auto=auto.to_dict() if auto is not None else None,
+                weights_source=_weights_source(resolved, spec_dir),
                 golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
                                      decode_steps=g.decode_steps, seed=g.seed,
                                      files=_golden_files(staging)),
@@ -439,6 +440,15 @@ def _reference(built: Built, resolved: Any, staging: Path) -> tuple[Any, Any]:
     components = ComponentGoldenSession(built.program.components, staging, golden.seed,
                                         golden.tolerances)
     return session, components
+
+
+def _weights_source(resolved: Any, spec_dir: Path) -> dict[str, Any] | None:
+    """The storage of a quantized weight source (a GGUF file), for the manifest."""
+    if resolved.weights.source != "gguf":
+        return None
+    from omnic.importers.gguf import source_quantization
+
+    return source_quantization(spec_dir / resolved.weights.path)
 
 
 def _version() -> str:

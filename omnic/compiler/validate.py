@@ -116,7 +116,7 @@ def _semantic(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, s
         if rel is None:
             continue
         where = spec_dir / rel
-        if kind == "safetensors" and not where.is_file():
+        if kind in ("safetensors", "gguf") and not where.is_file():
             yield ((section, "path"), f"no such file: {where}", "error")
         elif kind == "huggingface" and not where.is_dir():
             yield ((section, "path"), f"no such directory: {where}", "error")

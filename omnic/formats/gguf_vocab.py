@@ -327,7 +327,9 @@ def hf_tokenizer_of(vocab: GgufVocab) -> Any:
     ids: dict[str, int] = {}
     for i, token in enumerate(vocab.tokens):
         ids.setdefault(token, i)
-    merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+    # A merge whose result is no token cannot fire in llama.cpp (the anchor merge of byte
+    # vocabularies pairs two specials, which the splitter never yields); tokenizers refuses it.
+    merges = [(a, b) for a, b in (m.split(" ", 1) for m in vocab.merges) if a + b in ids]
     tok = Tokenizer(BPE(vocab=ids, merges=merges, ignore_merges=vocab.pre in IGNORE_MERGES))
     data = json.loads(tok.to_str())
     data["pre_tokenizer"] = PRE_TOKENIZERS[vocab.pre]

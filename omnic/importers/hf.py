@@ -16,8 +16,6 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 
 class UnsupportedModel(ValueError):
     """The checkpoint uses an architecture or a config feature omnic cannot express."""
@@ -241,20 +239,25 @@ def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return arch, model
 
 
-def _relative(path: Path, start: Path) -> str:
+def relative_path(path: Path, start: Path) -> str:
+    """`path` relative to the folder `start` (a spec's paths are relative to its folder), or
+    absolute when there is no relative path (another drive on Windows)."""
     try:
-        return os.path.relpath(path.resolve(), start.resolve())
-    except ValueError:  # another drive on Windows
-        return str(path.resolve())
+        return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
 
 
 def import_hf(hf_dir: Path | str, out: Path | str, context_length: int | None = None,
               name: str | None = None) -> dict[str, Any]:
-    """Write a spec for the checkpoint in `hf_dir` to `out` and return its data.
+    """The spec data for the checkpoint in `hf_dir`, with paths relative to the spec `out`.
+
+    The spec is written by `omnic.compiler.importing`, which adds the device, quantization and
+    targets. `_source` describes what was read (for the spec's header; popped there).
 
     Args:
         hf_dir: a Hugging Face model directory (config.json, safetensors, tokenizer files).
-        out: the spec file to write; paths inside it are relative to its folder.
+        out: the spec file to be written; paths inside it are relative to its folder.
         context_length: cap the static KV cache (default: the checkpoint's max_position_embeddings).
         name: the spec's name (default: the directory's name).
 
@@ -267,27 +270,15 @@ def import_hf(hf_dir: Path | str, out: Path | str, context_length: int | None = 
     arch, model = model_from_config(read_config(hf_dir))
     if context_length is not None:
         model["context_length"] = int(context_length)
-    rel = _relative(hf_dir, out.parent)
+    rel = relative_path(hf_dir, out.parent)
     has_tokenizer = (hf_dir / "tokenizer.json").is_file()
     spec_name = (name or re.sub(r"[^A-Za-z0-9._-]", "-", hf_dir.resolve().name).lstrip("._-")
                  or "imported")
-    data = {
+    return {
         "omnic": 1,
         "name": spec_name[:64],
-        "device": "desktop_cpu",
         "model": model,
         "weights": {"source": "huggingface", "path": rel},
         "tokenizer": {"kind": "huggingface", "path": rel} if has_tokenizer else {"kind": "byte"},
-        "targets": {"onnx": {}},
+        "_source": f"{hf_dir.resolve()} ({arch})",
     }
-    header = (
-        f"# Imported by `omnic import` from {hf_dir.resolve()} ({arch}).\n"
-        f"# Compile with: omnic compile {out.name} -o build/{data['name']}\n"
-    )
-    if not has_tokenizer:
-        header += "# No tokenizer.json in the checkpoint: the byte tokenizer stands in.\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
-    out.write_text(header + body)
-    return data
-

@@ -45,6 +45,10 @@ def load_weights(spec: "ResolvedSpec", spec_dir: Path) -> dict[str, torch.Tensor
         from omnic.importers.hf_weights import hf_weights
 
         return hf_weights(path, inventory)
+    if src.source == "gguf":
+        from omnic.importers.gguf import gguf_weights
+
+        return gguf_weights(path, inventory, spec.model)
     raise WeightError(f"unknown weight source {src.source!r}")
 
 

@@ -28,8 +28,17 @@ class HuggingfaceWeights(SpecModel):
     path: str = Field(description="Directory path, relative to the spec file.")
 
 
+class GgufWeights(SpecModel):
+    source: Literal["gguf"] = Field(
+        description="A llama.cpp GGUF file (llama, qwen2, qwen3); every tensor is dequantized "
+        "exactly to float32, and its storage is recorded in the manifest."
+    )
+    path: str = Field(description="Path to the .gguf file, relative to the spec file.")
+
+
 Weights = Annotated[
-    Union[RandomWeights, SafetensorsWeights, HuggingfaceWeights], Field(discriminator="source")
+    Union[RandomWeights, SafetensorsWeights, HuggingfaceWeights, GgufWeights],
+    Field(discriminator="source"),
 ]
 
 
