@@ -105,7 +105,7 @@ def test_tokenizer_equals_llama_cpp(smollm2_spec, smollm2_gguf):
     assert ours.eos_ids == [theirs.token_eos()]
 
 
-# -- tiny families, round trip through the GGUF target ----------------------------------------------
+# -- tiny families, round trip through the GGUF target ------------------------------------------
 def _gguf_of(family, root, **overrides):
     """An F32 GGUF of the tiny `family` checkpoint, written by the GGUF target (whose files
     llama.cpp runs in tests/targets), and the spec of that checkpoint."""
