@@ -230,7 +230,7 @@ def choose_for_build(spec: "ResolvedSpec", decoder: Any, tokenizer: Any, log: An
     """`choose` on the spec's golden inputs (the compile's `quant auto` stage)."""
     from omnic.golden import inputs as golden_inputs
 
-    inputs = golden_inputs.inputs_for_spec(spec, golden_inputs.special_ids_of(tokenizer))
+    inputs = golden_inputs.inputs_for_spec(spec, golden_inputs.special_ids_of(tokenizer), tokenizer)
     choice = choose(spec, decoder, inputs, log)
     if log:
         log(f"  quantization auto -> {choice.preset}: {choice.reason}")

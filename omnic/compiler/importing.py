@@ -61,14 +61,12 @@ def _read(source: Path, out: Path, context_length: int | None, name: str | None
         if source.is_file():
             from omnic.importers.gguf import import_gguf
 
-            data = import_gguf(source, out, context_length=context_length, name=name)
-        else:
-            from omnic.importers.hf import import_hf
+            return import_gguf(source, out, context_length=context_length, name=name)
+        from omnic.importers.hf import import_hf
 
-            data = import_hf(source, out, context_length=context_length, name=name)
+        return import_hf(source, out, context_length=context_length, name=name)
     except UnsupportedModel as err:
         raise ImportFailed(str(err)) from None
-    return data, data.pop("_source")
 
 
 def carrying_targets(data: dict[str, Any], spec_dir: Path) -> tuple[list[str], dict[str, str]]:

@@ -434,7 +434,8 @@ def _reference(built: Built, resolved: Any, staging: Path) -> tuple[Any, Any]:
     from omnic.golden.components import ComponentGoldenSession
 
     golden = resolved.golden
-    inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(built.tokenizer))
+    inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(built.tokenizer),
+                                           built.tokenizer)
     session = GoldenSession(built.program.decoder, inputs, staging, golden.tolerances)
     session.fp32()
     components = ComponentGoldenSession(built.program.components, staging, golden.seed,

@@ -183,7 +183,7 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
     abs_limit = tol.atol + tol.rtol * scale
     violations: list[str] = []
     top1_hits = top1_fp32_hits = rows_total = 0
-    kld_sum = ref_kld_sum = 0.0
+    kld_sum = ref_kld_sum = nll_sum = fp32_nll_sum = 0.0
     greedy, greedy_fp32 = [], []
     nmse_worst, cos_worst, abs_worst, kld_worst = (-1.0, ""), (2.0, ""), (-1.0, ""), (-1.0, "")
 
@@ -215,6 +215,8 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
         kld_sum += float(kl.sum())
         ref_kld_sum += float(M.kld_rows(fp32, exact).sum())
         rows_total += got.shape[0]
+        nll_sum += float(M.nll_rows(got[:T - 1], prompt[1:]).sum())
+        fp32_nll_sum += float(M.nll_rows(fp32[:T - 1], prompt[1:]).sum())
 
         # Greedy: where does the runtime's argmax leave the reference's greedy path?
         chosen = got[T - 1:].argmax(axis=-1)
@@ -244,6 +246,10 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
         M.KLD: kld_sum / rows_total, M.TOP1_FP32: top1_fp32_hits / rows_total,
         M.GREEDY_MATCH_FP32: float(np.mean(greedy_fp32)), M.REF_KLD: ref_kld_sum / rows_total,
     }
+    if inputs.text:  # the next token of the text at each prompt position
+        n = len(inputs.prompts) * (T - 1)
+        values[M.PERPLEXITY] = float(np.exp(nll_sum / n))
+        values[M.PERPLEXITY_FP32] = float(np.exp(fp32_nll_sum / n))
     checks = [
         (M.MAX_ABS, values[M.MAX_ABS] > abs_limit, f"<= {abs_limit:.3g} (atol {tol.atol:g} + "
          f"rtol {tol.rtol:g} x max|logit| {scale:.3g})", abs_worst[1], "exact"),
@@ -315,7 +321,7 @@ class GoldenSession:
         self.golden_dir = build_dir / GOLDEN_DIR
         save_npz(self.golden_dir / INPUTS_FILE, {
             "prompts": inputs.prompts, "decode_steps": np.asarray(inputs.decode_steps),
-            "seed": np.asarray(inputs.seed)})
+            "seed": np.asarray(inputs.seed), **({"text": np.asarray(True)} if inputs.text else {})})
 
     def _runner(self, decoder: Any) -> "Runner":
         from omnic.runtime.torch_runner import TorchRunner
@@ -456,7 +462,8 @@ def with_weights(decoder: Any, weights: Mapping[str, Any]) -> Any:
 
 def load_inputs(build_dir: Path) -> GoldenInputs:
     a = load_npz(build_dir / GOLDEN_DIR / INPUTS_FILE)
-    return GoldenInputs(a["prompts"], int(a["decode_steps"]), int(a["seed"]))
+    return GoldenInputs(a["prompts"], int(a["decode_steps"]), int(a["seed"]),
+                        text=bool(a.get("text", False)))
 
 
 def verify_artifact(target: "Target", artifact: "Artifact", build_dir: Path, reference: str,

@@ -20,8 +20,13 @@ TOP1_FP32 = "top1_fp32"  # argmax agreement with fp32 ("same top p" of llama-per
 GREEDY_MATCH_FP32 = "greedy_match_fp32"
 # The reference itself against fp32 (how much of kld is the quantization, not the runtime):
 REF_KLD = "ref_kld"
+# Text golden prompts only (omnic.golden.inputs): perplexity of the prompts' next tokens, the
+# runtime's and the fp32 model's
+PERPLEXITY = "perplexity"
+PERPLEXITY_FP32 = "perplexity_fp32"
 
-ALL = (MAX_ABS, NMSE, COSINE, TOP1, GREEDY_MATCH, KLD, TOP1_FP32, GREEDY_MATCH_FP32, REF_KLD)
+ALL = (MAX_ABS, NMSE, COSINE, TOP1, GREEDY_MATCH, KLD, TOP1_FP32, GREEDY_MATCH_FP32, REF_KLD,
+       PERPLEXITY, PERPLEXITY_FP32)
 # Whether a bigger value is better: diff reports regressions in the right direction.
 HIGHER_IS_BETTER = {COSINE: True, TOP1: True, GREEDY_MATCH: True, TOP1_FP32: True,
                     GREEDY_MATCH_FP32: True}
@@ -62,6 +67,12 @@ def kld_rows(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     """KL(p || q) per position in nats, p the reference (as llama-perplexity: base || quant)."""
     lp, lq = log_softmax(p_logits), log_softmax(q_logits)
     return np.maximum((np.exp(lp) * (lp - lq)).sum(axis=-1), 0.0)
+
+
+def nll_rows(logits: np.ndarray, next_ids: np.ndarray) -> np.ndarray:
+    """-log p(next token) per position, nats: logits [positions, vocab], next_ids [positions]."""
+    lp = log_softmax(logits)
+    return -lp[np.arange(len(next_ids)), np.asarray(next_ids, dtype=np.int64)]
 
 
 def top1_rows(a: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -80,7 +80,8 @@ def compute(spec_path: Path, spec: "ResolvedSpec") -> tuple[dict[str, Any], dict
 
     spec_dir = Path(spec_path).parent
     decoder = build_model(spec, spec_dir)
-    inputs = inputs_for_spec(spec, special_ids_of(load_tokenizer(spec, spec_dir)))
+    tokenizer = load_tokenizer(spec, spec_dir)
+    inputs = inputs_for_spec(spec, special_ids_of(tokenizer), tokenizer)
     vocab = spec.model.vocab_size
     fp32_runner = TorchRunner(decoder)
     fp32 = reference_data("fp32", fp32_runner, fp32_runner, inputs, vocab)

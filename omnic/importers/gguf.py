@@ -181,8 +181,9 @@ def read_vocab(reader: Any) -> GgufVocab:
 
 
 def import_gguf(path: Path | str, out: Path | str, context_length: int | None = None,
-                name: str | None = None) -> dict[str, Any]:
-    """The spec data for the GGUF file at `path`, whose tokenizer is written beside `out`.
+                name: str | None = None) -> tuple[dict[str, Any], str]:
+    """The spec data for the GGUF file at `path`, whose tokenizer is written beside `out`, and
+    a description of what was read (for the spec's header).
 
     The spec itself is written by the caller (`omnic import` picks its device, targets and
     quantization). The tokenizer goes to `<out stem>.tokenizer/` (tokenizer.json and
@@ -212,5 +213,4 @@ def import_gguf(path: Path | str, out: Path | str, context_length: int | None = 
         "model": model,
         "weights": {"source": "gguf", "path": relative_path(path, out.parent)},
         "tokenizer": {"kind": "huggingface", "path": relative_path(tok_dir, out.parent)},
-        "_source": f"{path.resolve()} ({arch}, {len(reader.tensors)} tensors)",
-    }
+    }, f"{path.resolve()} ({arch}, {len(reader.tensors)} tensors)"

@@ -249,11 +249,12 @@ def relative_path(path: Path, start: Path) -> str:
 
 
 def import_hf(hf_dir: Path | str, out: Path | str, context_length: int | None = None,
-              name: str | None = None) -> dict[str, Any]:
-    """The spec data for the checkpoint in `hf_dir`, with paths relative to the spec `out`.
+              name: str | None = None) -> tuple[dict[str, Any], str]:
+    """The spec data for the checkpoint in `hf_dir`, with paths relative to the spec `out`, and
+    a description of what was read (for the spec's header).
 
     The spec is written by `omnic.compiler.importing`, which adds the device, quantization and
-    targets. `_source` describes what was read (for the spec's header; popped there).
+    targets.
 
     Args:
         hf_dir: a Hugging Face model directory (config.json, safetensors, tokenizer files).
@@ -280,5 +281,4 @@ def import_hf(hf_dir: Path | str, out: Path | str, context_length: int | None = 
         "model": model,
         "weights": {"source": "huggingface", "path": rel},
         "tokenizer": {"kind": "huggingface", "path": rel} if has_tokenizer else {"kind": "byte"},
-        "_source": f"{hf_dir.resolve()} ({arch})",
-    }
+    }, f"{hf_dir.resolve()} ({arch})"

@@ -31,8 +31,9 @@ def test_imported_checkpoint_passes_on_every_target(family, tmp_path):
 
     hf_dir = make_checkpoint(family, tmp_path / "hf")
     spec_path = tmp_path / f"{family}.yaml"
-    data = import_hf(hf_dir, spec_path, context_length=64)
-    data.update(targets=ALL_TARGETS, golden={"cases": 1, "prompt_tokens": 8, "decode_steps": 4})
+    data, _ = import_hf(hf_dir, spec_path, context_length=64)
+    data.update(device="desktop_cpu", targets=ALL_TARGETS,
+                golden={"cases": 1, "prompt_tokens": 8, "decode_steps": 4})
     spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     result = compile(spec_path, tmp_path / "build", progress=False)

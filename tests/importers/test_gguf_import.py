@@ -202,29 +202,72 @@ def test_prefill_logits_equal_transformers(smollm2_spec, smollm2_hf):
     assert np.abs(np.asarray(ours).reshape(theirs.shape) - theirs).max() < 2e-4
 
 
+@pytest.fixture(scope="module")
+def smollm2_onnx(smollm2_spec, tmp_path_factory):
+    """`omnic compile` of the imported spec (ONNX, float32 weights, a 64-token context)."""
+    from omnic.compiler.pipeline import compile
+
+    return compile(smollm2_spec, tmp_path_factory.mktemp("smollm2-onnx") / "build",
+                   progress=False)
+
+
 @pytest.mark.slow
 def test_onnx_compiled_from_the_gguf_generates_like_llama_cpp(smollm2_spec, smollm2_gguf,
-                                                              tmp_path):
+                                                              smollm2_onnx):
     """`omnic import` then `omnic compile`: the ONNX artifact's greedy tokens on a chat prompt
     equal llama.cpp's on the GGUF it came from (llama.cpp multiplies Q4_1 weights with Q8
     activations, the ONNX float32 weights with float32 ones: equal tokens, not equal logits)."""
     from omnic.compiler.artifact_runner import open_build_runner
-    from omnic.compiler.pipeline import compile
     from omnic.compiler.validate import load_resolved
     from omnic.runtime.generate import greedy
     from omnic.targets.gguf.runtime import LlamaCppRunner
     from omnic.tokenizer import load_tokenizer
 
-    build = compile(smollm2_spec, tmp_path / "build", progress=False)
-    assert build.manifest.status == "passed"
-    assert build.manifest.weights_source == {
+    assert smollm2_onnx.manifest.status == "passed"
+    assert smollm2_onnx.manifest.weights_source == {
         "format": "gguf", "file_type": "Q4_1",
         "tensor_types": {"F32": 61, "Q4_1": 210, "Q8_0": 1}}
     tokenizer = load_tokenizer(load_resolved(smollm2_spec), smollm2_spec.parent)
     prompt = tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                               "<|im_start|>assistant\n")
-    ours, _ = greedy(open_build_runner(build.out_dir, "onnx"), prompt, 16)
+    ours, _ = greedy(open_build_runner(smollm2_onnx.out_dir, "onnx"), prompt, 16)
     # llama.cpp on the original file (through omnic's thin runner, which keeps llama.cpp off
     # the AMX repacking that crashes this host's build: omnic.targets.gguf.runtime)
     theirs, _ = greedy(LlamaCppRunner(str(smollm2_gguf), n_ctx=64, n_threads=2), prompt, 16)
     assert ours == theirs, (tokenizer.decode(ours), tokenizer.decode(theirs))
+
+
+@pytest.mark.slow
+def test_golden_prompts_are_text_and_perplexity_is_transformers(smollm2_spec, smollm2_hf,
+                                                                 smollm2_onnx):
+    """With a Hugging Face tokenizer the golden prompts are omnic's bundled text, encoded by the
+    model's tokenizer; the perplexity the golden check reports equals transformers' on the same
+    ids (fp32 model and ONNX artifact alike, both float32 weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from omnic.compiler.validate import load_resolved
+    from omnic.golden.check import load_inputs
+    from omnic.golden.inputs import golden_text
+    from omnic.tokenizer import load_tokenizer
+
+    inputs = load_inputs(smollm2_onnx.out_dir)
+    assert inputs.text
+    tokenizer = load_tokenizer(load_resolved(smollm2_spec), smollm2_spec.parent)
+    stream = tokenizer.encode(golden_text())
+    starts = [next(i for i in range(len(stream)) if stream[i:i + len(p)] == list(p))
+              for p in inputs.prompts]  # each prompt is a window of the encoded text
+    assert starts[0] == 0 and starts[-1] == len(stream) - inputs.prompt_tokens
+    assert tokenizer.decode(inputs.prompts[0]).startswith("The harbour town woke slowly")
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32).eval()
+    nll = []
+    with torch.no_grad():
+        for p in inputs.prompts:
+            ids = torch.from_numpy(p)[None]
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+            nll.append(-logp[torch.arange(len(p) - 1), ids[0, 1:]])
+    ppl = float(torch.exp(torch.cat(nll).mean()))
+    (onnx,) = smollm2_onnx.manifest.artifacts
+    metrics = onnx.golden.metrics
+    assert metrics["perplexity_fp32"] == pytest.approx(ppl, rel=1e-3)
+    assert metrics["perplexity"] == pytest.approx(ppl, rel=1e-3)
+    assert ppl < 100  # a trained model on text; on uniform random ids it is in the thousands
