@@ -46,8 +46,10 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
                                                 f"target unavailable: {err}")))
             continue
         verify = verify_artifact if entry.component == Components.DECODER else verify_component
+        recorded = ({"limits": entry.golden.limits}
+                    if entry.component == Components.DECODER else {})
         results.append((entry, verify(target, artifact_from_entry(entry), build_dir,
-                                      entry.golden.reference, overrides)))
+                                      entry.golden.reference, overrides, **recorded)))
     return manifest, results
 
 

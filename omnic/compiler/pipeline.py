@@ -382,7 +382,7 @@ def compile(
         with stage("reference"):
             # from the model as built, before any pass: a pass that damages the program (the
             # test:: faults) must show up as a golden failure, not move the reference with it
-            sessions = _reference(built, resolved, staging)
+            sessions = _reference(built, resolved, staging, program.quant_plan)
         results: list[tuple["Artifact", "GoldenResult"]] = []
         for t, target in objs.items():
             with stage(f"{t}: lower", "targets"):
@@ -427,8 +427,9 @@ def compile(
     return CompileResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
 
 
-def _reference(built: Built, resolved: Any, staging: Path) -> tuple[Any, Any]:
-    """The golden sessions: the decoder's fp32 reference, and the components'."""
+def _reference(built: Built, resolved: Any, staging: Path, plan: Any) -> tuple[Any, Any]:
+    """The golden sessions: the decoder's fp32 reference, and the components'. `plan`: the
+    quant plan the targets lower, the recipe of the field reference (golden/field.py)."""
     from omnic.golden import inputs as golden_inputs
     from omnic.golden.check import GoldenSession
     from omnic.golden.components import ComponentGoldenSession
@@ -436,7 +437,8 @@ def _reference(built: Built, resolved: Any, staging: Path) -> tuple[Any, Any]:
     golden = resolved.golden
     inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(built.tokenizer),
                                            built.tokenizer)
-    session = GoldenSession(built.program.decoder, inputs, staging, golden.tolerances)
+    session = GoldenSession(built.program.decoder, inputs, staging, golden.tolerances,
+                            plan=plan, max_kld=golden.max_kld)
     session.fp32()
     components = ComponentGoldenSession(built.program.components, staging, golden.seed,
                                         golden.tolerances)

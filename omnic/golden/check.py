@@ -9,7 +9,9 @@ targets lowered, so a fault planted in lowering cannot leak into a reference):
 - fp32: the built decoder;
 - quantization-exact: a copy with `artifact.reference_weights` loaded (the fp32 one when None).
   Its weights must be a quantization of the fp32 weights (`weight_nmse`), so a target cannot
-  make a wrong tensor "exact" by reporting it as stored.
+  make a wrong tensor "exact" by reporting it as stored. Where the runtime's kernel rounds a
+  matmul's input to int8 (`artifact.activation_quant`), the copy rounds it the same way
+  (golden/activations.py).
 
 Per case, every reference runs its own greedy decode of `decode_steps` tokens (the prompt in one
 call, then one token per call) and records its logits on that path. The runtime is first driven
@@ -27,16 +29,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field as dataclass_field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from omnic.golden import activations, field
 from omnic.golden import metrics as M
 from omnic.golden.inputs import GoldenInputs
 from omnic.golden.store import load_npz, save_npz
-from omnic.golden.tolerances import Tolerance, ToleranceError, lookup
+from omnic.golden.tolerances import METRIC_KEYS, Tolerance, ToleranceError, family, lookup
 from omnic.constants import GoldenStatus
 from omnic.runtime import pages
 
@@ -79,9 +82,9 @@ class ReferenceData:
 class GoldenResult:
     status: str  # GoldenStatus
     reason: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = dataclass_field(default_factory=dict)
     reference: str | None = None  # build-relative path of the reference file
-    limits: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, float] = dataclass_field(default_factory=dict)
 
 
 class GoldenReferenceError(Exception):
@@ -256,8 +259,9 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
         (M.NMSE, values[M.NMSE] > tol.nmse, f"<= {tol.nmse:g}", nmse_worst[1], "exact"),
         (M.COSINE, values[M.COSINE] < tol.cosine, f">= {tol.cosine:g}", cos_worst[1], "exact"),
         (M.TOP1, values[M.TOP1] < tol.top1, f">= {tol.top1:g}", "all positions", "exact"),
-        (M.KLD, values[M.KLD] > tol.kld, f"<= {tol.kld:g} (worst {kld_worst[0]:.3g} at "
-         f"{kld_worst[1]})", "mean over positions", "fp32"),
+        (M.KLD, values[M.KLD] > tol.kld, f"<= {tol.kld:.4g} "
+         + (f"({tol.kld_source}) " if tol.kld_source else "")
+         + f"(worst {kld_worst[0]:.3g} at {kld_worst[1]})", "mean over positions", "fp32"),
         (M.TOP1_FP32, values[M.TOP1_FP32] < tol.top1_fp32, f">= {tol.top1_fp32:g}",
          "all positions", "fp32"),
     ]
@@ -310,11 +314,15 @@ class GoldenSession:
     """
 
     def __init__(self, decoder: Any, inputs: GoldenInputs, build_dir: Path,
-                 overrides: Mapping[str, float] | None = None):
+                 overrides: Mapping[str, float] | None = None,
+                 plan: Mapping[str, Any] | None = None, max_kld: float | None = None):
         self.decoder = decoder
         self.inputs = inputs
         self.build_dir = build_dir
         self.overrides = dict(overrides or {})
+        self.plan = dict(plan or {})  # the quant plan: the field reference's recipe
+        self.max_kld = max_kld  # the spec's golden.max_kld
+        self._field: list[field.FieldCost | None] = []  # measured once, when first needed
         self.vocab = int(decoder.config.vocab_size) if hasattr(decoder, "config") else None
         self._refs: dict[str, ReferenceData] = {}
         self._fp32_runner = None
@@ -375,6 +383,8 @@ class GoldenSession:
                 raise GoldenReferenceError(
                     f"reference_weights[{name}] is not a quantization of the model's tensor: "
                     f"nmse {err:.3g} against the fp32 weights > weight_nmse {tol.weight_nmse:g}")
+        rounding = artifact.activation_quant or {}
+        digest.update(activations.digest_key(rounding).encode())
         name = "exact-" + digest.hexdigest()[:12]
         if name not in self._refs:
             model = with_weights(self.decoder, weights)
@@ -383,6 +393,10 @@ class GoldenSession:
                 merged = {k: (torch.from_numpy(np.asarray(weights[k], dtype=np.float32).copy())
                               if k in weights else v) for k, v in state.items()}
                 model.load_state_dict(merged, strict=True)
+            try:
+                activations.apply(model, rounding)
+            except ValueError as err:
+                raise GoldenReferenceError(str(err)) from None
             with pages.released_after_each_block(self.decoder):  # its forced fp32 runs
                 ref = reference_data(name, self._runner(model), self._fp32_runner, self.inputs,
                                      self._vocab(), fp32=fp32)
@@ -391,10 +405,50 @@ class GoldenSession:
             self._refs[name] = ref
         return self._refs[name]
 
+    def field_cost(self) -> "field.FieldCost | None":
+        """What the field's reference quantization of the plan costs (None: nothing quantized)."""
+        if not self._field:
+            self._field.append(self._measure_field())
+        return self._field[0]
+
+    def _measure_field(self) -> "field.FieldCost | None":
+        if not field.quantized(self.plan):
+            return None
+        fp32 = self.fp32()
+        weights, rounding, method = field.field_weights(self.decoder.state_dict(), self.plan)
+        model = with_weights(self.decoder, weights)
+        if model is None:
+            return None
+        activations.apply(model, rounding, strict=False)
+        with pages.released_after_each_block(self.decoder):
+            ref = reference_data("field", self._runner(model), self._fp32_runner, self.inputs,
+                                 self._vocab(), fp32=fp32)
+        del model
+        kl = np.concatenate([M.kld_rows(f, g) for f, g in zip(ref.fp32_logits, ref.logits)])
+        top1 = np.concatenate([M.top1_rows(g, f) for f, g in zip(ref.fp32_logits, ref.logits)])
+        return field.FieldCost(float(kl.mean()), float(top1.mean()), method)
+
+    def budget(self, tol: Tolerance, artifact: "Artifact") -> Tolerance:
+        """`tol` with the KLD limit of a quantized artifact set by the field reference, or by
+        the spec's golden.max_kld (a golden.tolerances key for kld wins over both)."""
+        fam = family(artifact.precision)
+        if fam not in ("int4", "int8") or _kld_overridden(self.overrides, artifact.target,
+                                                          artifact.precision, fam):
+            return tol
+        cost = self.field_cost()
+        typical = f"{cost.method} costs {cost.kld:.3g} on these prompts" if cost else ""
+        if self.max_kld is not None:
+            return replace(tol, kld=self.max_kld, kld_source="the spec's budget golden.max_kld"
+                           + (f"; {typical}" if typical else ""))
+        if cost is None:
+            return tol
+        return replace(tol, kld=cost.budget(), kld_source=f"{field.RATIO:g} x what {typical}")
+
     def check(self, target: "Target", artifact: "Artifact") -> GoldenResult:
         """Load the artifact on its runtime and judge it. Never raises for a bad artifact."""
         try:
-            tol = lookup(artifact.target, artifact.precision, self.overrides)
+            tol = self.budget(lookup(artifact.target, artifact.precision, self.overrides),
+                              artifact)
         except ToleranceError as err:
             return GoldenResult(GoldenStatus.FAILED, str(err))
         try:
@@ -407,9 +461,13 @@ class GoldenSession:
             early.reference, early.limits = ref_path, tol.limits()
             return early
         try:
-            return judge(runner, self.inputs, ref, tol, ref_path)
+            result = judge(runner, self.inputs, ref, tol, ref_path)
         finally:
             del runner
+        cost = self.field_cost() if tol.kld_source else None
+        if cost is not None:
+            result.metrics[M.FIELD_KLD] = cost.kld
+        return result
 
 
 _NMSE_CHUNK = 1 << 22  # elements; float64 temporaries of 32 MiB instead of 5 x the tensor
@@ -466,12 +524,23 @@ def load_inputs(build_dir: Path) -> GoldenInputs:
                         text=bool(a.get("text", False)))
 
 
+def _kld_overridden(overrides: Mapping[str, float], target: str, precision: str, fam: str
+                    ) -> bool:
+    return any(f"{t}/{p}/kld" in overrides for t in ("*", target) for p in ("*", precision, fam))
+
+
 def verify_artifact(target: "Target", artifact: "Artifact", build_dir: Path, reference: str,
-                    overrides: Mapping[str, float] | None = None) -> GoldenResult:
-    """Re-run one artifact's golden check from a build's saved golden/ files (no torch needed)."""
+                    overrides: Mapping[str, float] | None = None,
+                    limits: Mapping[str, float] | None = None) -> GoldenResult:
+    """Re-run one artifact's golden check from a build's saved golden/ files (no torch needed).
+
+    `limits`: those the build recorded (its manifest), which include a KLD budget measured at
+    compile time; without them the table's row and `overrides` apply."""
     inputs = load_inputs(build_dir)
     try:
         tol = lookup(artifact.target, artifact.precision, overrides)
+        if limits and all(k in limits for k in METRIC_KEYS):
+            tol = Tolerance.recorded(limits, "the limits the build recorded")
     except ToleranceError as err:
         return GoldenResult(GoldenStatus.FAILED, str(err))
     ref = ReferenceData.load(build_dir / reference)

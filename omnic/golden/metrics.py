@@ -25,8 +25,12 @@ REF_KLD = "ref_kld"
 PERPLEXITY = "perplexity"
 PERPLEXITY_FP32 = "perplexity_fp32"
 
+# Quantized artifacts: the KLD of the field's reference quantization of the same recipe
+# (omnic.golden.field), the yardstick of the kld budget
+FIELD_KLD = "field_kld"
+
 ALL = (MAX_ABS, NMSE, COSINE, TOP1, GREEDY_MATCH, KLD, TOP1_FP32, GREEDY_MATCH_FP32, REF_KLD,
-       PERPLEXITY, PERPLEXITY_FP32)
+       PERPLEXITY, PERPLEXITY_FP32, FIELD_KLD)
 # Whether a bigger value is better: diff reports regressions in the right direction.
 HIGHER_IS_BETTER = {COSINE: True, TOP1: True, GREEDY_MATCH: True, TOP1_FP32: True,
                     GREEDY_MATCH_FP32: True}

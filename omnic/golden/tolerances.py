@@ -38,13 +38,20 @@ class Tolerance:
     top1_fp32: float
     weight_nmse: float
     source: str = ""
+    kld_source: str = ""  # where a kld limit not from this table came from (golden/field.py)
 
     def limits(self) -> dict[str, float]:
         """The numeric limits (for the manifest)."""
-        return {k: v for k, v in asdict(self).items() if k != "source"}
+        return {k: v for k, v in asdict(self).items() if k not in _TEXT}
+
+    @classmethod
+    def recorded(cls, limits: Mapping[str, float], source: str) -> "Tolerance":
+        """The row a build recorded (its manifest's limits), for re-judging it later."""
+        return cls(**{k: float(limits[k]) for k in METRIC_KEYS}, source=source)
 
 
-METRIC_KEYS = tuple(f.name for f in fields(Tolerance) if f.name != "source")
+_TEXT = ("source", "kld_source")
+METRIC_KEYS = tuple(f.name for f in fields(Tolerance) if f.name not in _TEXT)
 
 # Quality limits of a quantized decoder against fp32. llama-perplexity on LLaMA 3 8B vs FP16:
 # Q8_0 mean KLD 0.0014 and 98.5 % same top token; Q4_0 mean KLD 0.074 (Q4_K_M 0.031, 92.2 %).
@@ -176,7 +183,7 @@ def lookup(target: str, precision: str, overrides: Mapping[str, float] | None = 
             order += [("*", fam), (target, fam)]
         order += [("*", precision), (target, precision)]
         for t_key, p_key in order:
-            for metric in (f.name for f in fields(row) if f.name != "source"):
+            for metric in (f.name for f in fields(row) if f.name not in _TEXT):
                 key = f"{t_key}/{p_key}/{metric}"
                 if key in overrides:
                     changes[metric] = float(overrides[key])

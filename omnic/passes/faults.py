@@ -11,6 +11,12 @@ Passes:
                     reverse the order of the key heads in every layer's k projection (rows of
                     layers.{i}.attn.k.weight and .bias): each query group attends to the keys
                     of another group, the classic wrong-GQA-layout bug. Needs >= 2 kv heads.
+    test::permute_weight
+                    reverse the output rows of the middle layer's FFN up projection: one
+                    matrix of one layer in a wrong layout (its rows no longer pair with gate's).
+    test::double_scale
+                    double the middle layer's attention output projection: one matrix whose
+                    quantization scales are twice what they should be.
     test::permute_component_weights
                     reverse the output rows of the first matrix (or conv filter bank) of every
                     component (encoders, projectors, heads): a wrong weight layout in each
@@ -81,6 +87,49 @@ class PermuteComponentWeights:
                 weight.copy_(weight.flip(0).clone())
             damaged[name] = dataclasses.replace(comp, module=module)
         return PassResult(program.evolve(components=damaged), changed=True)
+
+    def ensures(self, program: Program) -> None:
+        pass
+
+
+def _middle_layer_copy(program: Program, name: str, change) -> PassResult:
+    """A copy of the program with `change(tensor)` applied in place to layers.{mid}.{name}."""
+    import torch
+
+    decoder = copy.deepcopy(program.decoder)
+    state = decoder.state_dict()
+    key = f"layers.{program.spec.model.n_layers // 2}.{name}"
+    if key not in state:
+        raise PreconditionError(f"the decoder has no {key}")
+    with torch.no_grad():
+        change(state[key])
+    return PassResult(program.evolve(decoder=decoder), changed=True)
+
+
+@register_pass("test::permute_weight")
+class PermuteWeight:
+    """A copy of the program whose middle layer's ffn.up rows are in reverse order."""
+
+    def requires(self, program: Program) -> None:
+        pass
+
+    def call(self, program: Program) -> PassResult:
+        return _middle_layer_copy(program, "ffn.up.weight",
+                                  lambda w: w.copy_(w.flip(0).clone()))
+
+    def ensures(self, program: Program) -> None:
+        pass
+
+
+@register_pass("test::double_scale")
+class DoubleScale:
+    """A copy of the program whose middle layer's attn.o weights are doubled."""
+
+    def requires(self, program: Program) -> None:
+        pass
+
+    def call(self, program: Program) -> PassResult:
+        return _middle_layer_copy(program, "attn.o.weight", lambda w: w.mul_(2.0))
 
     def ensures(self, program: Program) -> None:
         pass

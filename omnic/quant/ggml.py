@@ -5,12 +5,18 @@
 types omnic offers (Q4_K_M, Q5_K_M, Q6_K) on llama-family tensors: it predicts what
 `llama_model_quantize` will choose, so the plan and `omnic plan --explain-quant` can say it before
 anything is built (a test compares it with llama.cpp's own choice).
+
+`quantize` and `dequantize` convert arrays through gguf-py (llama.cpp's reference quantizers in
+numpy), imported only when they are called.
   ref: https://github.com/ggml-org/llama.cpp/blob/master/src/llama-quant.cpp
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # type -> (elements per block, bytes per block).
 # ref: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-common.h (block_q4_0 ...)
@@ -128,3 +134,56 @@ def k_mixture_types(file_type: str, matrices: Iterable[tuple[str, tuple[int, ...
                 t = "Q5_K"
         out[name] = _fallback(t, ncols)
     return out
+
+
+def quantize(values: "np.ndarray", type_name: str) -> "np.ndarray":
+    """float32 values -> the array GGUFWriter stores for ggml type `type_name`.
+
+    F32/F16 come back as float arrays, every other type as uint8 rows of blocks.
+    """
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[type_name]
+    values = np.asarray(values)
+    if qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(values, dtype=np.float32)
+    if qtype == GGMLQuantizationType.F16:
+        return _by_rows(values, lambda r: r.astype(np.float16), values.shape[-1], np.float16)
+    width = quants.quant_shape_to_byte_shape(values.shape[-1:], qtype)[0]
+    return _by_rows(values, lambda r: quants.quantize(np.ascontiguousarray(r, np.float32), qtype),
+                    width, np.uint8)
+
+
+def dequantize(data: "np.ndarray", qtype: Any) -> "np.ndarray":
+    """gguf-py's `quants.dequantize` (stored rows -> float32), a chunk of rows at a time."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    data = np.asarray(data)
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        return _by_rows(data, lambda r: r.astype(np.float32), data.shape[-1], np.float32)
+    width = quants.quant_shape_from_byte_shape(data.shape[-1:], qtype)[0]
+    return _by_rows(data, lambda r: quants.dequantize(r, qtype), width, np.float32)
+
+
+def _by_rows(values: "np.ndarray", convert: Any, width: int, dtype: Any) -> "np.ndarray":
+    """`convert` applied to the rows of `values` a chunk at a time, into one preallocated array.
+
+    ggml blocks never cross a row, so the bytes are those of one whole-tensor call, without
+    gguf-py's temporaries of the whole tensor (a list of parts, then their concatenation: 2 GB
+    for Llama-3.2-1B's 128256 x 2048 embedding).
+    """
+    import numpy as np
+
+    if values.ndim == 0:
+        values = values.reshape(1)
+    rows = values.reshape(-1, values.shape[-1])
+    out = np.empty((rows.shape[0], width), dtype=dtype)
+    step = max(1, CHUNK // max(rows.shape[1], width, 1))
+    for i in range(0, rows.shape[0], step):
+        out[i:i + step] = convert(rows[i:i + step])
+    return out.reshape(*values.shape[:-1], width)
+
+
+CHUNK = 1 << 22  # values (or bytes) per conversion call

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from omnic.spec.base import SpecModel
 
@@ -68,4 +68,11 @@ class Golden(SpecModel):
     tolerances: dict[str, float] = Field(
         default_factory=dict,
         description="Overrides of the tolerance table, keyed 'target/precision/metric'.",
+    )
+    max_kld: PositiveFloat | None = Field(
+        None,
+        description="Quality budget of quantized artifacts: the most mean KL divergence from the "
+                    "fp32 model (nats) on the golden prompts. Default: 1.25x what the field's "
+                    "reference quantization of the same recipe (llama.cpp's Q4_0, Q8_0...) "
+                    "costs on the same model.",
     )

@@ -77,6 +77,10 @@ class Artifact:
     # by canonical tensor name; None when the artifact stores the fp32 weights unchanged. The
     # golden check builds its quantization-exact reference from these. Never written to disk.
     reference_weights: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # Per weight (canonical name), how the runtime's kernel rounds that matmul's input to int8
+    # (omnic.quant.activations.ActivationQuant); the exact reference rounds it the same way.
+    # None: the runtime multiplies float activations.
+    activation_quant: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     # The target's own passes that made this artifact (omnic.passes.run_passes records, in
     # order); the pipeline writes them into the manifest beside the model-level passes.
     passes: list[Any] = field(default_factory=list, repr=False, compare=False)

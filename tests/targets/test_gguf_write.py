@@ -105,7 +105,7 @@ def test_row_chunked_conversion_is_gguf_py_whole_tensor_call(monkeypatch, type_n
     and values must be those of gguf-py's one call on the whole tensor."""
     from gguf import GGMLQuantizationType, quants
 
-    from omnic.targets.gguf import quant as gguf_quant
+    from omnic.quant import ggml as gguf_quant
 
     monkeypatch.setattr(gguf_quant, "CHUNK", 3 * 256)  # 3 rows of 256 per call: 7 calls
     w = np.random.default_rng(1).standard_normal((20, 256)).astype(np.float32)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from omnic.constants import Schemes, TensorNames
+from omnic.quant.activations import XNNPACK_QD8, ActivationQuant
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +65,12 @@ class QuantResult:
     dtype: str  # compute dtype of the exported model: "float32", "float16" or "bfloat16"
     forms: dict[str, str] = field(default_factory=dict)  # name -> native form, non-fp32 only
     reference_weights: dict[str, np.ndarray] | None = None
-    dynamic_activations: bool = False
+    # linears whose input XNNPACK rounds to int8 per token at run time (8da)
+    rounding: dict[str, ActivationQuant] = field(default_factory=dict)
+
+    @property
+    def dynamic_activations(self) -> bool:
+        return bool(self.rounding)
 
 
 def _is_embedding(name: str) -> bool:
@@ -215,7 +221,7 @@ def quantize_decoder(decoder: "torch.nn.Module", plan: Mapping[str, "TensorSchem
         _assign(decoder, name, torch.nn.Parameter(tensor, requires_grad=False))
         form = form_of(name, ts, tied, w.shape[1])
         if linear:
-            result.dynamic_activations = True
+            result.rounding[name] = XNNPACK_QD8
             if bits == 4:
                 groups.add(block[1])
         result.forms[name] = form

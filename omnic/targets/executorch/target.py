@@ -284,6 +284,7 @@ class ExecutorchTarget:
             details=details,
             precision=quant.precision,
             reference_weights=quant.reference_weights,
+            activation_quant=quant.rounding or None,
         )]
 
     def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omnic.constants import Schemes
+from omnic.quant.activations import ActivationQuant, llama_cpp
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from omnic.quant.select import TensorScheme
     from omnic.spec import ResolvedSpec
     from omnic.formats.gguf_arch import GgufTensor
@@ -184,57 +183,21 @@ def _default_scheme(spec: "ResolvedSpec") -> "TensorScheme":
     return TensorScheme(w.scheme, w.group_size, w.symmetric, None)
 
 
-def quantize(values: "np.ndarray", type_name: str) -> "np.ndarray":
-    """float32 values -> the array GGUFWriter stores for ggml type `type_name`.
+def activation_rounding(tensors: list["GgufTensor"], types: dict[str, str]
+                        ) -> dict[str, ActivationQuant]:
+    """Per omnic weight, how llama.cpp's CPU backend rounds the activations it multiplies
+    (Q8_0 or Q8_K blocks, by the stored type: omnic.quant.activations); float types omitted.
 
-    F32/F16 come back as float arrays, every other type as uint8 rows of blocks.
+    Args:
+        tensors: the file's tensors and their omnic sources.
+        types: GGUF tensor name -> stored type name, as read back from the file.
     """
-    import numpy as np
-    from gguf import GGMLQuantizationType, quants
-
-    qtype = GGMLQuantizationType[type_name]
-    values = np.asarray(values)
-    if qtype == GGMLQuantizationType.F32:
-        return np.ascontiguousarray(values, dtype=np.float32)
-    if qtype == GGMLQuantizationType.F16:
-        return _by_rows(values, lambda r: r.astype(np.float16), values.shape[-1], np.float16)
-    width = quants.quant_shape_to_byte_shape(values.shape[-1:], qtype)[0]
-    return _by_rows(values, lambda r: quants.quantize(np.ascontiguousarray(r, np.float32), qtype),
-                    width, np.uint8)
-
-
-def dequantize(data: "np.ndarray", qtype: Any) -> "np.ndarray":
-    """gguf-py's `quants.dequantize` (stored rows -> float32), a chunk of rows at a time."""
-    import numpy as np
-    from gguf import GGMLQuantizationType, quants
-
-    data = np.asarray(data)
-    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-        return _by_rows(data, lambda r: r.astype(np.float32), data.shape[-1], np.float32)
-    width = quants.quant_shape_from_byte_shape(data.shape[-1:], qtype)[0]
-    return _by_rows(data, lambda r: quants.dequantize(r, qtype), width, np.float32)
-
-
-def _by_rows(values: "np.ndarray", convert: Any, width: int, dtype: Any) -> "np.ndarray":
-    """`convert` applied to the rows of `values` a chunk at a time, into one preallocated array.
-
-    ggml blocks never cross a row, so the bytes are those of one whole-tensor call, without
-    gguf-py's temporaries of the whole tensor (a list of parts, then their concatenation: 2 GB
-    for Llama-3.2-1B's 128256 x 2048 embedding).
-    """
-    import numpy as np
-
-    if values.ndim == 0:
-        values = values.reshape(1)
-    rows = values.reshape(-1, values.shape[-1])
-    out = np.empty((rows.shape[0], width), dtype=dtype)
-    step = max(1, CHUNK // max(rows.shape[1], width, 1))
-    for i in range(0, rows.shape[0], step):
-        out[i:i + step] = convert(rows[i:i + step])
-    return out.reshape(*values.shape[:-1], width)
-
-
-CHUNK = 1 << 22  # values (or bytes) per conversion call
+    out = {}
+    for t in tensors:
+        aq = llama_cpp(types[t.name]) if t.is_matrix else None
+        if aq is not None:
+            out.update({name: aq for name in t.sources})
+    return out
 
 
 def stored_nbytes(shape: tuple[int, ...], type_name: str) -> int:

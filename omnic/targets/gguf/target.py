@@ -36,7 +36,7 @@ from omnic.targets.base import Artifact, Problem, register_target
 from omnic.formats.gguf_arch import plan_arch, tensor_plan
 from omnic.targets.gguf.backend import missing, require_llama_cpp
 from omnic.targets.gguf.mmproj import mmproj_problems
-from omnic.targets.gguf.quant import K_QUANTS, plan_types
+from omnic.targets.gguf.quant import K_QUANTS, activation_rounding, plan_types
 
 if TYPE_CHECKING:
     from omnic.passes.program import Program
@@ -173,6 +173,7 @@ class GgufTarget:
             },
             precision=precision_of(ft, facts["types"], kv_type),
             reference_weights=weights,
+            activation_quant=activation_rounding(tensors, facts["types"]) or None,
         )]
 
     def lower_component(self, program: "Program", name: str, out_dir: Path) -> Artifact:

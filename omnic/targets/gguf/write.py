@@ -20,7 +20,8 @@ from omnic.constants import GgufKeys
 from omnic.formats.gguf_arch import (
     ArchPlan, GgufTensor, extra_tensors, from_gguf, to_gguf, write_hparams,
 )
-from omnic.targets.gguf.quant import FileType, dequantize, quantize, stored_nbytes
+from omnic.quant.ggml import dequantize, quantize
+from omnic.targets.gguf.quant import FileType, stored_nbytes
 from omnic.formats.gguf_vocab import GgufVocab, write_vocab
 
 if TYPE_CHECKING:

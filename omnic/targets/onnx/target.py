@@ -145,6 +145,7 @@ class OnnxTarget:
             details=details,
             precision=precision_of(spec) if reference else "fp32",
             reference_weights=reference or None,
+            activation_quant=onnx_quant.activation_rounding(stored) or None,
             passes=pass_records,
         )
 

@@ -1,0 +1,45 @@
+"""The KLD budget of quantized artifacts: the field reference's cost, or the spec's own.
+
+A tiny int4 spec compiled to GGUF Q4_0 (run by llama.cpp). Its field reference is llama.cpp's
+Q4_0 rounding of the same weights with Q8_0 activations, i.e. what the artifact itself is, so
+the artifact's measured KLD (from llama.cpp's logits) must equal it closely: an independent check
+that the field reference computes what llama.cpp computes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
+
+
+@pytest.fixture(scope="module")
+def q4_build(tiny_spec_file, tmp_path_factory):
+    from omnic.compiler.pipeline import compile
+
+    spec = tiny_spec_file("budget", {"quantization": INT4, "targets": {"gguf": {}}})
+    return compile(spec, tmp_path_factory.mktemp("budget") / "build", progress=False)
+
+
+def test_the_field_reference_is_what_llama_cpp_computes(q4_build):
+    (gguf,) = [a for a in q4_build.manifest.artifacts if a.target == "gguf"]
+    assert gguf.precision == "q4_0" and gguf.golden.status == "passed"
+    field_kld = gguf.golden.metrics["field_kld"]
+    assert field_kld > 1e-4  # int4 costs something, even on random weights
+    assert gguf.golden.metrics["kld"] == pytest.approx(field_kld, rel=0.02)
+    assert gguf.golden.limits["kld"] < 0.1  # not the table's absolute row any more
+
+
+def test_a_spec_budget_fails_the_compile_and_says_what_the_scheme_costs(tiny_spec_file,
+                                                                         tmp_path):
+    from omnic.compiler.pipeline import compile
+
+    spec = tiny_spec_file("tight", {"quantization": INT4, "targets": {"gguf": {}},
+                                    "golden": {"max_kld": 1e-7}})
+    result = compile(spec, tmp_path / "build", progress=False)
+    assert result.exit_code == 1
+    (gguf,) = [a for a in result.manifest.artifacts if a.target == "gguf"]
+    assert gguf.golden.status == "failed"
+    assert "golden.max_kld" in gguf.golden.reason
+    assert "llama.cpp Q4_0" in gguf.golden.reason and "costs" in gguf.golden.reason
+    assert gguf.golden.limits["kld"] == 1e-7
