@@ -146,8 +146,8 @@ def main() -> int:
         if "error" in m:
             rows.append([label, m["error"], "", "", "", m.get("golden", "")])
             continue
-        rows.append([label, f"{m['kld']:.3f}", f"{m['kld'] / base:.2f}x", f"{100 * m['top1']:.1f} %",
-                     f"{m['ppl']:.2f}", m.get("golden", "")])
+        rows.append([label, f"{m['kld']:.3f}", f"{m['kld'] / base:.2f}x",
+                     f"{100 * m['top1']:.1f} %", f"{m['ppl']:.2f}", m.get("golden", "")])
     ppl32 = next(iter(measured.values()))["ppl_fp32"]
     (a.work / "results.json").write_text(json.dumps(measured, indent=1))
     h.print_table(
