@@ -152,7 +152,8 @@ def _measure(decoder: Any, weights: dict, inputs: Any, fp32_paths: list) -> tupl
     import numpy as np
 
     from omnic.golden import metrics as M
-    from omnic.golden.check import with_weights, run_forced
+    from omnic.golden.check import run_forced
+    from omnic.golden.reference_model import with_weights
     from omnic.runtime.torch_runner import TorchRunner
 
     model = with_weights(decoder, weights)

@@ -27,6 +27,7 @@ from omnic.digest import file_sha256
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, Problem, register_target
 from omnic.targets.onnx.backend import missing, require_backend
+from omnic.targets.onnx.rounding import activation_rounding
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -145,7 +146,7 @@ class OnnxTarget:
             details=details,
             precision=precision_of(spec) if reference else "fp32",
             reference_weights=reference or None,
-            activation_quant=onnx_quant.activation_rounding(stored) or None,
+            activation_quant=activation_rounding(stored) or None,
             passes=pass_records,
         )
 
