@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 # Below this many fp32 bytes the reference is materialised eagerly: no hooks and no repeated
-# dequantization. Up to ~200 M parameters (SmolLM2-135M: 0.54 GB) the fp32 copy costs less than
-# dequantizing every matrix at each of the golden check's ~130 forward calls (290 s of golden
-# for one ONNX int4 artifact of SmolLM2-135M, lazily); at 0.5B and above memory comes first.
+# dequantization. Up to ~200 M parameters (SmolLM2-135M: 0.54 GB) the fp32 copy is worth more
+# than dequantizing every matrix at each of the golden check's ~130 forward calls; at 0.5B and
+# above memory comes first.
 EAGER_BYTES = 800 * 2**20
 
 
