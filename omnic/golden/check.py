@@ -28,6 +28,7 @@ golden/ files alone, without torch.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from dataclasses import dataclass, field as dataclass_field, replace
 from pathlib import Path
@@ -323,7 +324,6 @@ class GoldenSession:
         self.overrides = dict(overrides or {})
         self.plan = dict(plan or {})  # the quant plan: the field reference's recipe
         self.max_kld = max_kld  # the spec's golden.max_kld
-        self._field: list[field.FieldCost | None] = []  # measured once, when first needed
         self.vocab = int(decoder.config.vocab_size) if hasattr(decoder, "config") else None
         self._refs: dict[str, ReferenceData] = {}
         self._fp32_runner = None
@@ -406,13 +406,10 @@ class GoldenSession:
             self._refs[name] = ref
         return self._refs[name]
 
+    @functools.cached_property
     def field_cost(self) -> "field.FieldCost | None":
-        """What the field's reference quantization of the plan costs (None: nothing quantized)."""
-        if not self._field:
-            self._field.append(self._measure_field())
-        return self._field[0]
-
-    def _measure_field(self) -> "field.FieldCost | None":
+        """What the field's reference quantization of the plan costs (None: nothing quantized);
+        measured once, when a quantized artifact first needs its budget."""
         if not field.quantized(self.plan):
             return None
         fp32 = self.fp32()
@@ -426,8 +423,7 @@ class GoldenSession:
                                  self._vocab(), fp32=fp32)
         del model
         kl = np.concatenate([M.kld_rows(f, g) for f, g in zip(ref.fp32_logits, ref.logits)])
-        top1 = np.concatenate([M.top1_rows(g, f) for f, g in zip(ref.fp32_logits, ref.logits)])
-        return field.FieldCost(float(kl.mean()), float(top1.mean()), method)
+        return field.FieldCost(float(kl.mean()), method)
 
     def budget(self, tol: Tolerance, artifact: "Artifact") -> Tolerance:
         """`tol` with the KLD limit of a quantized artifact set by the field reference, or by
@@ -436,7 +432,7 @@ class GoldenSession:
         if fam not in ("int4", "int8") or field.kld_overridden(self.overrides, artifact.target,
                                                           artifact.precision, fam):
             return tol
-        cost = self.field_cost()
+        cost = self.field_cost
         typical = f"{cost.method} costs {cost.kld:.3g} on these prompts" if cost else ""
         if self.max_kld is not None:
             return replace(tol, kld=self.max_kld, kld_source="the spec's budget golden.max_kld"
@@ -465,7 +461,7 @@ class GoldenSession:
             result = judge(runner, self.inputs, ref, tol, ref_path)
         finally:
             del runner
-        cost = self.field_cost() if tol.kld_source else None
+        cost = self.field_cost if tol.kld_source else None
         if cost is not None:
             result.metrics[M.FIELD_KLD] = cost.kld
         return result

@@ -119,7 +119,8 @@ TABLE: dict[tuple[str, str], Tolerance] = {
     # specs/mobile_2gb.yaml (random weights): cosine >= 0.9997, max_abs <= 0.04, NMSE <= 4e-4.
     # So cosine 0.95 and rtol 0.1, about twice the reference's own float64 movement and above
     # what the runtimes show; NMSE and top-1 keep their limits. Faults stay caught: a permuted
-    # head, row order or doubled scale makes the stored weights fail weight_nmse (~0.25 to 2).
+    # head, row order or doubled scale makes the stored weights fail weight_nmse (a doubled
+    # scale measured 1.01 on SmolLM2; reversed rows of uncorrelated weights give ~2).
     ("*", "int8"): Tolerance(
         atol=5e-2, rtol=0.1, nmse=5e-3, cosine=0.95, top1=0.90, **_INT8_QUALITY,
         source="test-backend-ops mul_mat NMSE 5e-4 x ~10 matmuls; cosine/max_abs measured on "
