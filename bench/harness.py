@@ -260,56 +260,71 @@ def _og_timer(folder: Path, threads: int, vocab: int):
     return load_s, one, {"onnxruntime-genai intra_op_num_threads": threads}
 
 
-def _ort_timer(folder: Path, threads: int, vocab: int):
-    import onnxruntime as ort
+class OrtKvRunner:
+    """A plain onnxruntime session over a decoder ONNX with past_key_values inputs (the
+    onnxruntime-genai builder's model.onnx, or omnic's), fed like omnic's OnnxRunner: inputs
+    read off the graph. The Runner protocol of omnic.targets.base: `reset()`, then
+    `forward(tokens [T]) -> logits [T, vocab]` with the cache carried between calls."""
 
-    model = folder / "model.onnx" if folder.is_dir() else folder
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    start = time.perf_counter()
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    load_s = time.perf_counter() - start
-    inputs = {i.name: i for i in sess.get_inputs()}
-    outputs = [o.name for o in sess.get_outputs()]
-    past = {n: i for n, i in inputs.items() if n.startswith("past_key_values.")}
-    dtype = {n: (np.float16 if "float16" in i.type else np.float32) for n, i in past.items()}
-    ids_dtype = np.int32 if "int32" in inputs["input_ids"].type else np.int64
+    def __init__(self, folder: Path, threads: int) -> None:
+        import onnxruntime as ort
 
-    def step(ids: np.ndarray, pos: int, cache: dict) -> tuple[np.ndarray, dict]:
-        t = ids.shape[0]
-        feed = {"input_ids": ids.astype(ids_dtype)[None], **cache}
-        if "attention_mask" in inputs:
+        model = folder / "model.onnx" if folder.is_dir() else folder
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        start = time.perf_counter()
+        self.sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        self.load_s = time.perf_counter() - start
+        self.inputs = {i.name: i for i in self.sess.get_inputs()}
+        self.outputs = [o.name for o in self.sess.get_outputs()]
+        past = {n: i for n, i in self.inputs.items() if n.startswith("past_key_values.")}
+        self.ids_dtype = np.int32 if "int32" in self.inputs["input_ids"].type else np.int64
+        # symbolic cache dims (the builder writes 'kv_cache_dim'): from genai_config.json
+        dec = json.loads((model.parent / "genai_config.json").read_text())["model"]["decoder"]
+        known = {1: dec["num_key_value_heads"], 3: dec["head_size"]}
+
+        def dim(shape: list, axis: int) -> int:
+            return shape[axis] if isinstance(shape[axis], int) else known[axis]
+
+        self.empty = {n: np.zeros((1, dim(i.shape, 1), 0, dim(i.shape, 3)),
+                                  dtype=np.float16 if "float16" in i.type else np.float32)
+                      for n, i in past.items()}
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache, self.position = dict(self.empty), 0
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        ids = np.asarray(tokens).reshape(-1)
+        t, pos = ids.shape[0], self.position
+        feed = {"input_ids": ids.astype(self.ids_dtype)[None], **self.cache}
+        if "attention_mask" in self.inputs:
             feed["attention_mask"] = np.ones((1, pos + t), dtype=np.int64)
-        if "position_ids" in inputs:
+        if "position_ids" in self.inputs:
             feed["position_ids"] = np.arange(pos, pos + t, dtype=np.int64)[None]
-        res = dict(zip(outputs, sess.run(outputs, feed)))
-        new = {n: res[n.replace("past_key_values.", "present.")] for n in cache}
-        return res["logits"][0, -1], new
+        res = dict(zip(self.outputs, self.sess.run(self.outputs, feed)))
+        self.cache = {n: res[n.replace("past_key_values.", "present.")] for n in self.cache}
+        self.position += t
+        return res["logits"][0].astype(np.float32)
 
-    # symbolic cache dims (the builder writes 'kv_cache_dim'): take them from genai_config.json
-    dec = json.loads((model.parent / "genai_config.json").read_text())["model"]["decoder"]
-    kv_heads = {1: dec["num_key_value_heads"], 3: dec["head_size"]}
 
-    def dim(shape: list, axis: int) -> int:
-        return shape[axis] if isinstance(shape[axis], int) else kv_heads[axis]
+def _ort_timer(folder: Path, threads: int, vocab: int):
+    runner = OrtKvRunner(folder, threads)
 
     def one(prompt: np.ndarray, decode: int) -> tuple[float, float]:
-        cache = {n: np.zeros((1, dim(i.shape, 1), 0, dim(i.shape, 3)), dtype=dtype[n])
-                 for n, i in past.items()}
+        runner.reset()
         t0 = time.perf_counter()
-        logits, cache = step(prompt, 0, cache)
+        logits = runner.forward(prompt)[-1]
         prefill = time.perf_counter() - t0
-        token, pos = int(np.argmax(logits)), len(prompt)
         steps = []
         for _ in range(decode):
             t1 = _clock()
-            logits, cache = step(np.array([token]), pos, cache)
-            token, pos = int(np.argmax(logits)), pos + 1
+            logits = runner.forward(np.array([int(np.argmax(logits))]))[-1]
             steps.append(_since(t1))
         return prefill, steps
 
-    return load_s, one, {"onnxruntime intra_op_num_threads": threads}
+    return runner.load_s, one, {"onnxruntime intra_op_num_threads": threads}
 
 
 def _llama_timer(path: Path, threads: int, vocab: int):

@@ -13,7 +13,10 @@ $OMNIC_TEST_CACHE or ~/.cache/omnic/test-models); pass --hf to use another.
    Its status and limits per artifact are printed as the build recorded them.
 2. llama.cpp: `convert_hf_to_gguf.py HF --outtype f32` and llama-quantize Q4_0
    (bench/llama_cpp_convert_vs_omnic.py's converter, from the llama-cpp-python sdist).
-3. Every file is then driven along the fp32 model's own greedy path over omnic's golden text
+3. The onnxruntime-genai model builder: `-p int4 -e cpu` (block 32, symmetric, accuracy_level 4
+   = int8 activations; the tied embedding / lm_head int4 too), run by a plain onnxruntime
+   session (bench/harness.py `OrtKvRunner`).
+4. Every file is then driven along the fp32 model's own greedy path over omnic's golden text
    prompts (the build's golden/inputs.npz and golden/fp32.npz: prose in five languages and
    Python code, encoded by the model's tokenizer), one call for the prompt, then one per token:
    mean KL(fp32 || artifact) and top-1 agreement over every position, and the perplexity of each
@@ -39,7 +42,8 @@ import harness as h  # noqa: E402
 from llama_cpp_convert_vs_omnic import CONVERT, QUANTIZE, converter  # noqa: E402
 
 from omnic.golden import metrics as M  # noqa: E402
-from omnic.golden.check import ReferenceData, load_inputs, run_forced  # noqa: E402
+from omnic.golden.check import ReferenceData, load_inputs  # noqa: E402
+from omnic.golden.runs import run_forced  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -61,6 +65,13 @@ def cached_hf() -> Path:
     if not found:
         raise SystemExit(f"no SmolLM2 fp32 directory in {root}: run `make test` once, or --hf")
     return found[-1].parent
+
+
+def import_int4(spec: Path, context: int, targets: str, env: dict[str, str]) -> None:
+    """`omnic import` of the registry's GGUF with the int4_g32 recipe and the given targets."""
+    subprocess.run([h.PY, "-m", "omnic.cli.main", "import", str(smollm2_gguf()), "-o",
+                    str(spec), "--context-length", str(context), "--quant", "int4_g32",
+                    "--targets", targets], check=True, env=env)
 
 
 def quality(runner, inputs, fp32: ReferenceData) -> dict[str, float]:
@@ -96,9 +107,7 @@ def main() -> int:
 
     spec, build = a.work / "smollm2.yaml", a.work / "omnic"
     if not (a.keep and (build / "manifest.json").is_file()):
-        subprocess.run([h.PY, "-m", "omnic.cli.main", "import", str(smollm2_gguf()), "-o",
-                        str(spec), "--context-length", str(a.context), "--quant", "int4_g32",
-                        "--targets", a.targets], check=True, env=env)
+        import_int4(spec, a.context, a.targets, env)
         run = h.run_measured([h.PY, "-m", "omnic.cli.main", "compile", str(spec), "-o",
                               str(build), "--force"], env=env, log=a.work / "omnic_compile.log")
         (a.work / "omnic_run.json").write_text(json.dumps(run))
@@ -117,6 +126,15 @@ def main() -> int:
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         raw.unlink()
 
+    builder = a.work / "builder"
+    if not (builder / "genai_config.json").is_file():
+        run_b = h.run_measured([h.PY, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
+                                "-o", str(builder), "-p", "int4", "-e", "cpu", "-c",
+                                str(a.work / "builder_cache")], env=env,
+                               log=a.work / "builder.log")
+        if run_b["returncode"]:
+            raise SystemExit(f"the onnxruntime-genai builder failed, see {run_b['log']}")
+
     from omnic.compiler import manifest as mf
     from omnic.compiler.artifact_runner import open_build_runner
     from omnic.targets.gguf.runtime import LlamaCppRunner
@@ -128,6 +146,8 @@ def main() -> int:
     rows, measured = [], {}
     measured["llama.cpp Q4_0 (convert_hf_to_gguf + llama-quantize)"] = quality(
         LlamaCppRunner(str(q4), n_ctx=positions + 8, n_threads=a.threads), inputs, fp32)
+    measured["onnxruntime-genai builder int4 (-p int4 -e cpu)"] = quality(
+        h.OrtKvRunner(builder, a.threads), inputs, fp32)
     for entry in manifest.artifacts:
         if entry.component != "decoder" or entry.golden.status == "not_run":
             continue

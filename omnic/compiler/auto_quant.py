@@ -152,7 +152,7 @@ def _measure(decoder: Any, weights: dict, inputs: Any, fp32_paths: list) -> tupl
     import numpy as np
 
     from omnic.golden import metrics as M
-    from omnic.golden.check import run_forced
+    from omnic.golden.runs import run_forced
     from omnic.golden.reference_model import with_weights
     from omnic.runtime.torch_runner import TorchRunner
 
@@ -179,7 +179,7 @@ def choose(spec: "ResolvedSpec", decoder: Any, inputs: Any, log: Any = None) -> 
     Raises:
         ValueError: no candidate is eligible.
     """
-    from omnic.golden.check import run_greedy
+    from omnic.golden.runs import run_greedy
     from omnic.quant.reference import reference_weights
     from omnic.quant.select import tensor_schemes
     from omnic.runtime.torch_runner import TorchRunner

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from omnic.golden import metrics as M
-from omnic.golden.check import ReferenceData, compare, run_greedy
+from omnic.golden.check import ReferenceData, compare
+from omnic.golden.runs import run_greedy
 from omnic.golden.inputs import make_inputs
 from omnic.golden.tolerances import TABLE, ToleranceError, family, lookup
 
