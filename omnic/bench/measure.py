@@ -185,21 +185,25 @@ def row_of(entry: Any, result: dict[str, Any], manifest: Any, build_dir: Path,
 
 
 def bench_build(build_dir: str | Path, settings: BenchSettings | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, verify: bool = True) -> dict[str, Any]:
     """Measure every decoder artifact of a build (each in its own process) and the bandwidth.
 
     Args:
         build_dir: an omnic build (a directory with manifest.json).
         settings: how to measure (threads, token counts, repetitions, targets).
         log: called with one line per step (progress), or None.
+        verify: refuse the build when an artifact to measure is not the one the manifest
+            records (its sha256); checked once here, before any worker starts.
 
     Returns:
         The report (JSON-able): settings, host, bandwidth, load average before and after, rows.
 
     Raises:
-        BenchError: no manifest, an unknown target, or prompt + decode beyond the context.
+        BenchError: no manifest, an unknown target, prompt + decode beyond the context, or
+            (verify) an artifact modified since the compile.
     """
     from omnic.compiler import manifest as mf
+    from omnic.compiler.artifact_runner import ArtifactModified, check_artifacts
 
     s = settings or BenchSettings()
     say = log or (lambda _line: None)
@@ -222,6 +226,12 @@ def bench_build(build_dir: str | Path, settings: BenchSettings | None = None,
         raise BenchError(f"the build has no decoder artifact for {', '.join(unknown)} "
                          f"(it has: {', '.join(have) or 'none'}; 'reference' runs PyTorch)")
     skipped = [f"{a.target}/{a.component}" for a in manifest.artifacts if a.component != "decoder"]
+    if verify:
+        # the numbers of an artifact changed after its compile would be credited to the build
+        try:
+            check_artifacts(build_dir, [a for a in decoders if a.target in wanted])
+        except ArtifactModified as err:
+            raise BenchError(str(err)) from None
     before = load_average()
     say(f"load average {before}; measuring bandwidth ({s.threads} thread(s))")
     bw = measure_bandwidth(s.bandwidth_bytes, threads=s.threads, repeat=s.bandwidth_repeat)

@@ -6,8 +6,12 @@ time to first token, prefill and decode tokens/s (median and spread of R runs af
 peak resident memory; and this machine's copy bandwidth, against which each decode speed is shown
 as a fraction of the ceiling bandwidth / bytes read per token. No pass/fail.
 
+Every artifact measured must still have the sha256 the manifest records (`--no-verify` skips
+the check).
+
 Exit status: 0 measured (artifacts that cannot run here are reported, not failed); 1 a runtime
-crashed on an artifact (the row says how); 2 bad input.
+crashed on an artifact (the row says how); 2 bad input, or an artifact modified since the
+compile.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--bandwidth-mb", type=int, metavar="MB",
                    help="copy buffer size (default: 4x the last-level cache, at least 256 MiB)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="measure artifacts even when their sha256 is not the one in the manifest")
     p.set_defaults(func=run)
 
 
@@ -58,7 +64,10 @@ def run(args) -> int:
         settings = replace(settings, threads=args.threads)
     try:
         report = bench_build(args.build_dir, settings,
-                             log=lambda line: err.print(f"bench: {escape(line)}"))
+                             log=lambda line: err.print(f"bench: {escape(line)}"),
+                             verify=args.verify)
+    # BenchError includes an artifact modified since the compile: a build this command cannot
+    # use is bad input (2), as a missing manifest is; 1 is for a runtime that crashed measuring
     except BenchError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2

@@ -1,14 +1,19 @@
 """`omnic` — the top-level program. Each subcommand lives in its own module under omnic/cli/,
 exposes `register(subparsers)`, parses its arguments and calls one library function.
 
-Exit statuses across commands: 0 success, 1 a check failed (golden, diff rules), 2 bad input.
+Exit statuses across commands: 0 success, 1 a check failed (golden, diff rules), 2 bad input,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); both leave no half-written build.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from typing import Iterator
 
 # The order here is the order of `omnic --help`: the pipeline first, then the tools around it.
 COMMANDS = [
@@ -50,6 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (sent by `timeout`, CI cancellation, `docker stop`), raised in the main thread as
+    SIGINT raises KeyboardInterrupt: a BaseException, so `except Exception` does not swallow it
+    and every `finally` and cleanup on the way out runs (a compile removes its staging dir)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated while the command runs; the previous handler comes back after
+    (main() also runs inside tests). Only the main thread may set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     # `omnic -q CMD` and `omnic CMD -q` (where the command has its own --quiet) both quieten
     logs.setup(logs.QUIET if getattr(args, "quiet", False) else args.verbosity)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_raises():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM  # 143, the status a shell reports for a SIGTERM'd process
 
 
 if __name__ == "__main__":

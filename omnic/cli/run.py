@@ -12,7 +12,12 @@ the prompt's placeholders (`<image>`, `<audio>`, `<sensor>`; see omnic.runtime.m
 decode with the decoder on inputs_embeds (omnic.compiler.multimodal_run opens the parts). When
 the spec has an action head, the predicted actions (from the last prompt position's final hidden
 state) are printed after the text (`actions: [[...]]`, or "actions" in --json).
-Exit status: 0 done, 1 the artifact cannot run on this host, 2 bad input.
+A build's artifact runs only while its sha256 is the manifest's (`--no-verify` skips the check),
+and logits the runtime returns empty, misshapen or non-finite stop the run rather than decode to
+text.
+Exit status: 0 done; 1 the artifact cannot run on this host, or its runtime returned unusable
+logits; 2 bad input, a build that is not usable (no manifest, no such artifact, an artifact
+modified since the compile).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at an end-of-sequence id")
     p.add_argument("--json", action="store_true", help='print {"tokens": [...], "text": ...}')
     p.add_argument("--logits-out", metavar="FILE.npy", help="write the prompt's logits [T, vocab]")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="run the artifact even when its sha256 is not the one in the manifest")
     mm = p.add_argument_group("multimodal inputs (specs with modalities)")
     mm.add_argument("--image", metavar="FILE", help="an image for the vision encoder (<image>)")
     mm.add_argument("--audio", metavar="FILE", help="16 kHz audio for the audio encoder (<audio>)")
@@ -90,6 +97,7 @@ class _Source:
         source = Path(args.source)
         self.build_dir: Path | None = None
         self.target = args.target
+        self.verify = getattr(args, "verify", True)
         if source.is_dir():
             if not (source / "manifest.json").is_file():
                 raise RunError(f"{source}: a directory without manifest.json is not an omnic build")
@@ -118,6 +126,17 @@ class _Source:
     @property
     def reference(self) -> bool:
         return self.target == REFERENCE
+
+    def label(self) -> str:
+        """What runs, for messages: the build's artifact path and target, or the reference."""
+        if self.reference:
+            return "the PyTorch reference"
+        from omnic.compiler.artifact_runner import BuildError, find_entry
+
+        try:
+            return f"{self.build_dir / find_entry(self.manifest, self.target).path} ({self.target})"
+        except BuildError:
+            return f"{self.build_dir} ({self.target})"
 
     def takes_embeddings(self) -> bool:
         """Whether --target can run the decoder on input embeddings (the reference can)."""
@@ -166,7 +185,7 @@ def _open(src: _Source):
         from omnic.compiler.artifact_runner import open_build_runner
     except ImportError as err:
         raise RunError(f"running builds is not available in this installation: {err}") from None
-    return open_build_runner(src.build_dir, src.target), src.tokenizer()
+    return open_build_runner(src.build_dir, src.target, verify=src.verify), src.tokenizer()
 
 
 def _prompt_ids(args, tokenizer, vocab: int) -> list[int]:
@@ -240,7 +259,7 @@ def _generate_multimodal(args, src: _Source) -> dict:
     if src.reference:
         parts = multimodal_run.reference_parts(spec, src.spec_dir, needed, src.decoder())
     else:
-        parts = multimodal_run.build_parts(src.build_dir, src.target, needed)
+        parts = multimodal_run.build_parts(src.build_dir, src.target, needed, verify=src.verify)
     stop = () if args.ignore_eos else tokenizer.eos_ids
     result = mm.generate(parts.decoder, prompt, {c: parts.components[c] for c in inputs}, inputs,
                          ids, args.max_new_tokens, stop_ids=stop,
@@ -256,18 +275,29 @@ def generate(args) -> dict:
         {"tokens", "text", "prompt_logits"}, and "actions" ([horizon, dim]) when the spec has
         an action head and the run went through the multimodal decoder.
     """
+    from omnic.runtime.generate import BadLogits
+
+    src = _Source(args)
+    m = src.spec.modalities
+    try:
+        if _media_given(args) or (m.action_head is not None and src.takes_embeddings()):
+            return _generate_multimodal(args, src)
+        return _generate_text(args, src)
+    except BadLogits as err:
+        raise BadLogits(f"{src.label()}: {err}") from None
+
+
+def _generate_text(args, src: _Source) -> dict:
+    """The text decoder's greedy loop (generate() without media)."""
     import numpy as np
 
     from omnic.runtime.generate import greedy
 
-    src = _Source(args)
-    m = src.spec.modalities
-    if _media_given(args) or (m.action_head is not None and src.takes_embeddings()):
-        return _generate_multimodal(args, src)
     runner, tokenizer = _open(src)
-    prompt = _prompt_ids(args, tokenizer, src.spec.model.vocab_size)
+    vocab = src.spec.model.vocab_size
+    prompt = _prompt_ids(args, tokenizer, vocab)
     stop = () if args.ignore_eos or tokenizer is None else tokenizer.eos_ids
-    tokens, logits = greedy(runner, prompt, args.max_new_tokens, stop_ids=stop)
+    tokens, logits = greedy(runner, prompt, args.max_new_tokens, stop_ids=stop, vocab=vocab)
     text = tokenizer.decode(tokens) if tokenizer is not None else None
     return {"tokens": tokens, "text": text, "prompt_logits": np.asarray(logits, dtype=np.float32)}
 
@@ -277,6 +307,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    from omnic.runtime.generate import BadLogits
     from omnic.targets.base import NotRunnable
 
     console = Console(stderr=True, highlight=False)
@@ -285,6 +316,13 @@ def run(args) -> int:
     except NotRunnable as err:
         console.print(f"[yellow]not runnable on this host:[/] {escape(str(err))}", soft_wrap=True)
         return 1
+    except BadLogits as err:  # the artifact ran and failed, as a failed check does: 1, not 2
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        return 1
+    # ValueError includes artifact_runner.BuildError and its ArtifactModified: a build with no
+    # manifest, no such artifact, or an artifact changed since the compile is input this command
+    # cannot use (2, as `omnic verify` and `omnic bench` answer an unreadable build), not a check
+    # that ran and failed (1)
     except (RunError, ValueError, OSError) as err:
         if os.environ.get("OMNIC_DEBUG"):
             raise

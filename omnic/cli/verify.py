@@ -2,7 +2,14 @@
 
 Uses only the build: manifest.json, the artifacts and golden/ (inputs and reference outputs),
 so it runs without torch, e.g. on a Mac to check a Core ML artifact built on Linux. The build
-itself is not modified. Exit status 0 when nothing failed (not_run is reported), 1 when a check
+itself is not modified.
+
+First every file the manifest lists (the artifacts checked, and golden/) is hashed and compared
+with the manifest's sha256; any difference is reported as `modified PATH: expected sha256 ...,
+actual ...` and ends the command with status 1 without the numeric re-check, whose numbers would
+describe files the build did not make.
+
+Exit status 0 when nothing failed (not_run is reported), 1 when a file was modified or a check
 failed, 2 when the build cannot be read.
 """
 
@@ -10,12 +17,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omnic.compiler.artifact_runner import ModifiedFile
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("verify", help="re-run the golden checks of a build",
-                              description="Re-run every artifact's golden check from the build's "
-                              "saved golden inputs and reference outputs.")
+                              description="Compare every file the manifest lists with its "
+                              "sha256 (a modified file fails the command), then re-run every "
+                              "artifact's golden check from the build's saved golden inputs and "
+                              "reference outputs.")
     p.add_argument("build", metavar="OUT_DIR", help="build directory")
     p.add_argument("--targets", help="comma-separated target ids (default: all in the build)")
     p.set_defaults(func=run)
@@ -53,6 +66,17 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
     return manifest, results
 
 
+def modified_in_build(build_dir: Path, targets: list[str] | None = None) -> list["ModifiedFile"]:
+    """The files the manifest lists (the artifacts of `targets`, default all, and golden/) whose
+    sha256 is no longer the recorded one."""
+    from omnic.compiler import manifest as mf
+    from omnic.compiler.artifact_runner import manifest_files, modified_files
+
+    manifest = mf.load(build_dir)
+    entries = [e for e in manifest.artifacts if not targets or e.target in targets]
+    return modified_files(build_dir, manifest_files(manifest, entries))
+
+
 def run(args) -> int:
     from pydantic import ValidationError
     from rich.console import Console
@@ -63,6 +87,13 @@ def run(args) -> int:
     build_dir = Path(args.build)
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
     try:
+        modified = modified_in_build(build_dir, targets)
+        if modified:
+            for m in modified:
+                print(f"modified {m}")
+            print(f"error: {build_dir}: {len(modified)} file(s) differ from the manifest's "
+                  "sha256; the golden checks were not re-run", file=sys.stderr)
+            return 1
         manifest, results = verify_build(build_dir, targets)
     except FileNotFoundError as err:
         print(f"error: {build_dir}: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)

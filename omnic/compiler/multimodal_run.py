@@ -63,35 +63,43 @@ def embeds_targets(manifest: "mf.Manifest") -> list[str]:
     return out
 
 
-def build_parts(build_dir: str | Path, target: str, components: Sequence[str]) -> Parts:
+def build_parts(build_dir: str | Path, target: str, components: Sequence[str],
+                verify: bool = True) -> Parts:
     """The compiled parts of a build on `target`'s runtime: its decoder artifact through
     `load_embeds` (ONNX: embedding.onnx + text.onnx) and the components' artifacts.
 
+    Args:
+        build_dir: the build directory.
+        target: target id.
+        components: the components the run needs.
+        verify: refuse artifacts whose sha256 differs from the manifest's.
+
     Raises:
         omnic.compiler.artifact_runner.BuildError: no manifest, or the build lacks one of the
-            artifacts (or the decoder's files on embeddings).
+            artifacts (or the decoder's files on embeddings); ArtifactModified (a BuildError)
+            when verify and an artifact's bytes are not those the manifest records.
         omnic.targets.base.NotRunnable: the target cannot take embeddings, or this host cannot
             run the artifacts.
     """
-    from omnic.compiler import manifest as mf
-    from omnic.compiler.artifact_runner import BuildError, artifact_from_entry, find_entry
+    from omnic.compiler.artifact_runner import (
+        BuildError, artifact_from_entry, check_artifacts, find_entry, load_manifest,
+    )
     from omnic.targets.base import get_target, load_embeds
 
     build_dir = Path(build_dir)
-    try:
-        manifest = mf.load(build_dir)
-    except FileNotFoundError:
-        raise BuildError(f"{build_dir}: no {mf.MANIFEST_FILE}; is it an omnic build?") from None
-    dec = artifact_from_entry(find_entry(manifest, target, Components.DECODER))
+    manifest = load_manifest(build_dir)
+    dec_entry = find_entry(manifest, target, Components.DECODER)
+    entries = {comp: find_entry(manifest, target, comp) for comp in components}
+    if verify:
+        check_artifacts(build_dir, [dec_entry, *entries.values()])
     impl = get_target(target)
     try:
-        decoder = load_embeds(impl, dec, build_dir)
+        decoder = load_embeds(impl, artifact_from_entry(dec_entry), build_dir)
     except FileNotFoundError as err:
         raise BuildError(str(err)) from None
     runs = {}
-    for comp in components:
-        art = artifact_from_entry(find_entry(manifest, target, comp))
-        runner = impl.load(art, build_dir)
+    for comp, entry in entries.items():
+        runner = impl.load(artifact_from_entry(entry), build_dir)
         if not hasattr(runner, "run"):
             raise BuildError(f"{target}: the {comp} artifact did not load as a component")
         runs[comp] = runner.run

@@ -17,6 +17,12 @@ so an interrupted or crashed compile leaves nothing that looks like a build. Out
 - the spec or an input is invalid (validation errors, a target's pre-flight problems, OUT_DIR
   exists without force): nothing is written; exit status 2.
 - a stage crashes (a target's lowering, a pass): the staging directory is removed; exit 1.
+- the disk or quota fills up (ENOSPC, EDQUOT): the staging directory is removed and the error
+  names the path and the bytes the plan needs; exit 1.
+- the compile is interrupted (Ctrl-C, or SIGTERM, which the CLI raises as an exception): the
+  staging directory is removed; exit 130 / 143. A compile killed outright (SIGKILL) leaves its
+  staging directory, which the next compile into the same OUT_DIR removes once its process is
+  gone (omnic.compiler.staging).
 
 Each target lowers into BUILD/<target id>/ and returns artifact paths relative to BUILD (a path
 relative to its own folder is accepted and normalised): one artifact for the decoder and one per
@@ -42,6 +48,7 @@ from rich.console import Console
 from omnic.compiler import manifest as mf
 from omnic.compiler.errors import CompileError, InputError
 from omnic.compiler.lowering import lower_target
+from omnic.compiler.staging import staged
 from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
 from omnic.runtime import pages
 
@@ -374,11 +381,7 @@ def compile(
         with stage("dump graph"):
             _dump(dump, "05-program-graph.txt", _exported_graph(program.decoder))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.omnic-staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged(out_dir, _planned_bytes(plan, objs)) as staging:
         with stage("reference"):
             # from the model as built, before any pass: a pass that damages the program (the
             # test:: faults) must show up as a golden failure, not move the reference with it
@@ -421,10 +424,13 @@ def compile(
         _dump(dump, "07-manifest.json", mf.dumps(manifest))
         passed = manifest.status == GoldenStatus.PASSED
         final = _publish(staging, out_dir, passed)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CompileResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
+
+
+def _planned_bytes(plan: Any, targets: dict[str, Any]) -> int | None:
+    """The memory plan's bytes for the artifacts of `targets` (None: no target byte model)."""
+    return sum(a["bytes"] for a in plan.artifacts
+               if a.get("carried") and a["target"] in targets) or None
 
 
 def _reference(built: Built, resolved: Any, staging: Path, plan: Any) -> tuple[Any, Any]:

@@ -2,11 +2,13 @@
 
 Stages, each adding diagnostics and never stopping at the first one:
 1. YAML, `extends:` merging and the pydantic models (`omnic.spec.validate.read_spec`);
-2. presets (unknown names with did-you-mean; invalid preset files), and `quantization: auto`
-   planned with its worst case (`omnic.compiler.auto_quant`);
+2. presets (unknown names with did-you-mean; invalid preset files), a model too large to plan
+   tensor by tensor (MAX_TENSORS), and `quantization: auto` planned with its worst case
+   (`omnic.compiler.auto_quant`);
 3. semantic checks on the resolved spec: tokenizer, paths, encoder checkpoints, quantization
-   plan, target capabilities (`omnic.targets.rules`), golden lengths, and the memory plan
-   against the device budget (naming device presets that would fit).
+   plan, target capabilities (`omnic.targets.rules`), golden lengths, every weights and tokenizer
+   file opened and checked (`omnic.importers.checkpoint_checks`: headers, truncation, coverage,
+   NaN/Inf), and the memory plan against the device budget (naming device presets that would fit).
 
 A compiler stage (it reads presets, quantization selection, checkpoints, the memory plan and the
 targets' rules), yet torch-free, like everything `omnic validate` and `omnic plan` import.
@@ -24,19 +26,26 @@ from pydantic import ValidationError
 from omnic.compiler.auto_quant import resolve_with_auto
 from omnic.compiler.plan import MIB, MemoryPlan, plan_memory
 from omnic.constants import Targets
+from omnic.importers import checkpoint_checks as checks
 from omnic.importers import hf_encoders
 from omnic.importers.hf import UnsupportedModel
 from omnic.presets import store
 from omnic.presets.resolve import explicit_model
 from omnic.presets.resolve import resolve as resolve_presets
 from omnic.quant.select import matches, scheme_for
+from omnic.spec.extends import PATH_FIELDS
 from omnic.spec.inventory import decoder_tensors
 from omnic.spec.load import Diagnostic, Document, FieldPath, SpecError, read_yaml
+from omnic.spec.model import Model
 from omnic.spec.spec import ResolvedSpec, Spec
 from omnic.spec.validate import did_you_mean, pydantic_diagnostics, read_spec
 from omnic.targets import rules
 
 BYTE_TOKENIZER_MIN_VOCAB = 259  # 256 bytes + <s>, </s>, <pad> (see omnic/tokenizer.py)
+# Tensors omnic lists one by one (inventory, quantization plan, memory plan). The largest
+# published models have under 50,000 (DeepSeek-V3: 61 layers x 256 experts x 3); a declared
+# n_layers or expert count past this would keep the planner busy for hours.
+MAX_TENSORS = 1_000_000
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Validation:
     resolved: ResolvedSpec | None = None
     plan: MemoryPlan | None = None  # when the spec resolved and has no error
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # The real (resolved) path of every file the spec names, as checked: {"weights.path": ...}
+    inputs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -90,6 +101,10 @@ def _inline_presets(spec: Spec, doc: Document) -> tuple[ResolvedSpec | None, lis
             out += pydantic_diagnostics(err, pdoc, cls, (kind,))
     if out:
         return None, out
+    too_many = _too_many_tensors(found["model"], spec)
+    if too_many:
+        return None, [Diagnostic(doc.locate(("model", "n_layers")), ("model", "n_layers"),
+                                 too_many)]
     fields = {name: getattr(spec, name) for name in Spec.model_fields}
     fields.update(found, extends=(), model=explicit_model(found["model"]))
     if "quantization" not in found:  # quantization: auto, planned with its worst case
@@ -101,6 +116,20 @@ def _inline_presets(spec: Spec, doc: Document) -> tuple[ResolvedSpec | None, lis
         return resolved, [Diagnostic(doc.locate(("quantization",)), ("quantization",), note,
                                      "warning")]
     return ResolvedSpec(**fields), []
+
+
+def _too_many_tensors(model: Model, spec: Spec) -> str | None:
+    """Why the model has too many tensors to plan one by one (a closed-form upper bound)."""
+    experts = model.moe.experts + model.moe.shared_experts if model.moe else 1
+    per_layer = 16 + 3 * experts  # norms, q/k/v/o and their biases, router, FFN matrices
+    count = 3 + model.n_layers * per_layer
+    for encoder in (spec.modalities.vision, spec.modalities.audio):
+        count += 16 * encoder.n_layers + 16 if encoder is not None else 0
+    if count <= MAX_TENSORS:
+        return None
+    what = f"{model.n_layers:,} layers" + (f" of {experts:,} experts" if model.moe else "")
+    return (f"{what} make about {count:,} tensors, more than the {MAX_TENSORS:,} omnic plans "
+            "one by one (published models have under 50,000)")
 
 
 # --- semantic checks ----------------------------------------------------------------------------
@@ -277,11 +306,48 @@ def inline_presets(result: Validation) -> Validation:
     return result
 
 
+def _files(result: Validation, spec_dir: Path, refused: set[FieldPath]
+           ) -> Iterable[tuple[FieldPath, str, str]]:
+    """Every weights, tokenizer and encoder file opened and checked as the build will read it;
+    a `refused` path (one leading out of the spec's folder) is not opened."""
+    spec = result.resolved
+    clock = checks.Clock()  # one scan budget for all of them
+    named = [(("weights", "path"), spec.weights.source, getattr(spec.weights, "path", None)),
+             (("tokenizer", "path"), spec.tokenizer.kind, getattr(spec.tokenizer, "path", None))]
+    for name in ("vision", "audio"):
+        encoder = getattr(spec.modalities, name)
+        named.append((("modalities", name, "weights"), "encoder",
+                      encoder.weights if encoder is not None else None))
+    for fpath, kind, rel in named:
+        if rel is None or fpath in refused:
+            continue
+        where = spec_dir / rel
+        result.inputs[".".join(fpath)] = where.resolve()
+        found: Iterable[tuple[str, str]] = ()
+        if fpath[0] == "weights" and kind == "safetensors" and where.is_file():
+            found = checks.check_safetensors(where, decoder_tensors(spec.model), clock)
+        elif fpath[0] == "weights" and kind == "gguf" and where.is_file():
+            found = checks.check_gguf(where, spec.model, clock)
+        elif fpath[0] == "weights" and kind == "huggingface" and (where / "config.json").is_file():
+            found = checks.check_hf_dir(where, decoder_tensors(spec.model), clock)
+        elif fpath[0] == "tokenizer" and where.is_dir():
+            found = checks.check_tokenizer(where)
+        elif kind == "encoder" and (where / "config.json").is_file():
+            found = checks.check_headers(where)
+        for severity, message in found:
+            yield fpath, message, severity
+
+
 def check_resolved(result: Validation, spec_dir: Path) -> Validation:
     """The semantic checks of a resolved spec (section 3 of the module docstring), device
     budget excepted (`check_fit`)."""
     if result.resolved is not None:
-        for fpath, message, severity in _semantic(result.resolved, spec_dir):
+        # paths refused as written (leading out of the spec's folder) are neither looked for
+        # nor opened
+        refused = {d.path for d in result.errors if d.path in PATH_FIELDS}
+        found = [f for f in _semantic(result.resolved, spec_dir) if f[0] not in refused]
+        found += _files(result, spec_dir, refused)
+        for fpath, message, severity in found:
             result.diagnostics.append(Diagnostic(result.doc.locate(fpath), fpath, message,
                                                  severity))
     return result

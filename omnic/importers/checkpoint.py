@@ -1,17 +1,18 @@
 """Reading checkpoint files into omnic's canonical names, and checking them against the inventory.
 
 The lowest piece of every weight source: the model builder (omnic.model) and the Hugging Face
-importers read tensors through here.
+importers read tensors through here. Importing it does not import torch (the names, checks and
+keys are torch-free: `omnic validate` uses them, omnic.importers.checkpoint_checks).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
+    import torch
+
     from omnic.spec.inventory import TensorInfo
 
 
@@ -19,9 +20,12 @@ class WeightError(ValueError):
     """Weights do not match the spec (missing, unexpected or mis-shaped tensors)."""
 
 
-def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"],
-                  source: str) -> None:
-    """Raise WeightError naming every missing, unexpected or mis-shaped tensor."""
+def check_weights(state: dict[str, Any], inventory: list["TensorInfo"], source: str) -> None:
+    """Raise WeightError naming every missing, unexpected or mis-shaped tensor.
+
+    Args:
+        state: {name: anything with a `.shape`}: tensors, or the shapes of a checkpoint's header.
+    """
     want = {t.name: tuple(t.shape) for t in inventory}
     missing = [n for n in want if n not in state]
     extra = [n for n in state if n not in want]
@@ -43,7 +47,7 @@ def check_weights(state: dict[str, torch.Tensor], inventory: list["TensorInfo"],
                           + " | ".join(problems))
 
 
-def read_safetensors(path: Path, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+def read_safetensors(path: Path, names: Iterable[str]) -> Iterator[tuple[str, "torch.Tensor"]]:
     """(name, float32 tensor) for `names` of a .safetensors file, through memory maps.
 
     float32 tensors stay backed by the mapped file (no copy; the mapping lives as long as the
@@ -51,6 +55,7 @@ def read_safetensors(path: Path, names: Iterable[str]) -> Iterator[tuple[str, to
     mapped pages of the source are released right after: peak memory is the float32 model plus
     one source tensor, not plus the whole file.
     """
+    import torch
     from safetensors import safe_open
 
     for name in names:
@@ -63,12 +68,14 @@ def safetensors_keys(path: Path) -> list[str]:
     """Tensor names stored in a .safetensors file."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
+    with safe_open(str(path), framework="numpy") as f:  # the header only: no torch needed
         return list(f.keys())
 
 
-def safetensors_weights(path: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
+def safetensors_weights(path: Path, inventory: list["TensorInfo"]) -> dict[str, "torch.Tensor"]:
     """A .safetensors file in omnic's canonical names (see `read_safetensors`)."""
+    import torch
+
     if not path.is_file():
         raise WeightError(f"weights file not found: {path}")
     names = safetensors_keys(path)

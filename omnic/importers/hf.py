@@ -11,7 +11,6 @@ ref: https://github.com/huggingface/transformers/tree/main/src/transformers/mode
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -240,12 +239,14 @@ def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def relative_path(path: Path, start: Path) -> str:
-    """`path` relative to the folder `start` (a spec's paths are relative to its folder), or
-    absolute when there is no relative path (another drive on Windows)."""
+    """`path` relative to the folder `start` when it is inside it (a spec's paths are relative to
+    its folder), else absolute: a spec may not reach out of its folder through `..`
+    (omnic.spec.extends), e.g. to a GGUF file inside site-packages."""
+    path, start = Path(path).resolve(), Path(start).resolve()
     try:
-        return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+        return path.relative_to(start).as_posix()
     except ValueError:
-        return str(Path(path).resolve())
+        return str(path)
 
 
 def import_hf(hf_dir: Path | str, out: Path | str, context_length: int | None = None,

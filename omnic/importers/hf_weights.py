@@ -4,23 +4,25 @@ Reads `model.safetensors` or the shards listed in `model.safetensors.index.json`
 memory maps, one tensor at a time (`omnic.importers.checkpoint.read_safetensors`), and
 renames (and, for Phi-3's fused projections and transformers 5's fused experts, splits) each
 into omnic's names. Tensors stay unpermuted: omnic's RoPE uses the same rotate_half convention as
-transformers.
+transformers. Which file holds which tensor, and under which omnic name, is decided torch-free
+(`read_plan`), so that `omnic validate` checks a checkpoint exactly as the build reads it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
-
-import torch
 
 from omnic.importers.checkpoint import (WeightError, check_weights, read_safetensors,
                                         safetensors_keys)
 from omnic.importers.hf import family_of, read_config
 
 if TYPE_CHECKING:
+    import torch
+
     from omnic.spec.inventory import TensorInfo
 
 # (hf regex on the part after "model.layers.{i}.", omnic name after "layers.{i}.")
@@ -48,7 +50,9 @@ _TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.
         "lm_head.weight": "lm_head.weight"}
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # a buffer some old checkpoints carry
 
-Split = Callable[[torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
+# Splitters only index and chunk their argument: they take torch tensors at build time and
+# shape stand-ins when `omnic validate` checks a header (omnic.importers.checkpoint_checks).
+Split = Callable[["torch.Tensor"], Iterator[tuple[str, "torch.Tensor"]]]
 
 
 def _fused_splitter(rest: str, layer: str, dims: dict[str, int]) -> Split | None:
@@ -116,8 +120,21 @@ def checkpoint_files(hf_dir: Path) -> list[Path]:
     raise WeightError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under omnic's names, float32, checked against `inventory`."""
+@dataclass
+class ReadPlan:
+    """What the build reads from a Hugging Face checkpoint, decided from the headers alone."""
+
+    arch: str  # the architecture of config.json
+    files: list[tuple[Path, dict[str, str | Split]]]  # per file: {hf name: omnic name | split}
+
+
+def read_plan(hf_dir: Path, inventory: list["TensorInfo"]) -> ReadPlan:
+    """Which tensors of which file the build reads, under which omnic names (torch-free).
+
+    Raises:
+        WeightError: a shard listed in the index is missing, or a checkpoint tensor has no place
+            in the spec's model.
+    """
     hf_dir = Path(hf_dir)
     arch, _ = family_of(read_config(hf_dir))
     by_name = {t.name: t for t in inventory}
@@ -125,7 +142,7 @@ def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, torch.T
     kv = by_name["layers.0.attn.k.weight"].shape[0] if "layers.0.attn.k.weight" in by_name else 0
     rename = renamer("layers.0.post_attn_norm.weight" in by_name, {"q": q, "kv": kv})
     tied = "lm_head.weight" not in by_name
-    state: dict[str, torch.Tensor] = {}
+    files: list[tuple[Path, dict[str, str | Split]]] = []
     unknown: list[str] = []
     for path in checkpoint_files(hf_dir):
         if not path.is_file():
@@ -142,17 +159,26 @@ def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, torch.T
                 unknown.append(f"{hf_name} (as {target})")  # e.g. an o_proj bias
             else:
                 wanted[hf_name] = target
-        for hf_name, tensor in read_safetensors(path, list(wanted)):
-            target = wanted[hf_name]
-            pieces = [(target, tensor)] if isinstance(target, str) else target(tensor)
-            for name, piece in pieces:
-                state[name] = piece.contiguous()
-            del tensor
+        files.append((path, wanted))
     if unknown:
         raise WeightError(
             f"{hf_dir} ({arch}): {len(unknown)} checkpoint tensors have no place in the spec's "
             f"model: "
             f"{', '.join(unknown[:6])}{' ...' if len(unknown) > 6 else ''}"
         )
-    check_weights(state, inventory, f"{hf_dir} ({arch})")
+    return ReadPlan(arch, files)
+
+
+def hf_weights(hf_dir: Path, inventory: list["TensorInfo"]) -> dict[str, "torch.Tensor"]:
+    """The checkpoint's tensors under omnic's names, float32, checked against `inventory`."""
+    plan = read_plan(Path(hf_dir), inventory)
+    state: dict[str, torch.Tensor] = {}
+    for path, wanted in plan.files:
+        for hf_name, tensor in read_safetensors(path, list(wanted)):
+            target = wanted[hf_name]
+            pieces = [(target, tensor)] if isinstance(target, str) else target(tensor)
+            for name, piece in pieces:
+                state[name] = piece.contiguous()
+            del tensor
+    check_weights(state, inventory, f"{hf_dir} ({plan.arch})")
     return state

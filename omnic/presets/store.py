@@ -76,14 +76,22 @@ def path_of(kind: str, name: str) -> Path:
 
 
 def load_raw(kind: str, name: str) -> dict:
-    """The preset's YAML mapping, unvalidated."""
-    import yaml
+    """The preset's YAML mapping, unvalidated.
 
-    with open(path_of(kind, name), encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict):
+    Read by the specs' own loader (`omnic.spec.load.read_yaml`), with its input limits.
+
+    Raises:
+        omnic.spec.load.SpecError: the file cannot be read or parsed, or holds duplicate keys.
+        ValueError: the file does not hold a mapping.
+    """
+    from omnic.spec.load import SpecError, read_yaml
+
+    doc, problems = read_yaml(path_of(kind, name))
+    if doc is None or problems:
+        raise SpecError(problems)
+    if not isinstance(doc.data, dict):
         raise ValueError(f"{path_of(kind, name)}: a preset file must hold a mapping")
-    return data
+    return doc.data
 
 
 def load(kind: str, name: str):

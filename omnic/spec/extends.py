@@ -7,6 +7,8 @@ Rules (also in the `extends` field's description, hence in the JSON Schema):
 - a file may itself extend others; a cycle is an error;
 - file paths inside an extended file (`PATH_FIELDS`: weights, tokenizer, encoder weights) stay
   relative to the file that wrote them: they are rewritten relative to the extending file;
+- a relative path in `PATH_FIELDS` may not leave the folder of the file that writes it (`..`):
+  a file outside is named by an absolute path, so that a spec never reaches out by accident;
 - the merged document has no `extends` key.
 """
 
@@ -36,6 +38,23 @@ def _rebase(doc: Document, from_dir: Path, to_dir: Path) -> None:
             value = node[fpath[-1]]
             if not os.path.isabs(value):
                 node[fpath[-1]] = os.path.relpath(from_dir / value, to_dir).replace(os.sep, "/")
+
+
+def _escaping_paths(doc: Document) -> list[Diagnostic]:
+    """PATH_FIELDS of `doc` whose relative path leads out of the folder of its file (`..`)."""
+    out = []
+    for fpath in PATH_FIELDS:
+        node = doc.data
+        for key in fpath:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, str) or os.path.isabs(node):
+            continue
+        parts = Path(os.path.normpath(node)).parts  # lexical: symlinks inside may lead anywhere
+        if parts[:1] == (os.pardir,):
+            out.append(Diagnostic(doc.locate(fpath), fpath, (
+                f"{node!r} leads out of the spec's folder (..); a file outside it must be "
+                "named by its absolute path")))
+    return out
 
 
 def _subtree(locations: dict[FieldPath, Location], path: FieldPath) -> dict[FieldPath, Location]:
@@ -101,6 +120,7 @@ def load_with_extends(
     doc, diagnostics = read_yaml(path, display)
     if doc is None:
         return None, diagnostics
+    diagnostics += _escaping_paths(doc)
     if not isinstance(doc.data, dict) or KEY not in doc.data:
         return doc, diagnostics
     entries = doc.data[KEY]

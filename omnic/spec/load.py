@@ -4,10 +4,15 @@
 and returns a `Document`: the plain data (dicts, lists, scalars) plus a table from field path,
 e.g. ("model", "n_kv_heads") or ("quantization", "overrides", 0, "match"), to the position of
 that key (or list item) in the file. Validation messages use it to say where a mistake is.
+
+Every spec, extended file and preset is read here, so the input limits live here too: a file
+larger than `MAX_FILE_BYTES` is refused before it is parsed, and a document whose aliases would
+expand past `MAX_NODES` ("billion laughs") before it is constructed.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +20,13 @@ from typing import Any, Iterable
 import yaml
 
 FieldPath = tuple[Any, ...]  # str keys and int list indices
+
+# Input limits. The largest spec shipped is 2.5 kB and 300 nodes; these leave room for long
+# override lists while refusing, in milliseconds, a file the parser would need minutes and
+# gigabytes for (measured before these limits: a 49 MB spec, 81 s and 2.2 GB; nine nested
+# aliases of nine items each, 37 s and a MemoryError).
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # YAML nodes after alias expansion: an alias counts its whole value again
 
 
 @dataclass(frozen=True)
@@ -146,12 +158,53 @@ def _record(loader: LocLoader, node: yaml.Node, file: str, path: FieldPath,
             _record(loader, item, file, path + (i,), locations, seen)
 
 
+class _TooLarge(Exception):
+    def __init__(self, node: yaml.Node, message: str):
+        self.node, self.message = node, message
+
+
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """The node count of `node` with every alias expanded, without expanding anything: each
+    distinct node is counted once and its size reused wherever an alias repeats it.
+
+    Raises:
+        _TooLarge: the expansion passes MAX_NODES, or a node contains itself through an alias.
+    """
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise _TooLarge(node, "recursive alias: this value contains itself")
+    open_.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    total = 1
+    for child in children:
+        total += _expanded_nodes(child, sizes, open_)
+        if total > MAX_NODES:
+            raise _TooLarge(node, f"aliases expand this value to more than {MAX_NODES:,} YAML "
+                            "nodes (a \"billion laughs\"); a spec has a few hundred: write "
+                            "the values out or use fewer aliases")
+    open_.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
 def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]:
-    """Parse YAML text; a syntax error becomes a located diagnostic instead of an exception."""
+    """Parse YAML text; a syntax error becomes a located diagnostic instead of an exception.
+
+    A document larger than MAX_NODES once its aliases are expanded is refused before it is
+    constructed (constructing is cheap, aliases share objects, but everything that walks the
+    data afterwards, pydantic first, would expand it).
+    """
     loader = LocLoader(text)
     loader.name = file
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _expanded_nodes(node, {}, set())
         # Duplicates first: constructing flattens merge keys (<<) into the mapping in place.
         diagnostics = _duplicates(node, file, (), set()) if node is not None else []
         data = loader.construct_document(node) if node is not None else None
@@ -168,6 +221,11 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]
         return None, [Diagnostic(where, (), f"YAML syntax error: {what}")]
     except yaml.YAMLError as err:  # e.g. a reader error on bad bytes
         return None, [Diagnostic(Location(file, 1, 1), (), f"YAML error: {err}")]
+    except _TooLarge as err:
+        return None, [Diagnostic(_loc(file, err.node), (), err.message)]
+    except RecursionError:  # the composer recurses once per nesting level
+        return None, [Diagnostic(Location(file, 1, 1), (), "YAML nested too deeply (a spec "
+                                 "nests a few levels)")]
     finally:
         loader.dispose()
     return Document(file, data, locations), diagnostics
@@ -175,10 +233,18 @@ def parse_yaml(text: str, file: str) -> tuple[Document | None, list[Diagnostic]]
 
 def read_yaml(path: Path | str,
               display: str | None = None) -> tuple[Document | None, list[Diagnostic]]:
-    """Read and parse one YAML file (see `parse_yaml`); an unreadable file is a diagnostic."""
+    """Read and parse one YAML file (see `parse_yaml`); an unreadable file, or one larger than
+    MAX_FILE_BYTES, is a diagnostic."""
     file = display or str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # never more than the limit, whatever stat says (/dev/zero)
+            raw = f.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                size = max(os.fstat(f.fileno()).st_size, len(raw))
+                return None, [Diagnostic(None, (), f"{file}: {size:,} bytes, more than the "
+                                         f"{MAX_FILE_BYTES:,} a spec file may have (specs are a "
+                                         "few kB); not parsed")]
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         return None, [Diagnostic(None, (), f"{file}: no such file")]
     except (OSError, UnicodeDecodeError) as err:

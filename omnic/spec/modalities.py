@@ -73,7 +73,7 @@ class Vision(SpecModel):
     )
     weights: str | None = Field(
         None, description="Hugging Face directory of the vision tower (relative to the spec "
-        "file), or null."
+        "file and inside its folder, or absolute), or null."
     )
 
     @property
@@ -159,7 +159,8 @@ class Audio(SpecModel):
         "(mlp: Linear, GELU, Linear)."
     )
     weights: str | None = Field(
-        None, description="Hugging Face Whisper directory (relative to the spec file), or null."
+        None, description="Hugging Face Whisper directory (relative to the spec file and inside "
+        "its folder, or absolute), or null."
     )
 
     @property

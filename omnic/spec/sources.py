@@ -18,14 +18,16 @@ class SafetensorsWeights(SpecModel):
     source: Literal["safetensors"] = Field(
         description="One .safetensors file in omnic tensor names."
     )
-    path: str = Field(description="Path to the file, relative to the spec file.")
+    path: str = Field(description="Path to the file, relative to the spec file and inside its "
+                      "folder; a file elsewhere is named by its absolute path.")
 
 
 class HuggingfaceWeights(SpecModel):
     source: Literal["huggingface"] = Field(
         description="A Hugging Face model directory (config.json + safetensors shards)."
     )
-    path: str = Field(description="Directory path, relative to the spec file.")
+    path: str = Field(description="Directory path, relative to the spec file and inside its "
+                      "folder; a directory elsewhere is named by its absolute path.")
 
 
 class GgufWeights(SpecModel):
@@ -33,7 +35,8 @@ class GgufWeights(SpecModel):
         description="A llama.cpp GGUF file (llama, qwen2, qwen3); every tensor is dequantized "
         "exactly to float32, and its storage is recorded in the manifest."
     )
-    path: str = Field(description="Path to the .gguf file, relative to the spec file.")
+    path: str = Field(description="Path to the .gguf file, relative to the spec file and inside "
+                      "its folder; a file elsewhere is named by its absolute path.")
 
 
 Weights = Annotated[
@@ -50,7 +53,8 @@ class ByteTokenizer(SpecModel):
 
 class HuggingfaceTokenizer(SpecModel):
     kind: Literal["huggingface"] = Field(description="tokenizer.json read with `tokenizers`.")
-    path: str = Field(description="Directory holding tokenizer.json, relative to the spec file.")
+    path: str = Field(description="Directory holding tokenizer.json, relative to the spec file "
+                      "and inside its folder; a directory elsewhere is named by its absolute path.")
 
 
 Tokenizer = Annotated[Union[ByteTokenizer, HuggingfaceTokenizer], Field(discriminator="kind")]

@@ -103,17 +103,40 @@ def _gguf_string(s: str) -> int:
     return 8 + len(s.encode("utf-8"))
 
 
+def _digits(start: int, stop: int) -> int:
+    """The number of decimal digits of all integers in [start, stop), in closed form: n has
+    1 + #{k >= 1: n >= 10**k} digits (the plan never loops over a declared vocab_size)."""
+    def upto(x: int) -> int:  # digits of 0 .. x-1
+        total, power = x, 10
+        while power < x:
+            total += x - power
+            power *= 10
+        return total
+
+    return upto(stop) - upto(start) if stop > start else 0
+
+
 def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
     """tokenizer.ggml.* arrays: tokens, token types, scores, merges (exact for the byte
     tokenizer, from tokenizer.json for Hugging Face ones)."""
+    n = spec.model.vocab_size
     tokens: list[str]
     merges: list[str] = []
     scores = False
+    extra, extra_bytes = 0, 0  # tokens counted in closed form: <unused_N> or padding
     if spec.tokenizer.kind == "byte":
         from omnic.formats.gguf_vocab import byte_vocab
+        from omnic.tokenizer import BYTE_SPECIALS
 
-        vocab = byte_vocab(spec, Path(spec_dir or "."))
+        # The vocabulary of the smallest byte tokenizer, then its `<unused_N>` tokens
+        # (omnic/tokenizer.py), N from 0: 8 + len("<unused_>") + digits(N) bytes each.
+        base = 256 + len(BYTE_SPECIALS)
+        small = spec.model_copy(update={"model": spec.model.model_copy(
+            update={"vocab_size": min(n, base)})})
+        vocab = byte_vocab(small, Path(spec_dir or "."))
         tokens, merges, scores = vocab.tokens, vocab.merges, vocab.scores is not None
+        extra = max(0, n - base)
+        extra_bytes = extra * (8 + len("<unused_>")) + _digits(0, extra)
     else:
         path = Path(spec.tokenizer.path)
         if not path.is_absolute() and spec_dir is not None:
@@ -125,10 +148,11 @@ def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
             merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
             scores = bool(model.get("byte_fallback"))
         except (OSError, KeyError, ValueError):
-            tokens = ["x" * 7] * spec.model.vocab_size  # unreadable here: ~7 bytes a token
-    n = spec.model.vocab_size
-    tokens = tokens + ["[PAD]"] * max(0, n - len(tokens))
-    out = 12 + sum(_gguf_string(t) for t in tokens) + 12 + 4 * n
+            tokens = []  # unreadable here: every token counted as ~7 bytes
+            extra, extra_bytes = n, n * _gguf_string("x" * 7)
+        pad = max(0, n - len(tokens) - extra)
+        extra, extra_bytes = extra + pad, extra_bytes + pad * _gguf_string("[PAD]")
+    out = 12 + sum(_gguf_string(t) for t in tokens) + extra_bytes + 12 + 4 * n
     if scores:
         out += 12 + 4 * n
     if merges:
@@ -169,10 +193,8 @@ def byte_tokenizer_json_bytes(vocab_size: int) -> int:
     part for the 256 bytes and 3 specials, then per `<unused_N>` token one added-token entry and
     one vocab entry, whose size grows with the digits of N and of its id (measured: 6214 B at
     vocab 259, 835141 B at 4096)."""
-    out = 6214
-    for n in range(max(0, vocab_size - 259)):
-        out += 201 + 2 * len(str(n)) + 2 * len(str(259 + n))
-    return out
+    unused = max(0, vocab_size - 259)
+    return 6214 + 201 * unused + 2 * _digits(0, unused) + 2 * _digits(259, 259 + unused)
 
 
 def _tokenizer_files(spec: "ResolvedSpec", spec_dir: Path | None) -> int:

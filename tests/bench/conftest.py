@@ -36,8 +36,10 @@ def tiny_build(tiny_spec_file, tmp_path_factory):
     manifest = mf.load(out)
     (out / "coreml" / "benchtiny.mlpackage").mkdir(parents=True)
     gguf_entry = manifest.artifacts[0]
+    _, empty_sha = mf.path_digest(out / "coreml" / "benchtiny.mlpackage")  # bench verifies it
     coreml = gguf_entry.model_copy(update={
-        "target": "coreml", "path": "coreml/benchtiny.mlpackage", "bytes": 0, "precision": "fp16",
+        "target": "coreml", "path": "coreml/benchtiny.mlpackage", "bytes": 0, "sha256": empty_sha,
+        "precision": "fp16",
         "details": {"context_length": 64, "compute_units": "cpu_only"},
         "golden": mf.GoldenEntry(status="not_run", reason="needs macOS")})
     manifest = manifest.model_copy(update={"artifacts": [*manifest.artifacts, coreml],

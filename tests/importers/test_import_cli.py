@@ -69,7 +69,8 @@ def test_written_spec(tmp_path):
     assert text.startswith(f"# Imported by `omnic import` from {d.resolve()} (LlamaForCausalLM).")
     data = yaml.safe_load(text)
     assert data["device"] == "desktop_cpu" and data["name"] == "mine"
-    assert data["weights"] == {"source": "huggingface", "path": "../ckpt"}  # relative to the spec
+    # outside the spec's folder: absolute (a relative path may not leave it through `..`)
+    assert data["weights"] == {"source": "huggingface", "path": str(d.resolve())}
     assert data["tokenizer"] == {"kind": "byte"}
     assert data["model"]["context_length"] == 32 and data["model"]["n_kv_heads"] == 2
     assert data["model"]["norm"] == {"kind": "rmsnorm", "eps": 1e-5, "unit_offset": False}
@@ -111,13 +112,18 @@ def test_mixtral_fused_expert_layout(tmp_path, checkpoints):
 def test_unknown_checkpoint_tensor_is_an_error(tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from omnic.compiler.validate import inline_presets, load
     from omnic.model import WeightError
+    from omnic.spec.load import SpecError
 
     d = make_checkpoint("qwen3", tmp_path)
     sd = load_file(d / "model.safetensors")
     sd["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(COMMON["hidden_size"])
     save_file(sd, d / "model.safetensors")
-    spec = load_resolved(_imported(d, tmp_path / "q.yaml"))
+    path = _imported(d, tmp_path / "q.yaml")
+    with pytest.raises(SpecError, match="model.layers.0.self_attn.o_proj.bias"):
+        load_resolved(path)  # validation opens the checkpoint: refused before any build
+    spec = inline_presets(load(path)).resolved
     with pytest.raises(WeightError, match="model.layers.0.self_attn.o_proj.bias"):
         build_model(spec, tmp_path)
 

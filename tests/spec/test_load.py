@@ -146,9 +146,20 @@ def test_paths_in_extended_files_stay_relative_to_their_file(tmp_path):
     assert (top.parent / doc.data["weights"]["path"]).is_file()
 
 
-def test_exponential_aliases_stay_cheap():
+def _laughs(levels: int) -> str:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
-              f"*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
-    doc, problems = parse_yaml("\n".join(lines) + "\n", "laughs.yaml")
+              f"*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_within_the_limit_stay_cheap():
+    doc, problems = parse_yaml(_laughs(4), "laughs.yaml")  # 12,349 nodes once expanded
     assert problems == [] and len(doc.locations) < 200
+
+
+def test_exponential_aliases_are_refused_before_they_expand():
+    # 10**9 nodes once expanded; refused where the expansion first passes the limit (a4)
+    doc, problems = parse_yaml(_laughs(9), "laughs.yaml")
+    assert doc is None and [str(p.location) for p in problems] == ["laughs.yaml:5:5"]
+    assert "billion laughs" in problems[0].message

@@ -190,11 +190,15 @@ def test_huggingface_paths_must_hold_their_files(tmp_path):
     result = run(tmp_path, weights={"source": "huggingface", "path": "hf"},
                  tokenizer={"kind": "huggingface", "path": "hf"})
     assert {f for f, _ in messages(result)} == {"weights.path", "tokenizer.path"}
+    # the files are opened too: placeholders that only exist are not a checkpoint
     (tmp_path / "hf" / "config.json").write_text("{}")
     (tmp_path / "hf" / "tokenizer.json").write_text("{}")
     result = run(tmp_path, weights={"source": "huggingface", "path": "hf"},
                  tokenizer={"kind": "huggingface", "path": "hf"})
-    assert result.ok, result.diagnostics
+    found = messages(result)
+    assert {f for f, _ in found} == {"weights.path", "tokenizer.path"}
+    assert any("no model.safetensors" in m for _, m in found)
+    assert any("not a Hugging Face tokenizer.json" in m for _, m in found)
 
 
 def test_errors_inside_a_preset_file_point_into_that_file(tmp_path, monkeypatch):

@@ -1,0 +1,128 @@
+"""The hidden staging directory a compile writes into, and how it goes away.
+
+A compile writes OUT_DIR into `.OUT_DIR.omnic-staging-<pid>` beside it, and
+omnic.compiler.pipeline renames that into place at the end. Here:
+
+- `staged(out_dir)` creates the staging directory and removes it when the compile raises anything:
+  a crash, Ctrl-C (KeyboardInterrupt) or SIGTERM (which the CLI turns into an exception the same
+  way, omnic.cli.main). A full disk (ENOSPC, EDQUOT) becomes a CompileError naming the path.
+- `remove_stale(out_dir)`, called by `staged`: the staging directories of earlier compiles into
+  the same OUT_DIR whose process no longer runs (killed with SIGKILL, or the machine went down)
+  are removed. One whose process is alive belongs to a compile still running and is left alone;
+  a pid reused by an unrelated process keeps a stale directory until that process ends, the safe
+  side of that error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from omnic.compiler.errors import CompileError
+
+_log = logging.getLogger(__name__)
+
+STAGING_MARK = ".omnic-staging-"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def staging_path(out_dir: Path, pid: int | None = None) -> Path:
+    """Where the compile of process `pid` (default: this one) stages OUT_DIR."""
+    return out_dir.with_name(f".{out_dir.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
+
+
+def _pid_of(path: Path, out_dir: Path) -> int | None:
+    """The pid in a staging directory's name, or None for a name that only looks like one."""
+    prefix = f".{out_dir.name}{STAGING_MARK}"
+    tail = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    import psutil  # os.kill(pid, 0) would terminate the process on Windows
+
+    return psutil.pid_exists(pid)
+
+
+def remove_stale(out_dir: Path) -> list[Path]:
+    """Remove the staging directories of OUT_DIR whose process no longer runs; returns them."""
+    if not out_dir.parent.is_dir():
+        return []
+    removed = []
+    for path in sorted(out_dir.parent.glob(f".{out_dir.name}{STAGING_MARK}*")):
+        pid = _pid_of(path, out_dir)
+        if pid is None or pid == os.getpid() or not path.is_dir() or _process_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        _log.warning(f"removed stale staging directory {path} (its compile, pid {pid}, "
+                     "no longer runs)")
+        removed.append(path)
+    return removed
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT OSError behind `err` (itself, or a cause a stage wrapped), or None."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in DISK_FULL_ERRNOS:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _shown_path(filename: object, out_dir: Path, staging: Path) -> Path:
+    """The path the failed write was for, as the user knows it: under OUT_DIR, not staging."""
+    if not filename:
+        return out_dir
+    path = Path(os.fsdecode(filename))  # type: ignore[arg-type]
+    try:
+        return out_dir / path.relative_to(staging)
+    except ValueError:
+        return path
+
+
+def disk_full_message(err: OSError, out_dir: Path, staging: Path,
+                      needed_bytes: int | None = None) -> str:
+    """One line: what could not be written, why, and the bytes needed and free where known."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    msg = f"{reason} while writing {_shown_path(err.filename, out_dir, staging)}"
+    if needed_bytes:
+        msg += f"; the artifacts need about {needed_bytes:,} bytes (memory plan)"
+    with contextlib.suppress(OSError):
+        msg += f", {shutil.disk_usage(out_dir.parent).free:,} bytes are free there"
+    return msg + f"; nothing was written to {out_dir}"
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path, needed_bytes: int | None = None) -> Iterator[Path]:
+    """The staging directory of OUT_DIR, new and empty; removed if the body raises.
+
+    The body publishes it (renames it into place) before it returns.
+
+    Args:
+        out_dir: the build directory the compile makes.
+        needed_bytes: the artifacts' predicted bytes, for the message of a full disk.
+
+    Raises:
+        CompileError: the disk (or the quota) was full; nothing is left behind.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir)
+    staging = staging_path(out_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        yield staging
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full_cause(err)
+        if full is None:
+            raise
+        raise CompileError(disk_full_message(full, out_dir, staging, needed_bytes)) from None
