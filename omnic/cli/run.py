@@ -119,7 +119,7 @@ class _Source:
         try:
             self.spec = load_resolved(source)
         except SpecError as err:
-            raise RunError("invalid spec:\n" + "\n".join(str(d) for d in err.args[0])) from None
+            raise RunError("invalid spec:\n" + "\n".join(str(d) for d in err.diagnostics)) from None
         self.spec_dir = source.parent
         self.target = REFERENCE
 

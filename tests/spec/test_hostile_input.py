@@ -197,8 +197,9 @@ def test_nan_or_inf_in_weights_is_refused_naming_the_tensor(tmp_path, capsys, dt
     tensors = tiny_tensors(dtype)
     tensors[K_WEIGHT][3, 5] = value
     spec = safetensors_spec(tmp_path, tensors)
-    printed = refused(capsys, "validate", str(spec))
-    assert f"weights.path: {tmp_path}/w.safetensors: {kind} at {K_WEIGHT}[3, 5]" in printed
+    for command in ("validate", "run"):  # run printed NUL bytes on such weights, exit 0
+        printed = refused(capsys, command, str(spec), *(["--prompt", "hi"] * (command == "run")))
+        assert f"weights.path: {tmp_path}/w.safetensors: {kind} at {K_WEIGHT}[3, 5]" in printed
     compile_refused(capsys, spec, f"{kind} at {K_WEIGHT}[3, 5]")
 
 
