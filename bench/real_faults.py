@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def main() -> int:
     rows, holes = [], 0
     for fault in a.faults.split(","):
         build = a.work / f"omnic-{fault}"
+        for old in (build, build.with_name(build.name + ".failed")):  # never read a stale one
+            shutil.rmtree(old, ignore_errors=True)
         run = h.run_measured([h.PY, "-m", "omnic.cli.main", "compile", str(spec), "-o",
                               str(build), "--force", "--append-pass", f"test::{fault}"],
                              env=env, log=a.work / f"{fault}.log")

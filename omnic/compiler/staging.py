@@ -122,7 +122,8 @@ def staged(out_dir: Path, needed_bytes: int | None = None) -> Iterator[Path]:
         yield staging
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        full = disk_full_cause(err)
+        # a Ctrl-C or SIGTERM stays what it is, even while a disk-full error was being handled
+        full = disk_full_cause(err) if isinstance(err, Exception) else None
         if full is None:
             raise
         raise CompileError(disk_full_message(full, out_dir, staging, needed_bytes)) from None

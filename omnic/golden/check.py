@@ -42,7 +42,9 @@ from omnic.golden.inputs import GoldenInputs
 from omnic.golden.reference_model import weight_nmse, with_weights
 from omnic.golden.runs import run_forced, run_greedy
 from omnic.golden.store import load_npz, save_npz
-from omnic.golden.tolerances import METRIC_KEYS, Tolerance, ToleranceError, family, lookup
+from omnic.golden.tolerances import (
+    METRIC_KEYS, Tolerance, ToleranceError, family, lookup, overridden,
+)
 from omnic.constants import GoldenStatus
 from omnic.runtime import pages
 
@@ -395,8 +397,8 @@ class GoldenSession:
         """`tol` with the KLD limit of a quantized artifact set by the field reference, or by
         the spec's golden.max_kld (a golden.tolerances key for kld wins over both)."""
         fam = family(artifact.precision)
-        if fam not in ("int4", "int8") or field.kld_overridden(self.overrides, artifact.target,
-                                                          artifact.precision, fam):
+        if fam not in ("int4", "int8") or "kld" in overridden(self.overrides, artifact.target,
+                                                               artifact.precision):
             return tol
         cost = self.field_cost
         typical = f"{cost.method} costs {cost.kld:.3g} on these prompts" if cost else ""
@@ -421,7 +423,8 @@ class GoldenSession:
         ref_path = f"{GOLDEN_DIR}/{ref.filename}"
         moved = self._noise.get(ref.name)
         if moved is not None:
-            tol = moved.widen(tol, float(np.abs(ref.logits).max()))
+            tol = moved.widen(tol, float(np.abs(ref.logits).max()), frozenset(
+                overridden(self.overrides, artifact.target, artifact.precision)))
         runner, early = load_runner(target, artifact, self.build_dir)
         if early is not None:
             early.reference, early.limits = ref_path, tol.limits()

@@ -95,9 +95,3 @@ def field_weights(state: Mapping[str, Any], plan: Mapping[str, "TensorScheme"]
     method = " + ".join(f"{label} x{n}" for label, n in sorted(labels.items()))
     rounding = {name: LLAMA_CPP_Q8_0 for name in loaders}
     return LazyWeights(loaders, nbytes), rounding, f"{method}, Q8_0 activations"
-
-
-def kld_overridden(overrides: Mapping[str, float], target: str, precision: str, fam: str
-                   ) -> bool:
-    """Whether the spec's golden.tolerances set an artifact's kld limit (it wins over budgets)."""
-    return any(f"{t}/{p}/kld" in overrides for t in ("*", target) for p in ("*", precision, fam))

@@ -171,6 +171,34 @@ def validate_overrides(overrides: Mapping[str, float]) -> list[str]:
     return problems
 
 
+def overridden(overrides: Mapping[str, float], target: str, precision: str,
+               metrics: tuple[str, ...] = METRIC_KEYS) -> dict[str, float]:
+    """The limits among `metrics` that the spec's golden.tolerances set for an artifact:
+    metric -> value.
+
+    Raises:
+        ToleranceError: a malformed key.
+    """
+    if not overrides:
+        return {}
+    problems = validate_overrides(overrides)
+    if problems:
+        raise ToleranceError("; ".join(problems))
+    fam = family(precision)
+    changes: dict[str, float] = {}
+    # Less specific first, so that the most specific key wins.
+    order = [("*", "*"), (target, "*")]
+    if fam and fam != precision:
+        order += [("*", fam), (target, fam)]
+    order += [("*", precision), (target, precision)]
+    for t_key, p_key in order:
+        for metric in metrics:
+            key = f"{t_key}/{p_key}/{metric}"
+            if key in overrides:
+                changes[metric] = float(overrides[key])
+    return changes
+
+
 def lookup(target: str, precision: str, overrides: Mapping[str, float] | None = None,
            table: Mapping[tuple[str, str], "Tolerance | ComponentTolerance"] | None = None,
            ) -> Tolerance:
@@ -193,24 +221,11 @@ def lookup(target: str, precision: str, overrides: Mapping[str, float] | None = 
             f"no tolerance row for target {target!r} precision {precision!r}; add one to "
             "omnic/golden/tolerances.py with the source of its numbers"
         )
-    if overrides:
-        problems = validate_overrides(overrides)
-        if problems:
-            raise ToleranceError("; ".join(problems))
-        changes: dict[str, float] = {}
-        # Less specific first, so that the most specific key wins.
-        order = [("*", "*"), (target, "*")]
-        if fam and fam != precision:
-            order += [("*", fam), (target, fam)]
-        order += [("*", precision), (target, precision)]
-        for t_key, p_key in order:
-            for metric in (f.name for f in fields(row) if f.name not in _TEXT):
-                key = f"{t_key}/{p_key}/{metric}"
-                if key in overrides:
-                    changes[metric] = float(overrides[key])
-        if changes:
-            row = replace(row, source=row.source + f"; overridden by spec: {sorted(changes)}",
-                          **changes)
+    changes = overridden(overrides or {}, target, precision,
+                         tuple(f.name for f in fields(row) if f.name not in _TEXT))
+    if changes:
+        row = replace(row, source=row.source + f"; overridden by spec: {sorted(changes)}",
+                      **changes)
     return row
 
 

@@ -229,7 +229,7 @@ class _Shape:
 
     def chunk(self, n: int, dim: int = 0) -> list["_Shape"]:
         assert dim == 0, "hf_weights' splitters chunk rows only"
-        size, rows = -(-self.shape[0] // n), self.shape[0]
+        size, rows = max(1, -(-self.shape[0] // n)), self.shape[0]  # 0 rows: no pieces
         return [_Shape((min(size, rows - i), *self.shape[1:])) for i in range(0, rows, size)]
 
 
@@ -371,7 +371,12 @@ def check_gguf(path: Path, model: "Model", clock: Clock) -> Iterator[Finding]:
             step = max(1, _CHUNK // max(1, per_row))
             bad = None
             for i in range(0, rows.shape[0], step):
-                values = dequantize(rows[i : i + step], rt.tensor_type).reshape(-1)
+                try:
+                    values = dequantize(rows[i : i + step], rt.tensor_type).reshape(-1)
+                except (NotImplementedError, ValueError) as err:  # I8, I32...: not weights
+                    yield "error", (f"{path}: tensor {rt.name} of type {rt.tensor_type.name} "
+                                    f"cannot be read as weights ({err})")
+                    return
                 hits = np.flatnonzero(~np.isfinite(values))
                 if hits.size:
                     j = int(hits[0])

@@ -10,6 +10,7 @@ the whole file runs in a few seconds.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -61,6 +62,13 @@ def bounded(*argv: str) -> str:
     assert run.returncode == 2, printed[-2000:]
     assert "Traceback" not in printed
     return printed
+
+
+def refused_everywhere(capsys, spec: Path, needle: str) -> None:
+    """`validate`, `plan` and `compile` all exit 2 naming the problem; compile writes nothing."""
+    for command in ("validate", "plan"):
+        assert needle in refused(capsys, command, str(spec))
+    compile_refused(capsys, spec, needle)
 
 
 def compile_refused(capsys, spec: Path, needle: str) -> None:
@@ -140,11 +148,8 @@ def test_huge_spec_file_is_refused_before_parsing(tmp_path, capsys):
     with spec.open("a", encoding="utf-8") as f:  # 1.2 MB of comments (a 49 MB one took 81 s)
         f.write(("# " + "x" * 98 + "\n") * 12_000)
     size = spec.stat().st_size
-    for command in ("validate", "plan"):
-        printed = refused(capsys, command, str(spec))
-        assert (f"{spec}: {size:,} bytes, more than the 1,048,576 a spec file may have "
-                "(specs are a few kB); not parsed") in printed
-    compile_refused(capsys, spec, "more than the 1,048,576")
+    refused_everywhere(capsys, spec, f"{spec}: {size:,} bytes, more than the 1,048,576 a spec "
+                       "file may have (specs are a few kB); not parsed")
 
 
 def test_absurd_vocab_size_is_refused_by_plan_as_by_validate(tmp_path, capsys):
@@ -153,7 +158,9 @@ def test_absurd_vocab_size_is_refused_by_plan_as_by_validate(tmp_path, capsys):
                       targets={t: {} for t in ("onnx", "gguf", "executorch", "coreml", "tvm")})
     printed = refused(capsys, "validate", str(spec))
     (error,) = [line for line in printed.splitlines() if "device: needs" in line]
-    assert error.startswith(f"{spec}:3:1 device: needs 537109439 MiB")
+    assert error.startswith(f"{spec}:3:1 device: needs ")
+    needs = int(re.search(r"needs (\d+) MiB", error).group(1))
+    assert needs >= 10**12 * 64 * 4 // 2**20  # at least the fp32 embedding of 1e12 x 64
     # the plan's byte model spun forever in a per-token loop; so would compile's plan stage
     assert error in bounded("plan", str(spec), "--json").splitlines()
     assert error in bounded("compile", str(spec), "-o", str(tmp_path / "build")).splitlines()[-1]
@@ -164,8 +171,11 @@ def test_absurd_layer_count_is_refused_before_any_tensor_is_listed(tmp_path):
     spec = write_spec(tmp_path, model={**TINY_SPEC["model"], "n_layers": 10**9})
     for command in ("validate", "plan"):
         printed = bounded(command, str(spec))
-        assert (f"{spec}:11:3 model.n_layers: 1,000,000,000 layers make about 19,000,000,003 "
-                "tensors, more than the 1,000,000 omnic plans one by one") in printed
+        found = re.search(r"(\S+) model.n_layers: 1,000,000,000 layers make about ([\d,]+) "
+                          r"tensors, more than the 1,000,000 omnic plans one by one", printed)
+        assert found and found.group(1) == f"{spec}:11:3"
+        # at least q, k, v, o, three FFN matrices and two norms per layer
+        assert int(found.group(2).replace(",", "")) >= 9 * 10**9
 
 
 # --- 2. checkpoints validated as input ---------------------------------------------------------
@@ -296,11 +306,9 @@ def test_truncated_gguf_is_refused(tmp_path, capsys):
     spec = write_spec(tmp_path, weights={"source": "gguf", "path": "m.gguf"})
     assert omnic(capsys, "validate", str(spec))[0] == 0
     _cut(tmp_path / "m.gguf", lambda d: d[: len(d) // 2])
-    for command in ("validate", "plan"):
-        printed = refused(capsys, command, str(spec))
-        assert (f"weights.path: {tmp_path}/m.gguf: truncated or damaged GGUF file (189,680 "
-                "bytes; gguf-py: cannot reshape") in printed
-    compile_refused(capsys, spec, "truncated or damaged GGUF file")
+    size = (tmp_path / "m.gguf").stat().st_size
+    refused_everywhere(capsys, spec, f"weights.path: {tmp_path}/m.gguf: truncated or damaged "
+                       f"GGUF file ({size:,} bytes; gguf-py: cannot reshape")
 
 
 def test_nan_in_gguf_is_refused_with_both_names(tmp_path, capsys):
