@@ -263,7 +263,8 @@ def _generate_multimodal(args, src: _Source) -> dict:
     stop = () if args.ignore_eos else tokenizer.eos_ids
     result = mm.generate(parts.decoder, prompt, {c: parts.components[c] for c in inputs}, inputs,
                          ids, args.max_new_tokens, stop_ids=stop,
-                         action_head=parts.components.get(Components.ACTION_HEAD))
+                         action_head=parts.components.get(Components.ACTION_HEAD),
+                         vocab=spec.model.vocab_size)
     return {"tokens": result.tokens, "text": tokenizer.decode(result.tokens),
             "prompt_logits": result.prompt_logits, "actions": result.actions}
 

@@ -36,8 +36,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +46,7 @@ from rich.console import Console
 from omnic.compiler import manifest as mf
 from omnic.compiler.errors import CompileError, InputError
 from omnic.compiler.lowering import lower_target
-from omnic.compiler.staging import staged
+from omnic.compiler.staging import failed_dir, publish, staged
 from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
 from omnic.runtime import pages
 
@@ -66,11 +64,6 @@ class CompileResult:
     out_dir: Path  # where the build is: OUT_DIR, or OUT_DIR.failed
     manifest: mf.Manifest
     warnings: list[str] = field(default_factory=list)
-
-
-def failed_dir(out_dir: Path) -> Path:
-    """Where a build whose golden check failed is kept."""
-    return out_dir.with_name(out_dir.name + ".failed")
 
 
 class _Stages:
@@ -211,13 +204,7 @@ def _plan_vs_actual(plan: Any, entries: list[mf.ArtifactEntry], build_dir: Path
 def _publish(staging: Path, out_dir: Path, passed: bool) -> Path:
     """Rename the finished staging directory into place (see the module docstring)."""
     final = out_dir if passed else failed_dir(out_dir)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.omnic-old-{os.getpid()}")
-        final.rename(old)
-    staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    publish(staging, final)
     return final
 
 

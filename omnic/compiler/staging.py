@@ -10,7 +10,11 @@ omnic.compiler.pipeline renames that into place at the end. Here:
   the same OUT_DIR whose process no longer runs (killed with SIGKILL, or the machine went down)
   are removed. One whose process is alive belongs to a compile still running and is left alone;
   a pid reused by an unrelated process keeps a stale directory until that process ends, the safe
-  side of that error.
+  side of that error. Liveness is this host's and this PID namespace's: a compile into the same
+  folder from another container would look dead.
+- `publish(staging, final)`: the two renames that move a previous build aside and the new one in
+  run with SIGINT and SIGTERM held; a previous build a killed compile left moved aside is put
+  back (or removed, when a newer build took its place) by `remove_stale`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from omnic.compiler.errors import CompileError
 _log = logging.getLogger(__name__)
 
 STAGING_MARK = ".omnic-staging-"
+OLD_MARK = ".omnic-old-"  # a previous build, moved aside while the new one is renamed in
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -36,11 +41,9 @@ def staging_path(out_dir: Path, pid: int | None = None) -> Path:
     return out_dir.with_name(f".{out_dir.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
 
 
-def _pid_of(path: Path, out_dir: Path) -> int | None:
-    """The pid in a staging directory's name, or None for a name that only looks like one."""
-    prefix = f".{out_dir.name}{STAGING_MARK}"
-    tail = path.name[len(prefix):] if path.name.startswith(prefix) else ""
-    return int(tail) if tail.isdigit() else None
+def failed_dir(out_dir: Path) -> Path:
+    """Where a build whose golden check failed is kept."""
+    return out_dir.with_name(out_dir.name + ".failed")
 
 
 def _process_alive(pid: int) -> bool:
@@ -49,20 +52,77 @@ def _process_alive(pid: int) -> bool:
     return psutil.pid_exists(pid)
 
 
+def _dead(path: Path, prefix: str) -> int | None:
+    """The pid in `path`'s name (after `prefix`) when that process no longer runs, else None."""
+    tail = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+    if not tail.isdigit() or int(tail) == os.getpid() or not path.is_dir():
+        return None
+    return None if _process_alive(int(tail)) else int(tail)
+
+
 def remove_stale(out_dir: Path) -> list[Path]:
-    """Remove the staging directories of OUT_DIR whose process no longer runs; returns them."""
+    """Clean up after compiles into OUT_DIR whose process no longer runs; returns what it
+    removed. Their staging directories go; a previous build a killed `publish` had moved aside
+    (`.NAME.omnic-old-PID`, for OUT_DIR and OUT_DIR.failed) goes back in place when nothing
+    replaced it, and goes when something did."""
     if not out_dir.parent.is_dir():
         return []
     removed = []
-    for path in sorted(out_dir.parent.glob(f".{out_dir.name}{STAGING_MARK}*")):
-        pid = _pid_of(path, out_dir)
-        if pid is None or pid == os.getpid() or not path.is_dir() or _process_alive(pid):
+    prefix = f".{out_dir.name}{STAGING_MARK}"
+    for path in sorted(out_dir.parent.glob(f"{prefix}*")):
+        pid = _dead(path, prefix)
+        if pid is None:
             continue
         shutil.rmtree(path, ignore_errors=True)
         _log.warning(f"removed stale staging directory {path} (its compile, pid {pid}, "
                      "no longer runs)")
         removed.append(path)
+    for final in (out_dir, failed_dir(out_dir)):
+        prefix = f".{final.name}{OLD_MARK}"
+        for path in sorted(out_dir.parent.glob(f"{prefix}*")):
+            if _dead(path, prefix) is None:
+                continue
+            if final.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            else:
+                path.rename(final)
+                _log.warning(f"restored {final} from {path}, where a killed compile had "
+                             "moved it")
     return removed
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (they are delivered right after): for
+    steps that must not stop halfway, such as the two renames that publish a build."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Rename the finished staging directory to `final`, replacing what is there; a signal
+    cannot stop it between the two renames, and a failed second rename puts the old one back."""
+    old = final.with_name(f".{final.name}{OLD_MARK}{os.getpid()}") if final.exists() else None
+    with signals_held():
+        if old is not None:
+            final.rename(old)
+        try:
+            staging.rename(final)
+        except BaseException:
+            if old is not None:
+                old.rename(final)
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def disk_full_cause(err: BaseException) -> OSError | None:

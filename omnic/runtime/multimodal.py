@@ -207,7 +207,8 @@ def generate(runner: EmbedsRunner, prompt: Sequence[int],
              encoders: Mapping[str, Callable[[np.ndarray], np.ndarray]],
              inputs: Mapping[str, np.ndarray], ids: Mapping[str, int], steps: int,
              stop_ids: Sequence[int] = (),
-             action_head: Callable[[np.ndarray], np.ndarray] | None = None) -> Result:
+             action_head: Callable[[np.ndarray], np.ndarray] | None = None,
+             vocab: int | None = None) -> Result:
     """Run each given input through its encoder, splice the rows in, decode greedily.
 
     Args:
@@ -218,12 +219,13 @@ def generate(runner: EmbedsRunner, prompt: Sequence[int],
         ids: {component: placeholder id}.
         steps: new tokens to generate; stop_ids: stop after emitting one of these.
         action_head: run(hidden [1, d]) -> [1, horizon, dim]; needs `runner.last_hidden`.
+        vocab: the vocabulary size every row of logits must have (None: any; see `greedy`).
     """
     from omnic.runtime.generate import greedy
 
     embeddings = {c: np.asarray(encoders[c](inputs[c]), dtype=np.float32)[0] for c in inputs}
     spliced = SplicingRunner(runner, {ids[c]: embeddings[c] for c in embeddings})
-    tokens, logits = greedy(spliced, list(prompt), steps, stop_ids=stop_ids)
+    tokens, logits = greedy(spliced, list(prompt), steps, stop_ids=stop_ids, vocab=vocab)
     actions = None
     if action_head is not None:
         if spliced.prompt_hidden is None:

@@ -163,6 +163,51 @@ def test_stale_staging_of_a_killed_compile_is_removed(spec, tmp_path, one_torch_
     assert len(removed) == 1 and str(dead) in removed[0], lines
 
 
+def test_a_build_a_killed_publish_moved_aside_comes_back(tmp_path):
+    """A compile killed between publish's two renames left the previous build at
+    .NAME.omnic-old-PID: the next compile into the same place puts it back when nothing replaced
+    it, and removes it when something did."""
+    from omnic.compiler.staging import OLD_MARK, remove_stale
+
+    out = tmp_path / "build"
+    moved = tmp_path / f".build{OLD_MARK}{_dead_pid()}"
+    moved.mkdir()
+    (moved / "manifest.json").write_text("{}")
+    failed_moved = tmp_path / f".build.failed{OLD_MARK}{_dead_pid()}"
+    failed_moved.mkdir()
+    (tmp_path / "build.failed").mkdir()  # replaced since: the moved copy is only a leftover
+    remove_stale(out)
+    assert (out / "manifest.json").read_text() == "{}"
+    assert _leftovers(tmp_path) == ["build", "build.failed"]
+
+
+def test_publish_cannot_stop_between_its_renames(tmp_path, monkeypatch):
+    """A failing second rename puts the previous build back, and SIGINT / SIGTERM are held
+    while publish renames."""
+    import signal
+
+    from omnic.compiler import staging as st
+
+    final, new = tmp_path / "build", tmp_path / ".build.omnic-staging-1"
+    final.mkdir()
+    (final / "old").write_text("old")
+    new.mkdir()
+    seen = []
+    real_rename = Path.rename
+
+    def rename(self, target):
+        seen.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+        if self == new:
+            raise OSError(errno.EXDEV, "cross-device link")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError):
+        st.publish(new, final)
+    assert (final / "old").read_text() == "old" and new.is_dir()
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in seen), seen
+
+
 def _enospc_in_golden(monkeypatch, out: Path) -> None:
     """The golden reference's .npz write finds the disk full (a plain OSError)."""
     import omnic.golden.check as golden_check
