@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from omnic.compiler.artifact_runner import ModifiedFile
+    from omnic.compiler.manifest import ArtifactEntry, Manifest
 
 
 def register(subparsers) -> None:
@@ -34,8 +34,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def verify_build(build_dir: Path, targets: list[str] | None = None):
-    """Re-check each artifact. Returns (manifest, [(entry, GoldenResult)])."""
+def _selected(manifest: "Manifest", targets: list[str] | None) -> list["ArtifactEntry"]:
+    """The manifest's artifacts of `targets` (all of them when None)."""
+    return [e for e in manifest.artifacts if not targets or e.target in targets]
+
+
+def verify_build(build_dir: Path, targets: list[str] | None = None,
+                 manifest: "Manifest | None" = None):
+    """Re-check each artifact. Returns (manifest, [(entry, GoldenResult)]).
+
+    `manifest`: the build's, when the caller has read it already."""
     from omnic.compiler import manifest as mf
     from omnic.compiler.artifact_runner import artifact_from_entry
     from omnic.golden.check import GoldenResult, verify_artifact
@@ -43,12 +51,10 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
     from omnic.constants import Components, GoldenStatus
     from omnic.targets.base import get_target
 
-    manifest = mf.load(build_dir)
+    manifest = mf.load(build_dir) if manifest is None else manifest
     overrides = manifest.spec.get("golden", {}).get("tolerances", {})
     results = []
-    for entry in manifest.artifacts:
-        if targets and entry.target not in targets:
-            continue
+    for entry in _selected(manifest, targets):
         if entry.golden.reference is None:  # never compared (e.g. bad reference weights)
             results.append((entry, GoldenResult(GoldenStatus.FAILED, entry.golden.reason)))
             continue
@@ -66,35 +72,27 @@ def verify_build(build_dir: Path, targets: list[str] | None = None):
     return manifest, results
 
 
-def modified_in_build(build_dir: Path, targets: list[str] | None = None) -> list["ModifiedFile"]:
-    """The files the manifest lists (the artifacts of `targets`, default all, and golden/) whose
-    sha256 is no longer the recorded one."""
-    from omnic.compiler import manifest as mf
-    from omnic.compiler.artifact_runner import manifest_files, modified_files
-
-    manifest = mf.load(build_dir)
-    entries = [e for e in manifest.artifacts if not targets or e.target in targets]
-    return modified_files(build_dir, manifest_files(manifest, entries))
-
-
 def run(args) -> int:
     from pydantic import ValidationError
     from rich.console import Console
 
     from omnic.cli.inspect import artifact_table, print_reasons
     from omnic.compiler import manifest as mf
+    from omnic.compiler.artifact_runner import manifest_files, modified_files
 
     build_dir = Path(args.build)
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else None
     try:
-        modified = modified_in_build(build_dir, targets)
+        manifest = mf.load(build_dir)
+        # the artifacts checked and golden/: numbers re-run on other files would mean nothing
+        modified = modified_files(build_dir, manifest_files(manifest, _selected(manifest, targets)))
         if modified:
             for m in modified:
                 print(f"modified {m}")
             print(f"error: {build_dir}: {len(modified)} file(s) differ from the manifest's "
                   "sha256; the golden checks were not re-run", file=sys.stderr)
             return 1
-        manifest, results = verify_build(build_dir, targets)
+        manifest, results = verify_build(build_dir, targets, manifest)
     except FileNotFoundError as err:
         print(f"error: {build_dir}: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
         return 2

@@ -36,9 +36,9 @@ OLD_MARK = ".omnic-old-"  # a previous build, moved aside while the new one is r
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def staging_path(out_dir: Path, pid: int | None = None) -> Path:
-    """Where the compile of process `pid` (default: this one) stages OUT_DIR."""
-    return out_dir.with_name(f".{out_dir.name}{STAGING_MARK}{os.getpid() if pid is None else pid}")
+def staging_path(out_dir: Path) -> Path:
+    """Where this process's compile stages OUT_DIR."""
+    return out_dir.with_name(f".{out_dir.name}{STAGING_MARK}{os.getpid()}")
 
 
 def failed_dir(out_dir: Path) -> Path:

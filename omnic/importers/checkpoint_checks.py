@@ -147,8 +147,9 @@ def _first_bad(words: np.ndarray, exponent: int, mantissa: int, clock: Clock
 
 
 def _where(name: str, shape: tuple[int, ...], flat: int) -> str:
-    index = np.unravel_index(flat, shape) if shape else ()
-    return f"{name}[{', '.join(str(int(i)) for i in index)}]" if shape else name
+    if not shape:
+        return name
+    return f"{name}[{', '.join(str(int(i)) for i in np.unravel_index(flat, shape))}]"
 
 
 def _scan_safetensors(path: Path, tensors: list[Stored], canonical: Callable[[str], str | None],

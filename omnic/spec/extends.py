@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omnic.spec.load import Diagnostic, Document, FieldPath, Location, read_yaml
 
@@ -26,28 +26,30 @@ PATH_FIELDS = (("weights", "path"), ("tokenizer", "path"),
                ("modalities", "vision", "weights"), ("modalities", "audio", "weights"))
 
 
+def _paths(data: Any) -> Iterator[tuple[FieldPath, dict, str]]:
+    """Each PATH_FIELDS value of `data` that is a string: (field path, its mapping, value)."""
+    for fpath in PATH_FIELDS:
+        node = data
+        for key in fpath[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(fpath[-1]), str):
+            yield fpath, node, node[fpath[-1]]
+
+
 def _rebase(doc: Document, from_dir: Path, to_dir: Path) -> None:
     """Rewrite PATH_FIELDS of `doc` (relative to from_dir) to be relative to to_dir, in place."""
     if from_dir.resolve() == to_dir.resolve():
         return
-    for fpath in PATH_FIELDS:
-        node = doc.data
-        for key in fpath[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(fpath[-1]), str):
-            value = node[fpath[-1]]
-            if not os.path.isabs(value):
-                node[fpath[-1]] = os.path.relpath(from_dir / value, to_dir).replace(os.sep, "/")
+    for fpath, holder, value in _paths(doc.data):
+        if not os.path.isabs(value):
+            holder[fpath[-1]] = os.path.relpath(from_dir / value, to_dir).replace(os.sep, "/")
 
 
 def _escaping_paths(doc: Document) -> list[Diagnostic]:
     """PATH_FIELDS of `doc` whose relative path leads out of the folder of its file (`..`)."""
     out = []
-    for fpath in PATH_FIELDS:
-        node = doc.data
-        for key in fpath:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, str) or os.path.isabs(node):
+    for fpath, _, node in _paths(doc.data):
+        if os.path.isabs(node):
             continue
         parts = Path(os.path.normpath(node)).parts  # lexical: symlinks inside may lead anywhere
         if parts[:1] == (os.pardir,):

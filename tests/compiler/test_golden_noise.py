@@ -132,10 +132,8 @@ def test_a_permuted_weight_still_fails(real, session):
 # -- the twin and the widening, on a tiny model ------------------------------------------------
 @pytest.fixture()
 def tiny_hooked():
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tiny_specs import TINY_SPEC, make_resolved_spec
 
     from omnic.golden import activations
