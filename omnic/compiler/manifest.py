@@ -147,6 +147,11 @@ class Manifest(_Model):
         None, description="How the weight source stores the weights when it is itself quantized "
         "(a GGUF: its file type and the count of each tensor type); null for random weights and "
         "float checkpoints.")
+    calibration: dict[str, Any] | None = Field(
+        None, description="Calibrated int4 (`weights.method` gptq/awq): the calibration text, "
+        "windows and tokens, the tensors calibrated, AWQ folds, and per int4 grid the targets "
+        "on it and the output error on the calibration activations relative to round-to-nearest; "
+        "null when every weight is rounded to nearest.")
     golden: GoldenInfo = Field(description="Golden inputs and the saved reference files.")
     timings: Timings = Field(
         default_factory=Timings,

@@ -361,6 +361,12 @@ def compile(
                       f"{r.seconds:.3f}s")
         _dump(dump, "05-passes.json", {"passes": [vars(r) for r in pass_records],
                                        "quant_plan": program.quant_plan})
+    calibrated = None
+    if resolved.quantization.calibrated():
+        # after quant::plan (it reads the plan), before the reference: AWQ's fold changes the
+        # model as built (keeping its function), and the fp32 reference must be that model
+        with stage("calibrate"):
+            calibrated = _calibrate(program, built.tokenizer, objs)
     fault = fault_name(pipeline)
     if fault:
         _log.warning(f"TEST FAULT {fault}: the targets get a damaged program")
@@ -376,7 +382,9 @@ def compile(
         results: list[tuple["Artifact", "GoldenResult"]] = []
         for t, target in objs.items():
             with stage(f"{t}: lower", "targets"):
-                artifacts = lower_target(t, target, program, staging)
+                lowered = calibrated.program_for(t, program) if calibrated else program
+                artifacts = lower_target(t, target, lowered, staging)
+                del lowered
             with stage(f"{t}: golden", "targets"):
                 results += _golden(*sessions, target, artifacts)
             _dump(dump, f"06-{t}-artifacts.json", [
@@ -396,6 +404,7 @@ def compile(
                 artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries, staging),
                 quantization_auto=auto.to_dict() if auto is not None else None,
                 weights_source=_weights_source(resolved, spec_dir),
+                calibration=calibrated.report if calibrated else None,
                 golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
                                      decode_steps=g.decode_steps, seed=g.seed,
                                      files=_golden_files(staging)),
@@ -412,6 +421,18 @@ def compile(
         passed = manifest.status == GoldenStatus.PASSED
         final = _publish(staging, out_dir, passed)
     return CompileResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
+
+
+def _calibrate(program: Any, tokenizer: Any, targets: dict[str, Any]) -> Any:
+    """The calibrate stage (omnic.compiler.calibrate) for the targets being built."""
+    from omnic.compiler import calibrate
+
+    grids = {t: getattr(o, "int4_grid", lambda spec: None)(program.spec)
+             for t, o in targets.items()}
+    try:
+        return calibrate.run(program, tokenizer, grids, _log.info)
+    except ValueError as err:  # unreadable calibration text
+        raise InputError(f"quantization.calibration: {err}") from None
 
 
 def _planned_bytes(plan: Any, targets: dict[str, Any]) -> int | None:

@@ -336,6 +336,22 @@ def _files(result: Validation, spec_dir: Path, refused: set[FieldPath]
             found = checks.check_headers(where)
         for severity, message in found:
             yield fpath, message, severity
+    yield from _calibration_text(spec, spec_dir)
+
+
+def _calibration_text(spec: ResolvedSpec, spec_dir: Path) -> Iterable[tuple[FieldPath, str, str]]:
+    """The calibration text of a calibrated method, read as the calibrate stage reads it."""
+    cal = spec.quantization.calibration
+    if cal is None:
+        return
+    from omnic.quant.calibration_text import BUILTIN, load_texts
+
+    if cal.text == BUILTIN:
+        return
+    try:
+        load_texts(cal.text, spec_dir)
+    except ValueError as err:
+        yield ("quantization", "calibration", "text"), str(err), "error"
 
 
 def check_resolved(result: Validation, spec_dir: Path) -> Validation:

@@ -71,6 +71,17 @@ def scheme_for(quant: "Quantization", tensor: TensorInfo) -> TensorScheme:
     return TensorScheme(w.scheme, w.group_size, w.symmetric, None)
 
 
+def method_for(quant: "Quantization", tensor: TensorInfo) -> str:
+    """How the codes of one tensor are chosen (rtn, gptq, awq, awq_gptq), by the same first
+    match as `scheme_for`."""
+    if not tensor.is_matrix:
+        return "rtn"
+    for override in quant.overrides:
+        if matches(override.match, tensor):
+            return override.method
+    return quant.weights.method
+
+
 def tensor_schemes(
     spec: "ResolvedSpec", tensors: Iterable[TensorInfo] | None = None
 ) -> dict[str, TensorScheme]:

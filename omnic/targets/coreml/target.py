@@ -43,6 +43,11 @@ class CoremlTarget:
 
     id = Targets.COREML
 
+    def int4_grid(self, spec: "ResolvedSpec") -> str | None:
+        """The `omnic.quant.grids` backend whose int4 codes this target stores: calibrated
+        methods (GPTQ) round on it. None: the target quantizes from floats its own way."""
+        return "coreml"  # coremltools' linear quantizer, -7..7 in the compute dtype
+
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """What Core ML cannot take: pre-iOS18 states or int4/per-block weights, bf16, int8 KV
         cache, fp16 storage at fp32 compute, blocks that do not tile a weight, an OS older than

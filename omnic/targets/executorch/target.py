@@ -191,6 +191,12 @@ class ExecutorchTarget:
 
     id = Targets.EXECUTORCH
 
+    def int4_grid(self, spec: "ResolvedSpec") -> str | None:
+        """The `omnic.quant.grids` backend whose int4 codes this target stores: calibrated
+        methods (GPTQ) round on it. None: the target quantizes from floats its own way."""
+        backend = spec.targets.executorch.backend if spec.targets.executorch else "xnnpack"
+        return "xnnpack" if backend == "xnnpack" else None
+
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """What the backend cannot take, before anything is built (torch-free): a missing
         toolchain (`backend.missing`), and the rules of the shared capabilities table

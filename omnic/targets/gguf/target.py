@@ -97,6 +97,15 @@ class GgufTarget:
 
     id = Targets.GGUF
 
+    def int4_grid(self, spec: "ResolvedSpec") -> str | None:
+        """The `omnic.quant.grids` backend whose int4 codes this target stores: calibrated
+        methods (GPTQ) round on it. None: the target quantizes from floats its own way."""
+        from omnic.targets.gguf.quant import K_QUANTS
+
+        requested = spec.targets.gguf.file_type if spec.targets.gguf is not None else "auto"
+        # Q4_0 (gguf-py's grid); llama.cpp's K-quants search their own scales from the floats
+        return None if requested in K_QUANTS else "gguf"
+
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """Everything GGUF/llama.cpp cannot express, each naming the spec field."""
         return _problems(spec)

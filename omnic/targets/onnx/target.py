@@ -57,6 +57,11 @@ class OnnxTarget:
 
     id = Targets.ONNX
 
+    def int4_grid(self, spec: "ResolvedSpec") -> str | None:
+        """The `omnic.quant.grids` backend whose int4 codes this target stores: calibrated
+        methods (GPTQ) round on it. None: the target quantizes from floats its own way."""
+        return "omnic"  # MatMulNBits holds omnic's codes and fp32 scales
+
     def __init__(self, external_data_threshold: int | None = None,
                  accuracy_level: int | None = None) -> None:
         from omnic.targets.onnx.export import EXTERNAL_DATA_THRESHOLD

@@ -145,6 +145,11 @@ class TvmTarget:
 
     id = Targets.TVM
 
+    def int4_grid(self, spec: "ResolvedSpec") -> str | None:
+        """The `omnic.quant.grids` backend whose int4 codes this target stores: calibrated
+        methods (GPTQ) round on it. None: the target quantizes from floats its own way."""
+        return "omnic"  # omnic's codes, scales rounded to fp16 after the codes are chosen
+
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """Everything the TVM frontend, backend or this lowering cannot take, with reasons."""
         return _problems(spec)
