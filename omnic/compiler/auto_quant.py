@@ -12,16 +12,20 @@ rules and, to choose, the built model. Two phases, because choosing needs torch 
 `omnic validate` / `omnic plan` must not:
 - `placeholder` (torch-free, at resolve time; `omnic.compiler.validate.resolve` passes
   `resolve_with_auto` to `omnic.presets.resolve`): validation and the plan use the eligible
-  candidate with the largest memory total, the worst case of what compile may pick, so a
-  "fits" from `omnic plan` holds whatever compile decides. The plan says "auto (decided at
-  compile)". No eligible candidate is a validation error that lists why each one failed.
+  candidate with the largest memory total, the largest preset compile may pick; a "fits" from
+  `omnic plan` holds whatever compile decides, as compile's promotions stay within the budget.
+  The plan says "auto (decided at compile)". No eligible candidate is a validation error that
+  lists why each one failed.
 - `choose` (at compile, after the build): every eligible candidate's weights are fake-quantized
   with omnic's numpy reference quantizers (`omnic.quant.reference.reference_weights`, the
-  quantization-exact reference, no backend is lowered), the torch decoder runs the golden
-  prompts with them along the fp32 model's greedy path, and the candidate with the lowest mean
-  KL(fp32 || candidate) wins (ties: fewer bytes, then name). The candidates, their KLD, top-1
-  agreement, bytes and fit, and the reason for the choice go into the manifest
-  (`quantization_auto`).
+  quantization-exact reference, no backend is lowered), the torch decoder runs windows of
+  calibration text with them (`omnic.compiler.auto_sensitivity`: omnic's built-in corpus,
+  disjoint from the golden prompts that judge the build afterwards), and the candidate with the
+  lowest mean KL(fp32 || candidate) wins (ties: fewer bytes, then name). When the winner stores
+  matrices in int4, its most sensitive ones, measured on the same text, are kept at int8 within
+  the device budget (`auto_sensitivity.promote`; the memory totals may then pass the
+  placeholder's, never the budget). The candidates, their KLD, bytes and fit, the
+  promotions and the reason for the choice go into the manifest (`quantization_auto`).
 Quality first: when fp32 fits and every target carries it, fp32 (KLD 0) is chosen; a preset
 named in the spec is how to ask for a smaller model than the device needs.
 """
@@ -29,7 +33,7 @@ named in the spec is how to ask for a smaller model than the device needs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from omnic.spec import Quantization, ResolvedSpec
@@ -48,7 +52,6 @@ class Candidate:
     carried: bool = False
     problems: list[str] = field(default_factory=list)  # why it is not eligible
     kld: float | None = None  # measured at compile
-    top1: float | None = None
 
     @property
     def eligible(self) -> bool:
@@ -63,12 +66,18 @@ class Choice:
     quantization: "Quantization"
     candidates: list[Candidate]
     reason: str
+    promotion: Any = None  # auto_sensitivity.PromotionResult, when the winner has int4 matrices
 
     def to_dict(self) -> dict[str, Any]:
+        from omnic.compiler.auto_sensitivity import AUTO_CALIBRATION
+
         return {"mode": AUTO, "chosen": self.preset, "reason": self.reason,
                 "measured_with": "omnic.quant.reference fake-quantized weights in the torch "
-                                 "decoder, golden prompts, fp32 greedy path",
-                "candidates": [asdict(c) for c in self.candidates]}
+                                 "decoder on calibration text (builtin, "
+                                 f"{AUTO_CALIBRATION['samples']} windows x "
+                                 f"{AUTO_CALIBRATION['seq_len']} tokens)",
+                "candidates": [asdict(c) for c in self.candidates],
+                "promotion": self.promotion.to_dict() if self.promotion else None}
 
 
 def is_auto(value: Any) -> bool:
@@ -147,69 +156,51 @@ def placeholder(spec: "ResolvedSpec") -> tuple["Quantization | None", str]:
     return quant, cand.name
 
 
-def _measure(decoder: Any, weights: dict, inputs: Any, fp32_paths: list) -> tuple[float, float]:
-    """Mean KL(fp32 || candidate) and top-1 agreement along the fp32 greedy paths."""
-    import numpy as np
-
-    from omnic.golden import metrics as M
-    from omnic.golden.runs import run_forced
-    from omnic.golden.reference_model import with_weights
-    from omnic.runtime.torch_runner import TorchRunner
-
-    model = with_weights(decoder, weights)
-    runner = TorchRunner(model)
-    vocab = fp32_paths[0][1].shape[-1]
-    kl, top1 = [], []
-    for prompt, (tokens, fp32_logits) in zip(inputs.prompts, fp32_paths):
-        got = run_forced(runner, prompt, tokens[:-1], vocab)
-        kl.append(M.kld_rows(fp32_logits, got))
-        top1.append(M.top1_rows(got, fp32_logits))
-    return float(np.concatenate(kl).mean()), float(np.concatenate(top1).mean())
-
-
-def choose(spec: "ResolvedSpec", decoder: Any, inputs: Any, log: Any = None) -> Choice:
-    """Measure every eligible candidate on the golden inputs and pick the best (needs torch).
+def choose(spec: "ResolvedSpec", decoder: Any, meter: Any,
+           log: Callable[[str], None] | None = None) -> Choice:
+    """Measure every eligible candidate on calibration text, pick the best, and keep its most
+    sensitive int4 matrices at int8 (needs torch).
 
     Args:
         spec: the resolved spec (its quantization is the placeholder).
         decoder: the built fp32 decoder (not modified).
-        inputs: the golden inputs (`omnic.golden.inputs.GoldenInputs`).
+        meter: `auto_sensitivity.WindowMeter` of the calibration windows.
         log: a callable taking one line of text (progress), or None.
 
     Raises:
         ValueError: no candidate is eligible.
     """
-    from omnic.golden.runs import run_greedy
+    from omnic.compiler.auto_sensitivity import promote
+    from omnic.golden.reference_model import with_weights
     from omnic.quant.reference import reference_weights
     from omnic.quant.select import tensor_schemes
-    from omnic.runtime.torch_runner import TorchRunner
 
     evaluated = evaluate(spec)
     eligible = [(c, q) for c, q in evaluated if c.eligible]
     if not eligible:
         raise ValueError(placeholder(spec)[1])
-    fp32 = TorchRunner(decoder)
-    vocab = int(decoder.state_dict()["embed.weight"].shape[0])
-    paths = [run_greedy(fp32, p, inputs.decode_steps, vocab) for p in inputs.prompts]
     state = decoder.state_dict()
     for cand, quant in eligible:
-        plan = tensor_schemes(_with_quant(spec, quant))
-        weights = reference_weights(state, plan)
-        if weights:
-            cand.kld, cand.top1 = _measure(decoder, weights, inputs, paths)
-        else:
-            cand.kld, cand.top1 = 0.0, 1.0  # fp32: the reference itself
+        weights = reference_weights(state, tensor_schemes(_with_quant(spec, quant)))
+        # fp32: the reference itself
+        cand.kld = meter.kld(with_weights(decoder, weights)) if weights else 0.0
         if log:
-            log(f"  {cand.name:<16} kld {cand.kld:.3g}  top1 {cand.top1:.1%}  "
+            log(f"  {cand.name:<16} kld {cand.kld:.3g}  "
                 f"weights {cand.weight_bytes / 2**20:.1f} MiB")
     best, quant = min(eligible, key=lambda cq: (cq[0].kld, cq[0].weight_bytes, cq[0].name))
     others = [c for c, _ in evaluated if not c.eligible]
-    reason = (f"lowest KLD vs fp32 ({best.kld:.3g}) of {len(eligible)} eligible presets "
-              f"(fit {spec.device.name}'s {spec.device.memory_budget_mb} MiB and carried by "
-              f"{', '.join(spec.targets.enabled())})")
+    reason = (f"lowest KLD vs fp32 on calibration text ({best.kld:.3g}) of {len(eligible)} "
+              f"eligible presets (fit {spec.device.name}'s {spec.device.memory_budget_mb} MiB "
+              f"and carried by {', '.join(spec.targets.enabled())})")
     if others:
         reason += "; not eligible: " + ", ".join(f"{c.name} ({c.problems[0]})" for c in others)
-    return Choice(best.name, quant, [c for c, _ in evaluated], reason)
+    promotion = promote(spec, quant, decoder, meter, best.weight_bytes, log)
+    if promotion.promoted:
+        reason += (f"; {len(promotion.promoted)} of {promotion.measured} int4 matrices kept at "
+                   f"int8 by measured sensitivity (KLD {promotion.kld_before:.3g} -> "
+                   f"{promotion.kld_after:.3g})")
+    return Choice(best.name, promotion.quantization, [c for c, _ in evaluated], reason,
+                  promotion if promotion.measured else None)
 
 
 def resolve_with_auto(fields: dict[str, Any]) -> tuple["ResolvedSpec | None", str]:
@@ -227,12 +218,16 @@ def resolve_with_auto(fields: dict[str, Any]) -> tuple["ResolvedSpec | None", st
     return tmp.model_copy(update={"quantization": quant}), name
 
 
-def choose_for_build(spec: "ResolvedSpec", decoder: Any, tokenizer: Any, log: Any = None) -> Choice:
-    """`choose` on the spec's golden inputs (the compile's `quant auto` stage)."""
-    from omnic.golden import inputs as golden_inputs
+def choose_for_build(spec: "ResolvedSpec", decoder: Any, tokenizer: Any, spec_dir: Any,
+                     log: Callable[[str], None] | None = None) -> Choice:
+    """`choose` on the built-in calibration text (the compile's `quant auto` stage)."""
+    from omnic.compiler.auto_sensitivity import WindowMeter, calibration_windows
 
-    inputs = golden_inputs.inputs_for_spec(spec, golden_inputs.special_ids_of(tokenizer), tokenizer)
-    choice = choose(spec, decoder, inputs, log)
+    meter = WindowMeter(decoder, calibration_windows(spec, tokenizer, spec_dir))
+    choice = choose(spec, decoder, meter, log)
     if log:
         log(f"  quantization auto -> {choice.preset}: {choice.reason}")
+        for p in choice.promotion.promoted if choice.promotion else []:
+            log(f"  auto: {p.tensor} int8 (rank {p.rank}, saves {p.gain:.3g} KLD, "
+                f"+{p.extra_bytes / 2**10:.0f} KiB)")
     return choice

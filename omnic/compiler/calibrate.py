@@ -81,11 +81,12 @@ class Calibrated:
         return program.evolve(decoder=with_weights(program.decoder, weights))
 
 
-def windows(spec: Any, spec_dir: Path, tokenizer: Any) -> list[list[int]]:
-    """The calibration windows: the spec's text, encoded by the model's tokenizer."""
+def windows(spec: Any, spec_dir: Path, tokenizer: Any, cal: Any = None) -> list[list[int]]:
+    """The calibration windows: `cal`'s text (default: the spec's `quantization.calibration`),
+    encoded by the model's tokenizer."""
     from omnic.quant.calibration_text import load_texts, samples
 
-    cal = spec.quantization.calibration
+    cal = cal or spec.quantization.calibration
     ids = [tokenizer.encode(t) for t in load_texts(cal.text, spec_dir)]
     # a window longer than the model's context has no rope positions: cut to the context
     seq_len = min(cal.seq_len, spec.model.context_length)

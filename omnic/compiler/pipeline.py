@@ -332,7 +332,7 @@ def compile(
         with stage("quant auto"):
             built = _build(resolved, spec_dir, dump)
             try:
-                auto = choose_for_build(resolved, built.program.decoder, built.tokenizer,
+                auto = choose_for_build(resolved, built.program.decoder, built.tokenizer, spec_dir,
                                         _log.info)
             except ValueError as err:
                 raise InputError(str(err)) from None

@@ -73,6 +73,9 @@ class Override(WeightScheme):
     match: Match = Field(
         description="Which tensors this override applies to (all keys must match)."
     )
+    reason: str | None = Field(
+        None, description="Why this override exists (quantization: auto writes what it "
+        "measured); shown by `omnic plan --explain-quant`.")
 
 
 class Calibration(SpecModel):

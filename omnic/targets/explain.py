@@ -68,10 +68,11 @@ def rule_of(spec: "ResolvedSpec", ts: TensorScheme, is_matrix: bool) -> str:
         return "fp32 (not a matrix)"
     if ts.override is None:
         return "default"
-    match = spec.quantization.overrides[ts.override].match
+    override = spec.quantization.overrides[ts.override]
     keys = ", ".join(f"{k}: {v if k != 'layers' else list(v)}"
-                     for k, v in match.model_dump(exclude_none=True).items())
-    return f"overrides[{ts.override}] {{{keys}}}"
+                     for k, v in override.match.model_dump(exclude_none=True).items())
+    why = f" ({override.reason})" if override.reason else ""
+    return f"overrides[{ts.override}] {{{keys}}}{why}"
 
 
 def _template(name: str) -> tuple[str, int | None]:

@@ -1,18 +1,18 @@
 """Calibrated int4 on a real trained model, lowered to every runnable target.
 
-The model is SmolLM2-135M-Instruct cut to its first LAYERS blocks (real trained weights, its
-own embedding, final norm and tokenizer; the cut keeps the suite's budget). It is compiled twice
-with the int4 g32 recipe of specs/mobile_2gb.yaml, once rounding to nearest and once with GPTQ
-calibrated on omnic's built-in text. Both builds must pass their golden checks against the
-quantization-exact reference of the weights each artifact stores, and on every target the
-calibrated artifact must lose less to fp32 (KL divergence on the golden text prompts, which the
-calibration text does not contain) than the same target's round-to-nearest artifact.
+The model is SmolLM2-135M-Instruct cut to its first blocks (conftest `smollm2_cut`: real
+trained weights, its own embedding, final norm and tokenizer; the cut keeps the suite's budget).
+It is compiled twice with the int4 g32 recipe of specs/mobile_2gb.yaml, once rounding to
+nearest and once with GPTQ calibrated on omnic's built-in text. Both builds must pass their
+golden checks against the quantization-exact reference of the weights each artifact stores, and
+on every target the calibrated artifact must lose less to fp32 (KL divergence on the golden text
+prompts, which the calibration text does not contain) than the same target's round-to-nearest
+artifact.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
@@ -21,32 +21,12 @@ from omnic.cli.main import main as omnic_main
 
 pytest.importorskip("gguf")
 
-LAYERS = 3
 TARGETS = ("onnx", "gguf", "executorch", "tvm")
 
 
-@pytest.fixture(scope="module")
-def cut_checkpoint(smollm2_hf, tmp_path_factory):
-    """smollm2_hf with only its first LAYERS blocks."""
-    from safetensors.numpy import load_file, save_file
-
-    out = tmp_path_factory.mktemp("smollm2-cut")
-    for f in smollm2_hf.iterdir():
-        if f.name not in ("model.safetensors", "config.json"):
-            shutil.copy(f, out / f.name)
-    config = json.loads((smollm2_hf / "config.json").read_text())
-    config["num_hidden_layers"] = LAYERS
-    (out / "config.json").write_text(json.dumps(config))
-    state = load_file(smollm2_hf / "model.safetensors")
-    keep = {k: v for k, v in state.items()
-            if not k.startswith("model.layers.") or int(k.split(".")[2]) < LAYERS}
-    save_file(keep, out / "model.safetensors", metadata={"format": "pt"})
-    return out
-
-
-def _spec(cut_checkpoint, root, method):
+def _spec(smollm2_cut, root, method):
     spec = root / f"{method}.yaml"
-    assert omnic_main(["import", str(cut_checkpoint), "-o", str(spec), "--context-length", "64",
+    assert omnic_main(["import", str(smollm2_cut), "-o", str(spec), "--context-length", "64",
                        "--targets", ",".join(TARGETS)]) == 0
     data = yaml.safe_load(spec.read_text())
     data["quantization"] = {
@@ -65,11 +45,11 @@ def _spec(cut_checkpoint, root, method):
 
 
 @pytest.fixture(scope="module")
-def builds(cut_checkpoint, tmp_path_factory):
+def builds(smollm2_cut, tmp_path_factory):
     from omnic.compiler.pipeline import compile
 
     root = tmp_path_factory.mktemp("calibrated")
-    return {m: compile(_spec(cut_checkpoint, root, m), root / f"build-{m}", progress=False)
+    return {m: compile(_spec(smollm2_cut, root, m), root / f"build-{m}", progress=False)
             for m in ("rtn", "gptq")}
 
 
@@ -91,12 +71,13 @@ def test_calibrated_int4_loses_less_than_rtn_on_every_target(builds):
     assert not worse, f"KLD vs fp32 (gptq, rtn): {worse}"
 
 
-def test_the_manifest_says_which_grid_each_target_got(builds):
+def test_the_manifest_says_which_grid_each_target_got(builds, smollm2_cut):
+    layers = json.loads((smollm2_cut / "config.json").read_text())["num_hidden_layers"]
     cal = builds["gptq"].manifest.calibration
     assert builds["rtn"].manifest.calibration is None
     assert {g: v["targets"] for g, v in cal["grids"].items()} == {
         "omnic": ["onnx", "tvm"], "gguf": ["gguf"], "xnnpack": ["executorch"]}
-    assert cal["tensors"] == 7 * LAYERS and cal["rtn_fallback"] == []
+    assert cal["tensors"] == 7 * layers and cal["rtn_fallback"] == []
     assert cal["windows"] == 16 and cal["tokens"] == 16 * 64
     for grid, v in cal["grids"].items():
         assert v["output_error_vs_rtn"] < 0.9, (grid, v)

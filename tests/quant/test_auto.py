@@ -71,33 +71,43 @@ def test_json_schema_accepts_auto():
     jsonschema.validate("auto", {**q, "$defs": schema.get("$defs", {})})
 
 
-def test_choose_measures_kld_like_an_independent_torch_run(tiny_spec_file):
+def test_choose_measures_kld_on_calibration_text_like_an_independent_torch_run(tiny_spec_file):
     """The KLD `choose` reports for int8 is the KL divergence a plain torch run of the
-    fake-quantized model gives along the fp32 greedy path (recomputed here with torch ops)."""
+    fake-quantized model gives on windows of the built-in calibration text, which the model's
+    tokenizer encodes (recomputed here with torch ops and numpy)."""
     torch = pytest.importorskip("torch")
     import copy
 
     import numpy as np
 
+    from omnic.compiler.auto_sensitivity import WindowMeter, calibration_windows
     from omnic.model import build_model
-    from omnic.golden.inputs import inputs_for_spec
     from omnic.presets import store
+    from omnic.quant.calibration_text import builtin_texts
     from omnic.quant.reference import fake_quantize
     from omnic.quant.select import tensor_schemes
+    from omnic.tokenizer import load_tokenizer
 
     budget = budget_between(tiny_spec_file)
-    spec = validate_file(auto_spec(tiny_spec_file, "auto3", budget)).resolved
-    decoder = build_model(spec, Path("."))
-    inputs = inputs_for_spec(spec, [256, 257, 258])
-    choice = auto.choose(spec, decoder, inputs)
+    path = auto_spec(tiny_spec_file, "auto3", budget)
+    spec = validate_file(path).resolved
+    decoder = build_model(spec, path.parent)
+    tokenizer = load_tokenizer(spec, path.parent)
+    windows = calibration_windows(spec, tokenizer, path.parent)
+    # the windows are the built-in text as the tokenizer encodes it, cut to the context
+    text_ids = {i for t in builtin_texts() for i in tokenizer.encode(t)}
+    assert windows and all(0 < len(w) <= spec.model.context_length for w in windows)
+    assert set().union(*map(set, windows)) <= text_ids
+    choice = auto.choose(spec, decoder, WindowMeter(decoder, windows))
     by_name = {c.name: c for c in choice.candidates}
     eligible = [c for c in choice.candidates if c.eligible]
     assert choice.preset == min(eligible, key=lambda c: c.kld).name
     assert choice.preset.startswith("int8")  # fp32/fp16 do not fit, int8 beats int4
     assert by_name["int8"].kld < by_name["int4_g32"].kld  # more bits, less divergence
     assert by_name["fp32"].kld is None  # not eligible: not measured
+    assert choice.promotion is None  # int8 has no int4 matrix to promote
 
-    # independent: quantize int8 weights by hand, run fp32 and int8 models along fp32's path
+    # independent: quantize int8 weights by hand, run fp32 and int8 models over each window
     plan = tensor_schemes(
         spec.model_copy(update={"quantization": store.load("quantization", "int8")}))
     q = copy.deepcopy(decoder)
@@ -107,18 +117,18 @@ def test_choose_measures_kld_like_an_independent_torch_run(tiny_spec_file):
             if ts.scheme == "int8":
                 p.copy_(torch.from_numpy(fake_quantize(p.numpy(), "int8", ts.group_size, True)))
 
-    def logits(model, tokens):
+    def log_probs(model, tokens):
         k, v = model.empty_cache(1)
-        out, _, _ = model(torch.as_tensor(tokens)[None], torch.arange(len(tokens)), k, v)
-        return out[0].double()
+        with torch.no_grad():
+            out, _, _ = model(torch.as_tensor(tokens)[None], torch.arange(len(tokens)), k, v)
+        x = out[0].double().numpy()
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
     kls = []
-    for prompt in inputs.prompts:
-        seq = list(prompt)
-        for _ in range(inputs.decode_steps - 1):  # fp32's greedy continuation
-            seq.append(int(logits(decoder, seq)[-1].argmax()))
-        p, r = logits(decoder, seq).log_softmax(-1), logits(q, seq).log_softmax(-1)
-        kls.append((p.exp() * (p - r)).sum(-1).clamp_min(0).numpy())
+    for w in windows:
+        p, r = log_probs(decoder, w), log_probs(q, w)
+        kls.append(np.maximum((np.exp(p) * (p - r)).sum(-1), 0))
     assert by_name["int8"].kld == pytest.approx(float(np.concatenate(kls).mean()), rel=1e-3)
 
 
