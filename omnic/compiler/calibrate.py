@@ -66,19 +66,23 @@ class Calibrated:
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # grid -> name -> weight
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    # name -> mean x^2 per input column (after AWQ's fold): llama.cpp's importance matrix
+    importance: dict[str, np.ndarray] = field(default_factory=dict)
 
     def weights_for(self, grid: str | None) -> dict[str, np.ndarray]:
         names = {**self.stored.get(ANY_GRID, {}), **self.stored.get(grid or "", {})}
         return {n: _expand(v, self.shapes[n]) for n, v in names.items()}
 
     def program_for(self, target_id: str, program: Any) -> Any:
-        """`program` whose decoder holds the calibrated weights of `target_id`'s grid."""
+        """`program` whose decoder holds the calibrated weights of `target_id`'s grid, with the
+        importance matrix for a target that rounds the floats itself."""
         from omnic.golden.reference_model import with_weights
 
         weights = self.weights_for(self.grid_of.get(target_id))
-        if not weights:
-            return program
-        return program.evolve(decoder=with_weights(program.decoder, weights))
+        importance = self.importance if self.grid_of.get(target_id) is None else None
+        if weights:
+            program = program.evolve(decoder=with_weights(program.decoder, weights))
+        return program.evolve(importance=importance) if importance else program
 
 
 def windows(spec: Any, spec_dir: Path, tokenizer: Any, cal: Any = None) -> list[list[int]]:
@@ -131,6 +135,8 @@ def run(program: Any, tokenizer: Any, grid_of: dict[str, str | None],
                 rtn_before[name] = {gr: _output_error(w, _rtn(gr, w, g), h) for gr in grids}
         folded += _fold(decoder, modules, by_consumer, methods, plan, names)
         for s in stats:
+            mean_sq = (s.h.diagonal() / max(s.tokens, 1)).numpy().astype(np.float32)
+            out.importance.update({n: mean_sq for n in s.consumers if n in names})
             _round(s, modules, methods, plan, names, grids, out)
         for s in stats:  # the error of what each grid now gets, for the report
             h = s.hessian()
@@ -153,7 +159,8 @@ def run(program: Any, tokenizer: Any, grid_of: dict[str, str | None],
         "grids": {g: {"targets": sorted(t for t, x in grid_of.items() if x == g),
                       "output_error_vs_rtn": round(err_cal[g] / err_rtn[g], 4)
                       if err_rtn[g] else None} for g in grids},
-        "rtn_targets": sorted(t for t, x in grid_of.items() if not x),
+        "own_rounding_targets": sorted(t for t, x in grid_of.items() if not x),
+        "importance_tensors": len(out.importance),
     }
     ratios = ", ".join(f"{g} {v['output_error_vs_rtn']}x" for g, v in out.report["grids"].items())
     log(f"  calibrate: {len(wins)} windows, {out.report['tokens']} tokens ({cal.text}); "
@@ -161,9 +168,10 @@ def run(program: Any, tokenizer: Any, grid_of: dict[str, str | None],
         f"output error vs rtn: {ratios}")
     if fallback:
         log(f"  calibrate: not an nn.Linear input, rounded to nearest: {', '.join(fallback)}")
-    for t in out.report["rtn_targets"]:
-        log(f"  calibrate: {t} has no int4 grid for calibrated codes; it rounds the weights "
-            "to nearest (after AWQ's fold and clipping, when asked)")
+    for t in out.report["own_rounding_targets"]:
+        log(f"  calibrate: {t} has no int4 grid for calibrated codes; its own quantizer rounds "
+            "the weights (after AWQ's fold and clipping, when asked), weighted by the "
+            "importance matrix where it takes one (GGUF K-quants)")
     return out
 
 

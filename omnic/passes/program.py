@@ -32,6 +32,10 @@ class Program:
     # every decoder tensor's storage scheme, decided once by the `quant::plan` pass for all
     # targets; None until that pass has run
     quant_plan: "dict[str, TensorScheme] | None" = None
+    # calibration's importance of each calibrated matrix's input columns (the mean of x^2 over
+    # the calibration tokens, llama.cpp's imatrix), for targets whose own quantizer weighs its
+    # rounding with it (GGUF K-quants); None without calibration
+    importance: "dict[str, Any] | None" = None
 
     def evolve(self, **changes: Any) -> "Program":
         return replace(self, **changes)

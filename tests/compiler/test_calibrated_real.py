@@ -24,11 +24,13 @@ pytest.importorskip("gguf")
 TARGETS = ("onnx", "gguf", "executorch", "tvm")
 
 
-def _spec(smollm2_cut, root, method):
-    spec = root / f"{method}.yaml"
+def _spec(smollm2_cut, root, method, targets=TARGETS, gguf_file_type=None):
+    spec = root / f"{method}-{gguf_file_type or 'default'}.yaml"
     assert omnic_main(["import", str(smollm2_cut), "-o", str(spec), "--context-length", "64",
-                       "--targets", ",".join(TARGETS)]) == 0
+                       "--targets", ",".join(targets)]) == 0
     data = yaml.safe_load(spec.read_text())
+    if gguf_file_type:
+        data["targets"]["gguf"] = {"file_type": gguf_file_type}
     data["quantization"] = {
         "weights": {"scheme": "int4", "group_size": 32, "symmetric": True, "method": method},
         "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"}],
@@ -51,6 +53,16 @@ def builds(smollm2_cut, tmp_path_factory):
     root = tmp_path_factory.mktemp("calibrated")
     return {m: compile(_spec(smollm2_cut, root, m), root / f"build-{m}", progress=False)
             for m in ("rtn", "gptq")}
+
+
+@pytest.fixture(scope="module")
+def kquant_builds(smollm2_cut, tmp_path_factory):
+    """GGUF Q4_K_M only: llama.cpp's mixture, rounded plainly and with the importance matrix."""
+    from omnic.compiler.pipeline import compile
+
+    root = tmp_path_factory.mktemp("calibrated-kquant")
+    return {m: compile(_spec(smollm2_cut, root, m, ("gguf",), "Q4_K_M"), root / f"build-{m}",
+                       progress=False) for m in ("rtn", "gptq")}
 
 
 def _kld(result):
@@ -81,3 +93,21 @@ def test_the_manifest_says_which_grid_each_target_got(builds, smollm2_cut):
     assert cal["windows"] == 16 and cal["tokens"] == 16 * 64
     for grid, v in cal["grids"].items():
         assert v["output_error_vs_rtn"] < 0.9, (grid, v)
+
+
+def test_gguf_k_quants_rounded_with_the_importance_matrix_lose_less(kquant_builds,
+                                                                     smollm2_cut):
+    """A K-quant GGUF has no int4 grid for GPTQ's codes; calibration hands it the importance
+    matrix (mean x^2 per input column on the calibration text), which llama.cpp's quantizer
+    weighs its rounding with, as llama-quantize --imatrix does."""
+    layers = json.loads((smollm2_cut / "config.json").read_text())["num_hidden_layers"]
+    rtn, cal = kquant_builds["rtn"].manifest, kquant_builds["gptq"].manifest
+    (plain,), (weighted,) = rtn.artifacts, cal.artifacts
+    assert plain.golden.status == weighted.golden.status == "passed"
+    assert plain.quantization["tensor_types"] == weighted.quantization["tensor_types"]
+    assert "imatrix_tensors" not in plain.details
+    assert weighted.details["imatrix_tensors"] == 7 * layers
+    assert cal.calibration["own_rounding_targets"] == ["gguf"]
+    assert cal.calibration["importance_tensors"] == 7 * layers
+    assert weighted.golden.metrics["kld"] < plain.golden.metrics["kld"], (
+        weighted.golden.metrics["kld"], plain.golden.metrics["kld"])

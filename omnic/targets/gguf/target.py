@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, Problem, register_target
@@ -103,7 +103,8 @@ class GgufTarget:
         from omnic.targets.gguf.quant import K_QUANTS
 
         requested = spec.targets.gguf.file_type if spec.targets.gguf is not None else "auto"
-        # Q4_0 (gguf-py's grid); llama.cpp's K-quants search their own scales from the floats
+        # Q4_0 (gguf-py's grid); llama.cpp's K-quants search their own scales from the floats,
+        # weighted by the calibration's importance matrix (imatrix.py)
         return None if requested in K_QUANTS else "gguf"
 
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
@@ -141,10 +142,15 @@ class GgufTarget:
         write_gguf(first, spec, plan, tensors, types_plan.types, written_ft, vocab, fetch)
         write_s = time.perf_counter() - t0
         quantize_s = 0.0
+        weighted: list[str] = []
         if k_quant:
             t1 = time.perf_counter()
             try:
                 _llama_quantize(first, final, types_plan)
+                if program.importance:
+                    from omnic.targets.gguf.imatrix import requantize
+
+                    weighted = requantize(first, final, _importance_by_name(program, tensors))
             finally:
                 first.unlink(missing_ok=True)
             quantize_s = time.perf_counter() - t1
@@ -179,6 +185,8 @@ class GgufTarget:
                 "writer": "streamed (tensor infos declared first, one tensor in memory at a time)",
                 # K mixtures: tensors llama.cpp stored in a 32-block type (rows not 256-blocks)
                 "k_quant_fallbacks": {n: facts["types"][n] for n in types_plan.k_fallbacks},
+                # tensors ggml_quantize_chunk rounded with the calibration's importance matrix
+                **({"imatrix_tensors": len(weighted)} if weighted else {}),
             },
             precision=precision_of(ft, facts["types"], kv_type),
             reference_weights=weights,
@@ -214,6 +222,14 @@ class GgufTarget:
             raise RuntimeError("llama.cpp warned while loading " + path.name + ": "
                                + " | ".join(runner.load_warnings[:5]))
         return runner
+
+
+def _importance_by_name(program: "Program", tensors: list["GgufTensor"]) -> dict[str, Any]:
+    """GGUF tensor name -> the importance of its input columns, for single-source matrices
+    (row permutations of q and k leave the columns, and so the importance, as they are)."""
+    imp = program.importance or {}
+    return {t.name: imp[t.sources[0]] for t in tensors
+            if t.is_matrix and len(t.sources) == 1 and t.sources[0] in imp}
 
 
 def _llama_quantize(src: Path, dst: Path, types_plan) -> None:  # noqa: ANN001 - TypePlan
