@@ -100,7 +100,8 @@ def run(args) -> int:
 
         _, name = placeholder(result.resolved)
         auto_note = (f"quantization: auto (decided at compile); planned with {name}, the largest "
-                     "preset that fits and every target carries (the worst case)")
+                     "preset that fits and every target carries (compile may keep a few "
+                     "int4 matrices at int8, within the budget)")
         plan.notes.append(auto_note)
     if args.explain_quant:
         from omnic.targets.explain import explain, one_line, render as render_quant

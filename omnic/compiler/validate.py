@@ -112,7 +112,8 @@ def _inline_presets(spec: Spec, doc: Document) -> tuple[ResolvedSpec | None, lis
         if resolved is None:
             return None, [Diagnostic(doc.locate(("quantization",)), ("quantization",), why)]
         note = (f"auto (decided at compile by measured quality); validated and planned with "
-                f"{why}, the largest eligible preset (the worst case)")
+                f"{why}, the largest eligible preset (compile may keep a few int4 matrices at "
+                "int8, within the budget)")
         return resolved, [Diagnostic(doc.locate(("quantization",)), ("quantization",), note,
                                      "warning")]
     return ResolvedSpec(**fields), []

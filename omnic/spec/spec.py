@@ -56,9 +56,10 @@ class Spec(SpecModel):
     quantization: str | Quantization = Field(
         default_factory=Quantization,
         description="A quant preset name, an inline block, or `auto`: the preset with the best "
-        "measured quality (KL divergence vs fp32 on the golden inputs) that fits the device and "
-        "every enabled target carries, decided at compile; validate and plan use the largest "
-        "eligible preset (the worst case).",
+        "measured quality (KL divergence vs fp32 on calibration text) that fits the device and "
+        "every enabled target carries, decided at compile, with its most sensitive int4 "
+        "matrices kept at int8 within the budget; validate and plan use the largest eligible "
+        "preset.",
     )
     targets: Targets = Field(description="Backends to build; each present key is built.")
     golden: Golden = Field(default_factory=Golden, description="Golden conformance settings.")

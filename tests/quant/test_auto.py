@@ -50,7 +50,7 @@ def test_auto_validates_and_plans_with_the_largest_eligible_preset(tiny_spec_fil
     assert any("group_size 128" in p for p in by_name["int4_g128"].problems)
     eligible = [c for c in by_name.values() if c.eligible]
     worst = max(eligible, key=lambda c: c.total_bytes)
-    # the plan is the worst case of what compile may pick
+    # the plan is the largest preset compile may pick
     assert plan_memory(v.resolved).total_bytes == worst.total_bytes
     assert worst.name in ("int8", "int8_g32")
 
