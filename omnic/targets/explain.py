@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omnic.quant.select import TensorScheme, storage_id, tensor_schemes
+from omnic.quant.select import TensorScheme, method_for, storage_id, tensor_schemes
 from omnic.targets.fates import Fate, NotCarried, fates
 
 if TYPE_CHECKING:
@@ -62,17 +62,20 @@ class Explanation:
         raise KeyError(tensor)
 
 
-def rule_of(spec: "ResolvedSpec", ts: TensorScheme, is_matrix: bool) -> str:
-    """The spec rule that chose `ts`, as text."""
+def rule_of(spec: "ResolvedSpec", ts: TensorScheme, is_matrix: bool,
+            method: str = "rtn") -> str:
+    """The spec rule that chose `ts`, as text; a calibrated `method` of int4 codes follows."""
     if not is_matrix:
         return "fp32 (not a matrix)"
+    how = f"; codes {method} on calibration text" if method != "rtn" and ts.scheme == "int4" \
+        else ""
     if ts.override is None:
-        return "default"
+        return "default" + how
     override = spec.quantization.overrides[ts.override]
     keys = ", ".join(f"{k}: {v if k != 'layers' else list(v)}"
                      for k, v in override.match.model_dump(exclude_none=True).items())
     why = f" ({override.reason})" if override.reason else ""
-    return f"overrides[{ts.override}] {{{keys}}}{why}"
+    return f"overrides[{ts.override}] {{{keys}}}{why}{how}"
 
 
 def _template(name: str) -> tuple[str, int | None]:
@@ -103,7 +106,8 @@ def explain(spec: "ResolvedSpec", targets: list[str] | None = None) -> Explanati
     for info in tensors:
         ts = schemes[info.name]
         forms = {t: per_target[t][info.name].form for t in carried}
-        key = (rule_of(spec, ts, info.is_matrix), storage_id(ts), tuple(forms.values()))
+        rule = rule_of(spec, ts, info.is_matrix, method_for(spec.quantization, info))
+        key = (rule, storage_id(ts), tuple(forms.values()))
         keyed.append((info.name, key, forms))
 
     # Runs of consecutive layers per tensor kind, kinds in inventory order.

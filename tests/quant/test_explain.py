@@ -163,6 +163,17 @@ def test_rows_group_consecutive_layers_and_name_the_rule():
     assert any("-7..7" in g for g in ex.grids["coreml"])
 
 
+def test_a_calibrated_method_is_named_where_it_chooses_int4_codes():
+    quant = copy.deepcopy(QUANT)
+    quant["weights"]["method"] = "gptq"
+    ex = explain(make_spec(TINY, quant, {"gguf": {}, "onnx": {}}))
+    assert ex.lookup("layers.0.attn.q.weight").rule == "default; codes gptq on calibration text"
+    # int8 overrides take rtn
+    v1 = ex.lookup("layers.1.attn.v.weight").rule
+    assert v1 == r"overrides[1] {name: layers\.1\.attn\.v\.weight}"
+    assert ex.lookup("embed.weight").rule == "overrides[0] {role: embedding}"
+
+
 def test_a_target_that_cannot_carry_the_spec_says_why():
     quant = {"weights": {"scheme": "int4", "group_size": 64}}
     ex = explain(make_spec(TINY, quant, {"gguf": {}, "onnx": {}}))
