@@ -126,7 +126,7 @@ def collect(decoder: Any, windows: list[list[int]], mods: dict[str, Any],
         handles = [mods[n].register_forward_pre_hook(
             lambda m, a, n=n: pre_hook(m, a, n)) for n in chunk]
         last = max(_layer_of(n, n_layers) for n in chunk)
-        if last < n_layers - 1:
+        if last < n_layers:  # the final norm and the logits only when lm_head is calibrated
             handles.append(decoder.layers[last].register_forward_hook(stop))
         try:
             with torch.no_grad():
