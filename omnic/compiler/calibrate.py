@@ -214,9 +214,9 @@ def _round(s: Any, modules: dict[str, Any], methods: dict[str, str], plan: dict[
            names: set[str], grids: list[str], out: Calibrated) -> None:
     """GPTQ on every grid (rows of the consumers of one input stacked), or AWQ's clip."""
     from omnic.quant.awq import search_clip
-    from omnic.quant.gptq import gptq
+    from omnic.quant.gptq import gptq, hinv_cholesky
 
-    h = None
+    h = u = None
     todo: dict[tuple[str, int], list[str]] = {}
     for name in (c for c in s.consumers if c in names):
         todo.setdefault((methods[name], plan[name].group_size), []).append(name)
@@ -232,8 +232,9 @@ def _round(s: Any, modules: dict[str, Any], methods: dict[str, str], plan: dict[
             continue
         rows = np.cumsum([w.shape[0] for w in ws])[:-1]
         stacked = np.concatenate(ws, axis=0)
+        u = hinv_cholesky(h) if u is None else u  # one factorization for every grid
         for grid in grids:
-            parts = np.split(gptq(stacked, h, grid, group), rows, axis=0)
+            parts = np.split(gptq(stacked, h, grid, group, hinv=u), rows, axis=0)
             for n, w_new in zip(tensors, parts):
                 out.stored.setdefault(grid, {})[n] = _compact(grid, np.ascontiguousarray(w_new),
                                                               group)

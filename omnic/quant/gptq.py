@@ -55,9 +55,10 @@ def _inv_upper(r: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hinv_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+def hinv_cholesky(h: np.ndarray, damp: float = 0.01) -> np.ndarray:
     """U upper with U^T U = (H + damping)^-1, as `cholesky(cholesky_inverse(cholesky(H)),
-    upper=True)` in the reference, float64."""
+    upper=True)` in the reference, float64. Computed once when several calls share H (`gptq`'s
+    `hinv`: one call per target grid)."""
     hh = np.array(h, dtype=np.float64)
     n = hh.shape[0]
     dead = hh.diagonal() == 0
@@ -147,7 +148,8 @@ def _codes(backend: str, x: np.ndarray, grp: _Group, pos: int) -> np.ndarray:
 
 
 def gptq_with_stats(w: np.ndarray, h: np.ndarray, backend: str, group_size: int, *,
-                    damp: float = 0.01, block: int = 128) -> tuple[np.ndarray, int]:
+                    damp: float = 0.01, block: int = 128,
+                    hinv: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """`gptq`, plus the number of groups that were not fixed points of the backend's quantizer
     (replaced by its re-quantization; 0 in every test)."""
     w = np.asarray(w, dtype=np.float32)
@@ -167,7 +169,7 @@ def gptq_with_stats(w: np.ndarray, h: np.ndarray, backend: str, group_size: int,
     # column updates then touch at most `sub` rows, the rest goes through matrix products.
     block = max(g, block // g * g)
     sub = max(d for d in range(1, 33) if g % d == 0)
-    u = _hinv_cholesky(h, damp)
+    u = hinv_cholesky(h, damp) if hinv is None else hinv
     # Work on W^T (float64): column i is a contiguous row, and the updates are row operations.
     wt = np.ascontiguousarray(w.T, dtype=np.float64)
     codes = np.zeros((in_f, out_f), np.int8)
@@ -200,7 +202,7 @@ def gptq_with_stats(w: np.ndarray, h: np.ndarray, backend: str, group_size: int,
 
 
 def gptq(w: np.ndarray, h: np.ndarray, backend: str, group_size: int, *,
-         damp: float = 0.01, block: int = 128) -> np.ndarray:
+         damp: float = 0.01, block: int = 128, hinv: np.ndarray | None = None) -> np.ndarray:
     """Quantize w on `backend`'s int4 symmetric grid with GPTQ's error compensation.
 
     Args:
@@ -211,12 +213,14 @@ def gptq(w: np.ndarray, h: np.ndarray, backend: str, group_size: int, *,
         group_size: weights per scale along `in` (GGUF always uses its blocks of 32).
         damp: added to H's diagonal, as a fraction of its mean (the reference's percdamp).
         block: columns per lazy batch update (rounded to whole groups).
+        hinv: `hinv_cholesky(h, damp)`, when the caller computed it once for several calls.
 
     Returns:
         float32 W' [out, in], a fixed point of the backend's quantizer:
         `grids.quantize(backend, W', "int4", g, True).dequantize(W'.shape)` equals W'.
     """
-    return gptq_with_stats(w, h, backend, group_size, damp=damp, block=block)[0]
+    return gptq_with_stats(w, h, backend, group_size, damp=damp, block=block,
+                           hinv=hinv)[0]
 
 
 def output_error(w: np.ndarray, w_new: np.ndarray, h: np.ndarray) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from omnic.quant import grids
-from omnic.quant.gptq import _hinv_cholesky, gptq, gptq_with_stats, output_error
+from omnic.quant.gptq import gptq, gptq_with_stats, hinv_cholesky, output_error
 from omnic.quant.reference import round_half_away
 
 
@@ -161,7 +161,7 @@ def test_hinv_cholesky_is_the_references():
     x = activations()
     x[:, 9] = 0.0
     h = x.T @ x
-    u = _hinv_cholesky(h, 0.01)
+    u = hinv_cholesky(h, 0.01)
     hh = h.copy()
     hh[9, 9] = 1.0
     hh += 0.01 * np.mean(np.diag(hh)) * np.eye(len(h))
