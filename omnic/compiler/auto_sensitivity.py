@@ -84,22 +84,24 @@ class WindowMeter:
             return sum(float(self._window_kld(model, i)) for i in range(len(self.windows))) \
                 / self.tokens
 
-    def predicted_gains(self, model: Any, deltas: dict[str, Any]) -> dict[str, float]:
-        """First-order KLD saved by adding `deltas[name]` to each parameter alone:
-        -grad . delta, the gradient of the mean divergence taken by one backward pass."""
+    def predicted_gains(self, model: Any, names: list[str],
+                        delta: Callable[[str], Any]) -> dict[str, float]:
+        """First-order KLD saved by adding `delta(name)` to each named parameter alone:
+        -grad . delta, the gradient of the mean divergence taken by one backward pass (each
+        delta is made, used and dropped in turn: one matrix at a time in memory)."""
         import torch
 
         params = dict(model.named_parameters())
-        for name in deltas:
+        for name in names:
             params[name].requires_grad_(True)
             params[name].grad = None
         try:
             with torch.enable_grad():
                 for i in range(len(self.windows)):
                     (self._window_kld(model, i) / self.tokens).backward()
-            return {n: -float((params[n].grad * d).sum()) for n, d in deltas.items()}
+            return {n: -float((params[n].grad * delta(n)).sum()) for n in names}
         finally:
-            for name in deltas:
+            for name in names:
                 params[name].requires_grad_(False)
                 params[name].grad = None
 
@@ -193,19 +195,21 @@ def promote(spec: "ResolvedSpec", quant: "Quantization", decoder: Any, meter: Wi
         return PromotionResult(quant, [], before, before, 0, "no int4 matrix")
     to = store.load("quantization", PROMOTED_SCHEME).weights
     params = dict(model.named_parameters())
-    promoted = {n: torch.from_numpy(fake_quantize(state[n].detach().numpy(), to.scheme,
-                                                  to.group_size, to.symmetric))
-                for n in candidates}
+
+    def at_int8(name: str) -> Any:
+        return torch.from_numpy(fake_quantize(state[name].detach().numpy(), to.scheme,
+                                              to.group_size, to.symmetric))
+
     extra = {n: storage_bytes(tuple(state[n].shape), to.scheme, to.group_size, to.symmetric)
              - storage_bytes(tuple(state[n].shape), plan[n].scheme, plan[n].group_size,
                              plan[n].symmetric) for n in candidates}
-    predicted = meter.predicted_gains(model, {n: promoted[n] - params[n].data
-                                              for n in candidates})
+    predicted = meter.predicted_gains(model, candidates,
+                                      lambda n: at_int8(n) - params[n].data)
     shortlist = sorted(candidates, key=lambda n: (-predicted[n] / max(extra[n], 1), n))
     gains = {}
     for name in shortlist[:SHORTLIST]:
         p = params[name]
-        kept, p.data = p.data, promoted[name]
+        kept, p.data = p.data, at_int8(name)
         gains[name] = before - meter.kld(model)
         p.data = kept
     if log:
@@ -225,7 +229,7 @@ def promote(spec: "ResolvedSpec", quant: "Quantization", decoder: Any, meter: Wi
         return PromotionResult(quant, [], before, before, len(candidates),
                                "no int4 matrix gains at int8 within the budget")
     for p in chosen:
-        params[p.tensor].data = promoted[p.tensor]
+        params[p.tensor].data = at_int8(p.tensor)
     after = meter.kld(model)
     if after >= before:
         return PromotionResult(quant, [], before, before, len(candidates),
