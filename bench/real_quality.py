@@ -271,6 +271,8 @@ def main() -> int:
     p.add_argument("--llama-tools", type=Path,
                    help="a folder with llama-imatrix and llama-quantize (else built from --sdist)")
     p.add_argument("--no-kquants", action="store_true", help="llama.cpp's Q4_0 row only")
+    p.add_argument("--no-builder", action="store_true",
+                   help="without the onnxruntime-genai builder's rows")
     p.add_argument("--keep", action="store_true", help="reuse the builds in --work")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,8 @@ def main() -> int:
     env = h.thread_env(a.threads)
 
     builds = {m: omnic_build(a, m, env) for m in a.methods.split(",") if m}
-    peers = {**llama_cpp_files(a, hf, env), **builder_files(a, hf, env)}
+    peers = {**llama_cpp_files(a, hf, env),
+             **({} if a.no_builder else builder_files(a, hf, env))}
 
     from omnic.compiler import manifest as mf
     from omnic.compiler.artifact_runner import open_build_runner
