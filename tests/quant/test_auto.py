@@ -75,16 +75,11 @@ def test_choose_measures_kld_on_calibration_text_like_an_independent_torch_run(t
     """The KLD `choose` reports for int8 is the KL divergence a plain torch run of the
     fake-quantized model gives on windows of the built-in calibration text, which the model's
     tokenizer encodes (recomputed here with torch ops and numpy)."""
-    torch = pytest.importorskip("torch")
-    import copy
-
-    import numpy as np
-
+    pytest.importorskip("torch")
     from omnic.compiler.auto_sensitivity import WindowMeter, calibration_windows
     from omnic.model import build_model
     from omnic.presets import store
     from omnic.quant.calibration_text import builtin_texts
-    from omnic.quant.reference import fake_quantize
     from omnic.quant.select import tensor_schemes
     from omnic.tokenizer import load_tokenizer
 
@@ -107,29 +102,13 @@ def test_choose_measures_kld_on_calibration_text_like_an_independent_torch_run(t
     assert by_name["fp32"].kld is None  # not eligible: not measured
     assert choice.promotion is None  # int8 has no int4 matrix to promote
 
-    # independent: quantize int8 weights by hand, run fp32 and int8 models over each window
+    # independent: int8 weights rounded by hand, fp32 and int8 models run over each window
+    from window_kld import fake_quantized, window_kld
+
     plan = tensor_schemes(
         spec.model_copy(update={"quantization": store.load("quantization", "int8")}))
-    q = copy.deepcopy(decoder)
-    with torch.no_grad():
-        for name, p in q.named_parameters():
-            ts = plan[name]
-            if ts.scheme == "int8":
-                p.copy_(torch.from_numpy(fake_quantize(p.numpy(), "int8", ts.group_size, True)))
-
-    def log_probs(model, tokens):
-        k, v = model.empty_cache(1)
-        with torch.no_grad():
-            out, _, _ = model(torch.as_tensor(tokens)[None], torch.arange(len(tokens)), k, v)
-        x = out[0].double().numpy()
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    kls = []
-    for w in windows:
-        p, r = log_probs(decoder, w), log_probs(q, w)
-        kls.append(np.maximum((np.exp(p) * (p - r)).sum(-1), 0))
-    assert by_name["int8"].kld == pytest.approx(float(np.concatenate(kls).mean()), rel=1e-3)
+    assert by_name["int8"].kld == pytest.approx(
+        window_kld(decoder, fake_quantized(decoder, plan), windows), rel=1e-3)
 
 
 def test_compile_records_the_choice_in_the_manifest(tiny_spec_file, tmp_path):

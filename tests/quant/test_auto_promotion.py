@@ -7,14 +7,14 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from omnic.compiler import auto_quant as auto
 from omnic.compiler.plan import MIB, plan_memory
 from omnic.compiler.validate import validate_file
+from window_kld import fake_quantized, window_kld
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[2]
 # 512 wide: int4 and int8 matrices differ by more than a MiB, so a budget can separate them
@@ -51,40 +51,6 @@ def chosen(tiny_spec_file):
     return spec, decoder, windows, choice, path
 
 
-def _log_probs(model, tokens):
-    k, v = model.empty_cache(1)
-    with torch.no_grad():
-        out, _, _ = model(torch.as_tensor(tokens)[None], torch.arange(len(tokens)), k, v)
-    x = out[0].double().numpy()
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _kld(decoder, quantized, windows) -> float:
-    """Mean KL(fp32 || quantized) over the windows' positions (numpy, not omnic's meter)."""
-    kls = []
-    for w in windows:
-        p, q = _log_probs(decoder, w), _log_probs(quantized, w)
-        kls.append(np.maximum((np.exp(p) * (p - q)).sum(-1), 0))
-    return float(np.concatenate(kls).mean())
-
-
-def _fake(decoder, schemes):
-    """A copy of `decoder` with every weight rounded as `schemes` says."""
-    import copy
-
-    from omnic.quant.reference import fake_quantize
-
-    q = copy.deepcopy(decoder)
-    with torch.no_grad():
-        for name, p in q.named_parameters():
-            ts = schemes.get(name)
-            if ts is not None and ts.scheme != "fp32":
-                p.copy_(torch.from_numpy(fake_quantize(p.numpy(), ts.scheme, ts.group_size,
-                                                       ts.symmetric)))
-    return q
-
-
 def test_auto_keeps_measured_sensitive_matrices_at_int8_within_the_budget(chosen):
     from omnic.presets import store
     from omnic.quant.select import storage_id, tensor_schemes
@@ -105,13 +71,13 @@ def test_auto_keeps_measured_sensitive_matrices_at_int8_within_the_budget(chosen
     assert plan_memory(final_spec).fits
     # every promotion's measured gain is the divergence that matrix alone at int8 saves,
     # recomputed independently; the promoted set diverges less than the preset
-    before = _kld(decoder, _fake(decoder, preset), windows)
+    before = window_kld(decoder, fake_quantized(decoder, preset), windows)
     assert promo.kld_before == pytest.approx(before, rel=1e-3)
     top = min(promo.promoted, key=lambda p: p.rank)
     alone = {**preset, top.tensor: final[top.tensor]}
-    assert top.gain == pytest.approx(before - _kld(decoder, _fake(decoder, alone), windows),
-                                     rel=1e-3, abs=1e-9)
-    after = _kld(decoder, _fake(decoder, final), windows)
+    alone_kld = window_kld(decoder, fake_quantized(decoder, alone), windows)
+    assert top.gain == pytest.approx(before - alone_kld, rel=1e-3, abs=1e-9)
+    after = window_kld(decoder, fake_quantized(decoder, final), windows)
     assert promo.kld_after == pytest.approx(after, rel=1e-3) and after < before
     assert "kept at int8 by measured sensitivity" in choice.reason
 
@@ -189,7 +155,7 @@ def test_on_a_real_model_promotions_chosen_on_calibration_text_help_on_held_out_
     preset = tensor_schemes(spec.model_copy(
         update={"quantization": store.load("quantization", choice.preset)}))
     final = tensor_schemes(spec.model_copy(update={"quantization": choice.quantization}))
-    before = _kld(decoder, _fake(decoder, preset), held_out)
-    after = _kld(decoder, _fake(decoder, final), held_out)
+    before = window_kld(decoder, fake_quantized(decoder, preset), held_out)
+    after = window_kld(decoder, fake_quantized(decoder, final), held_out)
     assert after < before, (choice.preset, [p.tensor for p in choice.promotion.promoted],
                             after, before)
