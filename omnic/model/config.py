@@ -37,6 +37,11 @@ class DecoderConfig:
     qk_norm: bool = False
     sliding_window: int | None = None
     sliding_layers: str = "all"  # all | even
+    # The per-layer table as plain tuples (None: every layer from the fields above).
+    # windows[i]: layer i's sliding window, None when it attends globally.
+    windows: tuple[int | None, ...] | None = None
+    # ropes[i]: (theta, scaling dict or None, rotated dims) of layer i, None for a NoPE layer.
+    ropes: tuple[tuple[float, dict[str, Any] | None, int] | None, ...] | None = None
     moe_experts: int = 0  # 0: dense FFN
     moe_top_k: int = 0
     moe_shared_experts: int = 0
@@ -44,6 +49,11 @@ class DecoderConfig:
     moe_normalize_top_k: bool = True
     scale_embeddings: bool = False
     post_norms: bool = False
+    pre_norms: bool = True
+    qk_norm_full: bool = False  # one norm over all heads' dims at once (OLMo 2)
+    embedding_multiplier: float = 1.0  # Granite
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0  # logits are divided by it
     attn_scale: float | None = None
     attn_softcap: float | None = None
     final_softcap: float | None = None
@@ -55,11 +65,19 @@ class DecoderConfig:
 
     def window_of(self, layer: int) -> int | None:
         """The sliding window of `layer`, or None when it attends globally."""
+        if self.windows is not None:
+            return self.windows[layer]
         if self.sliding_window is None:
             return None
         if self.sliding_layers == "even" and layer % 2:
             return None
         return self.sliding_window
+
+    def rope_of(self, layer: int) -> tuple[float, dict[str, Any] | None, int] | None:
+        """(theta, scaling, rotated dims) of `layer`'s RoPE, or None when it has none (NoPE)."""
+        if self.ropes is not None:
+            return self.ropes[layer]
+        return self.rope_theta, self.rope_scaling, self.head_dim
 
 
 def decoder_config(model: "Model") -> DecoderConfig:
@@ -69,6 +87,10 @@ def decoder_config(model: "Model") -> DecoderConfig:
         scaling = model.rope.scaling.model_dump()
     sw = model.sliding_window
     moe = model.moe
+    table = model.table
+    ropes = tuple(None if r.rope is None else (
+        r.rope.theta, None if r.rope.scaling is None else r.rope.scaling.model_dump(), r.rope.dims)
+        for r in table)
     return DecoderConfig(
         vocab_size=model.vocab_size,
         d_model=model.d_model,
@@ -88,7 +110,9 @@ def decoder_config(model: "Model") -> DecoderConfig:
         qkv_bias=model.qkv_bias,
         qk_norm=model.qk_norm,
         sliding_window=sw.size if sw else None,
-        sliding_layers=sw.layers if sw else "all",
+        sliding_layers=(sw.layers or "all") if sw else "all",
+        windows=tuple(r.window for r in table),
+        ropes=ropes,
         moe_experts=moe.experts if moe else 0,
         moe_top_k=moe.top_k if moe else 0,
         moe_shared_experts=moe.shared_experts if moe else 0,
@@ -96,6 +120,11 @@ def decoder_config(model: "Model") -> DecoderConfig:
         moe_normalize_top_k=moe.normalize_top_k if moe else True,
         scale_embeddings=model.scale_embeddings,
         post_norms=model.post_norms,
+        pre_norms=model.pre_norms,
+        qk_norm_full=model.qk_norm_width == "full",
+        embedding_multiplier=model.embedding_multiplier or 1.0,
+        residual_multiplier=model.residual_multiplier or 1.0,
+        logits_scaling=model.logits_scaling or 1.0,
         attn_scale=model.attn_scale,
         attn_softcap=model.attn_softcap,
         final_softcap=model.final_softcap,

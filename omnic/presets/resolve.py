@@ -16,10 +16,12 @@ AutoQuant = Callable[[dict[str, Any]], "tuple[ResolvedSpec | None, str]"]
 
 
 def explicit_model(model: Model) -> Model:
-    """The model with n_kv_heads and head_dim filled in (nothing left to a default rule)."""
+    """The model with n_kv_heads, head_dim and the per-layer table filled in (nothing left to a
+    default rule)."""
     data = model.model_dump()
     data["n_kv_heads"] = model.kv_heads
     data["head_dim"] = model.dim_per_head
+    data["layers"] = [row.model_dump() for row in model.table]
     return Model.model_validate(data)
 
 

@@ -57,7 +57,8 @@ def decoder_tensors(model: Model) -> list[TensorInfo]:
     out = [TensorInfo(N.EMBED, (model.vocab_size, d), Roles.EMBEDDING)]
     for i in range(model.n_layers):
         f = lambda tmpl: tmpl.format(i=i)  # noqa: E731
-        out += _norm(f(N.ATTN_NORM), d, model, i)
+        if model.pre_norms:
+            out += _norm(f(N.ATTN_NORM), d, model, i)
         out.append(TensorInfo(f(N.Q), (q_out, d), Roles.ATTENTION, i))
         out.append(TensorInfo(f(N.K), (kv_out, d), Roles.ATTENTION, i))
         out.append(TensorInfo(f(N.V), (kv_out, d), Roles.ATTENTION, i))
@@ -66,12 +67,14 @@ def decoder_tensors(model: Model) -> list[TensorInfo]:
             out.append(TensorInfo(f(N.K_BIAS), (kv_out,), Roles.ATTENTION, i))
             out.append(TensorInfo(f(N.V_BIAS), (kv_out,), Roles.ATTENTION, i))
         if model.qk_norm:
-            out.append(TensorInfo(f(N.Q_NORM), (hd,), Roles.NORM, i))
-            out.append(TensorInfo(f(N.K_NORM), (hd,), Roles.NORM, i))
+            full = model.qk_norm_width == "full"  # OLMo 2: over every head at once
+            out.append(TensorInfo(f(N.Q_NORM), (q_out if full else hd,), Roles.NORM, i))
+            out.append(TensorInfo(f(N.K_NORM), (kv_out if full else hd,), Roles.NORM, i))
         out.append(TensorInfo(f(N.O), (d, q_out), Roles.ATTENTION, i))
         if model.post_norms:
             out += _norm(f(N.POST_ATTN_NORM), d, model, i)
-        out += _norm(f(N.FFN_NORM), d, model, i)
+        if model.pre_norms:
+            out += _norm(f(N.FFN_NORM), d, model, i)
         if model.moe is None:
             out += _ffn(f"layers.{i}.ffn", d, model.ffn.hidden, gated, i)
         else:

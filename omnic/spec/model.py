@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator,
+                      model_validator)
 
 from omnic.spec.base import SpecModel
+from omnic.spec.layers import (Layer, LayerKind, PatternError, check_table, pattern_kinds,
+                               table)
+from omnic.spec.rope import Rope
 
 
 class FFN(SpecModel):
@@ -25,52 +29,12 @@ class Norm(SpecModel):
     )
 
 
-class LinearScaling(SpecModel):
-    kind: Literal["linear"] = Field(
-        description="Position interpolation: positions divided by factor."
-    )
-    factor: float = Field(gt=0, description="Scaling factor (>0).")
-
-
-class Llama3Scaling(SpecModel):
-    kind: Literal["llama3"] = Field(description="Llama 3.1 frequency-dependent scaling.")
-    factor: float = Field(gt=0, description="Scaling factor (8.0 for Llama 3.1, 32.0 for 3.2).")
-    low_freq_factor: float = Field(1.0, gt=0, description="Low-frequency factor.")
-    high_freq_factor: float = Field(4.0, gt=0, description="High-frequency factor.")
-    original_context_length: PositiveInt = Field(
-        8192, description="Context length the model was pre-trained with."
-    )
-
-
-class YarnScaling(SpecModel):
-    kind: Literal["yarn"] = Field(
-        description="YaRN: NTK-by-parts interpolation with attention scaling."
-    )
-    factor: float = Field(gt=0, description="Scaling factor.")
-    original_context_length: PositiveInt = Field(description="Pre-training context length.")
-    beta_fast: float = Field(32.0, gt=0, description="YaRN beta_fast.")
-    beta_slow: float = Field(1.0, gt=0, description="YaRN beta_slow.")
-    attention_factor: float | None = Field(
-        None, description="Attention temperature; null means 0.1*ln(factor)+1."
-    )
-
-
-RopeScaling = Annotated[
-    Union[LinearScaling, Llama3Scaling, YarnScaling], Field(discriminator="kind")
-]
-
-
-class Rope(SpecModel):
-    theta: PositiveFloat = Field(10000.0, description="RoPE base frequency.")
-    scaling: RopeScaling | None = Field(None, description="Optional context-extension scaling.")
-
-
 class SlidingWindow(SpecModel):
     size: PositiveInt = Field(description="Tokens each query may attend back to (itself included).")
-    layers: Literal["all", "even"] = Field(
-        "all",
-        description="all: every layer (Mistral); even: layers 0, 2, 4... slide and the others are "
-        "global (Gemma 2).",
+    layers: Literal["all", "even"] | None = Field(
+        None,
+        description="Shortcut for which layers slide: all (Mistral); even: layers 0, 2, 4... "
+        "slide and the others are global (Gemma 2); null: all, unless model.layer_pattern says.",
     )
 
 
@@ -114,8 +78,20 @@ class Model(SpecModel):
     )
     tie_embeddings: bool = Field(False, description="lm_head shares the embedding matrix.")
     qkv_bias: bool = Field(False, description="Biases on the q, k and v projections (Qwen2).")
-    qk_norm: bool = Field(False, description="RMSNorm over each head of q and k (Qwen3).")
+    qk_norm: bool = Field(False, description="RMSNorm of q and k before RoPE (Qwen3, Gemma 3, "
+                          "OLMo 2).")
+    qk_norm_width: Literal["head", "full"] = Field(
+        "head", description="head: one norm over each head's dims, shared by the heads (Qwen3, "
+        "Gemma 3); full: one norm over all of q's (and k's) heads at once (OLMo 2).")
     sliding_window: SlidingWindow | None = Field(None, description="Sliding-window attention.")
+    layer_pattern: str | list[LayerKind] | None = Field(
+        None, description="Which layers differ: a pattern such as \"5 sliding : 1 full\" "
+        "(repeated from layer 0; it must divide n_layers unless it ends with '...') or one kind "
+        "per layer; kinds: full, sliding (sliding_window.size), nope (full attention, no RoPE).")
+    layers: list[Layer] | None = Field(
+        None, description="The explicit per-layer table (attention kind, window, RoPE). `omnic "
+        "resolve` writes it from layer_pattern, sliding_window and rope; written by hand it must "
+        "agree with those fields when they are given.")
     moe: MoE | None = Field(None, description="Mixture-of-experts feed-forward in every layer.")
     scale_embeddings: bool = Field(
         False, description="Multiply embeddings by sqrt(d_model) (Gemma)."
@@ -123,6 +99,16 @@ class Model(SpecModel):
     post_norms: bool = Field(
         False, description="Extra norms after attention and after the FFN (Gemma 2 sandwich)."
     )
+    pre_norms: bool = Field(
+        True, description="Norms before attention and before the FFN; false with post_norms is "
+        "OLMo 2's post-norm block.")
+    embedding_multiplier: PositiveFloat | None = Field(
+        None, description="Embeddings multiplied by this (Granite); null: 1.")
+    residual_multiplier: PositiveFloat | None = Field(
+        None, description="Each block's attention and FFN output multiplied by this before the "
+        "residual add (Granite); null: 1.")
+    logits_scaling: PositiveFloat | None = Field(
+        None, description="Logits divided by this (Granite); null: 1.")
     attn_scale: PositiveFloat | None = Field(
         None, description="Attention score scale; null = 1/sqrt(head_dim)."
     )
@@ -133,6 +119,25 @@ class Model(SpecModel):
         None, description="tanh soft-cap of logits (Gemma 2)."
     )
 
+    @field_validator("layer_pattern")
+    @classmethod
+    def _pattern_fits(cls, value, info: ValidationInfo):
+        n = info.data.get("n_layers")
+        if value is not None and n is not None:
+            try:
+                pattern_kinds(value, n)
+            except PatternError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _table_fits(cls, value, info: ValidationInfo):
+        n = info.data.get("n_layers")
+        if value is not None and n is not None and len(value) != n:
+            raise ValueError(f"{len(value)} rows for n_layers={n}")
+        return value
+
     @model_validator(mode="after")
     def _heads_divide(self) -> "Model":
         kv = self.n_kv_heads or self.n_heads
@@ -142,6 +147,9 @@ class Model(SpecModel):
             raise ValueError(
                 f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}; set head_dim"
             )
+        if not self.pre_norms and not self.post_norms:
+            raise ValueError("a block needs pre_norms or post_norms")
+        check_table(self)
         return self
 
     @property
@@ -151,3 +159,8 @@ class Model(SpecModel):
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def table(self) -> list[Layer]:
+        """The per-layer table (`model.layers`, or what the pattern and shortcuts make)."""
+        return table(self)

@@ -20,7 +20,7 @@ class Attention(nn.Module):
     def __init__(
         self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, qkv_bias: bool,
         qk_norm: bool, norm_eps: float, unit_offset: bool, scale: float,
-        softcap: float | None, device=None,
+        softcap: float | None, qk_norm_full: bool = False, device=None,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
@@ -29,24 +29,33 @@ class Attention(nn.Module):
         self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
         self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
         self.o = nn.Linear(n_heads * head_dim, d_model, bias=False, device=device)
+        self.qk_norm_full = qk_norm_full
         if qk_norm:  # RMSNorm whatever the model's norm kind (Qwen3, Gemma 3, OLMo 2 all do)
-            self.q_norm = RMSNorm(head_dim, norm_eps, unit_offset, device)
-            self.k_norm = RMSNorm(head_dim, norm_eps, unit_offset, device)
+            # per head (Qwen3, Gemma 3), or over all heads at once before the split (OLMo 2)
+            q_width, k_width = ((n_heads * head_dim, n_kv_heads * head_dim) if qk_norm_full
+                                else (head_dim, head_dim))
+            self.q_norm = RMSNorm(q_width, norm_eps, unit_offset, device)
+            self.k_norm = RMSNorm(k_width, norm_eps, unit_offset, device)
         else:
             self.q_norm = self.k_norm = None
 
     def project(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [B,H,T,hd], k and v [B,KV,T,hd] with RoPE applied; cos/sin broadcast to [B,1,T,hd]."""
+        """q [B,H,T,hd], k and v [B,KV,T,hd] with RoPE applied; cos/sin broadcast to [B,1,T,d]
+        (None: no position embedding, a NoPE layer)."""
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.k(x).view(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
+        q, k = self.q(x), self.k(x)
+        if self.q_norm is not None and self.qk_norm_full:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)
-        k = apply_rope(k.transpose(1, 2), cos, sin)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and not self.qk_norm_full:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
     def attend(

@@ -19,20 +19,22 @@ from omnic.model.modules.rope import Rope
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block, with Gemma 2's optional post-attention/post-FFN norms."""
+    """Pre-norm transformer block, with Gemma 2's optional post-attention/post-FFN norms (or
+    OLMo 2's post-norms alone) and Granite's residual multiplier."""
 
     def __init__(self, c: DecoderConfig, layer: int, device=None) -> None:
         super().__init__()
         norm = lambda: make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)  # noqa: E731
         self.window = c.window_of(layer)
-        self.attn_norm = norm()
+        self.residual_multiplier = c.residual_multiplier
+        self.attn_norm = norm() if c.pre_norms else None
         self.attn = Attention(
             c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm,
             norm_eps=c.norm_eps, unit_offset=c.norm_unit_offset,
-            scale=c.scale, softcap=c.attn_softcap, device=device,
+            scale=c.scale, softcap=c.attn_softcap, qk_norm_full=c.qk_norm_full, device=device,
         )
         self.post_attn_norm = norm() if c.post_norms else None
-        self.ffn_norm = norm()
+        self.ffn_norm = norm() if c.pre_norms else None
         if c.moe_experts:
             shared = (c.moe_shared_hidden or c.ffn_hidden) * c.moe_shared_experts
             self.ffn = MoE(
@@ -48,7 +50,7 @@ class Block(nn.Module):
         k_prev: torch.Tensor, v_prev: torch.Tensor, input_pos: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block. With `input_pos` the cache is static (written at input_pos), else it grows."""
-        q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
+        q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)
         if input_pos is not None:
             k_all = k_prev.index_copy(2, input_pos, k.to(k_prev.dtype))
             v_all = v_prev.index_copy(2, input_pos, v.to(v_prev.dtype))
@@ -58,11 +60,23 @@ class Block(nn.Module):
         h = self.attn.attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
-        x = x + h
-        h = self.ffn(self.ffn_norm(x))
+        x = x + self._residual(h)
+        h = self.ffn(_maybe(self.ffn_norm, x))
         if self.post_ffn_norm is not None:
             h = self.post_ffn_norm(h)
-        return x + h, k_all, v_all
+        return x + self._residual(h), k_all, v_all
+
+    def _residual(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
+
+
+def _maybe(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    return x if norm is None else norm(x)
+
+
+def _rope_key(rope: tuple | None) -> str | None:
+    """A hashable key of a layer's (theta, scaling, dims), None for NoPE."""
+    return None if rope is None else repr(rope)
 
 
 def _allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -90,7 +104,18 @@ class Decoder(nn.Module):
         self.norm = make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False,
                                                                device=device)
-        self.rope = Rope(c.head_dim, c.rope_theta, c.rope_scaling, c.context_length)
+        # One cos/sin table per distinct (theta, scaling, dims) of the per-layer table, in layer
+        # order: `rope` is the first (the only one of a uniform model), `extra_ropes` the rest.
+        ropes = {}
+        for i in range(c.n_layers):
+            r = c.rope_of(i)
+            if r is not None and _rope_key(r) not in ropes:
+                ropes[_rope_key(r)] = Rope(r[2], r[0], r[1], c.context_length)
+        self._rope_keys = [_rope_key(c.rope_of(i)) for i in range(c.n_layers)]
+        tables = list(ropes.values())
+        self.rope = tables[0] if tables else None
+        self.extra_ropes = nn.ModuleList(tables[1:])
+        self._ropes = dict(zip(ropes, tables))
         # Gemma multiplies embeddings by sqrt(d_model) cast to the activation dtype: a buffer that
         # follows `.to(dtype)` reproduces that rounding.
         # ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/gemma2/modeling_gemma2.py
@@ -105,7 +130,18 @@ class Decoder(nn.Module):
         x = self.embed(tokens)
         if self.config.scale_embeddings:
             x = x * self.embed_scale.to(x.dtype)
+        if self.config.embedding_multiplier != 1.0:
+            x = x * self.config.embedding_multiplier
         return x
+
+    def _tables(self, positions: torch.Tensor, heads_axis: bool) -> dict:
+        """rope key -> (cos, sin) at `positions`; with `heads_axis` a heads axis is inserted after
+        the batch ([B, 1, T, d], the concat entries' layout)."""
+        out: dict = {None: (None, None)}
+        for key, rope in self._ropes.items():
+            cos, sin = rope.tables(positions)
+            out[key] = (cos[:, None], sin[:, None]) if heads_axis else (cos, sin)
+        return out
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits(self.norm(x))
@@ -113,14 +149,17 @@ class Decoder(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of final-normed hidden states."""
         logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        if self.config.logits_scaling != 1.0:
+            logits = logits / self.config.logits_scaling
         cap = self.config.final_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits.float()
 
-    def _run(self, x, cos, sin, masks, past_k, past_v, input_pos, return_hidden=False):
+    def _run(self, x, tables, masks, past_k, past_v, input_pos, return_hidden=False):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
+            cos, sin = tables[self._rope_keys[i]]
             x, k, v = layer(x, cos, sin, masks[layer.window], past_k[i], past_v[i], input_pos)
             new_k.append(k)
             new_v.append(v)
@@ -145,10 +184,10 @@ class Decoder(nn.Module):
             float32 logits [B, T, vocab], and the updated caches (new tensors; inputs untouched).
         """
         x = self._embed(tokens)
-        cos, sin = self.rope.tables(input_pos)  # [T, hd], broadcasts over B and heads
+        tables = self._tables(input_pos, False)  # [T, d], broadcasts over B and heads
         k_pos = torch.arange(k_cache[0].shape[2], device=tokens.device)
         masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
-        return self._run(x, cos, sin, masks, k_cache, v_cache, input_pos)
+        return self._run(x, tables, masks, k_cache, v_cache, input_pos)
 
     def forward_concat(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
@@ -166,14 +205,13 @@ class Decoder(nn.Module):
             float32 logits [B, T, vocab] and the present caches [B, n_kv_heads, P + T, head_dim].
         """
         x = self._embed(input_ids)
-        cos, sin = self.rope.tables(position_ids)  # [B, T, hd]
-        cos, sin = cos[:, None], sin[:, None]
+        tables = self._tables(position_ids, True)  # [B, 1, T, d]
         t, s = input_ids.shape[1], attention_mask.shape[1]
         k_idx = torch.arange(s, device=input_ids.device)
         q_idx = k_idx[s - t :]  # the new tokens are the last T slots of the concatenated cache
         keep = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
         masks = {w: _allowed(q_idx, k_idx, w)[None, None] & keep for w in self._windows}
-        return self._run(x, cos, sin, masks, past_k, past_v, None)
+        return self._run(x, tables, masks, past_k, past_v, None)
 
     # -- embedding entries (multimodal) --------------------------------------------------------
     # Encoders yield rows of decoder input embeddings; these entries take such rows in place of
@@ -193,10 +231,10 @@ class Decoder(nn.Module):
             logits [B, T, vocab], the updated caches, and with `return_hidden` also the last
             hidden state [B, T, d_model] (after the final norm: what the head reads).
         """
-        cos, sin = self.rope.tables(input_pos)
+        tables = self._tables(input_pos, False)
         k_pos = torch.arange(k_cache[0].shape[2], device=inputs_embeds.device)
         masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
-        return self._run(inputs_embeds, cos, sin, masks, k_cache, v_cache, input_pos,
+        return self._run(inputs_embeds, tables, masks, k_cache, v_cache, input_pos,
                          return_hidden)
 
     def forward_concat_embeds(
@@ -210,14 +248,13 @@ class Decoder(nn.Module):
             logits, the present caches, and with `return_hidden` the last hidden state (after
             the final norm) [B, T, d_model].
         """
-        cos, sin = self.rope.tables(position_ids)
-        cos, sin = cos[:, None], sin[:, None]
+        tables = self._tables(position_ids, True)
         t, s = inputs_embeds.shape[1], attention_mask.shape[1]
         k_idx = torch.arange(s, device=inputs_embeds.device)
         q_idx = k_idx[s - t :]
         keep = attention_mask.bool()[:, None, None, :]
         masks = {w: _allowed(q_idx, k_idx, w)[None, None] & keep for w in self._windows}
-        return self._run(inputs_embeds, cos, sin, masks, past_k, past_v, None,
+        return self._run(inputs_embeds, tables, masks, past_k, past_v, None,
                          return_hidden)
 
     def concat_embeds_entry(self, return_hidden: bool = False) -> nn.Module:

@@ -58,16 +58,34 @@ def _yarn(dim: int, theta: float, s: dict[str, Any]) -> tuple[torch.Tensor, floa
     return inv_freq, float(attention_factor)
 
 
+def _longrope(dim: int, theta: float, s: dict[str, Any],
+              context_length: int | None) -> tuple[torch.Tensor, float]:
+    # ref: modeling_rope_utils._compute_longrope_parameters. transformers switches to the long
+    # factors once a sequence passes the original context; a static graph chooses once, by its
+    # context length, as llama.cpp does (n_ctx > n_ctx_orig -> long).
+    original, factor = s["original_context_length"], s["factor"]
+    attention_factor = s.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (1.0 if factor <= 1.0
+                            else math.sqrt(1 + math.log(factor) / math.log(original)))
+    long = context_length is not None and context_length > original
+    ext = torch.tensor(s["long_factor"] if long else s["short_factor"], dtype=torch.float32)
+    shape = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+    return 1.0 / (ext * theta**shape), float(attention_factor)
+
+
 def rope_frequencies(
-    head_dim: int, theta: float, scaling: dict[str, Any] | None
+    head_dim: int, theta: float, scaling: dict[str, Any] | None,
+    context_length: int | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim/2] (float32, CPU) and the cos/sin attention factor.
 
     Args:
-        head_dim: rotary width (the whole head).
+        head_dim: rotary width (the whole head, or the rotated part of a partial rotary).
         theta: base frequency.
-        scaling: None or {"kind": "linear"|"llama3"|"yarn", "factor": ..., ...} with the
-            field names of `omnic.spec.model.*Scaling`.
+        scaling: None or {"kind": "linear"|"llama3"|"yarn"|"longrope", "factor": ..., ...} with
+            the field names of `omnic.spec.rope.*Scaling`.
+        context_length: the static context (longrope chooses its short or long factors by it).
     """
     if scaling is None:
         return _base_inv_freq(head_dim, theta), 1.0
@@ -78,6 +96,8 @@ def rope_frequencies(
         return _llama3(_base_inv_freq(head_dim, theta), scaling), 1.0
     if kind == "yarn":
         return _yarn(head_dim, theta, scaling)
+    if kind == "longrope":
+        return _longrope(head_dim, theta, scaling, context_length)
     raise ValueError(f"unknown rope scaling kind {kind!r}")
 
 
@@ -91,7 +111,7 @@ class Rope(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None,
                  context_length: int) -> None:
         super().__init__()
-        inv_freq, attention_factor = rope_frequencies(head_dim, theta, scaling)
+        inv_freq, attention_factor = rope_frequencies(head_dim, theta, scaling, context_length)
         positions = torch.arange(context_length, dtype=torch.float32, device="cpu")
         # transformers computes inv_freq @ positions as a matmul with inner size 1, i.e. exactly
         # one float32 product per element, which this outer product reproduces bit for bit.
@@ -111,5 +131,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, hd] by cos/sin broadcastable to [B, 1, T, hd]."""
+    """Rotate x [B, H, T, hd] by cos/sin broadcastable to [B, 1, T, d]: the first d dims of each
+    head when d < hd (partial rotary, transformers' Phi-3), the rest passing through."""
+    d = cos.shape[-1]
+    if d != x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :d], cos, sin), x[..., d:]), dim=-1)
     return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))

@@ -1,0 +1,185 @@
+"""Per-layer patterns: which layers differ and how, resolved to one explicit table (torch-free).
+
+A model says how its layers differ in one of three ways, and `omnic resolve` turns each into the
+same table (`model.layers`, one row per layer):
+- a pattern: `layer_pattern: "5 sliding : 1 full"` (Gemma 3), `"3 full : 1 nope"` (SmolLM3);
+  groups `COUNT KIND` separated by `:`, repeated from layer 0. It must divide `n_layers`, unless
+  it ends with `...` (the last repeat is cut short, as Gemma 3 1B's 26 layers are);
+- an explicit list: `layer_pattern: [sliding, sliding, full, ...]`, one kind per layer;
+- the shortcuts: `sliding_window: {layers: all | even}` (Mistral, Gemma 2).
+
+Kinds: `full` (global attention with RoPE), `sliding` (attention over the last
+`sliding_window.size` tokens, with `rope.sliding`'s base when given), `nope` (global attention with
+no position embedding). `rope.rotary_dim` rotates only the first dims of each head (partial
+rotary, Phi-4-mini).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from omnic.spec.base import SpecModel
+from omnic.spec.rope import RopeScaling
+
+# The functions below take an `omnic.spec.model.Model` (typed Any: model.py imports this module).
+Model = Any
+
+KINDS = ("full", "sliding", "nope")
+LayerKind = Literal["full", "sliding", "nope"]
+_GROUP = re.compile(r"^\s*(?:(\d+)\s+)?([a-z_]+)\s*$")
+
+
+class LayerRope(SpecModel):
+    theta: PositiveFloat = Field(description="RoPE base frequency of this layer.")
+    scaling: RopeScaling | None = Field(None, description="Context-extension scaling, or null.")
+    dims: PositiveInt = Field(description="Dimensions of each head that are rotated (the first "
+                              "`dims`; head_dim unless the rotary is partial).")
+
+
+class Layer(SpecModel):
+    """One row of the per-layer table."""
+
+    attention: Literal["full", "sliding"] = Field(
+        description="full: every earlier token; sliding: only the last `window` tokens.")
+    window: PositiveInt | None = Field(
+        None, description="Tokens a sliding layer attends back to, itself included; null for full.")
+    rope: LayerRope | None = Field(description="Rotary embedding of this layer; null: no position "
+                                   "embedding (NoPE).")
+
+
+class PatternError(ValueError):
+    """A layer pattern that cannot be read or does not fit the model."""
+
+
+def parse_pattern(pattern: str) -> tuple[list[str], bool]:
+    """("5 sliding : 1 full ...") -> (one cycle of kinds, cut): `cut` when it ends with `...`."""
+    text = pattern.strip()
+    cut = text.endswith("...")
+    if cut:
+        text = text[:-3]
+    cycle: list[str] = []
+    for group in text.split(":"):
+        m = _GROUP.match(group)
+        if not m:
+            raise PatternError(f"{group.strip()!r} is not `COUNT KIND` (for example "
+                               "\"5 sliding : 1 full\")")
+        count, kind = int(m.group(1) or 1), m.group(2)
+        if kind not in KINDS:
+            raise PatternError(f"unknown layer kind {kind!r} (kinds: {', '.join(KINDS)})")
+        if count < 1:
+            raise PatternError(f"{group.strip()!r}: a group needs at least one layer")
+        cycle += [kind] * count
+    return cycle, cut
+
+
+def pattern_kinds(pattern: str | list[str], n_layers: int) -> list[str]:
+    """The kind of every layer. PatternError when the pattern does not fit `n_layers`."""
+    if isinstance(pattern, list):
+        if len(pattern) != n_layers:
+            raise PatternError(f"the list has {len(pattern)} kinds for n_layers={n_layers}")
+        return list(pattern)
+    cycle, cut = parse_pattern(pattern)
+    if len(cycle) > n_layers:
+        raise PatternError(f"one repeat is {len(cycle)} layers, more than n_layers={n_layers}")
+    if n_layers % len(cycle) and not cut:
+        raise PatternError(
+            f"a cycle of {len(cycle)} layers does not divide n_layers={n_layers}; end the pattern "
+            f"with '...' to cut the last repeat short, or list every layer")
+    return [cycle[i % len(cycle)] for i in range(n_layers)]
+
+
+def layer_kinds(model: Model) -> list[str]:
+    """Every layer's kind from the pattern or the sliding-window shortcut (not the table)."""
+    n = model.n_layers
+    if model.layer_pattern is not None:
+        return pattern_kinds(model.layer_pattern, n)
+    sw = model.sliding_window
+    if sw is None:
+        return ["full"] * n
+    if sw.layers == "even":
+        return ["sliding" if i % 2 == 0 else "full" for i in range(n)]
+    return ["sliding"] * n
+
+
+def derived_table(model: Model) -> list[Layer]:
+    """The table the pattern, the shortcuts and `rope` describe (ignores `model.layers`)."""
+    rope, sw = model.rope, model.sliding_window
+    dims = rope.rotary_dim or model.dim_per_head
+    full = LayerRope(theta=rope.theta, scaling=rope.scaling, dims=dims)
+    local = full if rope.sliding is None else LayerRope(
+        theta=rope.sliding.theta, scaling=rope.sliding.scaling, dims=dims)
+    rows = []
+    for kind in layer_kinds(model):
+        if kind == "sliding":
+            rows.append(Layer(attention="sliding", window=sw.size if sw else None, rope=local))
+        else:
+            rows.append(Layer(attention="full", rope=None if kind == "nope" else full))
+    return rows
+
+
+def check_table(model: Model) -> None:
+    """Raise ValueError when the pattern, the shortcuts and the explicit table disagree or do not
+    fit the model (pydantic reports it on the model's `layers` / `layer_pattern` field)."""
+    hd = model.dim_per_head
+    rope, sw = model.rope, model.sliding_window
+    if rope.rotary_dim is not None and (rope.rotary_dim > hd or rope.rotary_dim % 2):
+        raise ValueError(f"rope.rotary_dim={rope.rotary_dim} must be even and at most "
+                         f"head_dim={hd}")
+    if model.layer_pattern is not None:
+        if sw is not None and sw.layers is not None:
+            raise ValueError(f"layer_pattern and sliding_window.layers={sw.layers!r} both say "
+                             "which layers slide; keep one")
+        try:
+            kinds = pattern_kinds(model.layer_pattern, model.n_layers)
+        except PatternError as err:
+            raise ValueError(f"layer_pattern: {err}") from None
+        if "sliding" in kinds and sw is None:
+            raise ValueError("layer_pattern has sliding layers but the model has no "
+                             "sliding_window: {size: N}")
+    if model.layers is None:
+        dims = rope.rotary_dim or hd
+        _check_rope(LayerRope(theta=rope.theta, scaling=rope.scaling, dims=dims), hd, "rope")
+        return
+    table = model.layers
+    if len(table) != model.n_layers:
+        raise ValueError(f"layers has {len(table)} rows for n_layers={model.n_layers}")
+    for i, row in enumerate(table):
+        if (row.attention == "sliding") != (row.window is not None):
+            raise ValueError(f"layers[{i}]: a sliding layer needs a window and a full one has "
+                             "none")
+        _check_rope(row.rope, hd, f"layers[{i}].rope")
+    said = {"layer_pattern", "sliding_window", "rope"} & model.model_fields_set
+    if said:
+        derived = derived_table(model)
+        for i, (row, want) in enumerate(zip(table, derived)):
+            if row != want:
+                raise ValueError(
+                    f"layers[{i}] is {_short(row)} but {', '.join(sorted(said))} say "
+                    f"{_short(want)}; give the table alone or make them agree")
+
+
+def _check_rope(rope: LayerRope | None, head_dim: int, where: str) -> None:
+    if rope is None:
+        return
+    if rope.dims > head_dim or rope.dims % 2:
+        raise ValueError(f"{where}.dims={rope.dims} must be even and at most head_dim={head_dim}")
+    sc = rope.scaling
+    if sc is not None and sc.kind == "longrope":
+        for name in ("short_factor", "long_factor"):
+            if len(getattr(sc, name)) != rope.dims // 2:
+                raise ValueError(f"{where}.scaling.{name} has {len(getattr(sc, name))} entries; "
+                                 f"{rope.dims // 2} rotated pairs need one each")
+
+
+def _short(row: Layer) -> str:
+    rope = "nope" if row.rope is None else f"rope theta {row.rope.theta:g} dims {row.rope.dims}"
+    window = f" window {row.window}" if row.window else ""
+    return f"{row.attention}{window}, {rope}"
+
+
+def table(model: Model) -> list[Layer]:
+    """The per-layer table: the explicit one when given, else the derived one."""
+    return list(model.layers) if model.layers is not None else derived_table(model)
