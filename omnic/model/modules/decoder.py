@@ -1,8 +1,11 @@
 """The decoder: embedding, blocks, final norm, head; two export-ready entry points.
 
-`forward` keeps a static KV cache of `context_length` positions per layer, updated out of place
-with `index_copy` at `input_pos`; `forward_concat` takes and returns the growing cache of the
-Hugging Face / onnxruntime-genai layout. Both read the same weights and share every block.
+`forward` keeps a static KV cache per layer, updated out of place with `index_copy`: a full
+layer's holds `context_length` positions, written at `input_pos`; a sliding layer whose window is
+shorter than the context keeps a ring of `window` positions (position p in slot p % window), as
+ExecuTorch's ring-buffer cache and llama.cpp's SWA cache do. `forward_concat` takes and returns
+the growing cache of the Hugging Face / onnxruntime-genai layout. Both read the same weights and
+share every block.
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block. With `input_pos` the cache is static (written at input_pos), else it grows."""
         q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)
+        if input_pos is not None and _is_ring(self.window, k_prev.shape[2]):
+            # attend over the ring (earlier positions) and the new keys, then keep the last
+            # `window` new ones in their slots (a prefill longer than the window writes its tail)
+            length = k_prev.shape[2]
+            k, v = k.to(k_prev.dtype), v.to(v_prev.dtype)  # rounded as the cache keeps them
+            h = self.attn.attend(q, torch.cat((k_prev, k), dim=2).to(q.dtype),
+                                 torch.cat((v_prev, v), dim=2).to(q.dtype), mask)
+            slots = input_pos[-length:] % length
+            k_all = k_prev.index_copy(2, slots, k[:, :, -length:])
+            v_all = v_prev.index_copy(2, slots, v[:, :, -length:])
+            return self._finish(x, h), k_all, v_all
         if input_pos is not None:
             k_all = k_prev.index_copy(2, input_pos, k.to(k_prev.dtype))
             v_all = v_prev.index_copy(2, input_pos, v.to(v_prev.dtype))
@@ -58,13 +72,17 @@ class Block(nn.Module):
             k_all = torch.cat((k_prev, k.to(k_prev.dtype)), dim=2)
             v_all = torch.cat((v_prev, v.to(v_prev.dtype)), dim=2)
         h = self.attn.attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)
+        return self._finish(x, h), k_all, v_all
+
+    def _finish(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The rest of the block after attention's output `h`."""
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
         x = x + self._residual(h)
         h = self.ffn(_maybe(self.ffn_norm, x))
         if self.post_ffn_norm is not None:
             h = self.post_ffn_norm(h)
-        return x + self._residual(h), k_all, v_all
+        return x + self._residual(h)
 
     def _residual(self, h: torch.Tensor) -> torch.Tensor:
         return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
@@ -77,6 +95,30 @@ def _maybe(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 def _rope_key(rope: tuple | None) -> str | None:
     """A hashable key of a layer's (theta, scaling, dims), None for NoPE."""
     return None if rope is None else repr(rope)
+
+
+def _is_ring(window: int | None, cache_length: int) -> bool:
+    """A sliding layer's static cache is a ring when it holds exactly `window` positions."""
+    return window is not None and cache_length == window
+
+
+def _static_masks(windows, lengths: dict, input_pos: torch.Tensor) -> dict:
+    """window -> bool [T, S] mask of the static entries. A full cache's slot j holds position j;
+    a ring's keys are its slots (slot j: the latest position < input_pos[0] that is j modulo the
+    ring's length; none yet when negative) followed by the T new keys."""
+    masks = {}
+    for w in windows:
+        length = lengths[w]
+        slot = torch.arange(length, device=input_pos.device)
+        if not _is_ring(w, length):
+            masks[w] = _allowed(input_pos, slot, w)
+            continue
+        last = input_pos[:1] - 1
+        held = last - torch.remainder(last - slot, length)
+        k_pos = torch.cat((held, input_pos))
+        ok = torch.cat((held >= 0, torch.ones_like(input_pos, dtype=torch.bool)))
+        masks[w] = _allowed(input_pos, k_pos, w) & ok
+    return masks
 
 
 def _allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -185,8 +227,7 @@ class Decoder(nn.Module):
         """
         x = self._embed(tokens)
         tables = self._tables(input_pos, False)  # [T, d], broadcasts over B and heads
-        k_pos = torch.arange(k_cache[0].shape[2], device=tokens.device)
-        masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
+        masks = _static_masks(self._windows, self._lengths(k_cache), input_pos)
         return self._run(x, tables, masks, k_cache, v_cache, input_pos)
 
     def forward_concat(
@@ -232,8 +273,7 @@ class Decoder(nn.Module):
             hidden state [B, T, d_model] (after the final norm: what the head reads).
         """
         tables = self._tables(input_pos, False)
-        k_pos = torch.arange(k_cache[0].shape[2], device=inputs_embeds.device)
-        masks = {w: _allowed(input_pos, k_pos, w) for w in self._windows}
+        masks = _static_masks(self._windows, self._lengths(k_cache), input_pos)
         return self._run(inputs_embeds, tables, masks, k_cache, v_cache, input_pos,
                          return_hidden)
 
@@ -265,15 +305,26 @@ class Decoder(nn.Module):
         return view
 
     # -- helpers -------------------------------------------------------------------------------
+    def cache_lengths(self, length: int | None = None) -> list[int]:
+        """Positions each layer's static cache holds: `length` (default context_length; a
+        shorter cache serves runs that never go past it), or a sliding layer's window when that
+        is shorter (its ring)."""
+        n = self.config.context_length if length is None else length
+        return [n if b.window is None or b.window >= n else b.window for b in self.layers]
+
     def empty_cache(self, batch: int = 1, dtype: torch.dtype = torch.float32,
                     length: int | None = None) -> tuple[list, list]:
-        """Zero static caches: per layer [batch, n_kv_heads, length, head_dim], `length`
-        defaulting to context_length (a shorter cache serves runs that never go past it)."""
+        """Zero static caches: per layer [batch, n_kv_heads, L, head_dim] with L from
+        `cache_lengths(length)`."""
         c = self.config
-        shape = (batch, c.n_kv_heads, c.context_length if length is None else length, c.head_dim)
-        k = [torch.zeros(shape, dtype=dtype) for _ in range(c.n_layers)]
-        v = [torch.zeros(shape, dtype=dtype) for _ in range(c.n_layers)]
+        shapes = [(batch, c.n_kv_heads, n, c.head_dim) for n in self.cache_lengths(length)]
+        k = [torch.zeros(shape, dtype=dtype) for shape in shapes]
+        v = [torch.zeros(shape, dtype=dtype) for shape in shapes]
         return k, v
+
+    def _lengths(self, k_cache: list[torch.Tensor]) -> dict:
+        """window -> the cache length of the layers with that window (static entries)."""
+        return {b.window: k_cache[i].shape[2] for i, b in enumerate(self.layers)}
 
     def concat_entry(self) -> nn.Module:
         """This decoder with `forward_concat` as its `forward`, for `torch.export`.
