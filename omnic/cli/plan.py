@@ -39,11 +39,16 @@ def render(plan, title: str) -> None:
                     f"[b]{_mib(plan.weight_bytes)}")
     console.print(weights)
 
+    if plan.layers:
+        console.print(_layers_table(plan))
+
     total = Table(title=f"against {plan.device}", title_justify="left")
     total.add_column("item")
     total.add_column("MiB", justify="right")
     total.add_row("weights", _mib(plan.weight_bytes))
-    total.add_row(f"KV cache ({plan.kv_cache})", _mib(plan.kv_cache_bytes))
+    per_target = ", ".join(f"{t} {_mib(n)}" for t, n in plan.kv_cache_per_target.items())
+    total.add_row(f"KV cache ({plan.kv_cache}{'; ' + per_target if per_target else ''})",
+                  _mib(plan.kv_cache_bytes))
     total.add_row("activations (prefill, est.)", _mib(plan.activation_bytes))
     total.add_row("runtime overhead (est.)", _mib(plan.runtime_overhead_bytes))
     total.add_row("[b]total", f"[b]{_mib(plan.total_bytes)}")
@@ -62,6 +67,22 @@ def render(plan, title: str) -> None:
         console.print(f"note: {note}")
     if plan.artifacts:
         render_artifacts(plan.artifacts, console)
+
+
+def _layers_table(plan):
+    """The per-layer table (runs of equal rows) with each target's KV positions per layer."""
+    from rich.table import Table
+
+    targets = list(plan.kv_cache_per_target)
+    table = Table(title="layers (the per-layer table; KV positions each target allocates per "
+                  "layer)", title_justify="left")
+    for col in ("layers", "attention", "RoPE", *targets):
+        table.add_column(col, justify="right" if col in targets else "left")
+    for run in plan.layers:
+        kind = run["attention"] + (f" (window {run['window']})" if run["window"] else "")
+        table.add_row(run["layers"], kind, run["rope"],
+                      *(f"{run['kv_positions'][t]:,}" for t in targets))
+    return table
 
 
 def render_artifacts(artifacts: list[dict], console) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 from omnic.constants import Roles, Schemes
 from omnic.quant.select import TensorScheme, storage_id, tensor_schemes
 from omnic.spec.inventory import TensorInfo, decoder_tensors
+from omnic.targets.kv_layout import kv_positions, layer_runs
 
 if TYPE_CHECKING:
     from omnic.spec import Device, ResolvedSpec
@@ -53,7 +54,10 @@ ASSUMPTIONS = {
     "scales": "fp16, one per group (per output row for int8 without group_size)",
     "zero_points": "asymmetric only: uint4 per group for int4, uint8 per group for int8",
     "tied_embeddings": "stored once",
-    "kv_cache": "none = fp32 (the widest target); int8 = 1 byte + one fp16 scale per head vector",
+    "kv_cache": "none = fp32 (the widest target); int8 = 1 byte + one fp16 scale per head "
+                "vector; per layer the positions each enabled target allocates (sliding layers: "
+                "a window-sized ring or llama.cpp's SWA cache, omnic.targets.kv_layout), the "
+                "largest target counted",
     "activations": f"fp32, one prefill chunk of min(context_length, {PREFILL_CHUNK}) tokens, "
                    "attention over the full static cache",
     "runtime_overhead": f"{RUNTIME_BASE_BYTES // MIB} MiB + {int(FRAGMENTATION * 100)}% "
@@ -114,6 +118,10 @@ class MemoryPlan:
     # Per target: the artifact's predicted bytes, line by line (omnic.targets.footprint); filled
     # by plan_memory(..., artifacts=True), e.g. for `omnic plan` and the manifest.
     artifacts: list[dict] = field(default_factory=list)
+    # KV cache bytes of each enabled target (its per-layer allocation, omnic.targets.kv_layout)
+    kv_cache_per_target: dict = field(default_factory=dict)
+    # The per-layer table as runs of equal rows (attention kind, window, RoPE).
+    layers: list[dict] = field(default_factory=list)
     # Prompt positions one input of each encoder takes (`<image>` tokens per image, ...), out of
     # context_length (plan_components).
     placeholder_tokens: dict = field(default_factory=dict)
@@ -123,10 +131,12 @@ class MemoryPlan:
         return asdict(self)
 
 
-def kv_cache_bytes(spec: "ResolvedSpec") -> int:
-    """K and V for every layer at context_length, in the spec's KV storage."""
+def kv_cache_bytes(spec: "ResolvedSpec", target: str | None = None) -> int:
+    """K and V of every layer, in the spec's KV storage: the positions `target` allocates per
+    layer, or the spec's own static graph's (full layers: context_length; sliding layers: a ring
+    of their window) when None."""
     m = spec.model
-    vectors = 2 * m.n_layers * m.kv_heads * m.context_length  # one head_dim vector each
+    vectors = 2 * m.kv_heads * sum(kv_positions(spec, target))  # one head_dim vector each
     kind = spec.quantization.kv_cache
     per_vector = m.dim_per_head * KV_BYTES[kind] + (KV_INT8_SCALE_BYTES if kind == "int8" else 0)
     return vectors * per_vector
@@ -185,7 +195,8 @@ def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
     components = plan_components(spec)  # encoders, projectors, heads (spec.modalities)
     weights += components.weights
     weight_bytes = sum(w.bytes for w in weights)
-    kv = kv_cache_bytes(spec)
+    per_target = {t: kv_cache_bytes(spec, t) for t in spec.targets.enabled()}
+    kv = max(per_target.values(), default=kv_cache_bytes(spec))
     act = max(activation_bytes(spec) + components.embedding_bytes, components.activation_bytes)
     overhead = RUNTIME_BASE_BYTES + int(FRAGMENTATION * (weight_bytes + kv + act))
     total = weight_bytes + kv + act + overhead
@@ -202,6 +213,7 @@ def plan_memory(spec: "ResolvedSpec", device: "Device | None" = None,
         decode_tokens_per_s_empty=round(bandwidth / empty, 1),
         decode_tokens_per_s_full=round(bandwidth / full, 1), notes=notes,
         placeholder_tokens=components.placeholder_tokens,
+        kv_cache_per_target=per_target, layers=layer_runs(spec),
         artifacts=_artifacts(spec, spec_dir) if artifacts else [],
     )
 
