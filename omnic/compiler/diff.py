@@ -92,8 +92,42 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def dict_changes(old: Any, new: Any) -> list[Change]:
+    """Changed leaves by path; list items that changed alike in consecutive places are one change
+    (`model.layers[0-5].rope.theta`: the per-layer table follows `model.rope.theta`)."""
     a, b = flatten(old), flatten(new)
-    return [Change(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    changes = [Change(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k)]
+    runs: dict[tuple, list[int]] = {}
+    order: list[tuple] = []
+    for c in changes:
+        m = _INDEX.search(c.path)
+        key = ((c.path[:m.start()], c.path[m.end():], repr(c.old), repr(c.new)) if m
+               else (c.path, "", "", ""))
+        if key not in runs:
+            order.append(key)
+            runs[key] = []
+        if m:
+            runs[key].append(int(m.group(1)))
+    out = []
+    by_path = {c.path: c for c in changes}
+    for key in order:
+        head, tail = key[0], key[1]
+        if not runs[key]:
+            out.append(by_path[head])
+            continue
+        idx = sorted(runs[key])
+        first = by_path[f"{head}[{idx[0]}]{tail}"]
+        spans, start = [], idx[0]
+        for prev, cur in zip(idx, idx[1:] + [None]):
+            if cur != prev + 1:
+                spans.append(f"{head}[{start}]{tail}" if start == prev
+                             else f"{head}[{start}-{prev}]{tail}")
+                start = cur
+        out += [Change(path, first.old, first.new) for path in spans]
+    return sorted(out, key=lambda c: c.path)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
 
 
 def _pair(old: list[ArtifactEntry], new: list[ArtifactEntry]

@@ -126,3 +126,17 @@ def test_verify_diff_and_inspect_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_list_items_that_changed_alike_are_one_change_per_run():
+    from omnic.compiler.diff import dict_changes
+
+    row = lambda theta: {"attention": "full", "rope": {"theta": theta}}  # noqa: E731
+    old = {"model": {"rope": {"theta": 1.0}, "layers": [row(1.0)] * 6}}
+    new = {"model": {"rope": {"theta": 5.0},
+                     "layers": [row(5.0)] * 3 + [row(1.0)] + [row(5.0)] * 2}}
+    assert [(c.path, c.old, c.new) for c in dict_changes(old, new)] == [
+        ("model.layers[0-2].rope.theta", 1.0, 5.0), ("model.layers[4-5].rope.theta", 1.0, 5.0),
+        ("model.rope.theta", 1.0, 5.0)]
+    # different values at neighbouring indices stay apart
+    assert [c.path for c in dict_changes({"x": [1, 2]}, {"x": [3, 4]})] == ["x[0]", "x[1]"]

