@@ -48,6 +48,8 @@ class Explanation:
     totals: dict[str, int]  # target -> weight bytes
     kv_cache: dict[str, str] = field(default_factory=dict)  # target -> KV cache storage
     kv_setting: str = "none"  # quantization.kv_cache
+    # target -> positions per layer, from the per-layer table (sliding layers' rings)
+    kv_extent: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -146,7 +148,21 @@ def explain(spec: "ResolvedSpec", targets: list[str] | None = None) -> Explanati
     totals = {t: sum(f.bytes for f in per_target[t].values()) for t in carried}
     kv = {t: kv_cache_form(spec, t, per_target[t]) for t in carried}
     return Explanation(spec.name, ids, rows, not_carried, grids, totals, kv,
-                       spec.quantization.kv_cache)
+                       spec.quantization.kv_cache, {t: kv_extent(spec, t) for t in carried})
+
+
+def kv_extent(spec: "ResolvedSpec", target: str) -> str:
+    """Positions per layer, from the per-layer table: `4,096 positions x 6 layers`, or with
+    sliding layers `512 (sliding) x 15 + 4,096 x 3 layers`."""
+    from collections import Counter
+
+    from omnic.targets.kv_layout import kv_positions
+
+    table = spec.model.table
+    counts = Counter((n, table[i].attention) for i, n in enumerate(kv_positions(spec, target)))
+    parts = [f"{n:,}{' (sliding)' if kind == 'sliding' else ''} x {k}"
+             for (n, kind), k in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
+    return " + ".join(parts) + " layers, positions each"
 
 
 def kv_cache_form(spec: "ResolvedSpec", target: str, fates_: dict[str, Fate]) -> str:
@@ -178,7 +194,8 @@ def render(ex: Explanation, console: Any = None) -> None:
         table.add_column(t, overflow="fold")
     for row in ex.rows:
         table.add_row(row.name, row.rule, row.scheme, *(row.targets[t] for t in carried))
-    table.add_row("KV cache", f"kv_cache: {ex.kv_setting}", "", *(ex.kv_cache[t] for t in carried))
+    table.add_row("KV cache", f"kv_cache: {ex.kv_setting}", "",
+                  *(f"{ex.kv_cache[t]}; {ex.kv_extent[t]}" for t in carried))
     mib = 1024 * 1024
     table.add_row("[b]weights", "", "", *(f"[b]{ex.totals[t] / mib:,.2f} MiB" for t in carried))
     console.print(table)

@@ -211,6 +211,16 @@ def test_kv_cache_row_follows_the_spec():
     assert explain(make_spec(TINY, QUANT, {"gguf": {}})).kv_cache == {"gguf": "f32"}
 
 
+def test_kv_cache_extent_follows_the_per_layer_table():
+    model = {**TINY, "n_layers": 3, "layer_pattern": "2 sliding : 1 full",
+             "sliding_window": {"size": 8}}  # TINY's context is 64
+    quant = {**QUANT, "overrides": QUANT["overrides"][:1]}  # ExecuTorch: no grouped int8
+    ex = explain(make_spec(model, quant, {"gguf": {}, "executorch": {}}))
+    assert ex.kv_extent["executorch"] == "8 (sliding) x 2 + 64 x 1 layers, positions each"
+    # llama.cpp pads to 256 cells: min(256, 8 + n_ubatch 64) -> 256, like the full layer
+    assert ex.kv_extent["gguf"] == "256 x 1 + 256 (sliding) x 2 layers, positions each"
+
+
 def test_tvm_refuses_bf16_before_lowering():
     """apache-tvm 0.27's frontend cannot import bf16 parameters (found by bench/quant_quality.py:
     the lowering crashed after check() had accepted the spec); now check and explain say so."""
