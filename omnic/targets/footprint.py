@@ -91,7 +91,11 @@ class ArtifactBytes:
 
 
 def _rope_pairs(spec: "ResolvedSpec") -> int:
-    return spec.model.context_length * (spec.model.dim_per_head // 2)
+    """Rotated pairs of every RoPE table the decoder holds: one table per distinct row rope of
+    the per-layer table (Gemma 3: a local and a global one), context_length x dims / 2 each."""
+    distinct = {r.rope.model_dump_json() for r in spec.model.table if r.rope is not None}
+    dims = sum(json.loads(r)["dims"] for r in distinct)
+    return spec.model.context_length * (dims // 2)
 
 
 def _layers(spec: "ResolvedSpec") -> int:
