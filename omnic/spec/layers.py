@@ -126,18 +126,18 @@ def check_table(model: Model) -> None:
     hd = model.dim_per_head
     rope, sw = model.rope, model.sliding_window
     if rope.rotary_dim is not None and (rope.rotary_dim > hd or rope.rotary_dim % 2):
-        raise ValueError(f"rope.rotary_dim={rope.rotary_dim} must be even and at most "
-                         f"head_dim={hd}")
+        raise ValueError(f"rope: rotary_dim {rope.rotary_dim} must be even and at most "
+                         f"head_dim {hd}")
     if model.layer_pattern is not None:
         if sw is not None and sw.layers is not None:
-            raise ValueError(f"layer_pattern and sliding_window.layers={sw.layers!r} both say "
-                             "which layers slide; keep one")
+            raise ValueError(f"sliding_window: its layers shortcut ({sw.layers!r}) and "
+                             "layer_pattern both say which layers slide; keep one")
         try:
             kinds = pattern_kinds(model.layer_pattern, model.n_layers)
         except PatternError as err:
             raise ValueError(f"layer_pattern: {err}") from None
         if "sliding" in kinds and sw is None:
-            raise ValueError("layer_pattern has sliding layers but the model has no "
+            raise ValueError("layer_pattern: it has sliding layers but the model has no "
                              "sliding_window: {size: N}")
     if model.layers is None:
         dims = rope.rotary_dim or hd
@@ -157,15 +157,16 @@ def check_table(model: Model) -> None:
         for i, (row, want) in enumerate(zip(table, derived)):
             if row != want:
                 raise ValueError(
-                    f"layers[{i}] is {_short(row)} but {', '.join(sorted(said))} say "
-                    f"{_short(want)}; give the table alone or make them agree")
+                    f"layers[{i}] is {_short(row)}, but from {' and '.join(sorted(said))} it "
+                    f"is {_short(want)}; give the table alone or make them agree")
 
 
 def _check_rope(rope: LayerRope | None, head_dim: int, where: str) -> None:
     if rope is None:
         return
     if rope.dims > head_dim or rope.dims % 2:
-        raise ValueError(f"{where}.dims={rope.dims} must be even and at most head_dim={head_dim}")
+        raise ValueError(f"{where}: dims {rope.dims} must be even and at most head_dim "
+                         f"{head_dim}")
     sc = rope.scaling
     if sc is not None and sc.kind == "longrope":
         for name in ("short_factor", "long_factor"):

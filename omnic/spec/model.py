@@ -148,7 +148,7 @@ class Model(SpecModel):
                 f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}; set head_dim"
             )
         if not self.pre_norms and not self.post_norms:
-            raise ValueError("a block needs pre_norms or post_norms")
+            raise ValueError("pre_norms: a block needs pre_norms or post_norms (both are false)")
         check_table(self)
         return self
 

@@ -139,7 +139,10 @@ def _message(err: dict, walk: _Walk) -> tuple[FieldPath, str] | None:
         return path, f"{_short(value)} does not match {ctx.get('pattern')}"
     if kind in ("value_error", "assertion_error"):
         text = re.sub(r"^(Value|Assertion) error, ", "", err["msg"])
-        return _pinpoint(path, text, walk), text
+        where = _pinpoint(path, text, walk)
+        if where != path and text.startswith(f"{where[-1]}: "):  # "rope: ..." at model.rope
+            text = text[len(where[-1]) + 2:]
+        return where, text
     head = kind.split("_")[0]
     if (head in _TYPE_MESSAGES and _TYPE_MESSAGES[head]
             and kind.endswith(("_type", "_parsing", "_from_float"))):
