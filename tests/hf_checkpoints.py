@@ -19,6 +19,10 @@ COMMON = dict(
     bos_token_id=256, eos_token_id=257, pad_token_id=258,
 )
 
+# LongRoPE divisors of the 6 rotated pairs of a 16-dim head at partial_rotary_factor 0.75
+_SHORT = [1.0, 1.1, 1.3, 1.6, 2.0, 2.5]
+_LONG = [1.0, 1.5, 2.5, 4.0, 6.0, 9.0]
+
 # family -> (transformers config class name, config overrides)
 FAMILIES = {
     "llama": ("LlamaConfig", dict(tie_word_embeddings=True, rope_scaling={
@@ -34,6 +38,31 @@ FAMILIES = {
                                     attn_logit_softcapping=2.0, final_logit_softcapping=5.0)),
     "phi3": ("Phi3Config", dict()),
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    # 5 layers of "2 sliding : 1 full ...": the cut pattern; linear scaling on the full layers only
+    "gemma3": ("Gemma3TextConfig", dict(
+        head_dim=16, num_hidden_layers=5, sliding_window=4, sliding_window_pattern=3,
+        query_pre_attn_scalar=16, rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+    "smollm3": ("SmolLM3Config", dict(num_hidden_layers=6, no_rope_layer_interval=3)),
+    # Phi-4-mini: partial rotary (12 of 16 dims), longrope, tied embeddings. A 64-token context
+    # within original_max_position_embeddings: the short factors, as transformers picks for
+    # sequences that short; the explicit factor makes the cos/sin scale differ from 1.
+    "phi4_mini": ("Phi3Config", dict(
+        partial_rotary_factor=0.75, tie_word_embeddings=True, original_max_position_embeddings=64,
+        rope_scaling={"rope_type": "longrope", "factor": 4.0, "short_factor": _SHORT,
+                      "long_factor": _LONG})),
+    # ... and past it (the prompt is longer than 8): the long factors, chosen statically by omnic
+    # and by transformers once the sequence passes 8 tokens
+    "phi4_mini_long": ("Phi3Config", dict(
+        partial_rotary_factor=0.75, tie_word_embeddings=True, original_max_position_embeddings=8,
+        rope_scaling={"rope_type": "longrope", "short_factor": _SHORT, "long_factor": _LONG})),
+    # norm_topk_prob false (Mixtral covers the renormalised routing)
+    "qwen3_moe": ("Qwen3MoeConfig", dict(head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=64, norm_topk_prob=False)),
+    "olmo2": ("Olmo2Config", dict()),
+    "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, residual_multiplier=0.5,
+                                      logits_scaling=2.0, attention_multiplier=0.2)),
 }
 
 

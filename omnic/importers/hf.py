@@ -10,10 +10,13 @@ ref: https://github.com/huggingface/transformers/tree/main/src/transformers/mode
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 from typing import Any, Callable
+
+from omnic.spec.layers import pattern_kinds
 
 
 class UnsupportedModel(ValueError):
@@ -30,6 +33,9 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                    "rms_norm_eps": 1e-6}),
     "Qwen3ForCausalLM": ("qwen3", {"tie_word_embeddings": False, "rope_theta": 10000.0,
                                    "rms_norm_eps": 1e-6, "head_dim": 128}),
+    "Qwen3MoeForCausalLM": ("qwen3_moe", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                          "rms_norm_eps": 1e-6, "num_experts_per_tok": 8,
+                                          "norm_topk_prob": False}),
     "GemmaForCausalLM": ("gemma", {"tie_word_embeddings": True, "rope_theta": 10000.0,
                                    "rms_norm_eps": 1e-6, "head_dim": 256}),
     "Gemma2ForCausalLM": ("gemma2", {"tie_word_embeddings": True, "rope_theta": 10000.0,
@@ -38,10 +44,25 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                      "attn_logit_softcapping": 50.0,
                                      "final_logit_softcapping": 30.0,
                                      "sliding_window": 4096}),
+    "Gemma3ForCausalLM": ("gemma3", {"tie_word_embeddings": True, "rope_theta": 1e6,
+                                     "rope_local_base_freq": 10000.0, "rms_norm_eps": 1e-6,
+                                     "head_dim": 256, "query_pre_attn_scalar": 256,
+                                     "sliding_window": 4096, "sliding_window_pattern": 6}),
+    "SmolLM3ForCausalLM": ("smollm3", {"tie_word_embeddings": True, "rope_theta": 2e6,
+                                       "rms_norm_eps": 1e-6, "no_rope_layer_interval": 4}),
+    # Phi3Config always has original_max_position_embeddings (4096), which transformers prefers
+    # to the one inside rope_scaling (modeling_rope_utils.standardize_rope_params)
     "Phi3ForCausalLM": ("phi3", {"tie_word_embeddings": False, "rope_theta": 10000.0,
-                                 "rms_norm_eps": 1e-5}),
+                                 "rms_norm_eps": 1e-5,
+                                 "original_max_position_embeddings": 4096}),
     "MixtralForCausalLM": ("mixtral", {"tie_word_embeddings": False, "rope_theta": 1e6,
                                        "rms_norm_eps": 1e-5}),
+    "Olmo2ForCausalLM": ("olmo2", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                   "rms_norm_eps": 1e-5}),
+    "GraniteForCausalLM": ("granite", {"tie_word_embeddings": False, "rope_theta": 10000.0,
+                                       "rms_norm_eps": 1e-6, "embedding_multiplier": 1.0,
+                                       "residual_multiplier": 1.0, "logits_scaling": 1.0,
+                                       "attention_multiplier": 1.0}),
 }
 
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
@@ -73,14 +94,19 @@ def family_of(config: dict[str, Any]) -> tuple[str, str]:
 class _Config:
     """Raw config.json values with the family's defaults and a record of what was read."""
 
-    def __init__(self, raw: dict[str, Any], defaults: dict[str, Any], arch: str) -> None:
-        self.raw, self.defaults, self.arch = raw, defaults, arch
+    def __init__(self, raw: dict[str, Any], arch: str) -> None:
+        self.raw, self.arch = raw, arch
+        self.family, self.defaults = FAMILIES[arch]
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.raw.get(key)
         if value is None:
             value = self.defaults.get(key, default)
         return value
+
+    def given(self, key: str) -> Any:
+        """The value of config.json, even an explicit null; the family's default when absent."""
+        return self.raw[key] if key in self.raw else self.defaults.get(key)
 
     def need(self, key: str) -> Any:
         value = self.get(key)
@@ -94,147 +120,295 @@ class _Config:
             raise UnsupportedModel(f"{self.arch}: {key}={value!r} is not supported: {why}")
 
 
-def _rope(c: _Config) -> dict[str, Any]:
-    """RoPE theta and scaling from either layout: `rope_parameters` (transformers >= 5) or
-    `rope_theta` + `rope_scaling` (older files)."""
-    params = dict(c.raw.get("rope_parameters") or {})
-    if "full_attention" in params:  # per-layer-type rope (Gemma 3 style)
-        raise UnsupportedModel(f"{c.arch}: per-layer-type rope_parameters are not supported")
-    scaling = dict(c.raw.get("rope_scaling") or {})
-    merged = {**scaling, **params}
-    theta = float(merged.get("rope_theta") or c.get("rope_theta"))
-    partial = merged.get("partial_rotary_factor", c.raw.get("partial_rotary_factor", 1.0))
-    if partial is not None and float(partial) != 1.0:
-        raise UnsupportedModel(f"{c.arch}: partial_rotary_factor={partial} (partial RoPE) "
-                               "is not supported")
-    kind = merged.get("rope_type") or merged.get("type") or "default"
-    original = (merged.get("original_max_position_embeddings")
-                or c.raw.get("original_max_position_embeddings"))
+# --- RoPE ----------------------------------------------------------------------------------------
+_ORIGINAL = "original_max_position_embeddings"
+
+
+def _scaling(c: _Config, params: dict[str, Any], original: int) -> dict[str, Any] | None:
+    """omnic's `rope.scaling` of one transformers rope-parameters dict (None: plain RoPE).
+    `original` is the pre-training context transformers uses for it."""
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if c.family == "phi3" and kind in ("su", "yarn"):
+        kind = "longrope"  # Phi3Config's backward-compatible names of longrope
     if kind == "default":
-        return {"theta": theta, "scaling": None}
+        return None
     if kind == "linear":
-        return {"theta": theta, "scaling": {"kind": "linear", "factor": float(merged["factor"])}}
+        return {"kind": "linear", "factor": float(params["factor"])}
     if kind == "llama3":
-        return {"theta": theta, "scaling": {
-            "kind": "llama3", "factor": float(merged["factor"]),
-            "low_freq_factor": float(merged["low_freq_factor"]),
-            "high_freq_factor": float(merged["high_freq_factor"]),
-            "original_context_length": int(original),
-        }}
+        return {"kind": "llama3", "factor": float(params["factor"]),
+                "low_freq_factor": float(params["low_freq_factor"]),
+                "high_freq_factor": float(params["high_freq_factor"]),
+                "original_context_length": int(original)}
     if kind == "yarn":
         for key in ("mscale", "mscale_all_dim"):
-            if merged.get(key):
+            if params.get(key):
                 raise UnsupportedModel(f"{c.arch}: yarn with {key} is not supported")
-        if merged.get("truncate") is False:
+        if params.get("truncate") is False:
             raise UnsupportedModel(f"{c.arch}: yarn with truncate=false is not supported")
-        if original is None:
-            raise UnsupportedModel(f"{c.arch}: yarn scaling without "
-                                   "original_max_position_embeddings")
-        factor = merged.get("factor") or c.need("max_position_embeddings") / original
+        factor = params.get("factor") or c.need("max_position_embeddings") / original
         out = {"kind": "yarn", "factor": float(factor), "original_context_length": int(original)}
         for key in ("beta_fast", "beta_slow", "attention_factor"):
-            if merged.get(key) is not None:
-                out[key] = float(merged[key])
-        return {"theta": theta, "scaling": out}
-    raise UnsupportedModel(
-        f"{c.arch}: rope type {kind!r} is not supported (omnic has default, linear, llama3, yarn)"
-    )
+            if params.get(key) is not None:
+                out[key] = float(params[key])
+        return out
+    if kind == "longrope":
+        short, long = params.get("short_factor"), params.get("long_factor")
+        if not short or not long:
+            raise UnsupportedModel(f"{c.arch}: rope type 'longrope' without short_factor and "
+                                   "long_factor")
+        # ref: modeling_rope_utils._compute_longrope_parameters (factor from the two lengths)
+        factor = params.get("factor") or c.need("max_position_embeddings") / original
+        out = {"kind": "longrope", "short_factor": [float(x) for x in short],
+               "long_factor": [float(x) for x in long], "factor": float(factor),
+               "original_context_length": int(original)}
+        if params.get("attention_factor") is not None:
+            out["attention_factor"] = float(params["attention_factor"])
+        return out
+    raise UnsupportedModel(f"{c.arch}: rope type {kind!r} is not supported (omnic has default, "
+                           "linear, llama3, yarn, longrope)")
 
 
-def _sliding(c: _Config, family: str, n_layers: int) -> dict[str, Any] | None:
-    """Sliding-window attention from `layer_types` (or the family's rule when it is absent)."""
-    window = c.raw.get("sliding_window") if family != "gemma2" else c.get("sliding_window")
+def _rotary_dim(c: _Config, params: dict[str, Any], head_dim: int) -> int | None:
+    """Rotated dims of a partial rotary (transformers' Phi-3 only), None for the whole head."""
+    partial = params.get("partial_rotary_factor", c.raw.get("partial_rotary_factor"))
+    if partial is None or float(partial) == 1.0:
+        return None
+    if c.family != "phi3":  # the other families' apply_rotary_pos_emb rotates the whole head
+        raise UnsupportedModel(f"{c.arch}: partial_rotary_factor={partial} (partial RoPE) is not "
+                               "supported")
+    return int(head_dim * float(partial))  # Phi3Config.validate_rope's rotary_ndims
+
+
+def _rope(c: _Config, head_dim: int) -> dict[str, Any]:
+    """The spec's `rope` from either layout: `rope_parameters` (transformers >= 5) or
+    `rope_theta` + `rope_scaling` (older files); per layer type for Gemma 3."""
+    params = dict(c.raw.get("rope_parameters") or {})
+    scaling = dict(c.raw.get("rope_scaling") or {})
+    if c.family == "gemma3":
+        return _rope_by_layer_type(c, params, scaling, head_dim)
+    if "full_attention" in params or "sliding_attention" in params:
+        raise UnsupportedModel(f"{c.arch}: per-layer-type rope_parameters are not supported")
+    merged = {**scaling, **params}
+    # standardize_rope_params: a top-level original length wins over the one in the dict
+    original = (c.raw.get(_ORIGINAL) or c.defaults.get(_ORIGINAL) or merged.get(_ORIGINAL)
+                or c.need("max_position_embeddings"))
+    rope: dict[str, Any] = {"theta": float(merged.get("rope_theta") or c.get("rope_theta")),
+                            "scaling": _scaling(c, merged, original)}
+    dims = _rotary_dim(c, merged, head_dim)
+    if dims is not None:
+        rope["rotary_dim"] = dims
+    return rope
+
+
+def _rope_by_layer_type(c: _Config, params: dict[str, Any], scaling: dict[str, Any],
+                        head_dim: int) -> dict[str, Any]:
+    """Gemma 3: `rope_parameters: {full_attention: {...}, sliding_attention: {...}}`, or the older
+    `rope_theta` + `rope_local_base_freq` + `rope_scaling` (which scales the full layers only).
+    ref: configuration_gemma3.Gemma3TextConfig.convert_rope_params_to_dict"""
+    extra = sorted(set(params) - {"full_attention", "sliding_attention"})
+    if extra:
+        raise UnsupportedModel(f"{c.arch}: rope_parameters keys {extra} (expected one entry per "
+                               "layer type: full_attention, sliding_attention)")
+    full = {**(params.get("full_attention") or {}), **scaling}
+    local = dict(params.get("sliding_attention") or {})
+    out = {}
+    for name, p, theta_key in (("full", full, "rope_theta"),
+                               ("sliding", local, "rope_local_base_freq")):
+        _rotary_dim(c, p, head_dim)  # rejects a partial rotary (Phi-3 only)
+        original = p.get(_ORIGINAL) or c.need("max_position_embeddings")
+        out[name] = {"theta": float(p.get("rope_theta") or c.get(theta_key)),
+                     "scaling": _scaling(c, p, original)}
+    rope = dict(out["full"])
+    if out["sliding"] != out["full"]:
+        rope["sliding"] = out["sliding"]
+    return rope
+
+
+# --- which layers differ -------------------------------------------------------------------------
+def _layer_types(c: _Config, n_layers: int, window: int | None) -> list[str]:
+    """transformers' `layer_types` (or the family's rule when config.json has none)."""
     types = c.raw.get("layer_types")
-    if types is None:
-        if family == "gemma2":
-            types = ["sliding_attention" if i % 2 == 0 else "full_attention"
-                     for i in range(n_layers)]
-        elif family in ("qwen2", "qwen3"):
-            use = c.raw.get("use_sliding_window", False) and window is not None
-            first = c.raw.get("max_window_layers", 28)
-            types = ["sliding_attention" if use and i >= first else "full_attention"
-                     for i in range(n_layers)]
-        else:  # Mistral, Phi-3, Mixtral: the window applies to every layer when it is set
-            types = ["sliding_attention" if window is not None else "full_attention"] * n_layers
-    if family in ("qwen2", "qwen3") and not c.raw.get("use_sliding_window", False):
+    if types is not None:
+        return list(types)
+    family = c.family
+    if family == "gemma2":
+        return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    if family == "gemma3":  # the older files' sliding_window_pattern: every p-th layer is global
+        p = int(c.get("sliding_window_pattern"))
+        return ["sliding_attention" if (i + 1) % p else "full_attention" for i in range(n_layers)]
+    if family in ("qwen2", "qwen3"):
+        first = c.raw.get("max_window_layers", 28)
+        return ["sliding_attention" if window is not None and i >= first else "full_attention"
+                for i in range(n_layers)]
+    if family == "smollm3":  # sliding, when enabled, on the NoPE layers (SmolLM3Config)
+        return ["sliding_attention" if window is not None and not rope else "full_attention"
+                for rope in _rope_layers(c, n_layers)]
+    # Mistral, Phi-3, Mixtral, Qwen3-MoE: the window applies to every layer when it is set
+    return ["sliding_attention" if window is not None else "full_attention"] * n_layers
+
+
+def _rope_layers(c: _Config, n_layers: int) -> list[int]:
+    """SmolLM3's no_rope_layers: 1 where the layer has RoPE, 0 where it has none (NoPE)."""
+    listed = c.raw.get("no_rope_layers")
+    if listed is not None:
+        return [int(x) for x in listed]
+    every = int(c.get("no_rope_layer_interval"))
+    return [int((i + 1) % every != 0) for i in range(n_layers)]
+
+
+def _layer_kinds(c: _Config, n_layers: int) -> tuple[list[str], int | None]:
+    """Each layer's omnic kind (full, sliding, nope) and the sliding window."""
+    window = c.given("sliding_window")  # an explicit null turns Gemma's windows off
+    if c.family in ("qwen2", "qwen3", "qwen3_moe", "smollm3") and not c.raw.get(
+            "use_sliding_window", False):
         window = None  # transformers drops the window unless use_sliding_window is true
-    sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    types = _layer_types(c, n_layers, window)
     unknown = sorted({t for t in types if t not in ("sliding_attention", "full_attention")})
     if unknown:
         raise UnsupportedModel(f"{c.arch}: layer types {unknown} are not supported")
-    if not sliding or window is None:
-        return None
-    if len(sliding) == n_layers:
-        return {"size": int(window), "layers": "all"}
-    if sliding == list(range(0, n_layers, 2)):
-        return {"size": int(window), "layers": "even"}
-    raise UnsupportedModel(
-        f"{c.arch}: sliding window on layers {sliding} is not supported (omnic has all layers or "
-        "even layers)"
+    if len(types) != n_layers:
+        raise UnsupportedModel(f"{c.arch}: layer_types has {len(types)} entries for "
+                               f"num_hidden_layers={n_layers}")
+    kinds = ["sliding" if t == "sliding_attention" and window is not None else "full"
+             for t in types]
+    if c.family == "smollm3":
+        rope = _rope_layers(c, n_layers)
+        if len(rope) != n_layers:
+            raise UnsupportedModel(f"{c.arch}: no_rope_layers has {len(rope)} entries for "
+                                   f"num_hidden_layers={n_layers}")
+        for i, has_rope in enumerate(rope):
+            if not has_rope and kinds[i] == "sliding":
+                raise UnsupportedModel(f"{c.arch}: layer {i} slides without RoPE; omnic's layer "
+                                       "kinds have no sliding NoPE layer")
+            if not has_rope:
+                kinds[i] = "nope"
+    return kinds, window
+
+
+def compact_pattern(kinds: list[str]) -> str | list[str]:
+    """The shortest cycle that repeated from layer 0 gives `kinds`, as a `layer_pattern` string
+    ("5 sliding : 1 full", with " ..." when the last repeat is cut short); the list itself when
+    nothing repeats."""
+    n = len(kinds)
+    period = next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
+    if period == n:
+        return list(kinds)
+    groups = [f"{len(list(run))} {kind}" for kind, run in itertools.groupby(kinds[:period])]
+    return " : ".join(groups) + (" ..." if n % period else "")
+
+
+def _layout(kinds: list[str], window: int | None) -> dict[str, Any]:
+    """The spec's sliding_window / layer_pattern fields for per-layer `kinds`: the shortcuts
+    (all layers, even layers) when they say it, else a pattern."""
+    n = len(kinds)
+    if set(kinds) == {"full"}:
+        return {}
+    if set(kinds) == {"sliding"}:
+        return {"sliding_window": {"size": int(window), "layers": "all"}}
+    if kinds == ["sliding" if i % 2 == 0 else "full" for i in range(n)]:
+        return {"sliding_window": {"size": int(window), "layers": "even"}}
+    pattern = compact_pattern(kinds)
+    assert pattern_kinds(pattern, n) == kinds, (pattern, kinds)
+    out: dict[str, Any] = {"layer_pattern": pattern}
+    if "sliding" in kinds:
+        out["sliding_window"] = {"size": int(window)}
+    return out
+
+
+# --- the model block -----------------------------------------------------------------------------
+def _ffn_kind(c: _Config) -> str:
+    act = c.raw.get("hidden_activation") or c.raw.get("hidden_act") or (
+        "gelu_pytorch_tanh" if c.family.startswith("gemma") else "silu"
     )
+    if c.family.startswith("gemma"):
+        # transformers maps Gemma's legacy "gelu" to the tanh approximation (configuration_gemma.py)
+        if act not in (*_TANH_GELU, "gelu"):
+            raise UnsupportedModel(f"{c.arch}: hidden activation {act!r} is not supported")
+        return "geglu"
+    if act != "silu":
+        raise UnsupportedModel(f"{c.arch}: hidden_act={act!r} is not supported "
+                               "(SwiGLU needs silu)")
+    return "swiglu"
+
+
+def _moe(c: _Config, model: dict[str, Any]) -> None:
+    """Routed experts of Mixtral and Qwen3-MoE (in every layer)."""
+    if c.family == "mixtral":
+        model["moe"] = {"experts": int(c.need("num_local_experts")),
+                        "top_k": int(c.need("num_experts_per_tok")),
+                        "normalize_top_k": True}
+        return
+    # Qwen3MoeConfig saves num_experts under the name num_local_experts (its attribute_map)
+    experts = c.raw.get("num_experts", c.raw.get("num_local_experts"))
+    if experts is None:
+        raise UnsupportedModel(f"{c.arch}: config.json has no 'num_experts'")
+    if int(experts) == 0:
+        return  # Qwen3MoeDecoderLayer: a dense MLP of intermediate_size in every layer
+    c.reject("decoder_sparse_step", lambda v: v == 1,
+             "omnic puts the experts in every layer (decoder_sparse_step 1)")
+    c.reject("mlp_only_layers", lambda v: not v,
+             "omnic has no dense layers between the mixture-of-experts layers")
+    model["ffn"]["hidden"] = int(c.need("moe_intermediate_size"))
+    model["moe"] = {"experts": int(experts), "top_k": int(c.get("num_experts_per_tok")),
+                    "normalize_top_k": bool(c.get("norm_topk_prob"))}
+
+
+def _family_fields(c: _Config, model: dict[str, Any]) -> None:
+    """The fields only some families set."""
+    family = c.family
+    if family == "qwen2":
+        model["qkv_bias"] = True  # hard-wired in Qwen2Attention
+    if family in ("qwen3", "qwen3_moe", "gemma3"):
+        model["qk_norm"] = True
+    if family.startswith("gemma"):
+        model["scale_embeddings"] = True
+    if family in ("gemma2", "gemma3"):
+        if c.raw.get("use_bidirectional_attention"):
+            raise UnsupportedModel(f"{c.arch}: use_bidirectional_attention is not supported")
+        model["post_norms"] = True  # the sandwich: norms after attention and after the FFN
+        model["attn_scale"] = float(c.get("query_pre_attn_scalar")) ** -0.5
+        for key, field in (("attn_logit_softcapping", "attn_softcap"),
+                           ("final_logit_softcapping", "final_softcap")):
+            value = c.given(key)
+            if value is not None:
+                model[field] = float(value)
+    if family == "olmo2":  # norms after attention and the FFN only; q/k norms over all heads
+        model.update(pre_norms=False, post_norms=True, qk_norm=True, qk_norm_width="full")
+    if family == "granite":
+        for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            if float(c.get(key)) != 1.0:
+                model[key] = float(c.get(key))
+        model["attn_scale"] = float(c.get("attention_multiplier"))  # the scores' whole scale
+    if family in ("mixtral", "qwen3_moe"):
+        _moe(c, model)
 
 
 def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(architecture, the spec's `model:` block) of a transformers config.json."""
-    arch, family = family_of(config)
-    c = _Config(config, FAMILIES[arch][1], arch)
+    arch, _ = family_of(config)
+    c = _Config(config, arch)
     d, heads = int(c.need("hidden_size")), int(c.need("num_attention_heads"))
     n_layers = int(c.need("num_hidden_layers"))
-    head_dim = c.raw.get("head_dim") or c.defaults.get("head_dim") or d // heads
+    head_dim = int(c.raw.get("head_dim") or c.defaults.get("head_dim") or d // heads)
 
     for key in ("attention_bias", "mlp_bias"):  # o_proj / MLP biases have no omnic tensor
         c.reject(key, lambda v: v is False, "omnic has biases on q, k and v only (qkv_bias)")
-    if family == "gemma2" and c.raw.get("use_bidirectional_attention"):
-        raise UnsupportedModel(f"{arch}: use_bidirectional_attention is not supported")
-    act = c.raw.get("hidden_activation") or c.raw.get("hidden_act") or (
-        "gelu_pytorch_tanh" if family.startswith("gemma") else "silu"
-    )
-    if family.startswith("gemma"):
-        # transformers maps Gemma's legacy "gelu" to the tanh approximation (configuration_gemma.py)
-        if act not in (*_TANH_GELU, "gelu"):
-            raise UnsupportedModel(f"{arch}: hidden activation {act!r} is not supported")
-        ffn_kind = "geglu"
-    else:
-        if act != "silu":
-            raise UnsupportedModel(f"{arch}: hidden_act={act!r} is not supported "
-                                   "(SwiGLU needs silu)")
-        ffn_kind = "swiglu"
-
     model: dict[str, Any] = {
         "vocab_size": int(c.need("vocab_size")),
         "d_model": d,
         "n_layers": n_layers,
         "n_heads": heads,
         "n_kv_heads": int(c.raw.get("num_key_value_heads") or heads),
-        "head_dim": int(head_dim),
-        "ffn": {"kind": ffn_kind, "hidden": int(c.need("intermediate_size"))},
+        "head_dim": head_dim,
+        "ffn": {"kind": _ffn_kind(c), "hidden": int(c.need("intermediate_size"))},
         "norm": {"kind": "rmsnorm", "eps": float(c.get("rms_norm_eps")),
-                 "unit_offset": family.startswith("gemma")},
-        "rope": _rope(c),
+                 "unit_offset": c.family.startswith("gemma")},
+        "rope": _rope(c, head_dim),
         "context_length": int(c.need("max_position_embeddings")),
         "tie_embeddings": bool(c.get("tie_word_embeddings")),
     }
-    if family == "qwen2":
-        model["qkv_bias"] = True  # hard-wired in Qwen2Attention
-    if family == "qwen3":
-        model["qk_norm"] = True
-    window = _sliding(c, family, n_layers)
-    if window:
-        model["sliding_window"] = window
-    if family.startswith("gemma"):
-        model["scale_embeddings"] = True
-    if family == "gemma2":
-        model["post_norms"] = True
-        model["attn_scale"] = float(c.get("query_pre_attn_scalar")) ** -0.5
-        for key, field in (("attn_logit_softcapping", "attn_softcap"),
-                           ("final_logit_softcapping", "final_softcap")):
-            value = c.raw[key] if key in c.raw else c.defaults[key]
-            if value is not None:
-                model[field] = float(value)
-    if family == "mixtral":
-        model["moe"] = {"experts": int(c.need("num_local_experts")),
-                        "top_k": int(c.need("num_experts_per_tok")),
-                        "normalize_top_k": True}
+    model.update(_layout(*_layer_kinds(c, n_layers)))
+    _family_fields(c, model)
     return arch, model
 
 

@@ -36,10 +36,13 @@ _LAYER = [
     (r"block_sparse_moe\.experts\.(\d+)\.w1\.weight", r"ffn.experts.\1.gate.weight"),
     (r"block_sparse_moe\.experts\.(\d+)\.w3\.weight", r"ffn.experts.\1.up.weight"),
     (r"block_sparse_moe\.experts\.(\d+)\.w2\.weight", r"ffn.experts.\1.down.weight"),
+    # Qwen3-MoE on the Hub and from save_pretrained (router: mlp.gate, as in memory)
+    (r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight", r"ffn.experts.\1.\2.weight"),
     (r"mlp\.gate\.weight", "ffn.router.weight"),  # transformers 5 in-memory MoE layout
 ]
 # post_attention_layernorm is the FFN's pre-norm in Llama-style blocks, but the norm *after*
-# attention in Gemma 2's sandwich, where pre_feedforward_layernorm is the FFN's pre-norm.
+# attention in Gemma 2/3's sandwich, where pre_feedforward_layernorm is the FFN's pre-norm, and in
+# OLMo 2's post-norm block, which has no pre-norms at all.
 _LLAMA_NORMS = [(r"post_attention_layernorm\.weight", "ffn_norm.weight")]
 _SANDWICH_NORMS = [
     (r"post_attention_layernorm\.weight", "post_attn_norm.weight"),

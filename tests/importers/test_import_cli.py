@@ -46,13 +46,20 @@ def test_unsupported_is_a_clear_error(tmp_path, capsys, change, needle):
     assert not (tmp_path / "s.yaml").exists()
 
 
-def test_gemma2_odd_sliding_layers_are_rejected(tmp_path, capsys):
+def test_gemma2_odd_sliding_layers_become_a_layer_pattern(tmp_path, capsys):
+    from omnic.spec import Model
+
     d = _config_dir(tmp_path, **{**LLAMA, "architectures": ["Gemma2ForCausalLM"],
                                  "num_hidden_layers": 3,
                                  "layer_types": ["full_attention", "sliding_attention",
                                                  "full_attention"]})
-    assert omnic_main(["import", str(d), "-o", str(tmp_path / "s.yaml")]) == 2
-    assert "sliding window on layers [1]" in capsys.readouterr().err
+    out = tmp_path / "s.yaml"
+    assert omnic_main(["import", str(d), "-o", str(out)]) == 0
+    model = yaml.safe_load(out.read_text())["model"]
+    assert model["layer_pattern"] == "1 full : 1 sliding ..."
+    table = Model.model_validate(model).table
+    assert [(r.attention, r.window) for r in table] == [
+        ("full", None), ("sliding", 4096), ("full", None)]  # Gemma 2's default window
 
 
 def test_missing_config_is_a_clear_error(tmp_path, capsys):

@@ -106,3 +106,35 @@ def test_resolve_fills_mha_defaults_of_an_inline_model():
     r = resolve(spec, ROOT)
     assert (r.model.n_kv_heads, r.model.head_dim) == (6, 16)
     assert r.quantization.weights.scheme == "fp32"
+
+
+# Published parameter counts of the presets whose layers differ (the llama-family ones are checked
+# in tests/plan/test_plan.py): the exact totals of each checkpoint's safetensors.
+PUBLISHED = {
+    "gemma3_270m": 268_098_176,      # https://huggingface.co/google/gemma-3-270m
+    "gemma3_1b": 999_885_952,        # https://huggingface.co/google/gemma-3-1b-it
+    "smollm3_3b": 3_075_098_624,     # https://huggingface.co/HuggingFaceTB/SmolLM3-3B
+    "phi4_mini": 3_836_021_760,      # https://huggingface.co/microsoft/Phi-4-mini-instruct
+    "olmo2_1b": 1_484_916_736,       # https://huggingface.co/allenai/OLMo-2-0425-1B
+    "granite3.3_2b": 2_533_539_840,  # https://huggingface.co/ibm-granite/granite-3.3-2b-instruct
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_the_published_figure(name):
+    from omnic.spec.inventory import parameter_count
+
+    assert parameter_count(store.load("model", name)) == PUBLISHED[name]
+
+
+def test_per_layer_presets_resolve_to_their_tables():
+    from omnic.spec.layers import table
+
+    kinds = lambda name: [  # noqa: E731
+        "nope" if r.rope is None else r.attention for r in table(store.load("model", name))]
+    assert kinds("gemma3_1b") == (["sliding"] * 5 + ["full"]) * 4 + ["sliding"] * 2
+    gemma = table(store.load("model", "gemma3_270m"))
+    assert {(r.window, r.rope.theta) for r in gemma} == {(512, 1e4), (None, 1e6)}
+    assert kinds("smollm3_3b") == ["full", "full", "full", "nope"] * 9
+    phi = table(store.load("model", "phi4_mini"))[0].rope
+    assert phi.dims == 96 and len(phi.scaling.long_factor) == 48
