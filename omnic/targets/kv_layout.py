@@ -10,9 +10,12 @@ is shorter than the context keeps what its runtime allocates:
 | gguf                      | llama.cpp's SWA cache: pad256(min(pad256(c), w + n_ubatch)),     |
 |                           | n_ubatch = min(c, 512) as the GGUF runtime sets it; full layers  |
 |                           | keep pad256(c) (llama.cpp pads every context to 256 cells)       |
-| onnx                      | c: onnxruntime-genai's KV buffers are max_length long per layer  |
+| onnx                      | w + 16 (onnxruntime-genai's windowed cache, CPU slack 16) when   |
+|                           | every layer fuses to GroupQueryAttention and the windows agree   |
+|                           | (omnic.targets.onnx.window_cache); else c, genai's max_length    |
 
 ref: llama.cpp src/llama-kv-cache-iswa.cpp (size_swa), src/llama-context.cpp (n_ctx padding)
+ref: onnxruntime-genai src/models/windowed_kv_cache.cpp (ComputeWindowedKvCacheSize)
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
 
 RING_TARGETS = (Targets.EXECUTORCH, Targets.COREML, Targets.TVM)
+GENAI_WINDOW_SLACK = 16
+# onnxruntime 1.31's CPU GroupQueryAttention (omnic.targets.onnx.gqa): head_dim a multiple of 8,
+# of 16 with rotary, and rotary dims a multiple of 16; a layer outside these stays unfused.
+GQA_HEAD_MULTIPLE, GQA_ROTARY_MULTIPLE = 8, 16
 LLAMA_CPP_PAD = 256
 GGUF_MAX_UBATCH = 512
 
@@ -33,11 +40,31 @@ def _pad(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+def onnx_window_caches(spec: "ResolvedSpec") -> bool:
+    """Whether the ONNX artifact gives its sliding layers genai's windowed cache: fusions on,
+    every layer within GroupQueryAttention's head limits, one window size shorter than the
+    context."""
+    m = spec.model
+    opts = spec.targets.onnx
+    windows = {r.window for r in m.table if r.window is not None and r.window < m.context_length}
+    if (opts is not None and not opts.fusions) or len(windows) != 1:
+        return False
+    hd = m.dim_per_head
+    for row in m.table:
+        if row.rope is None:
+            if hd % GQA_HEAD_MULTIPLE:
+                return False
+        elif hd % GQA_ROTARY_MULTIPLE or row.rope.dims % GQA_ROTARY_MULTIPLE:
+            return False
+    return True
+
+
 def kv_positions(spec: "ResolvedSpec", target: str | None = None) -> list[int]:
     """Per layer, the positions `target`'s KV cache holds (None: the spec's own static graph,
     i.e. the ring layout)."""
     m = spec.model
     c = m.context_length
+    genai_window = target == Targets.ONNX and onnx_window_caches(spec)
     out = []
     for row in m.table:
         windowed = row.window is not None and row.window < c
@@ -49,6 +76,8 @@ def kv_positions(spec: "ResolvedSpec", target: str | None = None) -> list[int]:
                 out.append(full)
         elif windowed and (target is None or target in RING_TARGETS):
             out.append(row.window)
+        elif windowed and genai_window:
+            out.append(min(c, row.window + GENAI_WINDOW_SLACK))
         else:
             out.append(c)
     return out

@@ -2,12 +2,17 @@
 
 The generic rules are onnxscript's own (`onnxscript.rewriter.ort_fusions`): RMSNorm ->
 SimplifiedLayerNormalization, residual Add + RMSNorm -> SkipSimplifiedLayerNormalization, the
-rotate-half pattern -> RotaryEmbedding. Two rules are omnic's, because the omnic decoder's graph
-differs from the Hugging Face export those rules were written for:
-  - `gqa.RopeTable`: RoPE whose cos/sin are gathered from a precomputed table at
+rotate-half pattern -> RotaryEmbedding. Three rules are omnic's, because the omnic decoder's
+graph differs from the Hugging Face export those rules were written for:
+  - `rope.RopeTable`: RoPE whose cos/sin are gathered from a precomputed table at
     position_ids -> com.microsoft RotaryEmbedding(x, position_ids, cos_cache, sin_cache);
-  - `gqa.GroupQueryAttention`: q/k/v projections, rotary, past/present concatenation,
-    repeat-kv, scaled, masked softmax attention -> com.microsoft GroupQueryAttention.
+  - `rope.PartialRope`: the rotated first dims concatenated with the rest -> one RotaryEmbedding
+    with rotary_embedding_dim (partial rotary, Phi-4-mini);
+  - `gqa.GroupQueryAttention`: q/k/v projections, rotary (or none: NoPE), past/present
+    concatenation, repeat-kv, scaled, soft-capped, causal or sliding-window masked softmax
+    attention -> com.microsoft GroupQueryAttention (gqa.py lists what it folds in and why).
+After it, `window_cache.use_window_caches` gives sliding layers window-sized caches when every
+layer fused (genai's windowed KV cache).
 Then one storage-level fusion, `pack_qkv`: the three MatMulNBits feeding a GroupQueryAttention
 become one (rows concatenated, biases into MatMulNBits' bias input) and GroupQueryAttention takes
 the packed [batch, seq, (heads + 2 kv_heads) * head_dim] query, as the onnxruntime-genai builder

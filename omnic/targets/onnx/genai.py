@@ -5,6 +5,13 @@ config follows the one onnxruntime-genai's model builder writes for a Llama-styl
 `past_present_share_buffer` is true when every layer's attention is one GroupQueryAttention (as
 in the builder's graphs): genai then allocates the KV cache once at max_length and GQA writes each
 step's keys in place. An unfused graph concatenates past and new keys and needs it false.
+With sliding-window layers in window-sized caches (window_cache.py) the decoder section gets
+genai's `sliding_window`: those layers' buffers hold `window_size` (+ genai's CPU slack of 16)
+positions instead of max_length, and GroupQueryAttention evicts inside them.
+`slide_key_value_cache` and `slide_inputs` are false: true would select genai's other windowed
+cache, which slides the prompt through a fixed-shape model in chunks (QNN-style exports).
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/models/kv_cache.cpp
+       (CreateKeyValueCache, DefaultKeyValueCache: per-layer shapes from sliding_window.layers)
   ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
        (make_genai_config)
   ref: https://onnxruntime.ai/docs/genai/reference/config.html
@@ -23,7 +30,8 @@ CONFIG_NAME = "genai_config.json"
 
 
 def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
-                 share_buffer: bool = False) -> dict[str, Any]:
+                 share_buffer: bool = False,
+                 window_cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """The genai_config.json content for the decoder of `spec` stored in `model_file`.
 
     Args:
@@ -31,12 +39,13 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
         model_file: the ONNX file name, relative to the folder.
         tokenizer: omnic tokenizer (bos_id, eos_ids, pad_id).
         share_buffer: every layer's attention is a GroupQueryAttention node.
+        window_cache: {"window", "layers"} of the layers with window-sized caches, or None.
     """
     m = spec.model
     eos = list(tokenizer.eos_ids) or [0]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos[0]
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else eos[0]
-    return {
+    config = {
         "model": {
             "bos_token_id": int(bos),
             "context_length": m.context_length,
@@ -85,16 +94,25 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
             "top_p": 1.0,
         },
     }
+    if window_cache:
+        config["model"]["decoder"]["sliding_window"] = {
+            "layers": list(window_cache["layers"]),
+            "slide_inputs": False,
+            "slide_key_value_cache": False,
+            "window_size": int(window_cache["window"]),
+        }
+    return config
 
 
 def write_genai_files(
-    spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str, share_buffer: bool = False
+    spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str, share_buffer: bool = False,
+    window_cache: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write genai_config.json and the tokenizer files into `folder`; return the paths written."""
     from omnic.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec, spec_dir)
-    config = genai_config(spec, model_file, tokenizer, share_buffer)
+    config = genai_config(spec, model_file, tokenizer, share_buffer, window_cache)
     path = Path(folder) / CONFIG_NAME
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return [path, *tokenizer.save(Path(folder))]

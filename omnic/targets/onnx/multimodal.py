@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from omnic.targets.onnx.window_cache import empty_cache
+
 if TYPE_CHECKING:
     import onnx_ir as ir
 
@@ -153,15 +155,13 @@ class OnnxEmbedsRunner:
         self.text = ort.InferenceSession(str(paths[1]), opts, providers=cpu)
         self.context_length = context_length
         self.outputs = [o.name for o in self.text.get_outputs()]
-        self._past_shapes = {i.name: i.shape for i in self.text.get_inputs()
-                             if i.name.startswith("past_key_values.")}
+        self._empty = empty_cache(self.text)  # window-sized for windowed layers
         self.reset()
 
     def reset(self) -> None:
         self.position = 0
         self.last_hidden: np.ndarray | None = None
-        self.past = {name: np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
-                     for name, shape in self._past_shapes.items()}
+        self.past = dict(self._empty)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)

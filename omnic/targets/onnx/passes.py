@@ -5,9 +5,10 @@ on a `Graph`: the exported onnx_ir model plus what earlier passes found (the wei
 records, how often each fusion fired). Every pass rewrites the model in place, as onnx-ir's
 passes do (`in_place = True`; the runner holds them to it). The manifest lists each pass that ran.
 
-The fusion rules are onnxscript's (`onnxscript.rewriter.ort_fusions`) and omnic's two
-(omnic.targets.onnx.gqa); fusions.py explains each. A rule that does not match leaves the graph
-as it was: fusions never change results, only speed (the golden check proves it on every build).
+The fusion rules are onnxscript's (`onnxscript.rewriter.ort_fusions`) and omnic's own
+(omnic.targets.onnx.rope, .gqa, .window_cache); fusions.py explains each. A rule that does not
+match leaves the graph as it was: fusions never change results, only speed (the golden check
+proves it on every build).
   ref: https://github.com/onnx/ir-py/blob/main/src/onnx_ir/passes/_pass_infra.py
 """
 
@@ -46,8 +47,13 @@ FUSIONS = [
     # onnxruntime's op (it must see the cos/sin gathers, so before any other clean-up).
     "onnx::fuse_rotary_embedding",
     "onnx::fuse_rope_table",
+    # Partial rotary (the rotated slice concatenated with the rest) -> one RotaryEmbedding over
+    # the whole head: the form the attention pattern expects.
+    "onnx::fuse_partial_rope",
     # Attention last: its pattern starts from the com.microsoft RotaryEmbedding nodes.
     "onnx::fuse_gqa",
+    # Window-sized caches for sliding layers: only once every layer is known to be fused.
+    "onnx::window_caches",
     # Packing needs the GroupQueryAttention nodes (their q/k/v inputs are what gets packed) and
     # the storage records (it packs MatMulNBits and updates their records).
     "onnx::pack_qkv",
@@ -135,9 +141,10 @@ def _ort(module: str, function: str) -> Callable[[Graph], int]:
 
 def _omnic(function: str, with_records: bool = False) -> Callable[[Graph], int]:
     def rule(graph: Graph) -> int:
-        from omnic.targets.onnx import fusions, gqa
+        from omnic.targets.onnx import fusions, gqa, rope, window_cache
 
-        fn = getattr(gqa, function, None) or getattr(fusions, function)
+        fn = next(getattr(m, function) for m in (gqa, rope, window_cache, fusions)
+                  if hasattr(m, function))
         return fn(graph.model, graph.records) if with_records else fn(graph.model)
 
     return rule
@@ -151,7 +158,9 @@ for _id, _key, _rule in [
     ("onnx::fuse_rotary_embedding", "rotary_embedding",
      _ort("rotary_embedding", "fuse_rotary_embedding")),
     ("onnx::fuse_rope_table", "rope_table", _omnic("fuse_rope_table")),
+    ("onnx::fuse_partial_rope", "partial_rope", _omnic("fuse_partial_rope")),
     ("onnx::fuse_gqa", "group_query_attention", _omnic("fuse_gqa")),
+    ("onnx::window_caches", "window_caches", _omnic("use_window_caches")),
     ("onnx::pack_qkv", "pack_qkv", _omnic("pack_qkv", with_records=True)),
     ("onnx::drop_unused_outputs", "unused_outputs_dropped", _omnic("drop_unused_outputs")),
 ]:

@@ -28,6 +28,7 @@ from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, Problem, register_target
 from omnic.targets.onnx.backend import missing, require_backend
 from omnic.targets.onnx.rounding import activation_rounding
+from omnic.targets.onnx.window_cache import empty_cache, window_cache
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -120,8 +121,10 @@ class OnnxTarget:
         files = onnx_export.save(model, folder / MODEL_FILE, self.external_data_threshold)
         onnx_export.release_weights(model)  # consumed: the file is read back below instead
         gqa = onnx_fusions.fused_ops(model).get("com.microsoft::GroupQueryAttention", 0)
+        windowed = window_cache(model.metadata_props)  # sliding layers' window-sized caches
         files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE,
-                                              share_buffer=gqa == spec.model.n_layers)
+                                              share_buffer=gqa == spec.model.n_layers,
+                                              window_cache=windowed)
         if onnx_multimodal.wanted(spec):  # + embedding.onnx and text.onnx (inputs_embeds)
             files += onnx_multimodal.write_files(
                 program, folder, lambda m: self.transform(program, m),
@@ -139,6 +142,8 @@ class OnnxTarget:
             "fused_ops": onnx_fusions.fused_ops(stored),
             "context_length": spec.model.context_length,
         }
+        if windowed:
+            details["window_cache"] = windowed
         if onnx_multimodal.wanted(spec):
             details["multimodal"] = onnx_multimodal.details(spec)
         return Artifact(
@@ -226,7 +231,8 @@ def _reload(path: Path) -> "ir.Model":
 
 
 class OnnxRunner:
-    """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache.
+    """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache; a layer with
+    a window-sized cache (window_cache.py) keeps its fixed capacity instead.
 
     Implements `omnic.targets.base.Runner`: int64 tokens [T] in, float32 logits [T, vocab] out;
     the position advances by T per call; `reset()` empties the cache.
@@ -244,18 +250,12 @@ class OnnxRunner:
         self.session = ort.InferenceSession(
             str(model_path), opts, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self._past_shapes = {
-            i.name: i.shape for i in self.session.get_inputs()
-            if i.name.startswith("past_key_values.")
-        }
+        self._empty = empty_cache(self.session)  # window-sized for windowed layers
         self.reset()
 
     def reset(self) -> None:
         self.position = 0
-        self.past = {
-            name: np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
-            for name, shape in self._past_shapes.items()
-        }
+        self.past = dict(self._empty)
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
