@@ -290,6 +290,10 @@ class OrtKvRunner:
         self.empty = {n: np.zeros((1, dim(i.shape, 1), 0, dim(i.shape, 3)),
                                   dtype=np.float16 if "float16" in i.type else np.float32)
                       for n, i in past.items()}
+        from omnic.targets.onnx.window_cache import empty_cache, window_cache
+
+        if window_cache(self.sess.get_modelmeta().custom_metadata_map):  # omnic's window caches
+            self.empty = empty_cache(self.sess)
         self.reset()
 
     def reset(self) -> None:
