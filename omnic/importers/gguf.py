@@ -11,13 +11,16 @@ gguf-py's `GGUFReader` (a memory map; numpy only) and undoes what llama.cpp's co
 - vocabulary: a byte-level BPE `tokenizer.json` equivalent to llama.cpp's tokenizer (the
   pre-tokenizer named by `tokenizer.ggml.pre`), written beside the spec.
 
-Architectures: llama (Llama, Mistral, SmolLM...), qwen2 and qwen3, dense. Anything else is refused
-with UnsupportedModel, naming what is missing. The file's own quantization (`source_quantization`)
-is recorded in the manifest.
+Architectures: llama (Llama, Mistral, SmolLM...), qwen2, qwen3 and qwen3moe, gemma3, smollm3,
+phi3 (fused tensors split, partial rotary, LongRoPE), olmo2 and granite, each read with the keys
+and layouts the GGUF target writes (omnic.formats.gguf_families / gguf_hparams). Anything else is
+refused with UnsupportedModel, naming what is missing. The file's own quantization
+(`source_quantization`) is recorded in the manifest.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -33,7 +36,9 @@ if TYPE_CHECKING:
     from omnic.spec import Model
     from omnic.spec.inventory import TensorInfo
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+_log = logging.getLogger(__name__)
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "smollm3", "phi3", "olmo2",
+                 "granite")
 _MISSING = object()
 
 
@@ -68,7 +73,14 @@ def field(reader: Any, key: str, default: Any = _MISSING) -> Any:
 
 def arch_plan(arch: str) -> "gguf_arch.ArchPlan":
     """How a file of architecture `arch` was written (the inverse is read with it)."""
-    return gguf_arch.ArchPlan(arch, arch in gguf_arch.NORM_ROPE_ARCHS, 0.0, None)
+    return gguf_arch.file_layout(arch)
+
+
+def _real(value: Any) -> float:
+    """A float32 key or tensor value as its shortest float32 spelling (1e-05, not 9.99e-06)."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
 
 
 def model_from_gguf(reader: Any) -> tuple[str, dict[str, Any]]:
@@ -85,19 +97,16 @@ def model_from_gguf(reader: Any) -> tuple[str, dict[str, Any]]:
     if "rope_freqs.weight" in names:
         raise UnsupportedModel("rope_freqs (Llama 3.1 frequency scaling) is not imported from "
                                "GGUF yet: import the Hugging Face checkpoint instead")
-    if key("expert_count", 0):
+    if key("expert_count", 0) and arch != "qwen3moe":
         raise UnsupportedModel(f"{arch}: mixture-of-experts GGUF files are not imported yet")
     scaling = key("rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
+    if scaling not in ("none", "linear") and not (
+            scaling == "longrope" and "rope_factors_long.weight" in names):
         raise UnsupportedModel(f"{arch}: rope scaling {scaling!r} is not imported from GGUF yet")
-    def real(value: Any) -> float:  # a float32 key, as its shortest float32 spelling (1e-05)
-        import numpy as np
-
-        return float(str(np.float32(value)))
-
     d, heads = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", d // heads))
     tokens = field(reader, "tokenizer.ggml.tokens", [])
+    rope: dict[str, Any] = {"theta": _real(key("rope.freq_base", 10000.0))}
     model: dict[str, Any] = {
         "vocab_size": int(key("vocab_size", len(tokens))),
         "d_model": d,
@@ -106,18 +115,153 @@ def model_from_gguf(reader: Any) -> tuple[str, dict[str, Any]]:
         "n_kv_heads": int(key("attention.head_count_kv", heads)),
         "head_dim": head_dim,
         "ffn": {"kind": "swiglu", "hidden": int(key("feed_forward_length"))},
-        "norm": {"kind": "rmsnorm", "eps": real(key("attention.layer_norm_rms_epsilon"))},
-        "rope": {"theta": real(key("rope.freq_base", 10000.0))},
+        "norm": {"kind": "rmsnorm", "eps": _real(key("attention.layer_norm_rms_epsilon"))},
+        "rope": rope,
         "context_length": int(key("context_length")),
         "tie_embeddings": "output.weight" not in names,
     }
-    if scaling == "linear":
-        model["rope"]["scaling"] = {"kind": "linear", "factor": real(key("rope.scaling.factor"))}
+    if scaling == "linear" and key("rope.scaling.factor", None) is not None:  # else factor 1
+        rope["scaling"] = {"kind": "linear", "factor": _real(key("rope.scaling.factor"))}
+    dims = int(key("rope.dimension_count", head_dim))
+    if dims != head_dim:
+        rope["rotary_dim"] = dims
+    if "rope_factors_long.weight" in names:
+        rope["scaling"] = _longrope(reader, key, model["context_length"])
     if "blk.0.attn_q.bias" in names:
         model["qkv_bias"] = True
     if "blk.0.attn_q_norm.weight" in names:
         model["qk_norm"] = True
+    if arch in _FAMILY:
+        _FAMILY[arch](model, key)
     return arch, model
+
+
+def _longrope(reader: Any, key: Any, context_length: int) -> dict[str, Any]:
+    """LongRoPE from phi3's factor tensors and keys (conversion/phi.py): the factor is the
+    context over the original, as the converter computes it; the cos/sin scale is kept when it
+    differs from that factor's."""
+    from omnic.formats.gguf_hparams import longrope_attention_factor
+    from omnic.spec.rope import LongRopeScaling
+
+    tensors = {t.name: t for t in reader.tensors}
+    factors = {kind: [_real(v) for v in tensors[f"rope_factors_{kind}.weight"].data.tolist()]
+               for kind in ("short", "long")}
+    original = int(key("rope.scaling.original_context_length"))
+    out = {"kind": "longrope", "short_factor": factors["short"], "long_factor": factors["long"],
+           "factor": context_length / original, "original_context_length": original}
+    attn = _real(key("rope.scaling.attn_factor", 1.0))
+    if _real(longrope_attention_factor(LongRopeScaling.model_validate(out))) != attn:
+        out["attention_factor"] = attn
+    return out
+
+
+def _kinds_text(kinds: list[str]) -> str | None:
+    """A per-layer kind list as the shortest `layer_pattern` ("5 sliding : 1 full ..."); None
+    when every layer is full."""
+    n = len(kinds)
+    if set(kinds) == {"full"}:
+        return None
+    cycle = next(c for c in range(1, n + 1) if all(kinds[i] == kinds[i % c] for i in range(n)))
+    groups: list[list[Any]] = []
+    for kind in kinds[:cycle]:
+        if groups and groups[-1][1] == kind:
+            groups[-1][0] += 1
+        else:
+            groups.append([1, kind])
+    text = " : ".join(f"{count} {kind}" for count, kind in groups)
+    return text + (" ..." if n % cycle else "")
+
+
+def _sliding(model: dict[str, Any], key: Any, default_period: int) -> None:
+    """The sliding window and its layers (`sliding_window_pattern`: an array, or llama.cpp's
+    default period: all but every period-th layer slide, src/llama-hparams.cpp set_swa_pattern)."""
+    window = int(key("attention.sliding_window", 0))
+    if window <= 0:
+        return
+    n = model["n_layers"]
+    pattern = key("attention.sliding_window_pattern", None)
+    if isinstance(pattern, list):
+        slides = [bool(p) for p in pattern][:n]
+    else:
+        period = int(pattern) if pattern is not None else default_period
+        slides = [period == 0 or i % period < period - 1 for i in range(n)]
+    model["sliding_window"] = {"size": window}
+    text = _kinds_text(["sliding" if s else "full" for s in slides])
+    if text is not None and set(slides) != {True}:
+        model["layer_pattern"] = text
+
+
+def _local_rope(model: dict[str, Any], theta: float) -> None:
+    """`rope.sliding` (unscaled, base `theta`) when it differs from the global RoPE."""
+    rope = model["rope"]
+    if "sliding_window" in model and (theta != rope["theta"] or rope.get("scaling")):
+        rope["sliding"] = {"theta": theta, "scaling": None}
+
+
+def _gemma3(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/gemma3.cpp (the layout: omnic.formats.gguf_families)
+    from omnic.formats.gguf_families import GEMMA3_SWA_PERIOD
+
+    model["ffn"]["kind"] = "geglu"
+    model["norm"]["unit_offset"] = True
+    model.update(scale_embeddings=True, post_norms=True)
+    if model["n_layers"] == 62:  # the 27B shapes: d_model / n_heads
+        model["attn_scale"] = (model["d_model"] / model["n_heads"]) ** -0.5
+    cap = key("final_logit_softcapping", None)
+    if cap:
+        model["final_softcap"] = _real(cap)
+    _sliding(model, key, GEMMA3_SWA_PERIOD)
+    _local_rope(model, _real(key("rope.freq_base_swa", 10000.0)))
+
+
+def _olmo2(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/olmo2.cpp - post-norms only, q/k norms over all heads; sliding layers
+    # (OLMo 3: default 3 of every 4) use the global base, unscaled
+    model.update(pre_norms=False, post_norms=True, qk_norm_width="full")
+    _sliding(model, key, 4)
+    _local_rope(model, model["rope"]["theta"])
+
+
+def _smollm3(model: dict[str, Any], key: Any) -> None:
+    from omnic.formats.gguf_families import SMOLLM3_NOPE_STEP
+
+    kinds = ["nope" if (i + 1) % SMOLLM3_NOPE_STEP == 0 else "full"
+             for i in range(model["n_layers"])]
+    text = _kinds_text(kinds)
+    if text is not None:
+        model["layer_pattern"] = text
+
+
+def _granite(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/granite.cpp - neutral scales (1, or absent) stay null; a false
+    # rope.scaling.finetuned switches RoPE off on every layer
+    if not bool(key("rope.scaling.finetuned", True)):
+        raise UnsupportedModel("granite: rope.scaling.finetuned = false (no RoPE on any layer) "
+                               "is not imported")
+    for gguf_key, spec_field in (("embedding_scale", "embedding_multiplier"),
+                                 ("residual_scale", "residual_multiplier"),
+                                 ("logit_scale", "logits_scaling"),
+                                 ("attention.scale", "attn_scale")):
+        value = key(gguf_key, None)
+        if value and _real(value) != 1.0:
+            model[spec_field] = _real(value)
+
+
+def _qwen3moe(model: dict[str, Any], key: Any) -> None:
+    model["ffn"]["hidden"] = int(key("expert_feed_forward_length", model["ffn"]["hidden"]))
+    model["moe"] = {"experts": int(key("expert_count")), "top_k": int(key("expert_used_count")),
+                    "normalize_top_k": True}
+
+
+def _phi3(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/phi3.cpp - llama.cpp switches a sliding window off: the model it runs has
+    # none (the fused tensors are split by the layout, omnic.formats.gguf_arch.FUSED)
+    if int(key("attention.sliding_window", 0)) > 0:
+        _log.info("gguf: phi3 sliding_window ignored, as llama.cpp ignores it")
+
+
+_FAMILY = {"gemma3": _gemma3, "olmo2": _olmo2, "smollm3": _smollm3, "granite": _granite,
+           "qwen3moe": _qwen3moe, "phi3": _phi3}
 
 
 def gguf_weights(path: Path | str, inventory: list["TensorInfo"], model: "Model"

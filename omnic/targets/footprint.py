@@ -168,15 +168,14 @@ def _gguf(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
     from omnic.digest import canonical_json
     from omnic.targets import fates
     from omnic.quant.ggml import nbytes
-    from omnic.formats.gguf_arch import plan_arch, tensor_plan
+    from omnic.formats.gguf_arch import extra_tensors, plan_arch, tensor_plan
 
     f = fates.fates(spec, Targets.GGUF)
     arch, _ = plan_arch(spec.model)
     tensors = [(t.name, t.shape, f[t.sources[0]].detail["type"])
                for t in tensor_plan(spec.model, arch)]
-    rs = spec.model.rope.scaling
-    if rs is not None and rs.kind == "llama3":
-        tensors.append(("rope_freqs.weight", (spec.model.dim_per_head // 2,), "F32"))
+    # llama.cpp's own tensors: rope_freqs (llama3), LongRoPE factors, granite_swa's sinks
+    tensors += [(name, values.shape, "F32") for name, values in extra_tensors(spec.model, arch)]
     data = sum(nbytes(s, ty) for _, s, ty in tensors)
     padding = sum(-nbytes(s, ty) % GGUF_ALIGNMENT for _, s, ty in tensors)
     index = sum(_gguf_string(n) + 4 + 8 * len(s) + 4 + 8 for n, s, _ in tensors)

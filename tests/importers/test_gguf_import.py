@@ -6,6 +6,8 @@ an independent reader of the same file.
   own, and the greedy tokens of the ONNX artifact compiled from it against llama.cpp on the GGUF;
 - tiny llama/qwen2/qwen3 checkpoints written as F32 GGUF by the GGUF target (which llama.cpp
   runs in tests/targets): imported back, every tensor equals the Hugging Face original;
+- the families written as llama.cpp's own gemma3, smollm3, phi3 (partial rotary, LongRoPE),
+  qwen3moe, olmo2 and granite: imported back to the same spec model and the same tensors;
 - what cannot be imported is refused with exit status 2, naming it, and nothing is written.
 """
 
@@ -137,6 +139,79 @@ def test_gguf_of_a_checkpoint_imports_back_exactly(family, overrides, tmp_path):
     assert all(torch.equal(original[k], imported[k]) for k in original)
 
 
+# spec model blocks of the families llama.cpp carries under their own architecture, in the form
+# the importer writes them (a pattern string, rope.sliding only when it differs)
+_TINY = {"vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+         "head_dim": 16, "ffn": {"kind": "swiglu", "hidden": 128},
+         "norm": {"kind": "rmsnorm", "eps": 1e-6}, "context_length": 64}
+OWN_ARCHS = {
+    "gemma3": {"n_layers": 6, "ffn": {"kind": "geglu", "hidden": 128},
+               "norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True},
+               "rope": {"theta": 1e6, "scaling": {"kind": "linear", "factor": 8.0},
+                        "sliding": {"theta": 10000.0}},
+               "tie_embeddings": True, "qk_norm": True, "sliding_window": {"size": 8},
+               "layer_pattern": "5 sliding : 1 full", "scale_embeddings": True,
+               "post_norms": True, "final_softcap": 30.0},
+    "smollm3": {"n_layers": 6, "rope": {"theta": 2e6}, "tie_embeddings": True,
+                "layer_pattern": "3 full : 1 nope ..."},
+    "phi3": {"rope": {"theta": 10000.0, "rotary_dim": 12, "scaling": {
+        "kind": "longrope", "factor": 4.0, "original_context_length": 16,
+        "short_factor": [1.0, 1.05, 1.1, 1.3, 1.6, 2.0],
+        "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0]}}},
+    "qwen3moe": {"qk_norm": True, "moe": {"experts": 4, "top_k": 2}, "tie_embeddings": True},
+    "olmo2": {"pre_norms": False, "post_norms": True, "qk_norm": True, "qk_norm_width": "full"},
+    "granite": {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attn_scale": 0.0078125,
+                "logits_scaling": 8.0, "qkv_bias": True},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(OWN_ARCHS))
+def test_gguf_of_each_own_architecture_imports_back(arch, tmp_path):
+    """Random weights written by the GGUF target as `arch`, imported back: the same spec model,
+    every tensor equal (Gemma's unit-offset norms are stored as 1 + w: equal to float32
+    rounding at 1)."""
+    from omnic.compiler.validate import load_resolved
+    from omnic.model import build_model, load_weights
+    from omnic.passes.program import Program
+    from omnic.quant.select import tensor_schemes
+    from omnic.spec import ResolvedSpec
+    from omnic.targets.base import get_target
+    from omnic.tokenizer import ByteTokenizer
+
+    ByteTokenizer(_TINY["vocab_size"]).save(tmp_path / "tok")
+    spec = ResolvedSpec.model_validate({
+        "omnic": 1, "name": arch, "model": {**_TINY, **OWN_ARCHS[arch]},
+        "device": {"name": "h", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"},
+        "weights": {"source": "random", "seed": 3},
+        "tokenizer": {"kind": "huggingface", "path": str(tmp_path / "tok")},
+        "quantization": {"weights": {"scheme": "fp32"}}, "targets": {"gguf": {"file_type": "F32"}}})
+    decoder = build_model(spec, tmp_path)
+    target = get_target("gguf")
+    assert target.check(spec) == []
+    program = Program(spec, tmp_path, decoder, quant_plan=tensor_schemes(spec))
+    (artifact,) = target.lower(program, tmp_path / "build")
+    assert artifact.details["architecture"] == arch
+    back = _import(tmp_path / "build" / artifact.path, tmp_path / "back.yaml", "--targets", "gguf")
+    assert _model(back) == spec.model.model_dump()
+    imported = load_weights(load_resolved(back), tmp_path)
+    original = decoder.state_dict()
+    assert original.keys() == imported.keys()
+    for name, tensor in original.items():
+        atol = 2.0**-24 if spec.model.norm.unit_offset and "norm" in name else 0.0
+        torch.testing.assert_close(imported[name], tensor, rtol=0, atol=atol, msg=name)
+
+
+def test_layer_kinds_are_read_back_as_the_shortest_pattern():
+    from omnic.importers.gguf import _kinds_text
+
+    assert _kinds_text(["full"] * 4) is None
+    assert _kinds_text(["sliding"] * 5 + ["full"]) == "5 sliding : 1 full"
+    # gemma3 1B: 26 layers, llama.cpp's default period of 6 cut short
+    gemma = ["sliding" if i % 6 < 5 else "full" for i in range(26)]
+    assert _kinds_text(gemma) == "5 sliding : 1 full ..."
+    assert _kinds_text(["full", "full", "full", "nope"] * 9) == "3 full : 1 nope"
+
+
 @pytest.mark.parametrize("family,needle", [
     ("llama", "rope_freqs (Llama 3.1 frequency scaling) is not imported"),
     ("qwen2", "rope scaling 'yarn' is not imported"),
@@ -150,7 +225,7 @@ def test_gguf_features_not_imported_are_named(family, needle, tmp_path, capsys):
 
 
 # -- refusals -------------------------------------------------------------------------------------
-def _tiny_gguf(path, arch="phi3", **keys):
+def _tiny_gguf(path, arch="mamba", **keys):
     import gguf
 
     w = gguf.GGUFWriter(str(path), arch)
@@ -166,8 +241,8 @@ def _tiny_gguf(path, arch="phi3", **keys):
 
 
 @pytest.mark.parametrize("arch,needle", [
-    ("phi3", "GGUF architecture 'phi3' is not supported"),
-    ("gemma3", "GGUF architecture 'gemma3' is not supported"),
+    ("mamba", "GGUF architecture 'mamba' is not supported"),
+    ("bert", "GGUF architecture 'bert' is not supported"),
 ])
 def test_unsupported_gguf_is_a_clear_error(tmp_path, capsys, arch, needle):
     src = _tiny_gguf(tmp_path / "m.gguf", arch)

@@ -26,6 +26,9 @@ TINY = {"vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_hea
         "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64}
 
 
+ROPE = {"theta": 10000.0, "dims": 16}
+
+
 def spec(model: dict[str, Any] | None = None, quant: dict[str, Any] | None = None,
          file_type: str = "auto", **top: Any) -> ResolvedSpec:
     return ResolvedSpec.model_validate({
@@ -38,6 +41,16 @@ GEMMA2 = {"ffn": {"kind": "geglu", "hidden": 128}, "norm": {"kind": "rmsnorm", "
           "scale_embeddings": True, "post_norms": True, "tie_embeddings": True,
           "attn_softcap": 50.0, "final_softcap": 30.0,
           "sliding_window": {"size": 16, "layers": "even"}}
+
+GEMMA3 = {"ffn": {"kind": "geglu", "hidden": 128}, "norm": {"kind": "rmsnorm", "unit_offset": True},
+          "scale_embeddings": True, "post_norms": True, "tie_embeddings": True, "qk_norm": True,
+          "head_dim": 16, "n_layers": 6, "sliding_window": {"size": 16},
+          "layer_pattern": "5 sliding : 1 full",
+          "rope": {"theta": 1e6, "scaling": {"kind": "linear", "factor": 8.0},
+                   "sliding": {"theta": 10000.0}}}
+OLMO2 = {"pre_norms": False, "post_norms": True, "qk_norm": True, "qk_norm_width": "full"}
+LONGROPE = {"kind": "longrope", "factor": 32.0, "original_context_length": 16,
+            "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}
 
 ARCH_CASES = {
     "llama": ({}, "llama"),
@@ -52,6 +65,16 @@ ARCH_CASES = {
     "gemma2": (GEMMA2, "gemma2"),
     "mistral_window_covers_context": ({"sliding_window": {"size": 64}}, "llama"),
     "mistral_window": ({"sliding_window": {"size": 16}}, "granite_swa"),
+    "gemma3": (GEMMA3, "gemma3"),
+    "smollm3": ({"n_layers": 8, "layer_pattern": "3 full : 1 nope"}, "smollm3"),
+    "phi3_partial": ({"rope": {"rotary_dim": 12}}, "phi3"),
+    "phi3_longrope": ({"rope": {"scaling": LONGROPE}}, "phi3"),
+    "olmo2": (OLMO2, "olmo2"),
+    "granite": ({"embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+                 "logits_scaling": 8.0}, "granite"),
+    "granite_attn_scale": ({"attn_scale": 0.5}, "granite"),  # Granite's attention_multiplier
+    "window_and_nope": ({"sliding_window": {"size": 16}, "layer_pattern": "1 sliding : 1 nope"},
+                        "granite_swa"),  # its rope_pattern array
 }
 
 
@@ -147,7 +170,36 @@ def test_unit_offset_and_experts_round_trip() -> None:
 REFUSED = {
     "gelu": ({"ffn": {"kind": "gelu", "hidden": 128}}, "model.ffn.kind"),
     "layernorm": ({"norm": {"kind": "layernorm"}}, "model.norm.kind"),
-    "attn_scale": ({"attn_scale": 0.5}, "model.attn_scale"),
+    "attn_scale_on_qwen3": ({"qk_norm": True, "attn_scale": 0.5}, "model.attn_scale"),
+    "attn_scale_on_gemma3": ({**GEMMA3, "attn_scale": 0.1}, "model.attn_scale"),
+    # gemma3 scales only its global layers: a scaled sliding RoPE must be refused
+    "gemma3_scaled_local": ({**GEMMA3, "rope": {"theta": 1e6, "scaling": {
+        "kind": "linear", "factor": 8.0}}}, "model.rope.sliding"),
+    "gemma3_yarn": ({**GEMMA3, "rope": {"theta": 1e6, "sliding": {"theta": 10000.0}, "scaling": {
+        "kind": "yarn", "factor": 4.0, "original_context_length": 16}}}, "model.rope.scaling"),
+    "smollm3_other_nope": ({"n_layers": 4, "layer_pattern": "1 full : 1 nope"},
+                           "model.layer_pattern"),
+    "nope_on_qwen3": ({"qk_norm": True, "n_layers": 4, "layer_pattern": "3 full : 1 nope"},
+                      "model.layer_pattern"),
+    "local_base_on_mistral": ({"sliding_window": {"size": 16},
+                               "rope": {"sliding": {"theta": 5000.0}},
+                               "layer_pattern": "1 sliding : 1 full"}, "model.rope.sliding"),
+    "two_windows": ({"layers": [{"attention": "sliding", "window": 8, "rope": ROPE},
+                                {"attention": "sliding", "window": 16, "rope": ROPE}]},
+                    "model.layers"),
+    "phi3_window": ({"rope": {"rotary_dim": 12}, "sliding_window": {"size": 16}},
+                    "model.sliding_window"),
+    "partial_on_norm_rope": ({"rope": {"rotary_dim": 12}, "qkv_bias": True}, "model.qkv_bias"),
+    # context 200 <= original 250 (short factors) but llama.cpp allocates 256 > 250 (long)
+    "longrope_padded_context": ({"context_length": 200, "rope": {"scaling": {
+        **LONGROPE, "original_context_length": 250}}}, "model.context_length"),
+    "longrope_on_granite": ({"embedding_multiplier": 2.0, "rope": {"scaling": LONGROPE}},
+                            "model.embedding_multiplier"),
+    "gemma3_without_sandwich": ({**GEMMA3, "post_norms": False}, "model.post_norms"),
+    "olmo2_tied": ({**OLMO2, "tie_embeddings": True}, "model.tie_embeddings"),
+    "olmo2_head_norms": ({**OLMO2, "qk_norm_width": "head"}, "model.qk_norm_width"),
+    "granite_scale_on_gemma": ({**GEMMA3, "residual_multiplier": 0.5},
+                               "model.residual_multiplier"),
     "window_on_qwen3": ({"qk_norm": True, "sliding_window": {"size": 16}}, "model.sliding_window"),
     "llama3_on_qwen3": ({"qk_norm": True, "rope": {"scaling": {"kind": "llama3", "factor": 8.0}}},
                         "model.rope.scaling"),
@@ -246,3 +298,69 @@ def test_missing_llama_cpp_is_a_problem_for_k_quants_and_not_runnable(monkeypatc
                          "(gguf, llama-cpp-python==0.3.36)")]
     with pytest.raises(NotRunnable, match="llama-cpp-python missing"):
         GgufTarget().load(Artifact("decoder", "gguf", "gguf/x.gguf"), tmp_path)
+
+
+PHI4_MINI = {"rope": {"rotary_dim": 12, "scaling": {
+    **LONGROPE, "short_factor": [1.0] * 6, "long_factor": [2.0] * 6}}}
+# the keys (and extra tensors) llama.cpp's loader reads, as its src/models/<arch>.cpp names them
+KEYS = {
+    "gemma3": (GEMMA3, {
+        "gemma3.rope.freq_base": 1e6, "gemma3.rope.freq_base_swa": 10000.0,
+        "gemma3.rope.scaling.type": "linear", "gemma3.rope.scaling.factor": 8.0,
+        "gemma3.attention.sliding_window": 16,
+        "gemma3.attention.sliding_window_pattern": [True] * 5 + [False]}, []),
+    "phi3": (PHI4_MINI, {
+        "phi3.rope.dimension_count": 12, "phi3.rope.scaling.original_context_length": 16,
+        "phi3.rope.scaling.attn_factor": pytest.approx((1 + np.log(32) / np.log(16)) ** 0.5),
+        "phi3.rope.scaling.type": None, "phi3.rope.scaling.factor": None,
+        "phi3.attention.sliding_window": 0},
+        ["rope_factors_long.weight", "rope_factors_short.weight"]),
+    "granite": (ARCH_CASES["granite"][0], {
+        "granite.logit_scale": 8.0, "granite.residual_scale": pytest.approx(0.22),
+        "granite.embedding_scale": 12.0, "granite.attention.scale": None}, []),
+    "granite_swa_nope": (ARCH_CASES["window_and_nope"][0], {
+        "granite_swa.attention.rope_pattern": [True, False],
+        "granite_swa.attention.sliding_window_pattern": [True, False],
+        "granite_swa.logit_scale": 1.0}, ["blk.0.attn_sinks.weight"]),
+    "olmo2": (OLMO2, {"olmo2.attention.sliding_window": None}, []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEYS))
+def test_keys_are_the_ones_llama_cpp_reads(case: str, tmp_path) -> None:
+    from omnic.formats.gguf_arch import extra_tensors, write_hparams
+
+    model, expected, tensors = KEYS[case]
+    s = spec(model)
+    plan, problems = plan_arch(s.model)
+    assert problems == [] and plan is not None
+    w = gguf.GGUFWriter(str(tmp_path / "k.gguf"), plan.arch)
+    write_hparams(w, s.model, plan)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    fields = gguf.GGUFReader(tmp_path / "k.gguf").fields
+    got = {k: fields[k].contents() if k in fields else None for k in expected}
+    assert got == expected
+    assert {n for n, _ in extra_tensors(s.model, plan)} >= set(tensors)
+
+
+def test_phi3_fuses_qkv_and_gate_up_as_convert_hf_to_gguf() -> None:
+    """attn_qkv = [q; k; v] rows, ffn_up = [gate; up] (ggml_swiglu activates the first half);
+    both split back exactly."""
+    s = spec(PHI4_MINI)
+    plan, _ = plan_arch(s.model)
+    tensors = {t.name: t for t in tensor_plan(s.model, plan)}
+    assert "blk.0.attn_q.weight" not in tensors and "blk.0.ffn_gate.weight" not in tensors
+    qkv, up = tensors["blk.0.attn_qkv.weight"], tensors["blk.0.ffn_up.weight"]
+    assert qkv.sources == ("layers.0.attn.q.weight", "layers.0.attn.k.weight",
+                           "layers.0.attn.v.weight") and qkv.shape == (64 + 32 + 32, 64)
+    assert up.sources == ("layers.0.ffn.gate.weight", "layers.0.ffn.up.weight")
+    rng = np.random.default_rng(0)
+    mats = {n: rng.standard_normal((r, 64)).astype(np.float32)
+            for n, r in zip(qkv.sources, qkv.rows)}
+    fused = to_gguf(qkv, mats.__getitem__, s.model, plan)
+    np.testing.assert_array_equal(fused, np.concatenate(list(mats.values())))
+    back = from_gguf(qkv, fused, s.model, plan)
+    for n in qkv.sources:
+        np.testing.assert_array_equal(back[n], mats[n])

@@ -133,7 +133,8 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"],
     for t in tensors:
         chosen = {schemes[s] for s in t.sources}
         if len(chosen) > 1:
-            problems.append(_problem("quantization.overrides", f"the experts of {t.name} have "
+            parts = "experts" if t.transform == "stack" else "parts (" + ", ".join(t.sources) + ")"
+            problems.append(_problem("quantization.overrides", f"the {parts} of {t.name} have "
                                      "different schemes; llama.cpp stores them as one tensor"))
             continue
         ts = chosen.pop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -80,6 +81,25 @@ def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None) -> lis
     return out
 
 
+_KV_CACHE = re.compile(r"llama_kv_cache: size = .*?\(\s*(\d+) cells,\s*(\d+) layers")
+
+
+def kv_caches(records: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(cells, layers) of each KV cache llama.cpp allocated, from its load log.
+
+    One cache for a model without sliding windows; for one with them the full layers' cache
+    (n_ctx cells, padded to 256) and then the sliding layers' (llama-kv-cache-iswa.cpp: with
+    swa_full off, GGML_PAD(min(n_ctx, n_swa + n_ubatch), 256) cells). Each cell of a layer holds
+    n_kv_heads * head_dim keys and as many values of the cache type.
+    """
+    out = []
+    for _, text in records:
+        m = _KV_CACHE.search(text)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
 def extra_buffer_types() -> bool:
     """Whether llama.cpp may repack weights into its "extra" CPU buffer types (AMX, repack).
 
@@ -122,6 +142,8 @@ class LlamaCppRunner:
 
     Attributes:
         load_warnings: llama.cpp's warnings while loading (empty for a well-formed file).
+        kv_caches: (cells, layers) of each KV cache llama.cpp allocated (`kv_caches`): sliding
+            layers get the window-sized cache llama.cpp allows.
     """
 
     def __init__(self, path: str, n_ctx: int, n_threads: int | None = None,
@@ -144,8 +166,9 @@ class LlamaCppRunner:
                 type_k=kv,
                 type_v=kv,
                 flash_attn=kv_type != "F32",
-                # llama.cpp's default full-size SWA cache logs a warning; the runner only appends
-                # or resets, which the window-sized cache supports
+                # sliding layers keep a window-sized cache (GGML_PAD(window + n_ubatch, 256)
+                # cells, llama-kv-cache-iswa.cpp) rather than llama.cpp's default full-size one,
+                # which logs a warning; the runner only appends or resets, which it supports
                 swa_full=False,
                 # -1: take YaRN betas from the file (llama-cpp-python passes 32/1 otherwise)
                 yarn_beta_fast=-1.0,
@@ -153,6 +176,7 @@ class LlamaCppRunner:
             )
         self.load_log = records
         self.load_warnings = warnings_of(records, n_ctx)
+        self.kv_caches = kv_caches(records)
         self.n_vocab = self.llama.n_vocab()
         self.n_ctx = n_ctx
 

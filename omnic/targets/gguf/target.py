@@ -1,6 +1,7 @@
 """GGUF target: one llama.cpp file per spec, in the file type the spec asks for.
 
-    check(spec)     the architecture (formats.gguf_arch), every tensor's type (quant.py) and the
+    check(spec)     the architecture (formats.gguf_families: what llama.cpp cannot express,
+                    each naming its spec field), every tensor's type (quant.py) and the
                     tokenizer, before any work; torch-free
     lower(program)  streams the decoder's tensors into a GGUF (write.py); K-quant mixtures are
                     written in F32 and handed to llama.cpp's own quantizer; the file is then read
@@ -18,10 +19,10 @@ Q8_0, also inside an F32 or Q4_K_M file), 1-D tensors and the MoE router stay F3
 llama.cpp, and `artifact.precision` is the coarsest thing stored (the file type, a coarser
 override, or the q8_0 KV cache of `kv_cache: int8`).
 
-The pieces: omnic.formats.gguf_arch (architecture, names, keys), quant.py (types,
-quantizers), omnic.formats.gguf_vocab (tokenizer.ggml.*), write.py (streaming writer,
-read-back), runtime.py (llama-cpp-python runner with the log captured), backend.py (what is
-missing on this host).
+The pieces: omnic.formats.gguf_families (architecture), gguf_arch (names, layouts) and
+gguf_hparams (keys), quant.py (types, quantizers), omnic.formats.gguf_vocab (tokenizer.ggml.*),
+write.py (streaming writer, read-back), runtime.py (llama-cpp-python runner with the log
+captured), backend.py (what is missing on this host).
 """
 
 from __future__ import annotations
@@ -226,10 +227,12 @@ class GgufTarget:
 
 def _importance_by_name(program: "Program", tensors: list["GgufTensor"]) -> dict[str, Any]:
     """GGUF tensor name -> the importance of its input columns, for single-source matrices
-    (row permutations of q and k leave the columns, and so the importance, as they are)."""
+    (row permutations of q and k leave the columns, and so the importance, as they are) and
+    fused ones (phi3's [q; k; v] and [gate; up] read one input: the first part's importance)."""
     imp = program.importance or {}
     return {t.name: imp[t.sources[0]] for t in tensors
-            if t.is_matrix and len(t.sources) == 1 and t.sources[0] in imp}
+            if t.is_matrix and (len(t.sources) == 1 or t.transform == "concat")
+            and t.sources[0] in imp}
 
 
 def _llama_quantize(src: Path, dst: Path, types_plan) -> None:  # noqa: ANN001 - TypePlan

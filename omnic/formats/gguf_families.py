@@ -1,0 +1,363 @@
+"""Spec -> llama.cpp architecture: which `general.architecture` carries a model, and what no
+architecture can express (torch-free, gguf-free: the GGUF target's pre-flight).
+
+Every rule below was read in llama.cpp's own sources (the llama-cpp-python 0.3.36 vendored copy:
+src/models/<arch>.cpp for the graph and the keys each loader reads, src/llama-model.cpp for the
+shared keys and `llama_model_rope_type`), not guessed. Per architecture:
+
+- `llama`, `qwen2`, `qwen3`, `qwen3moe`, `deepseek`, `gemma`, `gemma2`, `granite_swa`: see
+  omnic.formats.gguf_arch.
+- `gemma3`   ref: src/models/gemma3.cpp - gemma2's sandwich without soft-capped attention, per-head
+  q/k RMSNorm (stored +1 like every Gemma norm), embeddings scaled by sqrt(d_model), a fixed score
+  scale (1/sqrt(head_dim); d_model/n_heads for the 62-layer 27B), optional final soft-cap. Sliding
+  layers are the `sliding_window_pattern` array (default: 5 of every 6) and take their RoPE base
+  from `rope.freq_base_swa` (default 10000, whatever `rope.freq_base` is) and `freq_scale_swa`,
+  which no key sets (1: unscaled); linear scaling (`rope.scaling.factor`) reaches the global layers
+  only - Gemma 3's own scheme. Output tied or not.
+- `smollm3`  ref: src/models/smollm3.cpp - llama blocks ("normal" RoPE) with no RoPE on every
+  fourth layer: `n_no_rope_layer_step = 4` is hard-coded (no key), so only that NoPE pattern.
+- `phi3`     ref: src/models/phi3.cpp - fused `attn_qkv` ([q; k; v] rows) and `ffn_up` ([gate;
+  up]: ggml_swiglu activates the first half), NeoX RoPE over `rope.dimension_count` dims (partial
+  rotary), LongRoPE as `rope_factors_long`/`rope_factors_short` tensors (the long list once the
+  context llama.cpp allocates exceeds `rope.scaling.original_context_length`) with cos/sin scaled
+  by `rope.scaling.attn_factor`; n_heads * head_dim == d_model; a sliding window is switched off
+  with a load-time warning ("Phi SWA is currently disabled"), so none is written.
+- `olmo2`    ref: src/models/olmo2.cpp - no pre-norms: attention and FFN outputs are normed
+  before each residual add; q/k RMSNorm over all heads at once ([n_heads*head_dim],
+  [n_kv_heads*head_dim]); untied output required; NeoX RoPE. Sliding layers (OLMo 3) use the
+  global base unscaled.
+- `granite`  ref: src/models/granite.cpp - llama blocks with `embedding_scale`, `residual_scale`,
+  `attention.scale` and `logit_scale` (logits divided; required), optional `rope_freqs`.
+
+What none of them can express is an ArchProblem naming the spec field (the target's pre-flight
+reports each before any work).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from omnic.spec import Model
+    from omnic.spec.layers import LayerRope
+
+# Architectures whose RoPE rotates consecutive pairs (LLAMA_ROPE_TYPE_NORM in llama-model.cpp
+# `llama_model_rope_type`); omnic weights are in the HF rotate-half layout and get permuted.
+NORM_ROPE_ARCHS = frozenset({"llama", "deepseek", "granite", "granite_swa", "smollm3"})
+# Architectures that load the optional `rope_freqs` tensor (llama3 scaling), per src/models/*.cpp.
+ROPE_FREQS_ARCHS = frozenset({"llama", "granite", "granite_swa"})
+# convert_hf_to_gguf stores Gemma's unit-offset norms as (1 + w) (conversion/gemma.py).
+UNIT_OFFSET_ARCHS = frozenset({"gemma", "gemma2", "gemma3"})
+# Fused attn_qkv / ffn_up (convert_hf_to_gguf keeps Phi-3's qkv_proj and gate_up_proj as they are).
+FUSED_ARCHS = frozenset({"phi3"})
+SMOLLM3_NOPE_STEP = 4  # src/models/smollm3.cpp: (il + 1) % 4 == 0 has no RoPE
+GEMMA3_SWA_PERIOD = 6  # src/models/gemma3.cpp: load_swa_pattern(ml, 6) without the array key
+# Soft-cap written when a gemma2-arch spec has none: llama.cpp's gemma2 graph always applies
+# tanh(x / c) * c; with c = 1e6 that is x to within float32 rounding for |x| < 1e3.
+NO_SOFTCAP = 1.0e6
+
+
+@dataclass(frozen=True)
+class ArchPlan:
+    """How one spec is written for llama.cpp."""
+
+    arch: str  # general.architecture
+    permute_qk: bool  # rows of Q/K (and their biases) interleaved for "normal" RoPE
+    norm_offset: float  # 1.0: unit-offset norms are stored as (1 + w), as llama.cpp applies x * w
+    swa_pattern: tuple[bool, ...] | None = None  # per layer: sliding window or not
+    fused: bool = False  # phi3: attn_qkv = [q; k; v], ffn_up = [gate; up]
+
+
+class ArchProblem(NamedTuple):
+    """Why a spec has no llama.cpp architecture: the field to change and the reason (the GGUF
+    target reports each as its Problem)."""
+
+    field: str
+    message: str
+
+
+def file_layout(arch: str) -> ArchPlan:
+    """The tensor layout of a GGUF file of architecture `arch` (what the importer reads with)."""
+    return ArchPlan(arch, arch in NORM_ROPE_ARCHS, 1.0 if arch in UNIT_OFFSET_ARCHS else 0.0,
+                    None, arch in FUSED_ARCHS)
+
+
+class Layers(NamedTuple):
+    """The per-layer table as llama.cpp sees it."""
+
+    sliding: tuple[bool, ...]  # attention == "sliding"
+    window: int | None  # the one window of the sliding layers
+    slides: bool  # some layer's window is shorter than the context (the window does something)
+    nope: tuple[bool, ...]  # no RoPE
+    full: "LayerRope | None"  # the one RoPE of the full-attention layers that have one
+    local: "LayerRope | None"  # the one RoPE of the sliding layers that have one
+
+    @property
+    def main(self) -> "LayerRope | None":
+        """The RoPE written as `rope.*` (the global layers', else the sliding layers')."""
+        return self.full or self.local
+
+
+def layers_of(model: "Model", problems: list[ArchProblem] | None = None) -> Layers:
+    """Summarise `model.table`; what llama.cpp's single-valued keys cannot hold is appended to
+    `problems` (one window size, one RoPE per attention kind)."""
+    table = model.table
+    problems = [] if problems is None else problems
+    windows = sorted({r.window for r in table if r.window is not None})
+    if len(windows) > 1:
+        problems.append(ArchProblem("model.layers", f"sliding windows {windows}: llama.cpp has "
+                                    "one window size (`sliding_window`) for every sliding layer"))
+    ropes: dict[str, list["LayerRope"]] = {"full": [], "sliding": []}
+    for r in table:
+        if r.rope is not None and r.rope not in ropes[r.attention]:
+            ropes[r.attention].append(r.rope)
+    for kind, found in ropes.items():
+        if len(found) > 1:
+            problems.append(ArchProblem("model.layers", f"{len(found)} different RoPEs on the "
+                                        f"{kind}-attention layers; llama.cpp has one per kind"))
+    window = windows[0] if windows else None
+    return Layers(
+        sliding=tuple(r.attention == "sliding" for r in table), window=window,
+        slides=window is not None and window < model.context_length,
+        nope=tuple(r.rope is None for r in table),
+        full=ropes["full"][0] if ropes["full"] else None,
+        local=ropes["sliding"][0] if ropes["sliding"] else None)
+
+
+@dataclass(frozen=True)
+class _Caps:
+    """What one llama.cpp architecture can carry (read in its src/models/<arch>.cpp)."""
+
+    ffn: str = "swiglu"
+    post_norms: bool = False  # norms after attention and after the FFN (required tensors)
+    qk_norm: str | None = None  # "head" | "full": the width of the q/k norm tensors
+    qkv_bias: bool = False
+    tied: bool | None = None  # True: output from token_embd only; False: output.weight required
+    moe: bool = False
+    square: bool = False  # n_heads * head_dim == d_model (q/o shapes fixed to n_embd)
+    swa: bool = False  # sliding-window layers (an iSWA KV cache)
+    local_theta: bool = False  # sliding layers may have their own base (rope.freq_base_swa)
+    local_unscaled: bool = False  # sliding layers are never scaled (else: scaled like the rest)
+    nope: str = "none"  # "none" | "step4" (smollm3) | "any" (the rope_pattern array)
+    scales: bool = False  # granite's embedding/residual/attention/logit scales
+    partial: bool = False  # rope.dimension_count < head_dim
+    scalings: frozenset[str] = field(default_factory=lambda: frozenset({"linear", "yarn"}))
+    softcaps: tuple[str, ...] = ()
+
+
+_LLAMA3 = frozenset({"linear", "yarn", "llama3"})
+CAPS = {
+    "llama": _Caps(qkv_bias=True, moe=True, scalings=_LLAMA3),
+    "qwen2": _Caps(qkv_bias=True, square=True),
+    "qwen3": _Caps(qk_norm="head", qkv_bias=True),
+    "qwen3moe": _Caps(qk_norm="head", moe=True),
+    "deepseek": _Caps(moe=True, square=True),
+    "gemma": _Caps(ffn="geglu", tied=True),
+    "gemma2": _Caps(ffn="geglu", post_norms=True, tied=True, swa=True, local_theta=True,
+                    softcaps=("attn_softcap", "final_softcap")),
+    "gemma3": _Caps(ffn="geglu", post_norms=True, qk_norm="head", swa=True, local_theta=True,
+                    local_unscaled=True, scalings=frozenset({"linear"}),
+                    softcaps=("final_softcap",)),
+    "olmo2": _Caps(post_norms=True, qk_norm="full", tied=False, square=True, swa=True,
+                   local_unscaled=True),
+    "phi3": _Caps(square=True, partial=True, scalings=frozenset({"linear", "longrope"})),
+    "smollm3": _Caps(qkv_bias=True, nope="step4"),
+    "granite": _Caps(qkv_bias=True, scales=True, scalings=_LLAMA3),
+    "granite_swa": _Caps(qkv_bias=True, moe=True, swa=True, nope="any", scales=True,
+                         scalings=_LLAMA3),
+}
+_GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
+
+
+def _choose(model: "Model", lay: Layers) -> str:
+    """The architecture whose blocks are the spec's (its problems are checked afterwards)."""
+    moe, hd = model.moe, model.dim_per_head
+    if not model.pre_norms:
+        return "olmo2"
+    if model.post_norms or model.scale_embeddings:
+        return "gemma3" if model.qk_norm else "gemma2" if model.post_norms else "gemma"
+    ropes = [r for r in (lay.full, lay.local) if r is not None]
+    if any(r.dims < hd or (r.scaling and r.scaling.kind == "longrope") for r in ropes):
+        return "phi3"
+    if moe is not None:
+        if model.qk_norm:
+            return "qwen3moe"
+        if moe.shared_experts or not moe.normalize_top_k:
+            return "deepseek"
+        return "granite_swa" if lay.slides else "llama"
+    if model.qk_norm:
+        return "qwen3"
+    if any(lay.nope) and not lay.slides:
+        return "smollm3"
+    if lay.slides:
+        return "granite_swa"  # llama blocks with a per-layer sliding window
+    scaled = model.attn_scale is not None and not _approx(model.attn_scale, hd**-0.5)
+    if scaled or any(getattr(model, f) is not None for f in _GRANITE_FIELDS):
+        return "granite"
+    if model.qkv_bias and hd * model.n_heads == model.d_model:
+        return "qwen2"  # qwen2 wants square q/o projections; llama takes the biases too
+    return "llama"
+
+
+def _approx(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6)
+
+
+def uses_swa(arch: str, lay: Layers) -> bool:
+    """Whether the file marks sliding layers (`sliding_window` + its per-layer pattern): when a
+    window is shorter than the context, and when a window >= context still gives those layers
+    their own RoPE (gemma3 whenever layers slide: its local default base is 10000)."""
+    if arch == "gemma3":
+        return any(lay.sliding)
+    own = lay.local is not None and lay.full is not None and lay.local.theta != lay.full.theta
+    return CAPS[arch].swa and (lay.slides or (arch == "gemma2" and own))
+
+
+def fixed_scale(model: "Model", arch: str) -> float:
+    """The attention score scale llama.cpp's `arch` hard-codes."""
+    hd = model.dim_per_head
+    # ref: src/models/gemma2.cpp, gemma3.cpp - d_model / n_heads for the 27B shapes
+    if (arch, model.n_layers) in (("gemma2", 46), ("gemma3", 62)):
+        return (model.d_model / model.n_heads) ** -0.5
+    return hd**-0.5
+
+
+def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[ArchProblem]]:
+    """The llama.cpp architecture for `model`, or the reasons there is none.
+
+    Returns:
+        (plan, problems): plan is None when problems is not empty.
+    """
+    problems: list[ArchProblem] = []
+    lay = layers_of(model, problems)
+    arch = _choose(model, lay)
+    problems += _block_problems(model, arch)
+    problems += _layer_problems(model, lay, arch)
+    if problems:
+        return None, problems
+    swa = lay.sliding if uses_swa(arch, lay) else None
+    return ArchPlan(arch, arch in NORM_ROPE_ARCHS, 1.0 if model.norm.unit_offset else 0.0, swa,
+                    arch in FUSED_ARCHS), []
+
+
+def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
+    """What the blocks need that `arch` lacks (norms, FFN, heads, biases, scales, experts)."""
+    caps, moe, hd = CAPS[arch], model.moe, model.dim_per_head
+    out: list[ArchProblem] = []
+
+    def no(field: str, message: str) -> None:
+        out.append(ArchProblem(field, f"llama.cpp's {arch} {message}"))
+
+    if model.norm.kind != "rmsnorm":
+        no("model.norm.kind", "uses RMSNorm; layernorm blocks have no GGUF architecture here")
+    if model.ffn.kind == "gelu":
+        no("model.ffn.kind", "has no ungated GELU FFN (llama/qwen use SwiGLU, gemma GeGLU)")
+    elif model.ffn.kind != caps.ffn:
+        no("model.ffn.kind", f"uses {'GeGLU' if caps.ffn == 'geglu' else 'SwiGLU'}")
+    if model.post_norms != caps.post_norms:
+        no("model.post_norms", "has post-attention and post-FFN norms" if caps.post_norms
+           else "has no norms after attention and the FFN (gemma2, gemma3 and olmo2 have)")
+    if arch in UNIT_OFFSET_ARCHS and not model.scale_embeddings:
+        no("model.scale_embeddings", "always scales embeddings by sqrt(d_model); set "
+           "scale_embeddings: true")
+    if caps.tied is True and not model.tie_embeddings:
+        no("model.tie_embeddings", "reads the output projection from token_embd (tied "
+           "embeddings only)")
+    if caps.tied is False and model.tie_embeddings:
+        no("model.tie_embeddings", "requires its own output.weight (untied embeddings only)")
+    if model.qk_norm and caps.qk_norm is None:
+        no("model.qk_norm", "has no q/k norms (qwen3, gemma3 and olmo2 have)")
+    elif model.qk_norm and model.qk_norm_width != caps.qk_norm:
+        over = "each head" if caps.qk_norm == "head" else "all heads at once"
+        no("model.qk_norm_width", f"norms q and k over {over} (qk_norm_width: {caps.qk_norm})")
+    elif caps.qk_norm and not model.qk_norm:
+        no("model.qk_norm", "requires q/k norms (attn_q_norm/attn_k_norm)")
+    if model.qkv_bias and not caps.qkv_bias:
+        no("model.qkv_bias", "has no q/k/v biases")
+    if moe is not None and not caps.moe:
+        no("model.moe", "has no experts")
+    if caps.square and hd * model.n_heads != model.d_model:
+        no("model.head_dim", f"wants head_dim * n_heads == d_model ({hd} * {model.n_heads} != "
+           f"{model.d_model})")
+    for cap in ("attn_softcap", "final_softcap"):
+        if getattr(model, cap) is not None and cap not in caps.softcaps:
+            no(f"model.{cap}", "has no such soft-cap (gemma2 has both, gemma3 the final one)")
+    if not caps.scales:
+        for f in _GRANITE_FIELDS:
+            if getattr(model, f) is not None:
+                no(f"model.{f}", "has no such scale (granite's embedding/residual/logit scales)")
+        scale = fixed_scale(model, arch)
+        if model.attn_scale is not None and not _approx(model.attn_scale, scale):
+            no("model.attn_scale", f"uses a fixed score scale {scale:.6g} here; "
+               f"{model.attn_scale:.6g} cannot be set")
+    if moe is not None and arch == "qwen3moe" and (moe.shared_experts or not moe.normalize_top_k):
+        no("model.moe", "renormalises the top-k weights and has no shared experts")
+    if moe is not None and arch == "deepseek":
+        if not moe.shared_experts or moe.normalize_top_k:
+            no("model.moe", "pairs shared experts with un-normalised top-k weights: shared "
+               "experts need normalize_top_k: false and un-normalised top-k needs shared experts "
+               "(llama/mixtral renormalise)")
+        if (moe.shared_hidden or model.ffn.hidden) != model.ffn.hidden:
+            no("model.moe.shared_hidden", "sizes shared experts as ffn.hidden * shared_experts")
+    return out
+
+
+def _layer_problems(model: "Model", lay: Layers, arch: str) -> list[ArchProblem]:
+    """What the per-layer table needs that `arch` lacks (windows, NoPE, RoPE per layer kind)."""
+    caps, hd, ctx = CAPS[arch], model.dim_per_head, model.context_length
+    out: list[ArchProblem] = []
+
+    def no(field: str, message: str) -> None:
+        out.append(ArchProblem(field, f"llama.cpp's {arch} {message}"))
+
+    if lay.slides and not caps.swa:
+        why = ("switches its sliding window off with a warning (src/models/phi3.cpp)"
+               if arch == "phi3" else "has no sliding-window attention")
+        no("model.sliding_window", f"{why}; window {lay.window} < context_length {ctx} would "
+           "attend too far (use a window >= context_length or a shorter context)")
+    if any(lay.nope):
+        step = tuple((i + 1) % SMOLLM3_NOPE_STEP == 0 for i in range(model.n_layers))
+        if caps.nope == "none":
+            no("model.layer_pattern", "has RoPE on every layer; NoPE layers need smollm3 (every "
+               f"{SMOLLM3_NOPE_STEP}th layer) or a sliding window (granite_swa's rope_pattern)")
+        elif caps.nope == "step4" and lay.nope != step:
+            no("model.layer_pattern", f"drops RoPE on every {SMOLLM3_NOPE_STEP}th layer exactly "
+               "(n_no_rope_layer_step, hard-coded): the pattern must be \"3 full : 1 nope\"")
+    full, local, swa = lay.full, lay.local, uses_swa(arch, lay)
+    if full is not None and local is not None and full != local:
+        if full.dims != local.dims:
+            no("model.layers", "rotates the same number of dims on every layer")
+        if full.theta != local.theta and not (caps.local_theta and swa):
+            no("model.rope.sliding", f"has one RoPE base for every layer here ({full.theta:g} "
+               f"vs {local.theta:g} on the sliding layers)")
+        if full.scaling != local.scaling and not (caps.local_unscaled and swa):
+            no("model.rope.sliding", "scales every layer's RoPE alike here")
+    if caps.local_unscaled and swa and local is not None and local.scaling is not None:
+        no("model.rope.sliding", "never scales the sliding layers' RoPE; set rope.sliding: "
+           "{theta: ..., scaling: null}")
+    rope = lay.main
+    if rope is None:
+        return out
+    if rope.dims < hd and not caps.partial:
+        no("model.rope.rotary_dim", f"rotates the whole head ({hd} dims), not {rope.dims} "
+           "(partial rotary needs phi3)")
+    rs = rope.scaling
+    if rs is not None and rs.kind not in caps.scalings:
+        why = {"llama3": "loads no rope_freqs tensor (llama3 scaling); llama/granite do",
+               "longrope": "has no rope_factors_long/short (LongRoPE needs phi3)"}
+        no("model.rope.scaling", why.get(rs.kind, f"has no {rs.kind} RoPE scaling here"))
+    if rs is not None and rs.kind == "yarn" and (rs.beta_fast != 32.0 or rs.beta_slow != 1.0):
+        no("model.rope.scaling", "reads no YaRN beta keys; only beta_fast 32 / beta_slow 1 are "
+           "expressible")
+    if rs is not None and rs.kind == "longrope":
+        # llama.cpp picks the long factors when the context it allocates (padded to 256,
+        # llama-context.cpp) exceeds the original; omnic picks them by context_length
+        padded, original = -(-ctx // 256) * 256, rs.original_context_length
+        if (ctx > original) != (padded > original):
+            fits = [f"at most {original // 256 * 256}"] if original >= 256 else []
+            no("model.context_length", f"pads the context to {padded} and would switch to the "
+               f"long LongRoPE factors (original {original}); use a context_length "
+               f"{' or '.join([*fits, f'above {original}'])}")
+    return out
