@@ -337,5 +337,11 @@ def test_sliding_layers_get_a_window_sized_kv_cache(tmp_path: Path) -> None:
         per_cell = 2 * spec.model.kv_heads * spec.model.dim_per_head * 4  # K and V, F32
         total = sum(cells * layers for cells, layers in runner.kv_caches) * per_cell
         assert total == int(2.25 * 2**20)
+        # the memory plan's layout (torch-free) predicts what llama.cpp allocated
+        from omnic.targets.kv_layout import kv_positions
+
+        planned = kv_positions(spec, "gguf")
+        assert sorted(runner.kv_caches, reverse=True) == sorted(
+            {(n, planned.count(n)) for n in planned}, reverse=True)
     finally:
         runner.close()
