@@ -29,6 +29,7 @@ class Block(nn.Module):
         super().__init__()
         norm = lambda: make_norm(c.norm_kind, c.d_model, c.norm_eps, c.norm_unit_offset, device)  # noqa: E731
         self.window = c.window_of(layer)
+        self.context = c.context_length
         self.residual_multiplier = c.residual_multiplier
         self.attn_norm = norm() if c.pre_norms else None
         self.attn = Attention(
@@ -54,17 +55,15 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block. With `input_pos` the cache is static (written at input_pos), else it grows."""
         q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)
-        if input_pos is not None and _is_ring(self.window, k_prev.shape[2]):
-            # attend over the ring (earlier positions) and the new keys, then keep the last
-            # `window` new ones in their slots (a prefill longer than the window writes its tail)
-            length = k_prev.shape[2]
+        if input_pos is not None and _is_ring(self.window, k_prev.shape[2], self.context):
+            # attend over the ring (earlier positions) and the new keys, then keep in each slot
+            # its latest position: gathered from [ring | new], so that no slice depends on the
+            # token count (torch.export keeps the prefill length dynamic down to 1)
             k, v = k.to(k_prev.dtype), v.to(v_prev.dtype)  # rounded as the cache keeps them
-            h = self.attn.attend(q, torch.cat((k_prev, k), dim=2).to(q.dtype),
-                                 torch.cat((v_prev, v), dim=2).to(q.dtype), mask)
-            slots = input_pos[-length:] % length
-            k_all = k_prev.index_copy(2, slots, k[:, :, -length:])
-            v_all = v_prev.index_copy(2, slots, v[:, :, -length:])
-            return self._finish(x, h), k_all, v_all
+            k_cat, v_cat = torch.cat((k_prev, k), dim=2), torch.cat((v_prev, v), dim=2)
+            h = self.attn.attend(q, k_cat.to(q.dtype), v_cat.to(q.dtype), mask)
+            keep = _ring_sources(input_pos, k_prev.shape[2])
+            return self._finish(x, h), k_cat.index_select(2, keep), v_cat.index_select(2, keep)
         if input_pos is not None:
             k_all = k_prev.index_copy(2, input_pos, k.to(k_prev.dtype))
             v_all = v_prev.index_copy(2, input_pos, v.to(v_prev.dtype))
@@ -97,12 +96,24 @@ def _rope_key(rope: tuple | None) -> str | None:
     return None if rope is None else repr(rope)
 
 
-def _is_ring(window: int | None, cache_length: int) -> bool:
-    """A sliding layer's static cache is a ring when it holds exactly `window` positions."""
-    return window is not None and cache_length == window
+def _is_ring(window: int | None, cache_length: int, context: int) -> bool:
+    """A sliding layer (window shorter than the context) whose static cache is shorter than the
+    context keeps it as a ring: `window` slots (`Decoder.cache_lengths`), or fewer for a run
+    that never goes past them. A context-long cache is written at the positions themselves."""
+    return window is not None and window < context and cache_length < context
 
 
-def _static_masks(windows, lengths: dict, input_pos: torch.Tensor) -> dict:
+def _ring_sources(input_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """Per ring slot j, where its new content is in [ring (length) | new keys (T)]: the latest
+    position <= the last new one that is j modulo `length`, among the new keys when it is one
+    of them, else the slot itself (an earlier position, or none yet)."""
+    slot = torch.arange(length, device=input_pos.device)
+    first, last = input_pos[:1], input_pos[-1:]
+    latest = last - torch.remainder(last - slot, length)
+    return torch.where(latest >= first, length + latest - first, slot)
+
+
+def _static_masks(windows, lengths: dict, input_pos: torch.Tensor, context: int) -> dict:
     """window -> bool [T, S] mask of the static entries. A full cache's slot j holds position j;
     a ring's keys are its slots (slot j: the latest position < input_pos[0] that is j modulo the
     ring's length; none yet when negative) followed by the T new keys."""
@@ -110,7 +121,7 @@ def _static_masks(windows, lengths: dict, input_pos: torch.Tensor) -> dict:
     for w in windows:
         length = lengths[w]
         slot = torch.arange(length, device=input_pos.device)
-        if not _is_ring(w, length):
+        if not _is_ring(w, length, context):
             masks[w] = _allowed(input_pos, slot, w)
             continue
         last = input_pos[:1] - 1
@@ -227,7 +238,8 @@ class Decoder(nn.Module):
         """
         x = self._embed(tokens)
         tables = self._tables(input_pos, False)  # [T, d], broadcasts over B and heads
-        masks = _static_masks(self._windows, self._lengths(k_cache), input_pos)
+        masks = _static_masks(self._windows, self._lengths(k_cache), input_pos,
+                              self.config.context_length)
         return self._run(x, tables, masks, k_cache, v_cache, input_pos)
 
     def forward_concat(
@@ -273,7 +285,8 @@ class Decoder(nn.Module):
             hidden state [B, T, d_model] (after the final norm: what the head reads).
         """
         tables = self._tables(input_pos, False)
-        masks = _static_masks(self._windows, self._lengths(k_cache), input_pos)
+        masks = _static_masks(self._windows, self._lengths(k_cache), input_pos,
+                              self.config.context_length)
         return self._run(inputs_embeds, tables, masks, k_cache, v_cache, input_pos,
                          return_hidden)
 
