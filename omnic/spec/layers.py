@@ -1,7 +1,7 @@
 """Per-layer patterns: which layers differ and how, resolved to one explicit table (torch-free).
 
 A model says how its layers differ in one of three ways, and `omnic resolve` turns each into the
-same table (`model.layers`, one row per layer):
+same table (`model.layers`, one row per layer; a table written by hand must equal it):
 - a pattern: `layer_pattern: "5 sliding : 1 full"` (Gemma 3), `"3 full : 1 nope"` (SmolLM3);
   groups `COUNT KIND` separated by `:`, repeated from layer 0. It must divide `n_layers`, unless
   it ends with `...` (the last repeat is cut short, as Gemma 3 1B's 26 layers are);
@@ -54,13 +54,14 @@ class PatternError(ValueError):
     """A layer pattern that cannot be read or does not fit the model."""
 
 
-def parse_pattern(pattern: str) -> tuple[list[str], bool]:
-    """("5 sliding : 1 full ...") -> (one cycle of kinds, cut): `cut` when it ends with `...`."""
+def parse_pattern(pattern: str) -> tuple[list[tuple[int, str]], bool]:
+    """("5 sliding : 1 full ...") -> ([(5, "sliding"), (1, "full")], cut): `cut` when it ends
+    with `...`. Nothing is expanded: a count may be any size (check_pattern bounds it)."""
     text = pattern.strip()
     cut = text.endswith("...")
     if cut:
         text = text[:-3]
-    cycle: list[str] = []
+    groups = []
     for group in text.split(":"):
         m = _GROUP.match(group)
         if not m:
@@ -71,23 +72,36 @@ def parse_pattern(pattern: str) -> tuple[list[str], bool]:
             raise PatternError(f"unknown layer kind {kind!r} (kinds: {', '.join(KINDS)})")
         if count < 1:
             raise PatternError(f"{group.strip()!r}: a group needs at least one layer")
-        cycle += [kind] * count
-    return cycle, cut
+        groups.append((count, kind))
+    return groups, cut
+
+
+def check_pattern(pattern: str | list[str], n_layers: int) -> set[str]:
+    """The kinds a pattern uses; PatternError when it does not fit `n_layers`. Arithmetic only
+    (no per-layer list), so that a huge n_layers or count costs nothing before the compiler's
+    tensor-count guard refuses it."""
+    if isinstance(pattern, list):
+        if len(pattern) != n_layers:
+            raise PatternError(f"the list has {len(pattern)} kinds for n_layers={n_layers}")
+        return set(pattern)
+    groups, cut = parse_pattern(pattern)
+    cycle = sum(count for count, _ in groups)
+    if cycle > n_layers:
+        raise PatternError(f"one repeat is {cycle:,} layers, more than n_layers={n_layers}")
+    if n_layers % cycle and not cut:
+        raise PatternError(
+            f"a cycle of {cycle} layers does not divide n_layers={n_layers}; end the pattern "
+            f"with '...' to cut the last repeat short, or list every layer")
+    return {kind for _, kind in groups}
 
 
 def pattern_kinds(pattern: str | list[str], n_layers: int) -> list[str]:
     """The kind of every layer. PatternError when the pattern does not fit `n_layers`."""
+    check_pattern(pattern, n_layers)
     if isinstance(pattern, list):
-        if len(pattern) != n_layers:
-            raise PatternError(f"the list has {len(pattern)} kinds for n_layers={n_layers}")
         return list(pattern)
-    cycle, cut = parse_pattern(pattern)
-    if len(cycle) > n_layers:
-        raise PatternError(f"one repeat is {len(cycle)} layers, more than n_layers={n_layers}")
-    if n_layers % len(cycle) and not cut:
-        raise PatternError(
-            f"a cycle of {len(cycle)} layers does not divide n_layers={n_layers}; end the pattern "
-            f"with '...' to cut the last repeat short, or list every layer")
+    groups, _ = parse_pattern(pattern)
+    cycle = [kind for count, kind in groups for _ in range(count)]
     return [cycle[i % len(cycle)] for i in range(n_layers)]
 
 
@@ -133,7 +147,7 @@ def check_table(model: Model) -> None:
             raise ValueError(f"sliding_window: its layers shortcut ({sw.layers!r}) and "
                              "layer_pattern both say which layers slide; keep one")
         try:
-            kinds = pattern_kinds(model.layer_pattern, model.n_layers)
+            kinds = check_pattern(model.layer_pattern, model.n_layers)
         except PatternError as err:
             raise ValueError(f"layer_pattern: {err}") from None
         if "sliding" in kinds and sw is None:
@@ -151,14 +165,14 @@ def check_table(model: Model) -> None:
             raise ValueError(f"layers[{i}]: a sliding layer needs a window and a full one has "
                              "none")
         _check_rope(row.rope, hd, f"layers[{i}].rope")
-    said = {"layer_pattern", "sliding_window", "rope"} & model.model_fields_set
-    if said:
-        derived = derived_table(model)
-        for i, (row, want) in enumerate(zip(table, derived)):
-            if row != want:
-                raise ValueError(
-                    f"layers[{i}] is {_short(row)}, but from {' and '.join(sorted(said))} it "
-                    f"is {_short(want)}; give the table alone or make them agree")
+    # The table is what `omnic resolve` writes from rope, sliding_window and layer_pattern
+    # (their defaults included), never a second source: a resolved spec must say one thing.
+    for i, (row, want) in enumerate(zip(table, derived_table(model))):
+        if row != want:
+            raise ValueError(
+                f"layers[{i}] is {_short(row)}, but rope, sliding_window and layer_pattern "
+                f"make it {_short(want)}; the table follows those fields (change them, or "
+                "leave the table to omnic resolve)")
 
 
 def _check_rope(rope: LayerRope | None, head_dim: int, where: str) -> None:

@@ -8,7 +8,7 @@ from pydantic import (Field, PositiveFloat, PositiveInt, ValidationInfo, field_v
                       model_validator)
 
 from omnic.spec.base import SpecModel
-from omnic.spec.layers import (Layer, LayerKind, PatternError, check_table, pattern_kinds,
+from omnic.spec.layers import (Layer, LayerKind, PatternError, check_pattern, check_table,
                                table)
 from omnic.spec.rope import Rope
 
@@ -91,7 +91,7 @@ class Model(SpecModel):
     layers: list[Layer] | None = Field(
         None, description="The explicit per-layer table (attention kind, window, RoPE). `omnic "
         "resolve` writes it from layer_pattern, sliding_window and rope; written by hand it must "
-        "agree with those fields when they are given.")
+        "equal what those fields (defaults included) make.")
     moe: MoE | None = Field(None, description="Mixture-of-experts feed-forward in every layer.")
     scale_embeddings: bool = Field(
         False, description="Multiply embeddings by sqrt(d_model) (Gemma)."
@@ -125,7 +125,7 @@ class Model(SpecModel):
         n = info.data.get("n_layers")
         if value is not None and n is not None:
             try:
-                pattern_kinds(value, n)
+                check_pattern(value, n)
             except PatternError as err:
                 raise ValueError(str(err)) from None
         return value

@@ -138,3 +138,14 @@ def test_per_layer_presets_resolve_to_their_tables():
     assert kinds("smollm3_3b") == ["full", "full", "full", "nope"] * 9
     phi = table(store.load("model", "phi4_mini"))[0].rope
     assert phi.dims == 96 and len(phi.scaling.long_factor) == 48
+
+
+@pytest.mark.parametrize("name", store.names("model"))
+def test_resolving_a_model_twice_changes_nothing(name):
+    """The per-layer table `omnic resolve` writes re-validates against the fields it follows."""
+    from omnic.presets.resolve import explicit_model
+
+    once = explicit_model(store.load("model", name))
+    assert once.layers is not None and len(once.layers) == once.n_layers
+    again = explicit_model(type(once).model_validate(once.model_dump()))
+    assert again == once

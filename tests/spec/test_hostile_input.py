@@ -178,6 +178,19 @@ def test_absurd_layer_count_is_refused_before_any_tensor_is_listed(tmp_path):
         assert int(found.group(2).replace(",", "")) >= 9 * 10**9
 
 
+@pytest.mark.parametrize("n_layers, pattern, needle", [
+    # a layer pattern is checked by arithmetic: the tensor-count guard still speaks first
+    (10**9, "5 sliding : 1 full ...", "1,000,000,000 layers make about"),
+    (12, "300000000 sliding : 1 full", "model.layer_pattern: one repeat is 300,000,001 layers, "
+                                       "more than n_layers=12"),
+])
+def test_absurd_layer_patterns_are_refused_at_once(tmp_path, n_layers, pattern, needle):
+    spec = write_spec(tmp_path, model={**TINY_SPEC["model"], "n_layers": n_layers,
+                                       "layer_pattern": pattern, "sliding_window": {"size": 8}})
+    for command in ("validate", "plan"):
+        assert needle in bounded(command, str(spec))
+
+
 # --- 2. checkpoints validated as input ---------------------------------------------------------
 def _cut(path: Path, keep) -> None:
     data = path.read_bytes()
