@@ -111,7 +111,10 @@ def decoder_config(model: "Model") -> DecoderConfig:
         qk_norm=model.qk_norm,
         sliding_window=sw.size if sw else None,
         sliding_layers=(sw.layers or "all") if sw else "all",
-        windows=tuple(r.window for r in table),
+        # a window as long as the context hides nothing: such a layer attends globally (no
+        # window mask, no ring) in every graph
+        windows=tuple(r.window if r.window is not None and r.window < model.context_length
+                      else None for r in table),
         ropes=ropes,
         moe_experts=moe.experts if moe else 0,
         moe_top_k=moe.top_k if moe else 0,

@@ -64,6 +64,8 @@ FAMILIES = {
         pre_norms=False, post_norms=True, qk_norm=True, qk_norm_width="full",
         embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=8.0, attn_scale=0.125),
 }
+# A window as long as the context (64) hides nothing: full attention, no window cache.
+FAMILIES_EXTRA = {"gemma_long_window": {**FAMILIES["gemma"], "sliding_window": dict(size=100)}}
 # Per layer, the GroupQueryAttention attributes the lowering must write (None: left unfused).
 EXPECTED_GQA = {
     "gemma": [dict(do_rotary=1, local_window_size=WINDOW, softcap=50.0, sliding_window_cache=1,
@@ -79,7 +81,8 @@ def family_spec(name: str) -> ResolvedSpec:
     model = dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
                  ffn=dict(kind="swiglu", hidden=128), context_length=64)
     return ResolvedSpec.model_validate(dict(
-        omnic=1, name=f"tiny-{name}", device=HOST, model={**model, **FAMILIES[name]},
+        omnic=1, name=f"tiny-{name}", device=HOST,
+        model={**model, **{**FAMILIES, **FAMILIES_EXTRA}[name]},
         weights=dict(source="random", seed=11), quantization=dict(weights=dict(scheme="fp32")),
         targets=dict(onnx={})))
 
@@ -267,3 +270,14 @@ def test_the_memory_plan_predicts_which_layers_get_window_caches(builds, name):
     expected = [min(64, got["window"] + GENAI_WINDOW_SLACK) if i in windowed else 64
                 for i in range(spec.model.n_layers)]
     assert kv_positions(spec, "onnx") == expected
+
+
+def test_a_window_longer_than_the_context_gets_no_window_cache(builds):
+    from omnic.targets.kv_layout import kv_positions
+
+    b = builds("gemma_long_window")
+    assert "window_cache" not in b["artifact"].details or not b["artifact"].details[
+        "window_cache"]
+    attrs = [{a.name for a in n.attribute} for n in _gqa_nodes(b["folder"])]
+    assert all("local_window_size" not in a for a in attrs) and len(attrs) == 2
+    assert kv_positions(b["spec"], "onnx") == [64, 64]
