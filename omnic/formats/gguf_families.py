@@ -58,6 +58,10 @@ GEMMA3_SWA_PERIOD = 6  # src/models/gemma3.cpp: load_swa_pattern(ml, 6) without 
 # tanh(x / c) * c; with c = 1e6 that is x to within float32 rounding for |x| < 1e3.
 NO_SOFTCAP = 1.0e6
 
+# llama.cpp pads every context (and each KV cache) to a multiple of 256 cells
+# ref: src/llama-context.cpp (GGML_PAD(cparams.n_ctx, 256)), src/llama-kv-cache-iswa.cpp
+LLAMA_CPP_CTX_PAD = 256
+
 
 @dataclass(frozen=True)
 class ArchPlan:
@@ -354,9 +358,10 @@ def _layer_problems(model: "Model", lay: Layers, arch: str) -> list[ArchProblem]
     if rs is not None and rs.kind == "longrope":
         # llama.cpp picks the long factors when the context it allocates (padded to 256,
         # llama-context.cpp) exceeds the original; omnic picks them by context_length
-        padded, original = -(-ctx // 256) * 256, rs.original_context_length
+        pad = LLAMA_CPP_CTX_PAD
+        padded, original = -(-ctx // pad) * pad, rs.original_context_length
         if (ctx > original) != (padded > original):
-            fits = [f"at most {original // 256 * 256}"] if original >= 256 else []
+            fits = [f"at most {original // pad * pad}"] if original >= pad else []
             no("model.context_length", f"pads the context to {padded} and would switch to the "
                f"long LongRoPE factors (original {original}); use a context_length "
                f"{' or '.join([*fits, f'above {original}'])}")

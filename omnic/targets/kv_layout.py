@@ -23,40 +23,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from omnic.constants import Targets
+from omnic.targets.gguf.rules import kv_cells
+from omnic.targets.onnx.rules import GENAI_WINDOW_SLACK, window_caches
 
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
 
+# Targets whose decode graph allocates `Decoder.cache_lengths()`: rings for sliding layers.
 RING_TARGETS = (Targets.EXECUTORCH, Targets.COREML, Targets.TVM)
-GENAI_WINDOW_SLACK = 16
-# onnxruntime 1.31's CPU GroupQueryAttention (omnic.targets.onnx.gqa): head_dim a multiple of 8,
-# of 16 with rotary, and rotary dims a multiple of 16; a layer outside these stays unfused.
-GQA_HEAD_MULTIPLE, GQA_ROTARY_MULTIPLE = 8, 16
-LLAMA_CPP_PAD = 256
-GGUF_MAX_UBATCH = 512
-
-
-def _pad(n: int, to: int) -> int:
-    return -(-n // to) * to
-
-
-def onnx_window_caches(spec: "ResolvedSpec") -> bool:
-    """Whether the ONNX artifact gives its sliding layers genai's windowed cache: fusions on,
-    every layer within GroupQueryAttention's head limits, one window size shorter than the
-    context."""
-    m = spec.model
-    opts = spec.targets.onnx
-    windows = {r.window for r in m.table if r.window is not None and r.window < m.context_length}
-    if (opts is not None and not opts.fusions) or len(windows) != 1:
-        return False
-    hd = m.dim_per_head
-    for row in m.table:
-        if row.rope is None:
-            if hd % GQA_HEAD_MULTIPLE:
-                return False
-        elif hd % GQA_ROTARY_MULTIPLE or row.rope.dims % GQA_ROTARY_MULTIPLE:
-            return False
-    return True
 
 
 def kv_positions(spec: "ResolvedSpec", target: str | None = None) -> list[int]:
@@ -64,16 +38,12 @@ def kv_positions(spec: "ResolvedSpec", target: str | None = None) -> list[int]:
     i.e. the ring layout)."""
     m = spec.model
     c = m.context_length
-    genai_window = target == Targets.ONNX and onnx_window_caches(spec)
+    genai_window = target == Targets.ONNX and window_caches(spec)
     out = []
     for row in m.table:
         windowed = row.window is not None and row.window < c
         if target == Targets.GGUF:
-            full = _pad(c, LLAMA_CPP_PAD)
-            if windowed:
-                out.append(_pad(min(full, row.window + min(c, GGUF_MAX_UBATCH)), LLAMA_CPP_PAD))
-            else:
-                out.append(full)
+            out.append(kv_cells(c, row.window))
         elif windowed and (target is None or target in RING_TARGETS):
             out.append(row.window)
         elif windowed and genai_window:

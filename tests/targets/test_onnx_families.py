@@ -262,7 +262,8 @@ def test_mask_rule_reads_the_window_exactly(case, expected):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_memory_plan_predicts_which_layers_get_window_caches(builds, name):
     """omnic.targets.kv_layout (torch-free, the plan's) agrees with what the export did."""
-    from omnic.targets.kv_layout import GENAI_WINDOW_SLACK, kv_positions
+    from omnic.targets.kv_layout import kv_positions
+    from omnic.targets.onnx.rules import GENAI_WINDOW_SLACK
 
     b = builds(name)
     spec, got = b["spec"], b["artifact"].details.get("window_cache")

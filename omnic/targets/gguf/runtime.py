@@ -14,6 +14,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from omnic.formats.gguf_families import LLAMA_CPP_CTX_PAD
+from omnic.targets.gguf.rules import MAX_UBATCH
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -72,7 +75,8 @@ def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None) -> lis
             "n_ctx_seq (256) > n_ctx_train (64)"); that one line, with exactly those numbers, is
             llama.cpp's allocation, not the file, and the runner never goes past n_ctx.
     """
-    padded = f"n_ctx_seq ({-(-n_ctx // 256) * 256}) > n_ctx_train ({n_ctx})" if n_ctx else None
+    pad = LLAMA_CPP_CTX_PAD
+    padded = f"n_ctx_seq ({-(-n_ctx // pad) * pad}) > n_ctx_train ({n_ctx})" if n_ctx else None
     out = []
     for level, text in records:
         line = text.strip()
@@ -157,7 +161,7 @@ class LlamaCppRunner:
                 model_path=path,
                 n_ctx=n_ctx,
                 n_batch=n_ctx,
-                n_ubatch=min(n_ctx, 512),
+                n_ubatch=min(n_ctx, MAX_UBATCH),
                 n_threads=n_threads or default_threads(),
                 n_threads_batch=n_threads or default_threads(),
                 logits_all=True,

@@ -33,12 +33,10 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import _fusion_utils, pattern
 
+from omnic.targets.onnx.rules import HEAD_MULTIPLE, ROTARY_HEAD_MULTIPLE, ROTARY_MULTIPLE
+
 MS = "com.microsoft"
 _ANY = pattern.ANY_VALUE
-# onnxruntime 1.31's CPU GroupQueryAttention: "head_size must be a multiple of 8"; with
-# do_rotary, "head_size shall be a multiple of 16" and "cos_cache dimension 1 must be <=
-# head_size / 2 and a multiple of 8" (rotary dims a multiple of 16).
-HEAD_MULTIPLE, ROTARY_HEAD_MULTIPLE, ROTARY_MULTIPLE = 8, 16, 16
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:

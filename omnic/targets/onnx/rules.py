@@ -10,6 +10,32 @@ from omnic.constants import KVCache, Schemes, Targets
 from omnic.targets.rules import Context, Finding, register
 
 MIN_OPSET = 18  # the lowest opset the torch.onnx dynamo exporter emits
+# onnxruntime 1.31's CPU GroupQueryAttention: "head_size must be a multiple of 8"; with
+# do_rotary, "head_size shall be a multiple of 16" and "cos_cache dimension 1 must be <=
+# head_size / 2 and a multiple of 8" (rotary dims a multiple of 16).
+HEAD_MULTIPLE, ROTARY_HEAD_MULTIPLE, ROTARY_MULTIPLE = 8, 16, 16
+# onnxruntime-genai's windowed KV cache on CPU: window + 16 positions per sliding layer
+# ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/models/windowed_kv_cache.cpp
+GENAI_WINDOW_SLACK = 16
+
+
+def window_caches(spec) -> bool:
+    """Whether the ONNX artifact gives its sliding layers genai's windowed cache (the
+    `onnx::window_caches` pass): fusions on, every layer within GroupQueryAttention's head
+    limits (so every layer fuses), one window size shorter than the context."""
+    m = spec.model
+    opts = spec.targets.onnx
+    windows = {r.window for r in m.table if r.window is not None and r.window < m.context_length}
+    if (opts is not None and not opts.fusions) or len(windows) != 1:
+        return False
+    hd = m.dim_per_head
+    for row in m.table:
+        if row.rope is None:
+            if hd % HEAD_MULTIPLE:
+                return False
+        elif hd % ROTARY_HEAD_MULTIPLE or row.rope.dims % ROTARY_MULTIPLE:
+            return False
+    return True
 MAX_BLOCK = 256  # onnxruntime's CPU MatMulNBits kernels take blocks of 16 to 256
 
 
