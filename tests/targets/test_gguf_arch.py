@@ -26,7 +26,6 @@ TINY = {"vocab_size": 320, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_hea
         "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 64}
 
 
-
 def spec(model: dict[str, Any] | None = None, quant: dict[str, Any] | None = None,
          file_type: str = "auto", **top: Any) -> ResolvedSpec:
     return ResolvedSpec.model_validate({
