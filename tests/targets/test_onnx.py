@@ -280,7 +280,9 @@ def test_relowering_is_byte_identical(mixed):
 @pytest.mark.parametrize("case", ["fp32", "plain", "mixed"])
 def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
     """fp32 and mixed: fused, KV cache shared in place; plain: unfused, concatenated cache."""
-    og = pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("onnxruntime_genai")
+    from genai_greedy import genai_greedy
+
     if case in ("fp32", "plain"):
         folder = fp32["root"] / ("fused" if case == "fp32" else "plain") / "onnx"
         reference = fp32["decoder"]
@@ -289,15 +291,7 @@ def test_onnxruntime_genai_generates_the_reference_tokens(fp32, mixed, case):
         folder = mixed["root"] / "exact" / "onnx"
         reference = _reference_decoder(mixed["spec"], mixed["decoder"], art.reference_weights)
     expected, _ = greedy(TorchRunner(reference), PROMPT.tolist(), STEPS)
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + STEPS, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(PROMPT.astype(np.int32)[None])
-    got = []
-    while not generator.is_done() and len(got) < STEPS:
-        generator.generate_next_token()
-        got.append(int(generator.get_next_tokens()[0]))
+    got, _ = genai_greedy(folder, PROMPT.tolist(), STEPS)
     assert got == expected
 
 

@@ -174,19 +174,13 @@ def test_gemma_genai_config_has_the_windowed_cache(builds):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_onnxruntime_genai_generates_the_reference_tokens(builds, name):
-    og = pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("onnxruntime_genai")
+    from genai_greedy import genai_greedy
+
     b = builds(name)
     expected, _ = greedy(TorchRunner(b["decoder"]), PROMPT.tolist(), STEPS)
-    model = og.Model(str(b["folder"]))
-    params = og.GeneratorParams(model)
     max_length = len(PROMPT) + STEPS
-    params.set_search_options(max_length=max_length, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(PROMPT.astype(np.int32)[None])
-    got = []
-    while not generator.is_done() and len(got) < STEPS:
-        generator.generate_next_token()
-        got.append(int(generator.get_next_tokens()[0]))
+    got, generator = genai_greedy(b["folder"], PROMPT.tolist(), STEPS)
     assert got == expected
     if name == "gemma":  # genai really kept the sliding layer in a window-sized buffer
         assert generator.get_output("present.0.key").shape[2] == WINDOW + GENAI_CPU_SLACK
