@@ -82,6 +82,18 @@ TABLE: dict[tuple[str, str], Tolerance] = {
         kld=1e-4, top1_fp32=0.98, weight_nmse=0.0,
         source="onnxruntime checkers fp32 atol 1e-5/rtol 1e-4 x10 for whole-model logits",
     ),
+    # llama.cpp F32 files: ggml's CPU GELU rounds its input and output to fp16 (a lookup table,
+    # ggml-cpu/vec.h GGML_GELU_FP16), ~1e-3 relative per activation, so a GeGLU decoder cannot
+    # reach the fp32 row's max-abs (measured on an imported Gemma 3: 1.1e-3 at max|logit| 3.6,
+    # 3e-4 x max|logit|; Gemma 1/2 the same). rtol 3e-3 as the mmproj_f32 row for the same
+    # GELU; NMSE stays at the fp32 row's 1e-6 (measured ~1e-7; a permuted head gives ~1), so a
+    # SwiGLU model (error ~2e-6) is still held by it.
+    # ref: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-cpu/vec.h
+    ("gguf", "fp32"): Tolerance(
+        atol=1e-4, rtol=3e-3, nmse=1e-6, cosine=0.99999, top1=0.98,
+        kld=1e-4, top1_fp32=0.98, weight_nmse=0.0,
+        source="ggml fp16-table GELU ~1e-3 relative per activation; measured 3e-4 x max|logit|",
+    ),
     # ExecuTorch's XNNPACK tester compares fp32 delegates at atol 1e-3 / rtol 1e-3 (XNNPACK
     # reassociates and fuses more aggressively than eager PyTorch).
     # ref: https://github.com/pytorch/executorch/blob/main/backends/xnnpack/test/tester/tester.py

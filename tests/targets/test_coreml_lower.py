@@ -243,8 +243,9 @@ def test_lowering_is_deterministic(built, tmp_path):
 
 
 def test_moe_sliding_window_fp32_compute(tmp_path):
-    """MoE (dense top-k routing), Gemma-2 style sliding window on even layers, soft-caps and
-    qk-norm all convert; fp32 compute keeps fp32 weights (no reference weights needed)."""
+    """MoE (dense top-k routing), Gemma-2 style sliding window on even layers (ring states),
+    soft-caps and qk-norm all convert; fp32 compute keeps fp32 weights (no reference weights
+    needed)."""
     from omnic.targets.coreml.target import structural_check
 
     spec = tiny_spec(model={"moe": {"experts": 4, "top_k": 2},
@@ -259,4 +260,9 @@ def test_moe_sliding_window_fp32_compute(tmp_path):
     assert "constexpr_blockwise_shift_scale" not in hist
     assert hist["topk"] == 2  # one router per layer
     assert hist["tanh"] == 2 + 1  # the attention soft-cap in each layer, the final soft-cap
-    assert hist["logical_and"] == 1  # causal & window: one mask, shared by the sliding layers
+    # causal & window & slot held: one mask over [ring | new keys], shared by the sliding layers
+    assert hist["logical_and"] == 2
+    # layer 0 slides over 8 tokens: its states are rings of 8 slots; layer 1's hold the context
+    states = artifact.signature["states"]
+    assert states["k_cache_0"]["shape"][2] == states["v_cache_0"]["shape"][2] == 8
+    assert states["k_cache_1"]["shape"][2] == spec.model.context_length

@@ -107,6 +107,41 @@ def _nmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a - b) ** 2).mean() / (b**2).mean())
 
 
+# -- the runtime's own kernels -------------------------------------------------------------------
+def test_runtime_fixes_make_the_runtime_agree_with_aten():
+    """ExecuTorch 1.5.1 takes int64 remainders with the dividend's sign (a ring layer's slots)
+    and runs XNNPACK's erf GELU for a tanh GELU (GeGLU); `runtime_fixes` lowers both as the
+    formulas aten defines them by. The stock program differs: when it stops differing, the
+    fixes can go. Remainders are exact; XNNPACK's tanh is a few ulp off eager's."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from omnic.targets.executorch.backend import runtime_fixes
+
+    class Ops(torch.nn.Module):
+        def forward(self, pos, x):
+            return torch.remainder(pos - 5, 4), torch.nn.functional.gelu(x, approximate="tanh")
+
+    args = (torch.arange(8), torch.linspace(-4.0, 4.0, 64))
+    rem_want, gelu_want = Ops()(*args)
+
+    def run(fixes: bool):
+        ep = torch.export.export(Ops(), args)
+        if fixes:
+            ep = ep.run_decompositions(runtime_fixes())
+        program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        method = Runtime.get().load_program(program.to_executorch().buffer).load_method("forward")
+        return method.execute(list(args))
+
+    rem, gelu = run(fixes=True)
+    assert torch.equal(rem, rem_want)
+    assert (gelu - gelu_want).abs().max() < 1e-6
+    stock_rem, stock_gelu = run(fixes=False)
+    assert not torch.equal(stock_rem, rem_want)  # C's %: remainder(-5, 4) is -1, not 3
+    assert (stock_gelu - gelu_want).abs().max() > 1e-4  # erf GELU: up to 5e-4 off tanh GELU
+
+
 # -- pre-flight ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("quant, field, words", [
     ({"weights": {"scheme": "int4", "group_size": 32, "symmetric": False}},

@@ -12,7 +12,9 @@ I/O (batch 1):
     input_ids  int32 [1, T]       the new tokens, 1 <= T <= context_length (prefill or decode)
     input_pos  int32 [T]          their positions (where the cache is written, what they attend to)
     logits     fp32  [1, T, vocab]
-    k_cache_{i}, v_cache_{i}      states fp16 [1, n_kv_heads, context_length, head_dim]
+    k_cache_{i}, v_cache_{i}      states fp16 [1, n_kv_heads, L_i, head_dim]; L_i is
+                                  `Decoder.cache_lengths()[i]`: context_length, or a sliding
+                                  layer's window when shorter (a ring, position p in slot p % w)
 
 The token count is a range (1..context_length) whose default shape is 1: Core ML runs a
 range-flexible model on the Neural Engine only at its default shape, so decode steps (T=1) can
@@ -91,12 +93,11 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
 
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
-            c = inner.config
             setattr(self, DECODER_ATTR, inner)
-            self.n_layers = c.n_layers
-            shape = (1, c.n_kv_heads, c.context_length, c.head_dim)
-            for name in state_names(c.n_layers):
-                self.register_buffer(name, torch.zeros(shape, dtype=cache_dtype))
+            self.n_layers = inner.config.n_layers
+            k, v = inner.empty_cache(batch=1, dtype=cache_dtype)  # a ring for a short window
+            for name, buf in zip(state_names(self.n_layers), k + v):
+                self.register_buffer(name, buf)
 
         def caches(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
             names = state_names(self.n_layers)
@@ -122,16 +123,30 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
 def export(wrapper: "torch.nn.Module", context_length: int) -> Any:
     """torch.export of the wrapper with a dynamic token count 1..context_length (ATen dialect)."""
     import torch
+    from torch.utils._sympy.value_ranges import ValueRanges
 
     t = min(4, context_length)
     ids = torch.zeros(1, t, dtype=torch.int64)
     pos = torch.arange(t, dtype=torch.int64)
-    tokens = torch.export.Dim("T", min=1, max=context_length)
+    # Dim.DYNAMIC, not a named Dim: a ring layer attends over [ring + T] keys, whose GQA expand
+    # adds a guard true for every T that export's solver cannot prove (Min(a*T + b,
+    # 2*(a*T + b)) == a*T + b) and a named Dim reports as a violation. The range is checked
+    # below instead, so a real specialisation on T still fails here.
+    tokens = torch.export.Dim.DYNAMIC(min=1, max=context_length)
     with torch.no_grad():
         ep = torch.export.export(
             wrapper, (ids, pos), dynamic_shapes={INPUT_IDS: {1: tokens}, INPUT_POS: {0: tokens}},
             strict=False,
         )
+        for symbol, r in list(ep.range_constraints.items()):
+            if int(r.lower) > 2 or int(r.upper) < context_length:
+                raise RuntimeError(f"coreml: the exported decoder takes {r.lower}..{r.upper} "
+                                   f"tokens ({symbol}), not 1..{context_length}: it "
+                                   "specialises on the token count")
+            # torch numbers a dynamic size from 2 (0 and 1 are its specialised values) and a
+            # DYNAMIC dim keeps that; coremltools turns this range into the inputs' RangeDim,
+            # whose lower bound is the default shape: one token, as a named Dim(min=1) records.
+            ep.range_constraints[symbol] = ValueRanges(1, r.upper)
         # coremltools converts the ATen dialect; decompositions must have run.
         # ref: coremltools/converters/_converters_entry.py ("Run '.run_decompositions({})'")
         ep = ep.run_decompositions({})
@@ -143,7 +158,8 @@ _REGISTERED = False
 
 
 def register_missing_ops() -> None:
-    """Teach coremltools' torch frontend (9.0) the two ATen ops the decoder uses that it lacks.
+    """Teach coremltools' torch frontend (9.0) the ATen ops the decoder uses that it lacks or
+    gets wrong.
 
     - `index_copy(x, dim, index, src)` writes src's slices at `index` along `dim`: exactly MIL
       `scatter(data=x, indices=index, updates=src, axis=dim, mode="update")`.
@@ -154,12 +170,22 @@ def register_missing_ops() -> None:
       only under "and"/"bitwise_and"; the same converter is registered under the missing name.
       ref: coremltools/converters/mil/frontend/torch/internal_graph.py (sanitize_op_kind keeps
       the underscores of "aten::__and__.tensor") and ops.py (bitwise_and, bool inputs only)
+    - `ones_like(x, dtype=torch.bool)` (a ring layer's "the new keys are all held" mask): from
+      iOS16 on the stock converter fills with 1.0 and drops the dtype, so the mask became float
+      and `__and__` refused it. The stock result is cast to the requested dtype.
+      ref: coremltools/converters/mil/frontend/torch/ops.py (ones_like: `fill_like(value=1.0)`)
+    - `index_select(x, dim, index)` (a ring's refill) is MIL `gather`, which takes int indices
+      only, while the frontend may hand them over float (ExecuTorch's Core ML delegate: its
+      `where` promotes the slot arithmetic to fp32): such indices are cast to int32, exactly
+      (slot numbers are small integers).
     """
     global _REGISTERED
     if _REGISTERED:
         return
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.ops import (
+        NUM_TO_DTYPE_STRING, _get_inputs, _get_kwinputs,
+    )
     from coremltools.converters.mil.frontend.torch.torch_op_registry import (
         _TORCH_OPS_REGISTRY as registry,
     )
@@ -177,10 +203,29 @@ def register_missing_ops() -> None:
                                name=node.name))
 
     known = registry.name_to_func_mapping
+    stock_ones_like = known["ones_like"]
+
+    def ones_like(context, node):  # noqa: ANN001 - coremltools' converter signature
+        stock_ones_like(context, node)
+        dtype = _get_kwinputs(context, node, "dtype", default=[None])[0]
+        want = None if dtype is None or dtype.val is None else NUM_TO_DTYPE_STRING[dtype.val]
+        res = context[node.name]
+        if want is not None and types.builtin_to_string(res.dtype) != want:
+            context.add(mb.cast(x=res, dtype=want, name=f"{node.name}_as_{want}"), node.name,
+                        override=True)
+
+    def index_select(context, node):  # noqa: ANN001 - coremltools' converter signature
+        x, axis, index = _get_inputs(context, node, expected=3)
+        if not types.is_int(index.dtype):
+            index = mb.cast(x=index, dtype="int32")
+        context.add(mb.gather(x=x, indices=index, axis=axis, name=node.name))
+
     if "index_copy" not in known:
         registry.set_func_by_name(index_copy, "index_copy")
     if "__and__" not in known:
         registry.set_func_by_name(known["bitwise_and"], "__and__")
+    registry.set_func_by_name(ones_like, "ones_like")
+    registry.set_func_by_name(index_select, "index_select")
     _REGISTERED = True
 
 

@@ -25,7 +25,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omnic.constants import Targets
 from omnic.targets.coreml.convert import INPUT_IDS, INPUT_POS, LOGITS, state_names
+from omnic.targets.kv_layout import kv_positions
 
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
@@ -106,12 +108,13 @@ def expected_signature(spec: "ResolvedSpec") -> dict[str, Any]:
     """The signature the spec implies (derived from the spec only, never from an artifact)."""
     m = spec.model
     tokens = f"1..{m.context_length}"
-    cache = {"dtype": "float16", "shape": [1, m.kv_heads, m.context_length, m.dim_per_head]}
+    lengths = kv_positions(spec, Targets.COREML) * 2  # keys, then values: state_names' order
     return {
         "inputs": {INPUT_IDS: {"dtype": "int32", "shape": [1, tokens]},
                    INPUT_POS: {"dtype": "int32", "shape": [tokens]}},
         "outputs": {LOGITS: {"dtype": "float32", "shape": [1, "T", m.vocab_size]}},
-        "states": {name: dict(cache) for name in state_names(m.n_layers)},
+        "states": {name: {"dtype": "float16", "shape": [1, m.kv_heads, n, m.dim_per_head]}
+                   for name, n in zip(state_names(m.n_layers), lengths)},
     }
 
 

@@ -66,6 +66,12 @@ def partitioners(spec: "ResolvedSpec | None") -> list[Any]:
     from executorch.backends.apple.coreml.compiler import CoreMLBackend
     from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
+    from omnic.targets.coreml.convert import register_missing_ops
+
+    # the delegate converts with coremltools' torch frontend: the same ops are missing or wrong
+    # there as for the coreml target (index_copy, __and__, a bool ones_like)
+    register_missing_ops()
+
     cfg = coreml_options(spec)
     target = getattr(ct.target, cfg["deployment_target"])
     units = {"cpu_only": ct.ComputeUnit.CPU_ONLY, "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
@@ -79,6 +85,37 @@ def partitioners(spec: "ResolvedSpec | None") -> list[Any]:
     # export_llm keeps the KV cache out of the Core ML delegate: the open-source Core ML runtime
     # of ExecuTorch does not carry Core ML state. ref: extension/llm/export/partitioner_lib.py
     return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
+
+
+def runtime_fixes() -> dict[Any, Any]:
+    """Decompositions (for `run_decompositions`) of two ops ExecuTorch 1.5.1 computes otherwise
+    than aten; each becomes the elementwise formula aten defines it by.
+
+    - `remainder` -> `a - div(a, b, rounding_mode="floor") * b`: the runtime's remainder.Scalar
+      and .Tensor of int64 take the dividend's sign (C's %: remainder(-3, 4) gives -3, aten 1),
+      which breaks the slots of a sliding layer's ring (`Decoder._static_masks`); its floor
+      division is right.
+    - `gelu(approximate="tanh")` -> `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`: XNNPACK's
+      partitioner takes `gelu.default` whatever its `approximate` and runs the exact (erf) GELU,
+      ~1e-3 off in the logits of a GeGLU model (Gemma); the formula delegates as mul, add and
+      tanh. An erf GELU is left to the stock path (NotImplemented).
+      ref: backends/xnnpack/operators/op_gelu.py (XNNGelu, no approximation flag)
+    """
+    import torch
+
+    def floor_remainder(a: Any, b: Any) -> Any:
+        return a - torch.div(a, b, rounding_mode="floor") * b
+
+    def tanh_gelu(x: Any, approximate: str = "none") -> Any:
+        if approximate != "tanh":
+            return NotImplemented
+        # torch._refs.nn.functional.gelu, operation for operation
+        k_beta = 1.41421356237309504880 * 1.12837916709551257390 * 0.5  # sqrt(2 / pi)
+        return 0.5 * x * (1 + torch.tanh(k_beta * (x + 0.044715 * (x * x * x))))
+
+    aten = torch.ops.aten
+    return {aten.remainder.Scalar: floor_remainder, aten.remainder.Tensor: floor_remainder,
+            aten.gelu.default: tanh_gelu}
 
 
 def _op_name(target: Any) -> str:

@@ -21,7 +21,8 @@ from omnic.targets.components import (
     build_relative, checked_input, export, io_of, make_artifact,
 )
 from omnic.targets.executorch.backend import (
-    coreml_options, delegate_of, delegation_summary, partitioners, require_runtime, runtime_ops,
+    coreml_options, delegate_of, delegation_summary, partitioners, require_runtime, runtime_fixes,
+    runtime_ops,
 )
 
 if TYPE_CHECKING:
@@ -41,8 +42,12 @@ def lower_component(component: "Component", out_dir: Path,
     )
 
     backend = delegate_of(spec) if spec is not None else "xnnpack"
+    import torch
+
+    with torch.no_grad():  # ops the runtime computes otherwise than aten, as formulas
+        ep = export(component).run_decompositions(runtime_fixes())
     edge = to_edge_transform_and_lower(
-        export(component), partitioner=partitioners(spec),
+        ep, partitioner=partitioners(spec),
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True))
     summary = delegation_summary(edge.exported_program().graph_module)
     edge = edge.transform([ConvertToLinearPass()])  # linears outside a delegate: one op

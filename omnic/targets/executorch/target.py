@@ -5,9 +5,12 @@ runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
 
 - `forward(tokens int64 [1, seq], input_pos int64 [1]) -> logits float32 [1, seq, vocab]`, seq
   dynamic in [1, context_length]; `input_pos` is the position of the first token.
-- the KV cache as mutable buffers `k_cache_{i}` / `v_cache_{i}` [1, n_kv, context_length,
-  head_dim] updated in place; like export_llm, their initial state is not serialized (the runtime
-  allocates them zeroed).
+- the KV cache as mutable buffers `k_cache_{i}` / `v_cache_{i}` [1, n_kv, L_i, head_dim] updated
+  in place; like export_llm, their initial state is not serialized (the runtime allocates them
+  zeroed). L_i is `Decoder.cache_lengths()[i]`: context_length, or the window of a sliding layer
+  whose window is shorter (a ring, position p in slot p % window, what export_llm's
+  `--local_global_attention` makes of such a layer with its RingKVCache; see
+  `omnic/targets/kv_layout.py`).
 - constant methods `get_max_seq_len`, `get_max_context_len`, `get_vocab_size`, `get_n_layers`,
   `use_kv_cache`, `use_sdpa_with_kv_cache`, `enable_dynamic_shape`, `get_bos_id`, `get_eos_ids`.
   ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/export_llama_lib.py
@@ -35,7 +38,7 @@ from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, Problem, register_target
 from omnic.targets.executorch.backend import (
     coreml_options, delegate_of, delegation_summary, missing, partitioners, require_runtime,
-    runtime_ops,
+    runtime_fixes, runtime_ops,
 )
 
 if TYPE_CHECKING:
@@ -85,14 +88,11 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
         def __init__(self) -> None:
             super().__init__()
             self.decoder = decoder
-            c = decoder.config
-            self.n_layers = c.n_layers
-            shape = (1, c.n_kv_heads, c.context_length, c.head_dim)
-            for i in range(c.n_layers):
-                for kv in ("k", "v"):
-                    self.register_buffer(
-                        f"{kv}_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False
-                    )
+            self.n_layers = decoder.config.n_layers
+            k, v = decoder.empty_cache(batch=1, dtype=dtype)  # a ring for a short window
+            for i in range(self.n_layers):
+                self.register_buffer(f"k_cache_{i}", k[i], persistent=False)
+                self.register_buffer(f"v_cache_{i}", v[i], persistent=False)
 
         def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
             positions = input_pos[:1] + torch.arange(tokens.shape[1], dtype=torch.int64)
@@ -136,10 +136,18 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
     c = spec.model.context_length
     tokens = torch.zeros(1, 2 if dynamic else 1, dtype=torch.int64)
     example = (tokens, torch.zeros(1, dtype=torch.int64))
-    shapes = ({1: torch.export.Dim("seq", min=1, max=c)}, {0: 1}) if dynamic else None
+    # Dim.DYNAMIC, not a named Dim: a ring layer attends over [ring + seq] keys, whose GQA
+    # expand adds a guard true for every seq that export's solver cannot prove (Min(a*seq + b,
+    # 2*(a*seq + b)) == a*seq + b) and a named Dim reports as a violation; _check_seq_range makes
+    # sure that no real specialization went through with it.
+    shapes = ({1: torch.export.Dim.DYNAMIC(min=1, max=c)}, {0: 1}) if dynamic else None
     with torch.no_grad():
         ep = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
-        ep = ep.run_decompositions({})  # unwrap torchao tensor subclasses, as export_llm does
+        if dynamic:
+            _check_seq_range(ep, c)
+        # unwrap torchao tensor subclasses, as export_llm does; and two ops the runtime gets
+        # wrong as formulas (runtime_fixes)
+        ep = ep.run_decompositions(runtime_fixes())
     edge = to_edge_transform_and_lower(
         ep,
         partitioner=partitioners(spec),
@@ -163,10 +171,21 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
     return program, summary
 
 
-def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool) -> dict[str, Any]:
+def _check_seq_range(ep: Any, context_length: int) -> None:
+    """Raise unless the exported program takes every token count 1..context_length (torch
+    numbers a dynamic size from 2: 0 and 1 are its specialised values, and 1 runs)."""
+    for symbol, r in ep.range_constraints.items():
+        if int(r.lower) > 2 or int(r.upper) < context_length:
+            raise RuntimeError(f"executorch: the exported forward takes {r.lower}..{r.upper} "
+                               f"tokens ({symbol}), not 1..{context_length}: the decoder "
+                               "specialises on the token count")
+
+
+def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool,
+               lengths: list[int]) -> dict[str, Any]:
+    """I/O and state of `forward`; `lengths`: the positions each layer's cache holds."""
     m = spec.model
     seq = "seq" if dynamic else 1
-    cache = [1, m.kv_heads, m.context_length, m.dim_per_head]
     return {
         "inputs": {
             "tokens": {"dtype": "int64", "shape": [1, seq]},
@@ -174,8 +193,9 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool) -> dict[str, Any
         },
         "outputs": {"logits": {"dtype": "float32", "shape": [1, seq, m.vocab_size]}},
         "dims": {"seq": [1, m.context_length]} if dynamic else {},
-        "state": {f"{kv}_cache_{i}": {"dtype": dtype, "shape": cache}
-                  for i in range(m.n_layers) for kv in ("k", "v")},
+        "state": {f"{kv}_cache_{i}": {"dtype": dtype,
+                                      "shape": [1, m.kv_heads, n, m.dim_per_head]}
+                  for i, n in enumerate(lengths) for kv in ("k", "v")},
     }
 
 
@@ -264,6 +284,7 @@ class ExecutorchTarget:
             "tokenizer": tokenizer_files,
             "compute_dtype": quant.dtype,
             "kv_cache": f"mutable buffers, static, {quant.dtype}",
+            "kv_positions": decoder.cache_lengths(),  # per layer; a window: that layer's ring
         }
         if spec.model.tie_embeddings and backend == "xnnpack":
             # The lookup reads the table from the program's constants while XNNPACK packs its own
@@ -284,7 +305,8 @@ class ExecutorchTarget:
             component=Components.DECODER,
             target=self.id,
             path=f"{out_dir.name}/{pte.name}",
-            signature=_signature(spec, str(dtype).removeprefix("torch."), dynamic),
+            signature=_signature(spec, str(dtype).removeprefix("torch."), dynamic,
+                                 decoder.cache_lengths()),
             op_histogram=dict(sorted(histogram.items())),
             quantization={"forms": quant.forms} if quant.forms else {},
             details=details,

@@ -15,6 +15,7 @@ Backend libraries (torch, tvm) are imported inside the functions.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import tarfile
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:
     import torch
     import tvm
+
+_log = logging.getLogger(__name__)
 
 # Lines the Relax frontend and TVM print on stderr that carry no information for the user:
 # IndexPut's notes on broadcast indices are printed for every cache write (2 per layer); the
@@ -74,12 +77,21 @@ def export_decoder(decoder: "torch.nn.Module", config: Any) -> "torch.export.Exp
     example_t = min(4, ctx)  # any size >= 2 keeps T symbolic (torch specialises 0 and 1)
     tokens = torch.zeros((1, example_t), dtype=torch.int64)
     input_pos = torch.arange(example_t, dtype=torch.int64)
-    k, v = decoder.empty_cache(batch=1)
-    t = Dim("T", min=1, max=ctx)
+    k, v = decoder.empty_cache(batch=1)  # a sliding layer's is a ring of its window
+    # Dim.DYNAMIC, not a named Dim: a ring layer attends over [ring + T] keys, whose GQA expand
+    # adds a guard true for every T that export's solver cannot prove (Min(a*T + b,
+    # 2*(a*T + b)) == a*T + b) and a named Dim reports as a violation. The range is checked
+    # below instead, so a real specialisation on T still fails here.
+    t = Dim.DYNAMIC(min=1, max=ctx)
     dynamic = ({1: t}, {0: t}, tuple(None for _ in range(2 * n_layers)))
     with torch.no_grad(), parametrize.cached():
-        return torch.export.export(module, (tokens, input_pos, *k, *v),
-                                   dynamic_shapes=dynamic, strict=False)
+        ep = torch.export.export(module, (tokens, input_pos, *k, *v),
+                                 dynamic_shapes=dynamic, strict=False)
+    for symbol, r in ep.range_constraints.items():  # torch numbers dynamic sizes from 2
+        if int(r.lower) > 2 or int(r.upper) < ctx:
+            raise RuntimeError(f"tvm: the exported decoder takes {r.lower}..{r.upper} tokens "
+                               f"({symbol}), not 1..{ctx}: it specialises on the token count")
+    return ep
 
 
 @contextmanager
@@ -137,6 +149,36 @@ def _index_put(node: Any, importer: Any) -> Any:
     return bb.emit(relax.op.index_put(data, relax.Tuple(full), values, accumulate))
 
 
+def _slice(node: Any, importer: Any) -> Any:
+    """aten.slice of a dynamic axis to a length torch knows statically: `input_pos[:1]` and
+    `input_pos[-1:]`, where a ring layer computes which position each of its slots holds.
+
+    The stock converter types such a slice [min(1, T)], and a binary op of it with the ring's
+    [window] slot indices gets no shape at all (Relax cannot tell which side broadcasts), so
+    legalization fails ("emit_te now only supports Tensor that has ShapeExpr shape"). Here the
+    slice is typed with torch's static length: a strided_slice of that many elements from the
+    start (made non-negative), in bounds by construction. Any other slice: the stock converter.
+    """
+    from tvm import relax, tirx
+
+    x = importer.env[node.args[0]]
+    dim = node.args[1] if len(node.args) > 1 else 0
+    start = node.args[2] if len(node.args) > 2 else None
+    step = node.args[4] if len(node.args) > 4 else 1
+    shape = importer.shape_of(x)
+    val = node.meta.get("val")
+    axis = dim % len(shape) if shape is not None else dim
+    if (val is None or shape is None or step != 1 or not isinstance(start, (int, type(None)))
+            or isinstance(shape[axis], tirx.IntImm) or not isinstance(val.shape[dim], int)):
+        return importer._slice(node)
+    length = int(val.shape[dim])
+    begin = start or 0
+    if begin < 0:
+        begin = shape[axis] + begin
+    return importer.block_builder.emit(relax.op.strided_slice(
+        x, [axis], [begin], [begin + length], assume_inbound=True))
+
+
 def to_relax(ep: "torch.export.ExportedProgram") -> tuple["tvm.IRModule", list[str], int]:
     """The Relax module of `ep` with weights as trailing inputs of `main`.
 
@@ -151,7 +193,8 @@ def to_relax(ep: "torch.export.ExportedProgram") -> tuple["tvm.IRModule", list[s
     with _filtered_stderr():
         mod = from_exported_program(
             ep, keep_params_as_input=True,
-            custom_convert_map={"index_put.default": _index_put, "index_put_.default": _index_put},
+            custom_convert_map={"index_put.default": _index_put, "index_put_.default": _index_put,
+                                "slice.Tensor": _slice},
         )
     mod, _ = detach_params(mod)  # the values come from omnic's own packed arrays instead
     kinds = torch.export.graph_signature.InputKind
@@ -266,14 +309,29 @@ def relax_pipeline(stats: dict[str, int] | None = None) -> Any:
             stats.update(nt_matmul_kernels=found, vectorized=done)
         return mod
 
+    @tvm.transform.module_pass(opt_level=0, name="OmnicRewriteDataflowReshape")
+    def _reshapes(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
+        # RewriteDataflowReshape turns reshape kernels into zero-copy views. Its pattern check
+        # aborts (TVM 0.27: "The padding factor (T + 4) * 16 is not divisible by T + 4") on a
+        # reshape over a symbolic axis it cannot split, as a ring layer's GQA expand of its
+        # [ring + T] keys is; the module is then kept as it is (those reshapes copy).
+        try:
+            return relax.transform.RewriteDataflowReshape()(mod)
+        except tvm.error.InternalError as err:
+            _log.info(f"tvm: reshapes kept as kernels (RewriteDataflowReshape: "
+                      f"{str(err).splitlines()[0][:120]})")
+            return mod
+
     @tvm.transform.module_pass(opt_level=0, name="OmnicCpuPipeline")
     def _pipeline(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
         target = tvm.target.Target.current()
+        lower = [_reshapes if p.info.name == "RewriteDataflowReshape" else p
+                 for p in cpu.dataflow_lower_passes(target)]
         passes = (cpu.library_dispatch_passes(target)
                   + [relax.transform.FuseTransposeMatmul()]
                   + cpu.legalize_passes(target)
                   + [_schedule]
-                  + cpu.dataflow_lower_passes(target)
+                  + lower
                   + cpu.finalize_passes(target))
         return tvm.transform.Sequential(passes)(mod)
 

@@ -12,6 +12,8 @@
 
 One function `main(tokens[1,T], input_pos[T], k_0..k_{L-1}, v_0..v_{L-1}, *weights) ->
 (logits[1,T,V], k_0.., v_0..)` serves prefill (any T up to context_length) and decode (T=1).
+Each cache holds `Decoder.cache_lengths()[i]` positions: context_length, or a ring of the window
+for a sliding layer whose window is shorter (omnic/targets/kv_layout.py).
 Weights are graph inputs (`keep_params_as_input`), so the library holds code only and the params
 file can be swapped. Quantized weights are dequantized inside the graph (see quant.py).
 
@@ -55,7 +57,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-FORMAT = "omnic-tvm-relax-vm/1"  # the layout of decoder.json; bump on any change
+FORMAT = "omnic-tvm-relax-vm/2"  # the layout of decoder.json; bump on any change
+# /2: per-layer cache shapes (a sliding layer's ring) and "kv_positions". A /1 directory (every
+# cache context_length long, each shape listed in its inputs) reads the same way.
+READS = (FORMAT, "omnic-tvm-relax-vm/1")
 LIBRARY, PARAMS, DESCRIPTOR = "decoder.so", "decoder.params.safetensors", "decoder.json"
 
 
@@ -128,11 +133,12 @@ def _call_order_weights(targets: list[str], packed: dict[str, Any],
     return out
 
 
-def _signature(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count."""
-    n, c = config.n_layers, config.context_length
-    cache = {"shape": [1, config.n_kv_heads, c, config.head_dim], "dtype": "float32"}
-    kv = {f"{kind}_cache.{i}": cache for kind in ("k", "v") for i in range(n)}
+def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count, `lengths`
+    the positions each layer's cache holds (`Decoder.cache_lengths`)."""
+    kv = {f"{kind}_cache.{i}": {"shape": [1, config.n_kv_heads, n, config.head_dim],
+                                "dtype": "float32"}
+          for kind in ("k", "v") for i, n in enumerate(lengths)}
     inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
               "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
     outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}, **kv}
@@ -222,7 +228,8 @@ class TvmTarget:
                      "target": str(L.cross_target(triple))}
 
         c = config.context_length
-        inputs, outputs = _signature(config)
+        lengths = decoder.cache_lengths()
+        inputs, outputs = _signature(config, lengths)
         descriptor = {
             "format": FORMAT,
             "function": "main",
@@ -235,6 +242,7 @@ class TvmTarget:
             "T": {"min": 1, "max": c},
             "context_length": c,
             "n_layers": config.n_layers,
+            "kv_positions": lengths,  # per layer; a sliding window shorter than c: its ring
             "vocab_size": config.vocab_size,
             "quantization": {name: p.describe() for name, p in packed.items()},
             "target": str(host),
@@ -280,6 +288,7 @@ class TvmTarget:
                 "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
                 "bytes": total,
                 "context_length": c,
+                "kv_positions": lengths,
                 "dynamic_T": [1, c],
             },
             precision=precision,
@@ -319,24 +328,26 @@ class TvmRunner:
 
     def __init__(self, root: Path, num_threads: int | None = None) -> None:
         meta = json.loads((root / DESCRIPTOR).read_text())
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in READS:
             raise ValueError(f"tvm: {root / DESCRIPTOR} has format {meta.get('format')!r}, "
-                             f"this omnic reads {FORMAT!r}")
+                             f"this omnic reads {' or '.join(map(repr, READS))}")
         if num_threads is not None:
             set_threads(num_threads)
         self.device, self.main, self.weights = open_vm(root, meta)
         self.context_length = int(meta["context_length"])
         self.n_layers = int(meta["n_layers"])
         self.vocab_size = int(meta["vocab_size"])
-        self._cache_shape = tuple(meta["inputs"]["k_cache.0"]["shape"])
+        # per layer: a sliding layer's cache may be a ring of its window (decoder.json's inputs)
+        self._cache_shapes = [tuple(meta["inputs"][f"{kind}_cache.{i}"]["shape"])
+                              for kind in ("k", "v") for i in range(self.n_layers)]
         self.reset()
 
     def reset(self) -> None:
         """Zero the cache (fresh TVM tensors) and start again at position 0."""
         import tvm
 
-        zeros = np.zeros(self._cache_shape, dtype=np.float32)
-        self.cache = [tvm.runtime.tensor(zeros, self.device) for _ in range(2 * self.n_layers)]
+        self.cache = [tvm.runtime.tensor(np.zeros(shape, dtype=np.float32), self.device)
+                      for shape in self._cache_shapes]
         self.position = 0
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
