@@ -452,7 +452,7 @@ def _reference(built: Built, resolved: Any, staging: Path, plan: Any) -> tuple[A
     inputs = golden_inputs.inputs_for_spec(resolved, golden_inputs.special_ids_of(built.tokenizer),
                                            built.tokenizer)
     session = GoldenSession(built.program.decoder, inputs, staging, golden.tolerances,
-                            plan=plan, max_kld=golden.max_kld)
+                            plan=plan, max_kld=golden.max_kld, spec=resolved)
     session.fp32()
     components = ComponentGoldenSession(built.program.components, staging, golden.seed,
                                         golden.tolerances)

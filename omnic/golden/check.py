@@ -281,8 +281,10 @@ class GoldenSession:
 
     def __init__(self, decoder: Any, inputs: GoldenInputs, build_dir: Path,
                  overrides: Mapping[str, float] | None = None,
-                 plan: Mapping[str, Any] | None = None, max_kld: float | None = None):
+                 plan: Mapping[str, Any] | None = None, max_kld: float | None = None,
+                 spec: Any = None):
         self.decoder = decoder
+        self.spec = spec  # the resolved spec: what a target's structural check compares with
         self.inputs = inputs
         self.build_dir = build_dir
         self.overrides = dict(overrides or {})
@@ -409,6 +411,24 @@ class GoldenSession:
             return tol
         return replace(tol, kld=cost.budget(), kld_source=f"{field.RATIO:g} x what {typical}")
 
+    def _structure(self, target: "Target", artifact: "Artifact",
+                   not_run: GoldenResult) -> GoldenResult:
+        """A runtime this host cannot run (Core ML off macOS): its target's structural check,
+        when it has one, turns not_run into failed when the artifact is malformed, and says it
+        ran otherwise."""
+        check = getattr(target, "structural_check", None)
+        if not_run.status != GoldenStatus.NOT_RUN or check is None or self.spec is None:
+            return not_run
+        try:
+            failures = check(artifact, self.build_dir, self.spec)
+        except Exception as err:  # noqa: BLE001 - an unreadable package is a failed artifact
+            failures = [f"{type(err).__name__}: {err}"]
+        if failures:
+            return replace(not_run, status=GoldenStatus.FAILED,
+                           reason="structural check failed: " + "; ".join(failures[:5]))
+        return replace(not_run, reason=f"{not_run.reason} (structure checked: I/O, KV states, "
+                       "ops, weight compression, precision)")
+
     def check(self, target: "Target", artifact: "Artifact") -> GoldenResult:
         """Load the artifact on its runtime and judge it. Never raises for a bad artifact."""
         try:
@@ -428,7 +448,7 @@ class GoldenSession:
         runner, early = load_runner(target, artifact, self.build_dir)
         if early is not None:
             early.reference, early.limits = ref_path, tol.limits()
-            return early
+            return self._structure(target, artifact, early)
         try:
             result = judge(runner, self.inputs, ref, tol, ref_path)
         finally:

@@ -185,3 +185,33 @@ def test_golden_summary_catches_drift():
     moved = ReferenceData("fp32", other, REF.logits, REF.logits, other)
     assert summary.compare_reference("fp32", base, summary.summarize_reference(moved))[0] \
         .startswith("fp32: greedy tokens")
+
+
+def test_a_runtime_this_host_cannot_run_gets_its_structural_check():
+    """Core ML off macOS: not_run says the structure was checked, or failed when it is not."""
+    from types import SimpleNamespace
+
+    from omnic.golden.check import GoldenResult, GoldenSession, GoldenStatus
+
+    class Target:
+        def __init__(self, failures):
+            self.failures, self.calls = failures, []
+
+        def structural_check(self, artifact, build_dir, spec):
+            self.calls.append((artifact, build_dir, spec))
+            return self.failures
+
+    session = SimpleNamespace(spec="the spec", build_dir="b")
+    not_run = GoldenResult(GoldenStatus.NOT_RUN, "needs macOS")
+    ok = Target([])
+    got = GoldenSession._structure(session, ok, "art", not_run)
+    assert (got.status, got.reason) == ("not_run", "needs macOS (structure checked: I/O, KV "
+                                        "states, ops, weight compression, precision)")
+    assert ok.calls == [("art", "b", "the spec")]
+    got = GoldenSession._structure(session, Target(["states: names [], spec expects [k]"]),
+                                   "art", not_run)
+    assert got.status == "failed" and "states: names []" in got.reason
+    # a target without a structural check, or a result that ran, is left as it is
+    assert GoldenSession._structure(session, object(), "art", not_run) is not_run
+    passed = GoldenResult(GoldenStatus.PASSED)
+    assert GoldenSession._structure(session, ok, "art", passed) is passed

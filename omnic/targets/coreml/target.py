@@ -186,6 +186,12 @@ class CoremlTarget:
             return None
         return out
 
+    def structural_check(self, artifact: Artifact, build_dir: Path,
+                         spec: "ResolvedSpec") -> list[str]:
+        """What this host can check of a decoder package it cannot run (structure.py); the
+        golden stage calls it when `load` raises NotRunnable."""
+        return structural_check(artifact, build_dir, spec)
+
     def load(self, artifact: Artifact, build_dir: Path) -> "CoremlRunner":
         """A Runner over the package on macOS; elsewhere raises NotRunnable("needs macOS"), and
         NotRunnable without coremltools."""
