@@ -266,3 +266,18 @@ def test_moe_sliding_window_fp32_compute(tmp_path):
     states = artifact.signature["states"]
     assert states["k_cache_0"]["shape"][2] == states["v_cache_0"]["shape"][2] == 8
     assert states["k_cache_1"]["shape"][2] == spec.model.context_length
+
+
+def test_int4_fp16_ring_caches_lower_and_conform(tmp_path):
+    """Sliding layers' rings at fp16 compute: coremltools 9.0's canonicalize_inplace_pattern
+    aborts on their update (so it is skipped for such models); the package still conforms, each
+    ring state [1, kv, window, hd] read and written once."""
+    from omnic.targets.coreml.structure import structural_check
+
+    spec = tiny_spec({"n_layers": 3, "layer_pattern": "2 sliding : 1 full",
+                      "sliding_window": {"size": 8}, "ffn": {"kind": "geglu", "hidden": 128}},
+                     coreml={"compute_precision": "fp16"})
+    _, artifact = lower(spec, tmp_path)
+    assert structural_check(artifact, tmp_path, spec) == []
+    states = artifact.signature["states"]
+    assert [states[f"k_cache_{i}"]["shape"][2] for i in range(3)] == [8, 8, 64]

@@ -229,16 +229,29 @@ def register_missing_ops() -> None:
     _REGISTERED = True
 
 
-def convert(exported: Any, *, target: str, units: str, precision: str) -> Any:
+# coremltools 9.0's `common::canonicalize_inplace_pattern` aborts on a ring cache's update at
+# fp16 ("COREMLTOOLS_GRAPH_PASS scope cannot have len > 1. Got ['add_fp16_cast',
+# 'add_int16_cast']": the gathered ring's ops carry two passes' scopes). It only reorders state
+# updates into the in-place form; without it each ring state is still read and written once
+# (the structural check), so models with rings convert without that pass.
+RING_SKIPPED_PASSES = ("common::canonicalize_inplace_pattern",)
+
+
+def convert(exported: Any, *, target: str, units: str, precision: str,
+            rings: bool = False) -> Any:
     """`ct.convert` of the exported wrapper to an ML Program (not loaded: may run off macOS).
 
     Inputs, states and their shapes come from the exported program (its Dim and buffers); only
     the output is named and typed here (logits stay fp32 at the interface for either precision).
+    `rings`: some layer keeps a ring cache (RING_SKIPPED_PASSES are left out).
     """
     import coremltools as ct
     import numpy as np
 
     register_missing_ops()
+    pipeline = ct.PassPipeline.DEFAULT
+    if rings:
+        pipeline.remove_passes(list(RING_SKIPPED_PASSES))
     model = ct.convert(
         exported,
         convert_to="mlprogram",
@@ -247,5 +260,6 @@ def convert(exported: Any, *, target: str, units: str, precision: str) -> Any:
         compute_units=compute_units(units),
         compute_precision=compute_precision(precision),
         skip_model_load=True,  # Core ML cannot compile/load off macOS; saving needs no load
+        pass_pipeline=pipeline,
     )
     return model

@@ -79,8 +79,9 @@ class CoremlTarget:
         t0 = time.perf_counter()
         exported = cv.export(cv.make_wrapper(program.decoder), m.context_length)
         t_export = time.perf_counter() - t0
+        rings = program.decoder.cache_lengths() != [m.context_length] * m.n_layers
         mlmodel = cv.convert(exported, target=c.deployment_target, units=c.compute_units,
-                             precision=c.compute_precision)
+                             precision=c.compute_precision, rings=rings)
         t_convert = time.perf_counter() - t0 - t_export
         const_names = {op.name for op in q.main_ops(mlmodel._mil_program) if op.op_type == "const"}
         consts = q.weight_consts(exported, const_names, cv.DECODER_ATTR)
