@@ -43,7 +43,7 @@ from omnic.golden.reference_model import weight_nmse, with_weights
 from omnic.golden.runs import run_forced, run_greedy
 from omnic.golden.store import load_npz, save_npz
 from omnic.golden.tolerances import (
-    METRIC_KEYS, Tolerance, ToleranceError, family, lookup, overridden,
+    METRIC_KEYS, Tolerance, ToleranceError, family, lookup, overridden, weight_limit,
 )
 from omnic.constants import GoldenStatus
 from omnic.runtime import pages
@@ -347,10 +347,11 @@ class GoldenSession:
                     f"{list(true.shape)}")
             err = weight_nmse(w, true)
             pages.release([true])  # a memory-mapped checkpoint's pages: read once here
-            if not err <= tol.weight_nmse:
+            limit = weight_limit(tol, artifact.target, self.plan.get(name), self.overrides)
+            if not err <= limit:
                 raise GoldenReferenceError(
                     f"reference_weights[{name}] is not a quantization of the model's tensor: "
-                    f"nmse {err:.3g} against the fp32 weights > weight_nmse {tol.weight_nmse:g}")
+                    f"nmse {err:.3g} against the fp32 weights > weight_nmse {limit:g}")
         rounding = artifact.activation_quant or {}
         digest.update(activations.digest_key(rounding).encode())
         name = "exact-" + digest.hexdigest()[:12]

@@ -26,6 +26,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
+from omnic.constants import Schemes
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -239,6 +241,22 @@ def lookup(target: str, precision: str, overrides: Mapping[str, float] | None = 
         row = replace(row, source=row.source + f"; overridden by spec: {sorted(changes)}",
                       **changes)
     return row
+
+
+def weight_limit(tol: Tolerance, target: str, scheme: "object | None",
+                 overrides: Mapping[str, float] | None = None) -> float:
+    """weight_nmse for one tensor of an artifact whose row is `tol`: the row's, or the tensor's
+    own scheme's (`scheme`: its TensorScheme, None when unknown) when that is coarser. An
+    artifact's label is the scheme holding most elements, which for a large int8 embedding
+    (Gemma 3's 262k vocabulary) is int8 while its matrices are int4."""
+    name = getattr(scheme, "scheme", None)
+    if name not in (Schemes.INT4, Schemes.INT8):
+        return tol.weight_nmse
+    try:
+        own = lookup(target, name, overrides).weight_nmse
+    except ToleranceError:
+        return tol.weight_nmse
+    return max(tol.weight_nmse, own)
 
 
 # -- components (encoders, projectors, heads) --------------------------------------------------

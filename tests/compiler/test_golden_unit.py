@@ -215,3 +215,20 @@ def test_a_runtime_this_host_cannot_run_gets_its_structural_check():
     assert GoldenSession._structure(session, object(), "art", not_run) is not_run
     passed = GoldenResult(GoldenStatus.PASSED)
     assert GoldenSession._structure(session, ok, "art", passed) is passed
+
+
+def test_a_tensors_weight_limit_is_its_own_schemes_when_coarser():
+    """A Core ML artifact labelled int8 (its embedding holds most elements) keeps int4
+    matrices: those are held to the int4 row's weight_nmse, the rest to the artifact's."""
+    from omnic.golden.tolerances import weight_limit
+    from omnic.quant.select import TensorScheme
+
+    int8_row, int4_row = lookup("coreml", "int8"), lookup("coreml", "int4_g32")
+    assert int4_row.weight_nmse > int8_row.weight_nmse
+    assert weight_limit(int8_row, "coreml", TensorScheme("int4", 32, True)) == int4_row.weight_nmse
+    assert weight_limit(int8_row, "coreml", TensorScheme("int8", None, True)) == \
+        int8_row.weight_nmse
+    assert weight_limit(int8_row, "coreml", None) == int8_row.weight_nmse  # a norm, say
+    # never tighter than the artifact's own row
+    assert weight_limit(int4_row, "coreml", TensorScheme("int8", None, True)) == \
+        int4_row.weight_nmse
