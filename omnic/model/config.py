@@ -35,12 +35,11 @@ class DecoderConfig:
     tie_embeddings: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False
-    sliding_window: int | None = None
-    sliding_layers: str = "all"  # all | even
-    # The per-layer table as plain tuples (None: every layer from the fields above).
-    # windows[i]: layer i's sliding window, None when it attends globally.
+    # The per-layer table as plain tuples (spec/layers.py resolves patterns and shortcuts).
+    # windows[i]: layer i's sliding window, None when it attends globally (None: no layer slides).
     windows: tuple[int | None, ...] | None = None
-    # ropes[i]: (theta, scaling dict or None, rotated dims) of layer i, None for a NoPE layer.
+    # ropes[i]: (theta, scaling dict or None, rotated dims) of layer i, None for a NoPE layer
+    # (None: every layer rotates its whole head with rope_theta / rope_scaling).
     ropes: tuple[tuple[float, dict[str, Any] | None, int] | None, ...] | None = None
     moe_experts: int = 0  # 0: dense FFN
     moe_top_k: int = 0
@@ -65,13 +64,7 @@ class DecoderConfig:
 
     def window_of(self, layer: int) -> int | None:
         """The sliding window of `layer`, or None when it attends globally."""
-        if self.windows is not None:
-            return self.windows[layer]
-        if self.sliding_window is None:
-            return None
-        if self.sliding_layers == "even" and layer % 2:
-            return None
-        return self.sliding_window
+        return None if self.windows is None else self.windows[layer]
 
     def rope_of(self, layer: int) -> tuple[float, dict[str, Any] | None, int] | None:
         """(theta, scaling, rotated dims) of `layer`'s RoPE, or None when it has none (NoPE)."""
@@ -85,7 +78,6 @@ def decoder_config(model: "Model") -> DecoderConfig:
     scaling = None
     if model.rope.scaling is not None:
         scaling = model.rope.scaling.model_dump()
-    sw = model.sliding_window
     moe = model.moe
     table = model.table
     ropes = tuple(None if r.rope is None else (
@@ -109,8 +101,6 @@ def decoder_config(model: "Model") -> DecoderConfig:
         tie_embeddings=model.tie_embeddings,
         qkv_bias=model.qkv_bias,
         qk_norm=model.qk_norm,
-        sliding_window=sw.size if sw else None,
-        sliding_layers=(sw.layers or "all") if sw else "all",
         # a window as long as the context hides nothing: such a layer attends globally (no
         # window mask, no ring) in every graph
         windows=tuple(r.window if r.window is not None and r.window < model.context_length
