@@ -104,30 +104,18 @@ class Layers(NamedTuple):
         return self.full or self.local
 
 
-def layers_of(model: "Model", problems: list[ArchProblem] | None = None) -> Layers:
-    """Summarise `model.table`; what llama.cpp's single-valued keys cannot hold is appended to
-    `problems` (one window size, one RoPE per attention kind)."""
+def layers_of(model: "Model") -> Layers:
+    """Summarise `model.table`. The table follows `sliding_window` and `rope` (spec/layers.py),
+    so it has one window size and one RoPE per attention kind, as llama.cpp's single-valued keys
+    want."""
     table = model.table
-    problems = [] if problems is None else problems
-    windows = sorted({r.window for r in table if r.window is not None})
-    if len(windows) > 1:
-        problems.append(ArchProblem("model.layers", f"sliding windows {windows}: llama.cpp has "
-                                    "one window size (`sliding_window`) for every sliding layer"))
-    ropes: dict[str, list["LayerRope"]] = {"full": [], "sliding": []}
-    for r in table:
-        if r.rope is not None and r.rope not in ropes[r.attention]:
-            ropes[r.attention].append(r.rope)
-    for kind, found in ropes.items():
-        if len(found) > 1:
-            problems.append(ArchProblem("model.layers", f"{len(found)} different RoPEs on the "
-                                        f"{kind}-attention layers; llama.cpp has one per kind"))
-    window = windows[0] if windows else None
+    window = next((r.window for r in table if r.window is not None), None)
+    full = next((r.rope for r in table if r.attention == "full" and r.rope), None)
+    local = next((r.rope for r in table if r.attention == "sliding" and r.rope), None)
     return Layers(
         sliding=tuple(r.attention == "sliding" for r in table), window=window,
         slides=window is not None and window < model.context_length,
-        nope=tuple(r.rope is None for r in table),
-        full=ropes["full"][0] if ropes["full"] else None,
-        local=ropes["sliding"][0] if ropes["sliding"] else None)
+        nope=tuple(r.rope is None for r in table), full=full, local=local)
 
 
 @dataclass(frozen=True)
@@ -235,7 +223,7 @@ def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[ArchProblem]]:
         (plan, problems): plan is None when problems is not empty.
     """
     problems: list[ArchProblem] = []
-    lay = layers_of(model, problems)
+    lay = layers_of(model)
     arch = _choose(model, lay)
     problems += _block_problems(model, arch)
     problems += _layer_problems(model, lay, arch)

@@ -107,10 +107,10 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
         w.add_sliding_window(lay.window)
         w.add_sliding_window_pattern(list(plan.swa_pattern))
         local = lay.local
-        # gemma3's default is 10000 whatever rope.freq_base says: always written; gemma2 and
-        # olmo2 default to rope.freq_base
+        # gemma3's default is 10000 whatever rope.freq_base says: always written; gemma2
+        # defaults to rope.freq_base (olmo2 is refused a base of its own: gguf_families' caps)
         if local is not None and (arch == "gemma3" or (
-                arch in ("gemma2", "olmo2") and rope is not None and local.theta != rope.theta)):
+                arch == "gemma2" and rope is not None and local.theta != rope.theta)):
             w.add_rope_freq_base_swa(local.theta)
     elif arch == "gemma2":  # gemma2 defaults to a 4096 window on even layers; make every window
         w.add_sliding_window(model.context_length)  # cover the context

@@ -152,8 +152,8 @@ def explain(spec: "ResolvedSpec", targets: list[str] | None = None) -> Explanati
 
 
 def kv_extent(spec: "ResolvedSpec", target: str) -> str:
-    """Positions per layer, from the per-layer table: `4,096 positions x 6 layers`, or with
-    sliding layers `512 (sliding) x 15 + 4,096 x 3 layers`."""
+    """Positions per layer, from the per-layer table: `4,096 x 6 layers, positions each`, or
+    with sliding layers `512 (sliding) x 15 + 4,096 x 3 layers, positions each`."""
     from collections import Counter
 
     from omnic.targets.kv_layout import kv_positions
