@@ -226,8 +226,8 @@ def compare(runner: "Runner", inputs: GoldenInputs, ref: ReferenceData, tol: Tol
         (M.KLD, values[M.KLD] > tol.kld, f"<= {tol.kld:.4g} "
          + (f"({tol.kld_source}) " if tol.kld_source else "")
          + f"(worst {kld_worst[0]:.3g} at {kld_worst[1]})", "mean over positions", "fp32"),
-        (M.TOP1_FP32, values[M.TOP1_FP32] < tol.top1_fp32, f">= {tol.top1_fp32:g}",
-         "all positions", "fp32"),
+        (M.TOP1_FP32, values[M.TOP1_FP32] < tol.top1_fp32, f">= {tol.top1_fp32:.3g}"
+         + (f" ({tol.top1_source})" if tol.top1_source else ""), "all positions", "fp32"),
     ]
     exact_label = ("quantization-exact reference" if ref.name != FP32_REFERENCE
                    else "reference (fp32 weights, as stored)")
@@ -393,24 +393,19 @@ class GoldenSession:
             ref = reference_data("field", self._runner(model), self._fp32_runner, self.inputs,
                                  self._vocab(), fp32=fp32)
         del model
-        kl = np.concatenate([M.kld_rows(f, g) for f, g in zip(ref.fp32_logits, ref.logits)])
-        return field.FieldCost(float(kl.mean()), method)
+        pairs = list(zip(ref.fp32_logits, ref.logits))
+        kl = np.concatenate([M.kld_rows(f, g) for f, g in pairs])
+        top1 = np.concatenate([M.top1_rows(g, f) for f, g in pairs])
+        return field.FieldCost(float(kl.mean()), method, float(top1.mean()))
 
     def budget(self, tol: Tolerance, artifact: "Artifact") -> Tolerance:
-        """`tol` with the KLD limit of a quantized artifact set by the field reference, or by
-        the spec's golden.max_kld (a golden.tolerances key for kld wins over both)."""
-        fam = family(artifact.precision)
-        if fam not in ("int4", "int8") or "kld" in overridden(self.overrides, artifact.target,
-                                                               artifact.precision):
+        """`tol` with the quality limits of a quantized artifact set by the field reference
+        (omnic.golden.field.judged_by)."""
+        if family(artifact.precision) not in ("int4", "int8"):
             return tol
-        cost = self.field_cost
-        typical = f"{cost.method} costs {cost.kld:.3g} on these prompts" if cost else ""
-        if self.max_kld is not None:
-            return replace(tol, kld=self.max_kld, kld_source="the spec's budget golden.max_kld"
-                           + (f"; {typical}" if typical else ""))
-        if cost is None:
-            return tol
-        return replace(tol, kld=cost.budget(), kld_source=f"{field.RATIO:g} x what {typical}")
+        keys = overridden(self.overrides, artifact.target, artifact.precision)
+        cost = None if "kld" in keys and "top1_fp32" in keys else self.field_cost
+        return field.judged_by(tol, cost, self.max_kld, keys)
 
     def _structure(self, target: "Target", artifact: "Artifact",
                    not_run: GoldenResult) -> GoldenResult:
@@ -454,9 +449,10 @@ class GoldenSession:
             result = judge(runner, self.inputs, ref, tol, ref_path)
         finally:
             del runner
-        cost = self.field_cost if tol.kld_source else None
+        cost = self.field_cost if tol.kld_source or tol.top1_source else None
         if cost is not None:
             result.metrics[M.FIELD_KLD] = cost.kld
+            result.metrics[M.FIELD_TOP1] = cost.top1
         if moved is not None:
             result.metrics.update(moved.metrics())
         return result

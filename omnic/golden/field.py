@@ -10,13 +10,19 @@ multiply it (activations rounded to Q8_0 blocks). A scheme with no ggml type (in
 128, int8 per channel, ...) is rounded by omnic's own reference quantizer, which follows the same
 formulas (omnic.quant.reference). The artifact fails when its mean KLD against fp32 exceeds
 RATIO times the field reference's, or the spec's own budget `golden.max_kld` when it sets one.
+
+Top-1 agreement with fp32 has a floor in the tolerance table, set below what flat random models
+reach. When the field reference itself disagrees with fp32 more often than that floor allows
+(Gemma 3's 262k-token vocabulary over random weights: near-ties everywhere), the floor is
+lowered to what an artifact RATIO times worse than the field in disagreement reaches; it is
+never raised.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -24,6 +30,7 @@ from omnic.constants import Schemes
 from omnic.quant.activations import LLAMA_CPP_Q8_0, ActivationQuant
 
 if TYPE_CHECKING:
+    from omnic.golden.tolerances import Tolerance
     from omnic.quant.select import TensorScheme
 
 # "Clearly worse than the field": llama.cpp's own Q4_0 of SmolLM2-135M-Instruct costs KLD 0.352
@@ -43,9 +50,30 @@ class FieldCost:
 
     kld: float  # mean KL(fp32 || field), nats
     method: str  # how it was quantized, for messages: "llama.cpp Q4_0 x210 + RTN int8 ..."
+    top1: float  # fraction of positions whose argmax is fp32's
 
     def budget(self) -> float:
         return max(RATIO * self.kld, FLOOR)
+
+    def top1_floor(self) -> float:
+        """The top-1 agreement of an artifact that disagrees with fp32 RATIO times as often."""
+        return max(1.0 - RATIO * (1.0 - self.top1), 0.0)
+
+
+def judged_by(tol: "Tolerance", cost: FieldCost | None, max_kld: float | None,
+              overridden: Collection[str]) -> "Tolerance":
+    """`tol` with a quantized artifact's KLD limit set by the field (or the spec's max_kld) and
+    its top-1 floor lowered to the field's; a limit the spec's golden.tolerances sets wins."""
+    typical = f"{cost.method} costs {cost.kld:.3g} on these prompts" if cost else ""
+    if "kld" not in overridden and max_kld is not None:
+        tol = replace(tol, kld=max_kld, kld_source="the spec's budget golden.max_kld"
+                      + (f"; {typical}" if typical else ""))
+    elif "kld" not in overridden and cost is not None:
+        tol = replace(tol, kld=cost.budget(), kld_source=f"{RATIO:g} x what {typical}")
+    if cost is not None and "top1_fp32" not in overridden and cost.top1_floor() < tol.top1_fp32:
+        tol = replace(tol, top1_fp32=cost.top1_floor(), top1_source=(
+            f"{RATIO:g} x the disagreement of {cost.method}, whose top-1 is {cost.top1:.3g}"))
+    return tol
 
 
 def quantized(plan: Mapping[str, "TensorScheme"]) -> dict[str, "TensorScheme"]:

@@ -41,6 +41,7 @@ class Tolerance:
     weight_nmse: float
     source: str = ""
     kld_source: str = ""  # where a kld limit not from this table came from (golden/field.py)
+    top1_source: str = ""  # why top1_fp32 sits below this table's floor (golden/field.py)
     noise_source: str = ""  # why conformance limits are looser than the row (golden/noise.py)
 
     def limits(self) -> dict[str, float]:
@@ -53,7 +54,7 @@ class Tolerance:
         return cls(**{k: float(limits[k]) for k in METRIC_KEYS}, source=source)
 
 
-_TEXT = ("source", "kld_source", "noise_source")
+_TEXT = ("source", "kld_source", "top1_source", "noise_source")
 METRIC_KEYS = tuple(f.name for f in fields(Tolerance) if f.name not in _TEXT)
 
 # Quality limits of a quantized decoder against fp32. The `kld` of an int4/int8 row applies only

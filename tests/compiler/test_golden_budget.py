@@ -28,6 +28,34 @@ def test_the_field_reference_is_what_llama_cpp_computes(q4_build):
     assert field_kld > 1e-4  # int4 costs something, even on random weights
     assert gguf.golden.metrics["kld"] == pytest.approx(field_kld, rel=0.02)
     assert gguf.golden.limits["kld"] < 0.1  # not the table's absolute row any more
+    # top-1 too: llama.cpp's argmaxes are the field's, up to near-ties flipped by summation order
+    assert gguf.golden.metrics["top1_fp32"] == pytest.approx(
+        gguf.golden.metrics["field_top1_fp32"], abs=0.05)
+
+
+def _field(top1: float):
+    from omnic.golden.field import FieldCost
+
+    return FieldCost(kld=0.01, method="llama.cpp Q4_0 x7", top1=top1)
+
+
+def test_the_top1_floor_follows_a_field_that_cannot_reach_it_and_never_rises():
+    """Gemma 3's 262k vocabulary over random weights: the field's own argmaxes agree with fp32's
+    at 55 % of positions, so the table's 50 % floor would fail artifacts no worse than the field
+    (a 270M-shaped ExecuTorch int4 at 48 %, KLD within its budget). A field at 99 % keeps the
+    table's floor: the field only lowers it."""
+    from omnic.golden.field import judged_by
+    from omnic.golden.tolerances import lookup
+
+    row = lookup("executorch", "int4")
+    low = judged_by(row, _field(0.55), None, ())
+    assert 0.4 < low.top1_fp32 < 0.5 and "0.55" in low.top1_source
+    assert "Q4_0" in low.top1_source and low.kld == pytest.approx(0.0125)
+    high = judged_by(row, _field(0.99), None, ())
+    assert high.top1_fp32 == row.top1_fp32 and not high.top1_source
+    assert judged_by(row, _field(0.55), None, {"top1_fp32": 0.5}).top1_fp32 == row.top1_fp32
+    spec_budget = judged_by(row, _field(0.55), 0.3, ())
+    assert spec_budget.kld == 0.3 and spec_budget.top1_fp32 < 0.5
 
 
 def test_a_spec_budget_fails_the_compile_and_says_what_the_scheme_costs(tiny_spec_file,
