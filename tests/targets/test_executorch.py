@@ -235,9 +235,12 @@ def test_kv_cache_lives_in_the_program(fp32):
     np.testing.assert_allclose(pieces, whole, atol=1e-5, rtol=0)
     runner.reset()  # a fresh program: position 0 and an empty cache again
     np.testing.assert_allclose(runner.forward(np.array(PROMPT)), whole, atol=0, rtol=0)
-    # the cache is written in place (index_put_ on the buffer), not copied back whole
+    # the cache is written in place by export_llm's custom op, and read by its SDPA, not
+    # copied back whole
     ops = fp32[1].details["runtime_ops"]
-    assert ops.get("aten::index_put_") == 2 * TINY["n_layers"] and "aten::copy_" not in ops
+    assert ops.get("llama::update_cache.out") == 2 * TINY["n_layers"]
+    assert ops.get("llama::custom_sdpa.out") == TINY["n_layers"]
+    assert "aten::copy_" not in ops and "aten::index_put_" not in ops
 
 
 def test_every_method_loads_and_metadata_is_right(fp32):
@@ -245,7 +248,7 @@ def test_every_method_loads_and_metadata_is_right(fp32):
     tok = ByteTokenizer(TINY["vocab_size"])
     expected = {
         "get_max_seq_len": 64, "get_max_context_len": 64, "get_vocab_size": 320, "get_n_layers": 2,
-        "use_kv_cache": True, "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True,
+        "use_kv_cache": True, "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True,
         "get_bos_id": tok.bos_id, "get_eos_ids": tok.eos_ids,
     }
     assert runner.metadata == expected
@@ -267,11 +270,17 @@ def test_delegation_is_recorded(fp32):
     d = artifact.details
     assert d["backend"] == "xnnpack" and d["delegated_ops"] > 0 and d["delegate_partitions"] > 0
     assert "linear" not in d["not_delegated"]  # every matmul of the model runs in XNNPACK
-    assert artifact.op_histogram["linear"] == 2 * 7 + 1  # q k v o gate up down per layer + lm_head
+    # q k v o gate up down per layer, RoPE's rotate-half of q and k (llm_graph.py), lm_head
+    assert artifact.op_histogram["linear"] == 2 * (7 + 2) + 1
+    # export_llm's graph: XNNPACK takes everything between two custom SDPAs, so one partition
+    # before the first and one per layer; the lm_head is its own, as its tied weight is also
+    # the embedding lookup's (an untied model has n_layers + 1)
+    assert d["delegate_partitions"] == TINY["n_layers"] + 2
     assert sum(artifact.op_histogram.values()) == d["delegated_ops"] + d["non_delegated_ops"]
     assert d["runtime_ops"]["<delegate>"] == d["delegate_partitions"]
     assert artifact.signature["inputs"]["tokens"]["shape"] == [1, "seq"]
-    assert artifact.signature["state"]["k_cache_1"]["shape"] == [1, 2, 64, 16]
+    # export_llm's cache layout: positions before the KV heads
+    assert artifact.signature["state"]["k_cache_1"]["shape"] == [1, 64, 2, 16]
 
 
 def test_tokenizer_beside_the_pte(fp32):

@@ -40,19 +40,30 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def project(
-        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+        heads_last: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B,H,T,hd], k and v [B,KV,T,hd] with RoPE applied; cos/sin broadcast to [B,1,T,d]
-        (None: no position embedding, a NoPE layer)."""
+        (None: no position embedding, a NoPE layer). With `heads_last` the heads stay after the
+        tokens (q [B,T,H,hd], k and v [B,T,KV,hd], ExecuTorch's custom SDPA layout), the token
+        axis is reshaped as -1, and RoPE is the caller's (cos and sin must be None; see
+        omnic/targets/executorch/llm_graph.py)."""
         b, t, _ = x.shape
+        if heads_last:
+            assert cos is None and sin is None, "heads_last leaves RoPE to the caller"
+            t = -1
         q, k = self.q(x), self.k(x)
         if self.q_norm is not None and self.qk_norm_full:
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, t, self.n_heads, self.head_dim)
         k = k.view(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if not heads_last:
+            v = v.transpose(1, 2)
         if self.q_norm is not None and not self.qk_norm_full:
             q, k = self.q_norm(q), self.k_norm(k)
+        if heads_last:
+            return q, k, v
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

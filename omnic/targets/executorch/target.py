@@ -5,12 +5,17 @@ runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
 
 - `forward(tokens int64 [1, seq], input_pos int64 [1]) -> logits float32 [1, seq, vocab]`, seq
   dynamic in [1, context_length]; `input_pos` is the position of the first token.
-- the KV cache as mutable buffers `k_cache_{i}` / `v_cache_{i}` [1, n_kv, L_i, head_dim] updated
-  in place; like export_llm, their initial state is not serialized (the runtime allocates them
-  zeroed). L_i is `Decoder.cache_lengths()[i]`: context_length, or the window of a sliding layer
-  whose window is shorter (a ring, position p in slot p % window, what export_llm's
-  `--local_global_attention` makes of such a layer with its RingKVCache; see
-  `omnic/targets/kv_layout.py`).
+- the KV cache as mutable buffers `k_cache_{i}` / `v_cache_{i}` updated in place; like
+  export_llm, their initial state is not serialized (the runtime allocates them zeroed). Two
+  graphs, recorded in the artifact's `kv_cache` detail:
+  - export_llm's (`llm_graph.py`, the XNNPACK default): [1, context, n_kv, head_dim], written by
+    `llama::update_cache` and read by `llama::custom_sdpa`;
+  - omnic's generic attention (the Core ML delegate; models with ring caches or soft-capping,
+    `llm_graph.why_generic`): [1, n_kv, L_i, head_dim], written by index_put_. L_i is
+    `Decoder.cache_lengths()[i]`: context_length, or the window of a sliding layer whose window
+    is shorter (a ring, position p in slot p % window, what export_llm's
+    `--local_global_attention` makes of such a layer with its RingKVCache; see
+    `omnic/targets/kv_layout.py`).
 - constant methods `get_max_seq_len`, `get_max_context_len`, `get_vocab_size`, `get_n_layers`,
   `use_kv_cache`, `use_sdpa_with_kv_cache`, `enable_dynamic_shape`, `get_bos_id`, `get_eos_ids`.
   ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/export_llama_lib.py
@@ -40,6 +45,7 @@ from omnic.targets.executorch.backend import (
     coreml_options, delegate_of, delegation_summary, missing, partitioners, require_runtime,
     runtime_fixes, runtime_ops,
 )
+from omnic.targets.executorch.llm_graph import custom_ops_module, why_generic
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +59,8 @@ FORWARD = "forward"
 
 
 def metadata(
-    spec: "ResolvedSpec", bos_id: int | None, eos_ids: list[int], dynamic: bool
+    spec: "ResolvedSpec", bos_id: int | None, eos_ids: list[int], dynamic: bool,
+    custom_sdpa: bool = False,
 ) -> dict[str, Any]:
     """The constant methods ExecuTorch's LLM runner reads, as export_llm writes them.
 
@@ -74,7 +81,7 @@ def metadata(
         "get_n_layers": m.n_layers,
         "get_vocab_size": m.vocab_size,
         "use_kv_cache": True,
-        "use_sdpa_with_kv_cache": False,  # attention is omnic's own, not llama::sdpa_with_kv_cache
+        "use_sdpa_with_kv_cache": custom_sdpa,  # llama::custom_sdpa (llm_graph.py)
         "enable_dynamic_shape": dynamic,
     })
     return out
@@ -145,9 +152,12 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
         ep = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
         if dynamic:
             _check_seq_range(ep, c)
-        # unwrap torchao tensor subclasses, as export_llm does; and two ops the runtime gets
-        # wrong as formulas (runtime_fixes)
-        ep = ep.run_decompositions(runtime_fixes())
+        # two ops the runtime gets wrong, as formulas (runtime_fixes); a graph without them is
+        # not traced once more for nothing (to_edge's own run_decompositions unwraps torchao's
+        # tensor subclasses either way)
+        fixes = runtime_fixes()
+        if any(n.target in fixes for n in ep.graph.nodes if n.op == "call_function"):
+            ep = ep.run_decompositions(fixes)
     edge = to_edge_transform_and_lower(
         ep,
         partitioner=partitioners(spec),
@@ -161,8 +171,9 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
     program = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True,
         do_quant_fusion_and_const_prop=True,  # torchao embeddings -> embedding_byte / 4bit
-        # The cache write becomes index_put_ into the buffer: without it each layer copies its
-        # whole cache twice per call (index_put.out, then the buffer write-back copy_).
+        # The generic graph's cache write becomes index_put_ into the buffer: without it each
+        # layer copies its whole cache twice per call (index_put.out, then the buffer write-back
+        # copy_); export_llm's graph writes in place already (llama::update_cache).
         # Experimental in ExecuTorch 1.5; the tests check the cache across calls.
         run_reinplace_pass=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
@@ -173,18 +184,24 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
 
 def _check_seq_range(ep: Any, context_length: int) -> None:
     """Raise unless the exported program takes every token count 1..context_length (torch
-    numbers a dynamic size from 2: 0 and 1 are its specialised values, and 1 runs)."""
+    numbers a dynamic size from 2: 0 and 1 are its specialised values, and 1 runs). Unbacked
+    symbols (u0: the start position the custom ops read with .item()) are not token counts."""
     for symbol, r in ep.range_constraints.items():
+        if str(symbol).startswith("u"):
+            continue
         if int(r.lower) > 2 or int(r.upper) < context_length:
             raise RuntimeError(f"executorch: the exported forward takes {r.lower}..{r.upper} "
                                f"tokens ({symbol}), not 1..{context_length}: the decoder "
                                "specialises on the token count")
 
 
-def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool,
-               lengths: list[int]) -> dict[str, Any]:
-    """I/O and state of `forward`; `lengths`: the positions each layer's cache holds."""
+def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool, lengths: list[int],
+               heads_last: bool = False) -> dict[str, Any]:
+    """I/O and state of `forward`; `lengths`: the positions each layer's cache holds;
+    `heads_last`: the custom ops' cache layout [1, positions, n_kv, head_dim]."""
     m = spec.model
+    shape = (lambda n: [1, n, m.kv_heads, m.dim_per_head]) if heads_last else (
+        lambda n: [1, m.kv_heads, n, m.dim_per_head])
     seq = "seq" if dynamic else 1
     return {
         "inputs": {
@@ -193,16 +210,17 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool,
         },
         "outputs": {"logits": {"dtype": "float32", "shape": [1, seq, m.vocab_size]}},
         "dims": {"seq": [1, m.context_length]} if dynamic else {},
-        "state": {f"{kv}_cache_{i}": {"dtype": dtype,
-                                      "shape": [1, m.kv_heads, n, m.dim_per_head]}
+        "state": {f"{kv}_cache_{i}": {"dtype": dtype, "shape": shape(n)}
                   for i, n in enumerate(lengths) for kv in ("k", "v")},
     }
 
 
 def _load_runtime_kernels() -> None:
-    """Register the quantized embedding kernels with the runtime: the pip wheel's bindings have
-    no `quantized_decomposed::embedding_byte` / `embedding_4bit` until this library is loaded."""
+    """Register with the runtime the kernels the pip wheel's bindings lack until their library is
+    loaded: `quantized_decomposed::embedding_byte` / `embedding_4bit`, and export_llm's
+    `llama::update_cache` / `llama::custom_sdpa` (libcustom_ops_aot_lib)."""
     import executorch.kernels.quantized  # noqa: F401
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
 
 
 @register_target(Targets.EXECUTORCH)
@@ -255,10 +273,13 @@ class ExecutorchTarget:
         if backend == "coreml" and coreml_options(spec)["compute_precision"] == "fp16":
             _coreml_fp16(decoder, quant)
         dtype = getattr(torch, quant.dtype)
-        module = _kv_module(decoder, dtype)
+        generic = why_generic(decoder) if backend == "xnnpack" else f"the {backend} backend"
+        module = _kv_module(decoder, dtype) if generic else custom_ops_module(decoder, dtype)
+        _log.info("executorch: attention → " + (f"omnic's generic graph ({generic})" if generic
+                                                else "llama::update_cache + llama::custom_sdpa"))
 
         tok = load_tokenizer(spec, program.spec_dir)
-        meta = metadata(spec, tok.bos_id, list(tok.eos_ids), dynamic)
+        meta = metadata(spec, tok.bos_id, list(tok.eos_ids), dynamic, custom_sdpa=not generic)
         et_program, summary = _lower_module(module, spec, meta, dynamic)
         pte = out_dir / f"{spec.name}.pte"
         pte.write_bytes(et_program.buffer)
@@ -283,7 +304,9 @@ class ExecutorchTarget:
             "metadata": meta,
             "tokenizer": tokenizer_files,
             "compute_dtype": quant.dtype,
-            "kv_cache": f"mutable buffers, static, {quant.dtype}",
+            "kv_cache": f"mutable buffers, static, {quant.dtype}, " + (
+                f"[1, n_kv, positions, head_dim] (generic attention: {generic})" if generic else
+                "[1, positions, n_kv, head_dim], llama::update_cache + llama::custom_sdpa"),
             "kv_positions": decoder.cache_lengths(),  # per layer; a window: that layer's ring
         }
         if spec.model.tie_embeddings and backend == "xnnpack":
@@ -306,7 +329,7 @@ class ExecutorchTarget:
             target=self.id,
             path=f"{out_dir.name}/{pte.name}",
             signature=_signature(spec, str(dtype).removeprefix("torch."), dynamic,
-                                 decoder.cache_lengths()),
+                                 decoder.cache_lengths(), heads_last=not generic),
             op_histogram=dict(sorted(histogram.items())),
             quantization={"forms": quant.forms} if quant.forms else {},
             details=details,
