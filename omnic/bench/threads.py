@@ -65,9 +65,12 @@ def configure(target_id: str, target: Any, threads: int) -> tuple[dict[str, Any]
         else:
             settings[what] = f"not settable: {type(target).__name__}.load has no {keyword}="
     if target_id == "gguf":
-        from omnic.targets.gguf.runtime import default_threads
+        from omnic.targets.gguf.runtime import cpu_has_amx, default_threads, extra_buffer_types
 
         settings["llama.cpp n_threads"] = settings["llama.cpp n_threads_batch"] = default_threads()
+        settings["llama.cpp use_extra_bufts"] = (
+            f"{extra_buffer_types()} (CPU AMX: {cpu_has_amx()}; OMNIC_LLAMA_EXTRA_BUFTS="
+            f"{os.environ.get('OMNIC_LLAMA_EXTRA_BUFTS', 'unset')})")
     elif target_id == "executorch":
         settings.update(_executorch_threads(threads))
     elif target_id == "reference":

@@ -372,3 +372,23 @@ def test_block_combinations_run_like_the_reference(builds, runners, case: str) -
     ref = TorchRunner(decoder).forward(tokens)
     assert np.abs(ref).max() > 1.0
     assert np.abs(got - ref).max() <= 1e-4 + 1e-4 * np.abs(ref).max()
+
+
+def test_weight_repacking_is_on_unless_the_cpu_has_amx(monkeypatch) -> None:
+    """llama.cpp's own default (repacked weights) everywhere but on AMX hosts, where this
+    llama-cpp-python build crashes; the environment variable decides either way."""
+    import re
+
+    from omnic.targets.gguf import runtime
+
+    flags = " ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    monkeypatch.delenv("OMNIC_LLAMA_EXTRA_BUFTS", raising=False)
+    assert runtime.extra_buffer_types() is (re.search(r"\samx_\w+", flags) is None)
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    assert runtime.extra_buffer_types() is False
+    monkeypatch.setenv("OMNIC_LLAMA_EXTRA_BUFTS", "1")
+    assert runtime.extra_buffer_types() is True
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    monkeypatch.setenv("OMNIC_LLAMA_EXTRA_BUFTS", "0")
+    assert runtime.extra_buffer_types() is False
