@@ -8,10 +8,11 @@
     og     onnxruntime-genai Generator (the runtime both ONNX folders are made for)
     ort    a plain onnxruntime session fed like omnic's OnnxRunner (inputs read off the graph)
     llama  llama-cpp-python's Llama.eval (last-position logits only)
+    pte    ExecuTorch's Python runtime over a .pte LLM program (omnic's or export_llm's)
   Each run: prefill P random token ids, then D greedy single-token steps; median over R runs
   after one warm-up; the thread count goes to the runtime's own option.
 
-    python bench/harness.py --worker og|ort|llama PATH --threads N --prompt P --decode D
+    python bench/harness.py --worker og|ort|llama|pte PATH --threads N --prompt P --decode D
         --repeat R --out FILE.json
 """
 
@@ -313,8 +314,59 @@ class OrtKvRunner:
         return res["logits"][0].astype(np.float32)
 
 
-def _ort_timer(folder: Path, threads: int, vocab: int):
-    runner = OrtKvRunner(folder, threads)
+class PteRunner:
+    """A .pte LLM program on ExecuTorch's Python runtime, fed as export_llm's runner feeds it:
+    `forward(tokens int64 [1, T], input_pos int64 [1]) -> logits`, the KV cache inside the
+    program. Works for omnic's programs and export_llm's alike; `forward` returns the rows the
+    program computes ([T, vocab] for omnic's, only the last [1, vocab] for export_llm's), valid
+    until the next call.
+
+    `reset()` starts again at position 0 without reloading: both programs attend to positions
+    below input_pos + T only, so the rows a previous run left in the cache are never read.
+    """
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import torch  # noqa: F401  (loads libtorch for the bindings)
+
+        import executorch.kernels.quantized  # noqa: F401 - quantized_decomposed::embedding_*
+        from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - llama:: ops
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        # One pool serves XNNPACK's delegate and the llama:: custom ops; the wheel sizes it to
+        # the cores at start-up, the bindings' only knob resets it.
+        portable_lib._unsafe_reset_threadpool(threads)  # noqa: SLF001
+        self.threads = portable_lib._threadpool_get_thread_count()  # noqa: SLF001
+        start = time.perf_counter()
+        self.program = Runtime.get().load_program(Path(path))  # a path: mmap'd, as on a phone
+        self.method = self.program.load_method("forward")
+        self.load_s = time.perf_counter() - start
+        names = self.program.method_names
+        self.dynamic = ("enable_dynamic_shape" not in names or bool(
+            self.program.load_method("enable_dynamic_shape").execute([])[0]))
+        self.reset()
+
+    def reset(self) -> None:
+        self.position = 0
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        import torch
+
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64).reshape(1, -1))
+        step = ids.shape[1] if self.dynamic else 1  # a static program takes one token a call
+        rows = []
+        for start in range(0, ids.shape[1], step):
+            part = ids[:, start:start + step]
+            (logits,) = self.method.execute([part, torch.tensor([self.position])])
+            rows.append(logits.reshape(-1, logits.shape[-1]).to(torch.float32).numpy())
+            self.position += part.shape[1]
+        # one call: the program's own output buffer, valid until the next call (no copy of
+        # [T, vocab] rows inside the timed prefill)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+
+def _timed(runner: Any):
+    """The timing loop of a runner with `reset()` and `forward(tokens) -> logits rows`."""
 
     def one(prompt: np.ndarray, decode: int) -> tuple[float, float]:
         runner.reset()
@@ -328,17 +380,30 @@ def _ort_timer(folder: Path, threads: int, vocab: int):
             steps.append(_since(t1))
         return prefill, steps
 
-    return runner.load_s, one, {"onnxruntime intra_op_num_threads": threads}
+    return one
+
+
+def _ort_timer(folder: Path, threads: int, vocab: int):
+    runner = OrtKvRunner(folder, threads)
+    return runner.load_s, _timed(runner), {"onnxruntime intra_op_num_threads": threads}
+
+
+def _pte_timer(path: Path, threads: int, vocab: int):
+    runner = PteRunner(path, threads)
+    return runner.load_s, _timed(runner), {"executorch threadpool threads": runner.threads,
+                                           "dynamic_shape": runner.dynamic}
 
 
 def _llama_timer(path: Path, threads: int, vocab: int):
     import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
-    # No weight repacking into llama.cpp's "extra" CPU buffer types, as omnic's runner does by
-    # default: this llama-cpp-python build crashes in its AMX matmul on AMX hosts (see
-    # omnic/targets/gguf/runtime.py extra_buffer_types). Same for both files; it costs speed.
-    extra = os.environ.get("OMNIC_LLAMA_EXTRA_BUFTS", "0") == "1"
+    from omnic.targets.gguf.runtime import extra_buffer_types
+
+    # Weight repacking into llama.cpp's "extra" CPU buffer types as omnic's runner decides it:
+    # on, unless the CPU has AMX, where this llama-cpp-python build crashes in its AMX matmul
+    # (omnic/targets/gguf/runtime.py extra_buffer_types). Same for every file measured.
+    extra = extra_buffer_types()
     original = lib.llama_model_default_params
 
     def params():  # noqa: ANN202
@@ -377,7 +442,8 @@ def _llama_timer(path: Path, threads: int, vocab: int):
 
 def worker(kind: str, path: Path, threads: int, prompt_n: int, decode: int, repeat: int,
            vocab: int) -> dict[str, Any]:
-    timer = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer}[kind]
+    timer = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer,
+             "pte": _pte_timer}[kind]
     load_s, one, settings = timer(path, threads, vocab)
     prompt = np.random.default_rng(0).integers(0, min(vocab, 256), prompt_n, dtype=np.int64)
     runs = [one(prompt, decode) for _ in range(repeat + 1)][1:]  # the first is a warm-up
@@ -411,7 +477,7 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=["og", "ort", "llama"], required=True)
+    p.add_argument("--worker", choices=["og", "ort", "llama", "pte"], required=True)
     p.add_argument("path", type=Path)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt", type=int, default=64)
