@@ -292,6 +292,22 @@ def test_tokenizer_beside_the_pte(fp32):
     assert hf.encode("héllo", add_special_tokens=False).ids == list("héllo".encode())
 
 
+def test_a_fresh_process_runs_the_program(fp32, tmp_path):
+    """The runner registers every kernel the program calls (llama::custom_sdpa, update_cache)
+    itself: a process that never lowered anything, as `omnic run`, verify and bench workers."""
+    import subprocess
+    import sys
+
+    spec, artifact, build, runner = fp32
+    code = ("import numpy as np; from omnic.targets.executorch.target import ExecutorchRunner; "
+            f"r = ExecutorchRunner({str(build / artifact.path)!r}); "
+            f"np.save({str(tmp_path / 'logits.npy')!r}, r.forward(np.array([5, 77, 300])))")
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    runner.reset()
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"),
+                               runner.forward(np.array([5, 77, 300])), atol=0, rtol=0)
+
+
 def test_executorch_llm_runner_drives_the_program(fp32, builds):
     """ExecuTorch's own C++ text runner loads the .pte and tokenizer.json and decodes greedily."""
     llm = pytest.importorskip("executorch.extension.llm.runner")
