@@ -11,11 +11,16 @@
 - `smollm2_cut`: that checkpoint cut to its first 3 blocks, for compiles to every target.
 
 Nothing here imports torch at import time: torch-free test modules stay fast.
+
+The build cache is off for the whole suite (OMNIC_CACHE=off, inherited by the CLI subprocesses):
+a test that breaks a target on purpose must see it rebuilt, not a cached good result. The cache's
+own tests name a folder explicitly.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +28,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ["OMNIC_CACHE"] = "off"
 
 from tiny_specs import TINY_SPEC  # noqa: E402 - one definition, importable by tests
 

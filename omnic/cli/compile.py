@@ -25,6 +25,15 @@ def register(subparsers) -> None:
     p.add_argument("--dump-dir", metavar="D", help="write every stage's intermediate result here")
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="lower and check up to N targets at once in worker processes, as far "
+                   "as the machine's free memory allows (default 1)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", metavar="D",
+                       help="the build cache folder (default: $OMNIC_CACHE_DIR, else "
+                       "~/.cache/omnic/builds); targets whose inputs are unchanged are reused")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="build everything, reading and writing no build cache")
     # tests plant faults with it (omnic.passes.faults); not for users, so not in --help
     p.add_argument("--append-pass", action="append", default=[], metavar="PASS_ID",
                    help=argparse.SUPPRESS)
@@ -43,7 +52,8 @@ def run(args) -> int:
     try:
         result = compile(args.spec, args.out_dir, targets=targets, dump_dir=args.dump_dir,
                          force=args.force, progress=not args.quiet,
-                         extra_passes=args.append_pass)
+                         extra_passes=args.append_pass,
+                         cache=False if args.no_cache else args.cache_dir, jobs=args.jobs)
     except CompileError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return err.exit_code

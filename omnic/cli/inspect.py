@@ -44,12 +44,22 @@ def artifact_table(manifest: "Manifest", title: str | None = None) -> "Table":
     table = Table(title=title or f"{manifest.name}: {manifest.status}", title_justify="left")
     for col in ("target", "component", "file", "size", "precision", "golden", "key metrics"):
         table.add_column(col, overflow="fold")
+    cached = cached_targets(manifest)
     for a in manifest.artifacts:
         style = _STATUS_STYLE.get(a.golden.status, "")
-        golden = f"[{style}]{a.golden.status}[/]"
+        golden = f"[{style}]{a.golden.status}[/]" + (" [dim](cached)[/]" if a.target in cached
+                                                     else "")
         table.add_row(a.target, a.component, a.path, human_bytes(a.bytes), a.precision, golden,
                       key_metrics(a.golden.metrics))
     return table
+
+
+def cached_targets(manifest: "Manifest") -> set[str]:
+    """Targets this build took from the build cache (their timing stage `<target>: cached`)."""
+    from omnic.compiler.cache import CACHED
+
+    return {t.stage.rsplit(":", 1)[0] for t in manifest.timings.targets
+            if t.stage.endswith(f": {CACHED}")}
 
 
 def print_reasons(manifest: "Manifest", console) -> None:

@@ -30,6 +30,8 @@ COMMANDS = [
     "diff",       # compare two builds
     "golden",     # golden/ maintenance
     "bench",      # runtime speed of every artifact
+    "cache",      # the build cache: list, prune
+    "farm",       # a matrix of compiles on Ray, with a report
 ]
 
 

@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from rich.console import Console
 
 from omnic.compiler import manifest as mf
+from omnic.compiler import manifest_stage
 from omnic.compiler.errors import CompileError, InputError
 from omnic.compiler.lowering import lower_target
 from omnic.compiler.staging import failed_dir, publish, staged
-from omnic.constants import MANIFEST_FORMAT_VERSION, Components, GoldenStatus
+from omnic.constants import Components, GoldenStatus
 from omnic.runtime import pages
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class _Stages:
         self.console = console
         self.records: dict[str, list[mf.StageTiming]] = {"stages": [], "targets": []}
         self.peak_mb = 0.0  # the whole compile's peak RSS, over every window
+        self.on_start: Any = None  # told each stage's name as it starts (a --jobs worker)
         mf.reset_peak_rss()  # not the peak of whatever this process did before compiling
 
     @contextlib.contextmanager
@@ -81,6 +83,8 @@ class _Stages:
         pages.trim_heap()  # what the last stage freed goes back to the system, not to the heap
         mf.reset_peak_rss()  # each stage records its own peak (Linux)
         start = time.perf_counter()
+        if self.on_start is not None:
+            self.on_start(name.split(": ", 1)[-1])
         with self.console.status(f"[bold]{name}[/]…"):
             yield
         seconds = time.perf_counter() - start
@@ -157,50 +161,6 @@ def _golden(session: Any, components: Any, target: Any, artifacts: list["Artifac
     return out
 
 
-def _golden_files(build_dir: Path) -> dict[str, str]:
-    return {p.relative_to(build_dir).as_posix(): mf.file_sha256(p)
-            for p in sorted((build_dir / "golden").rglob("*")) if p.is_file()}
-
-
-def _artifact_entry(a: "Artifact", g: "GoldenResult", build_dir: Path) -> mf.ArtifactEntry:
-    nbytes, sha = mf.path_digest(build_dir / a.path)
-    return mf.ArtifactEntry(
-        component=a.component, target=a.target, path=a.path, bytes=nbytes, sha256=sha,
-        precision=a.precision, signature=mf.jsonable(a.signature),
-        op_histogram=dict(sorted(a.op_histogram.items())), quantization=mf.jsonable(a.quantization),
-        details=mf.jsonable(a.details),
-        golden=mf.GoldenEntry(status=g.status, reason=g.reason, metrics=g.metrics,
-                              reference=g.reference, limits=g.limits),
-    )
-
-
-def _plan_vs_actual(plan: Any, entries: list[mf.ArtifactEntry], build_dir: Path
-                    ) -> list[mf.PlanVsActual]:
-    """Each artifact's bytes against the plan: the target's byte model for the decoder
-    (omnic.targets.footprint, compiled code excluded), else the component's weight bytes."""
-    from omnic.constants import Components
-    from omnic.targets.footprint import TOLERANCE, measured_bytes
-
-    models = {a["target"]: a for a in plan.artifacts if a.get("carried")}
-    out = []
-    for e in entries:
-        model = models.get(e.target) if e.component == Components.DECODER else None
-        if model is None:
-            planned = sum(w.bytes for w in plan.weights if w.component == e.component) or None
-            out.append(mf.PlanVsActual(
-                target=e.target, component=e.component, path=e.path, planned_bytes=planned,
-                actual_bytes=e.bytes, ratio=(e.bytes / planned) if planned else None))
-            continue
-        kept, skipped = measured_bytes(build_dir / e.path, model["excluded"])
-        ratio = kept / model["bytes"]
-        out.append(mf.PlanVsActual(
-            target=e.target, component=e.component, path=e.path, planned_bytes=model["bytes"],
-            actual_bytes=e.bytes, ratio=ratio, basis="target", compared_bytes=kept,
-            excluded_bytes=skipped, tolerance=TOLERANCE,
-            within_tolerance=abs(ratio - 1) <= TOLERANCE))
-    return out
-
-
 def _publish(staging: Path, out_dir: Path, passed: bool) -> Path:
     """Rename the finished staging directory into place (see the module docstring)."""
     final = out_dir if passed else failed_dir(out_dir)
@@ -261,6 +221,8 @@ def compile(
     force: bool = False,
     progress: bool = True,
     extra_passes: Sequence[str] = (),
+    cache: "str | Path | bool | None" = None,
+    jobs: int = 1,
 ) -> CompileResult:
     """Compile a spec into verified artifacts and a manifest.
 
@@ -275,6 +237,12 @@ def compile(
         progress: show a spinner on stderr while a stage runs (log lines go through `logging`).
         extra_passes: pass ids appended to the model-level pipeline (tests plant faults with
             the `test::` passes of omnic.passes.faults).
+        cache: the build cache (omnic.compiler.cache): None for the default location
+            ($OMNIC_CACHE_DIR, else ~/.cache/omnic/builds; OMNIC_CACHE=off disables it), a
+            directory, or False for none.
+        jobs: targets lowered and checked at once, in worker processes (omnic.compiler.
+            parallel_targets), as far as the machine's memory allows; 1: one after another
+            in this process.
 
     Returns:
         CompileResult (status "passed" with exit_code 0, or "failed" with exit_code 1 and the
@@ -290,6 +258,10 @@ def compile(
     from omnic.passes.faults import fault_name
     from omnic.compiler.auto_quant import choose_for_build, is_auto
     from omnic.compiler import validate
+    from omnic.compiler.cache import open_cache
+    from omnic.compiler.cached_stages import built as built_result
+    from omnic.golden import store as golden_store
+    from omnic.compiler.cached_stages import CACHED, CompileCache
 
     stage = _Stages(Console(stderr=True, quiet=not progress, highlight=False))
     started = time.perf_counter()
@@ -298,6 +270,8 @@ def compile(
     spec_dir = spec_path.parent
     if out_dir.exists() and not force:
         raise InputError(f"{out_dir} exists; pass --force to replace it")
+    if jobs < 1:
+        raise InputError(f"--jobs {jobs}: must be at least 1")
 
     # The file is read once and its presets resolved once. Every error of the three stages is
     # reported at once (as `omnic validate` does): a stage stops the compile only when the next
@@ -325,18 +299,31 @@ def compile(
         warnings = [str(d) for d in validation.warnings]
         for w in warnings:
             _log.warning(w)
-    built, auto = None, None
-    if is_auto(validation.spec.quantization):
+    built, auto, front = None, None, None  # auto: {"report", "quantization"} of `auto`
+    store = open_cache(cache)
+    cc = CompileCache(store, spec_dir, extra_passes, read=dump is None) if store else None
+    if cc is not None:  # the stages before the targets, when every target is cached too
+        front = cc.front(resolved.model_dump(mode="json"),
+                         list(targets or resolved.targets.enabled()))
+    if front is not None and front.payload["auto"] is not None:
+        from omnic.spec.quant import Quantization
+
+        auto = front.payload["auto"]
+        resolved = resolved.model_copy(update={"quantization": Quantization.model_validate(
+            auto["quantization"])})
+    elif is_auto(validation.spec.quantization):
         # quantization: auto picks its scheme here, measured on the built fp32 model (which does
         # not depend on the scheme, so the build stage below takes this one over)
         with stage("quant auto"):
             built = _build(resolved, spec_dir, dump)
             try:
-                auto = choose_for_build(resolved, built.program.decoder, built.tokenizer, spec_dir,
-                                        _log.info)
+                choice = choose_for_build(resolved, built.program.decoder, built.tokenizer,
+                                          spec_dir, _log.info)
             except ValueError as err:
                 raise InputError(str(err)) from None
-            resolved = resolved.model_copy(update={"quantization": auto.quantization})
+            resolved = resolved.model_copy(update={"quantization": choice.quantization})
+            auto = {"report": choice.to_dict(),
+                    "quantization": choice.quantization.model_dump(mode="json")}
             built = Built(built.program.evolve(spec=resolved), built.tokenizer)
     spec_data = resolved.model_dump(mode="json")
     with stage("plan"):
@@ -347,6 +334,19 @@ def compile(
         _dump(dump, "03-plan.json", plan.to_dict())
     with stage("check"):
         objs = _check(resolved, targets)
+    hits = {t: cc.target(spec_data, t) for t in objs} if cc is not None else {}
+    if front is not None and all(hits.values()):  # nothing to build: every result is cached
+        with staged(out_dir, _planned_bytes(plan, objs)) as staging:
+            store.restore(front, staging)
+            results = []
+            for t, entry in hits.items():
+                with stage(f"{t}: {CACHED}", "targets"):
+                    results.append(cc.restore_target(entry, staging))
+            f = front.payload
+            return _finish(
+                stage, staging, out_dir, resolved, spec_dir, plan, objs, f["passes"], results,
+                auto and auto["report"], f["calibration"], fault_name(
+                    [*DEFAULT, *extra_passes]), warnings, started, dump)
     if built is None:
         with stage("build"):
             built = _build(resolved, spec_dir, dump)
@@ -379,47 +379,83 @@ def compile(
             # from the model as built, before any pass: a pass that damages the program (the
             # test:: faults) must show up as a golden failure, not move the reference with it
             sessions = _reference(built, resolved, staging, program.quant_plan)
-        results: list[tuple["Artifact", "GoldenResult"]] = []
-        for t, target in objs.items():
+        passes = [{"id": r.id, "changed": r.changed, "seconds": r.seconds} for r in pass_records]
+        report = calibrated.report if calibrated else None
+        if cc is not None:
+            cc.store_front(staging, resolved.name, pass_records, report, auto)
+        by_target = {}
+        for t in objs:
+            if hits.get(t) is not None:
+                with stage(f"{t}: {CACHED}", "targets"):
+                    by_target[t] = cc.restore_target(hits[t], staging)
+
+        def lower_and_check(t: str) -> Any:
+            mark = golden_store.writes()
             with stage(f"{t}: lower", "targets"):
                 lowered = calibrated.program_for(t, program) if calibrated else program
-                artifacts = lower_target(t, target, lowered, staging)
+                artifacts = lower_target(t, objs[t], lowered, staging)
                 del lowered
             with stage(f"{t}: golden", "targets"):
-                results += _golden(*sessions, target, artifacts)
+                result = built_result(t, _golden(*sessions, objs[t], artifacts), staging, mark)
             _dump(dump, f"06-{t}-artifacts.json", [
                 {k: v for k, v in vars(a).items() if k != "reference_weights"}
                 for a in artifacts])
-        with stage("manifest"):
-            entries = [_artifact_entry(a, g, staging) for a, g in results]
-            g = resolved.golden
-            manifest = mf.Manifest(
-                omnic_version=_version(), manifest_format=MANIFEST_FORMAT_VERSION,
-                name=resolved.name, status=mf.overall_status(entries), targets=list(objs),
-                test_fault=fault, spec_sha256=mf.spec_sha256(spec_data), spec=spec_data,
-                toolchain=mf.toolchain_versions(), memory_plan=mf.jsonable(plan.to_dict()),
-                passes=[mf.PassEntry(id=r.id, changed=r.changed) for r in pass_records] + [
-                    mf.PassEntry(id=r.id, changed=r.changed, target=a.target,
-                                 component=a.component) for a, _ in results for r in a.passes],
-                artifacts=entries, plan_vs_actual=_plan_vs_actual(plan, entries, staging),
-                quantization_auto=auto.to_dict() if auto is not None else None,
-                weights_source=_weights_source(resolved, spec_dir),
-                calibration=calibrated.report if calibrated else None,
-                golden=mf.GoldenInfo(cases=g.cases, prompt_tokens=g.prompt_tokens,
-                                     decode_steps=g.decode_steps, seed=g.seed,
-                                     files=_golden_files(staging)),
-            )
-        manifest.timings = mf.Timings(
-            stages=stage.records["stages"], targets=stage.records["targets"],
-            passes=[mf.StageTiming(stage=r.id, seconds=r.seconds) for r in pass_records] + [
-                mf.StageTiming(stage=f"{a.target}/{a.component}: {r.id}", seconds=r.seconds)
-                for a, _ in results for r in a.passes],
-            total_seconds=time.perf_counter() - started,
-            peak_rss_mb=max(stage.peak_mb, mf.peak_rss_mb() or 0.0) or None)
-        mf.write(manifest, staging)
-        _dump(dump, "07-manifest.json", mf.dumps(manifest))
-        passed = manifest.status == GoldenStatus.PASSED
-        final = _publish(staging, out_dir, passed)
+            return result
+
+        def store(t: str, result: Any) -> None:
+            if cc is not None:
+                cc.store_target(staging, resolved.name, result)
+
+        todo = [t for t in objs if t not in by_target]
+        by_target.update(_run_targets(lower_and_check, todo, jobs, plan, stage, store))
+        results = [by_target[t] for t in objs]
+        return _finish(stage, staging, out_dir, resolved, spec_dir, plan, objs, passes, results,
+                       auto and auto["report"], report, fault, warnings,
+                       started, dump)
+
+
+def _run_targets(work: Any, todo: list[str], jobs: int, plan: Any, stage: _Stages,
+                 done: Any) -> dict[str, Any]:
+    """`work(t)` for each target of `todo`: here, one after another, or with jobs > 1 in
+    worker processes (their stage timings come back with their results)."""
+    if jobs <= 1 or len(todo) <= 1:
+        out = {}
+        for t in todo:
+            out[t] = work(t)
+            done(t, out[t])
+        return out
+    from omnic.compiler import parallel_targets
+    from omnic.compiler.compile_cost import longest_first, stage_peak_bytes
+
+    def in_worker(t: str) -> tuple[Any, list[mf.StageTiming]]:
+        parallel_targets.single_threaded()
+        stage.console.quiet = True  # the parent shows one line per target
+        stage.on_start = parallel_targets.phase
+        first = len(stage.records["targets"])
+        return work(t), stage.records["targets"][first:]
+
+    peaks = {t: stage_peak_bytes(plan, t) for t in todo}
+    ran = parallel_targets.run(in_worker, longest_first(todo), jobs, peaks, stage.console, done)
+    for t in todo:
+        stage.records["targets"] += ran[t][1]
+    return {t: ran[t][0] for t in todo}
+
+
+def _finish(stage: _Stages, staging: Path, out_dir: Path, resolved: Any, spec_dir: Path,
+            plan: Any, objs: dict[str, Any], passes: list[dict[str, Any]], results: list[Any],
+            auto: dict[str, Any] | None, calibration: dict[str, Any] | None, fault: str | None,
+            warnings: list[str], started: float, dump: Path | None) -> CompileResult:
+    """The manifest stage and the publication of the build: `passes` the model-level pass
+    records, `results` each target's cached_stages.TargetResult."""
+    with stage("manifest"):
+        manifest = manifest_stage.manifest(resolved, spec_dir, plan, list(objs), passes, results,
+                                           auto, calibration, fault, staging)
+    manifest.timings = manifest_stage.timings(stage.records, passes, results, started,
+                                              max(stage.peak_mb, mf.peak_rss_mb() or 0.0))
+    mf.write(manifest, staging)
+    _dump(dump, "07-manifest.json", mf.dumps(manifest))
+    passed = manifest.status == GoldenStatus.PASSED
+    final = _publish(staging, out_dir, passed)
     return CompileResult(manifest.status, 0 if passed else 1, final, manifest, warnings)
 
 
@@ -457,18 +493,3 @@ def _reference(built: Built, resolved: Any, staging: Path, plan: Any) -> tuple[A
     components = ComponentGoldenSession(built.program.components, staging, golden.seed,
                                         golden.tolerances)
     return session, components
-
-
-def _weights_source(resolved: Any, spec_dir: Path) -> dict[str, Any] | None:
-    """The storage of a quantized weight source (a GGUF file), for the manifest."""
-    if resolved.weights.source != "gguf":
-        return None
-    from omnic.importers.gguf import source_quantization
-
-    return source_quantization(spec_dir / resolved.weights.path)
-
-
-def _version() -> str:
-    import omnic
-
-    return omnic.__version__

@@ -164,7 +164,7 @@ def test_a_misplaced_tensor_fails_the_comparison(builds, tmp_path, monkeypatch) 
     monkeypatch.setattr(gguf_mmproj, "tensor_names", swapped)
     path = tmp_path / "gguf" / "broken.gguf"
     path.parent.mkdir()
-    gguf_mmproj.write_mmproj(path, b.spec, b.component, "F32")
+    gguf_mmproj.write_mmproj(path, b.spec, b.component, "F32", Path("."))
     runner = mmproj_runtime.MmprojRunner(str(path), str(b.dir / b.decoder.path), 32, 64, 64, "mlp")
     try:
         x = golden_inputs(b.component, seed=0)[0]

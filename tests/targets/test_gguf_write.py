@@ -47,7 +47,7 @@ def _write(spec, decoder, path):
     assert problems == []
     state = decoder.state_dict()
     write_gguf(path, spec, plan, tensors, types.types, types.file_type, vocab_for(spec, Path(".")),
-               lambda n: state[n].numpy())
+               lambda n: state[n].numpy(), Path("."))
     return plan, tensors, types
 
 

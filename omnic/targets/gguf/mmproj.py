@@ -158,8 +158,8 @@ def mmproj_file_type(decoder_file_type: str) -> str:
     return "F16" if decoder_file_type == "F16" else "F32"
 
 
-def write_mmproj(path: Path, spec: "ResolvedSpec", component: "Component", file_type: str
-                 ) -> dict[str, Any]:
+def write_mmproj(path: Path, spec: "ResolvedSpec", component: "Component", file_type: str,
+                 spec_dir: Path) -> dict[str, Any]:
     """Write the mmproj GGUF; return what it stores ({"tensor_types", "bytes_by_type", ...})."""
     import gguf
     import numpy as np
@@ -200,7 +200,7 @@ def write_mmproj(path: Path, spec: "ResolvedSpec", component: "Component", file_
         w.add_vision_projector_scale_factor(plan.scale_factor)
     if plan.feature_layer is not None:
         w.add_array(KEY_FEATURE_LAYER, [plan.feature_layer])
-    spec_json, spec_sha = spec_digest(spec)
+    spec_json, spec_sha = spec_digest(spec, spec_dir)
     w.add_string(GgufKeys.VERSION, omnic.__version__)
     w.add_string(GgufKeys.SPEC_SHA256, spec_sha)
     w.add_string(GgufKeys.SPEC, spec_json)
@@ -240,7 +240,7 @@ def lower_mmproj(program: "Program", out_dir: Path, text_model: str, decoder_fil
     out_dir = Path(out_dir)
     filename = f"mmproj-{spec.name}-{file_type}.gguf"
     t0 = time.perf_counter()
-    facts = write_mmproj(out_dir / filename, spec, component, file_type)
+    facts = write_mmproj(out_dir / filename, spec, component, file_type, program.spec_dir)
     nbytes = (out_dir / filename).stat().st_size
     v = spec.modalities.vision
     logging.getLogger(__name__).info(

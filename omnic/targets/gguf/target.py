@@ -140,7 +140,8 @@ class GgufTarget:
         from omnic.targets.gguf.quant import FILE_TYPES
 
         written_ft = FILE_TYPES["F32"] if k_quant else ft
-        write_gguf(first, spec, plan, tensors, types_plan.types, written_ft, vocab, fetch)
+        write_gguf(first, spec, plan, tensors, types_plan.types, written_ft, vocab, fetch,
+                   program.spec_dir)
         write_s = time.perf_counter() - t0
         quantize_s = 0.0
         weighted: list[str] = []

@@ -29,11 +29,16 @@ if TYPE_CHECKING:
 
     from omnic.spec import ResolvedSpec
 
-def spec_digest(spec: "ResolvedSpec") -> tuple[str, str]:
-    """(canonical JSON, sha256) of the resolved spec, as the manifest computes them."""
+def spec_digest(spec: "ResolvedSpec", spec_dir: Path) -> tuple[str, str]:
+    """(canonical JSON, sha256) of the spec as it reaches this file: the resolved spec with
+    `targets` cut to the gguf target's options, and each file it names (weights, tokenizer) as
+    the sha256 of its bytes (omnic.spec.file_digests), not its path. Another target's options,
+    or moving a checkpoint, change no byte of the GGUF (the build cache relies on it)."""
     from omnic.digest import canonical_json, spec_sha256
+    from omnic.spec.file_digests import with_file_digests
 
-    data = spec.model_dump(mode="json")
+    data = with_file_digests(spec.model_dump(mode="json"), spec_dir)
+    data["targets"] = {"gguf": (data.get("targets") or {}).get("gguf")}
     return canonical_json(data), spec_sha256(data)
 
 
@@ -69,6 +74,7 @@ def write_gguf(
     file_type: FileType,
     vocab: GgufVocab,
     fetch: Callable[[str], "np.ndarray"],
+    spec_dir: Path,
 ) -> int:
     """Write one GGUF file, tensor by tensor.
 
@@ -76,6 +82,7 @@ def write_gguf(
         types: GGUF tensor name -> ggml type name for every tensor of `tensors`.
         file_type: written as general.file_type (llama.cpp's quantizer rewrites it for K-quants).
         fetch: omnic tensor name -> float32 array (read only; views of the model are fine).
+        spec_dir: the spec's folder (the files it names are embedded by content: spec_digest).
 
     Returns:
         bytes of tensor data written.
@@ -92,7 +99,7 @@ def write_gguf(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_hparams(writer, model, plan)
     write_vocab(writer, vocab)
-    spec_json, spec_sha = spec_digest(spec)
+    spec_json, spec_sha = spec_digest(spec, spec_dir)
     writer.add_string(GgufKeys.VERSION, omnic.__version__)
     writer.add_string(GgufKeys.SPEC_SHA256, spec_sha)
     writer.add_string(GgufKeys.SPEC, spec_json)

@@ -1,0 +1,127 @@
+"""The build cache's keys: what reaches each piece of a build.
+
+A target's key is a digest of
+- the resolved spec without the other targets' options (its own stay in), where every file the
+  spec names (weights, tokenizer, encoder weights, calibration text) is replaced by the digest of
+  its bytes: moving a checkpoint does not rebuild, changing one byte does;
+- the test-fault passes, if any;
+- omnic's version and a digest of its installed sources and data (a changed rule or kernel
+  rebuilds);
+- the versions of the toolchain that target uses (its runtime and exporter, plus torch and numpy
+  and the rest every target shares).
+
+The front key (the reference stage's golden files, the model-level passes, calibration and
+`quantization: auto`) covers the whole spec, every target being built (calibration rounds for
+each target's grid) and every toolchain version.
+
+File digests (omnic.spec.file_digests) are remembered by (path, size, mtime, inode) in the cache
+folder's `file-digests.json`, so an unchanged 1 GB checkpoint is read once, not at every compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from omnic.compiler.cache import digest_of
+from omnic.spec.file_digests import with_file_digests
+
+KEY_FORMAT = 1
+# Distributions every target's output depends on; the rest are per target below.
+COMMON = ("python", "torch", "numpy", "tokenizers", "safetensors", "transformers")
+PER_TARGET = {
+    "onnx": ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai"),
+    "gguf": ("gguf", "llama-cpp-python"),
+    "executorch": ("executorch", "torchao"),
+    "coreml": ("coremltools",),
+    "tvm": ("apache-tvm",),
+}
+MEMO_FILE = "file-digests.json"
+
+
+def front_key(spec: dict[str, Any], spec_dir: Path, targets: Iterable[str],
+              extra_passes: Iterable[str], memo_dir: Path | None) -> str:
+    return digest_of({
+        "format": KEY_FORMAT, "kind": "front", "spec": _with_file_digests(spec, spec_dir,
+                                                                         memo_dir),
+        "targets": list(targets), "passes": list(extra_passes), "omnic": omnic_fingerprint(),
+        "toolchain": toolchain()})
+
+
+def target_key(spec: dict[str, Any], spec_dir: Path, target: str, extra_passes: Iterable[str],
+               memo_dir: Path | None) -> str:
+    data = _with_file_digests(spec, spec_dir, memo_dir)
+    options = (data.get("targets") or {}).get(target)
+    data["targets"] = {target: options}
+    versions = toolchain()
+    wanted = COMMON + PER_TARGET.get(target, tuple(versions))  # a plug-in target: everything
+    return digest_of({
+        "format": KEY_FORMAT, "kind": "target", "target": target, "spec": data,
+        "passes": list(extra_passes), "omnic": omnic_fingerprint(),
+        "toolchain": {k: v for k, v in versions.items() if k in wanted}})
+
+
+def toolchain() -> dict[str, str]:
+    from omnic.compiler.manifest import toolchain_versions
+
+    return toolchain_versions()
+
+
+def omnic_fingerprint() -> dict[str, str]:
+    import omnic
+
+    return {"version": omnic.__version__, "sources": _sources_digest()}
+
+
+@lru_cache(maxsize=1)
+def _sources_digest() -> str:
+    """sha256 of every file of the installed omnic package (code and data, not bytecode)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        if "__pycache__" in f.parts or f.suffix in (".pyc", ".pyo"):
+            continue
+        h.update(f"{f.relative_to(root).as_posix()}\0".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _with_file_digests(spec: dict[str, Any], spec_dir: Path, memo_dir: Path | None
+                       ) -> dict[str, Any]:
+    """The spec with every file it names replaced by its content digest (file_digests), the
+    digests remembered in the cache folder's MEMO_FILE."""
+    memo = _Memo(memo_dir)
+    out = with_file_digests(spec, spec_dir, memo.known)
+    memo.save()
+    return out
+
+
+class _Memo:
+    """file_digests' memo, kept in the cache folder between compiles."""
+
+    def __init__(self, folder: Path | None):
+        self.file = folder / MEMO_FILE if folder is not None else None
+        self.known: dict[str, str] = {}
+        if self.file is not None and self.file.is_file():
+            try:
+                self.known = json.loads(self.file.read_text())
+            except (OSError, ValueError):
+                self.known = {}
+        self.size = len(self.known)
+
+    def save(self) -> None:
+        if self.file is None or len(self.known) == self.size:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=".digests-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.known, f)
+            os.replace(tmp, self.file)
+        except OSError:
+            pass  # a memo only: the next compile reads the files again

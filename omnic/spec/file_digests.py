@@ -1,0 +1,64 @@
+"""The files a spec names, by content: each path field replaced by the sha256 of its bytes.
+
+What an artifact embeds of its spec (GGUF's `omnic.spec`) and what the build cache keys on must
+not depend on where a checkpoint lies, only on what it holds: moving a checkpoint changes no
+artifact byte and rebuilds nothing; changing one byte of it does both.
+
+Torch-free. File digests are remembered by (resolved path, size, mtime_ns, inode) in the `memo`
+a caller passes (the build cache keeps one on disk), so an unchanged 1 GB checkpoint is read once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any, MutableMapping
+
+from omnic.digest import file_sha256
+from omnic.spec.extends import PATH_FIELDS
+
+FILE_FIELDS = (*PATH_FIELDS, ("quantization", "calibration", "text"))
+NOT_FILES = ("builtin",)  # quantization.calibration.text: omnic's own corpus
+_PROCESS_MEMO: dict[str, str] = {}
+
+
+def with_file_digests(spec: dict[str, Any], spec_dir: Path,
+                      memo: MutableMapping[str, str] | None = None) -> dict[str, Any]:
+    """A copy of a resolved spec's JSON form where each file field holds {"sha256", "bytes"} of
+    the file (a folder: of its files) instead of its path. A missing file keeps its path."""
+    out = copy.deepcopy(spec)
+    memo = _PROCESS_MEMO if memo is None else memo
+    for fpath in FILE_FIELDS:
+        node = out
+        for key in fpath[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(fpath[-1]) if isinstance(node, dict) else None
+        if not isinstance(value, str) or value in NOT_FILES:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else Path(spec_dir) / path
+        if path.exists():
+            node[fpath[-1]] = content_digest(path, memo)
+    return out
+
+
+def content_digest(path: Path, memo: MutableMapping[str, str]) -> dict[str, Any]:
+    """{"bytes", "sha256"} of a file, or of a folder (its sorted relative paths and files)."""
+    if path.is_file():
+        size, sha = _file(path, memo)
+        return {"bytes": size, "sha256": sha}
+    h, total = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size, sha = _file(f, memo)
+        total += size
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha}\n".encode())
+    return {"bytes": total, "sha256": h.hexdigest()}
+
+
+def _file(path: Path, memo: MutableMapping[str, str]) -> tuple[int, str]:
+    st = path.stat()
+    stamp = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+    if stamp not in memo:
+        memo[stamp] = file_sha256(path)
+    return st.st_size, memo[stamp]
