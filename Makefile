@@ -15,7 +15,7 @@ $(PY):
 # torch first, pinned, so that nothing later pulls a CUDA build; then omnic with every backend.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install $(TORCH)
-	$(PY) -m pip install -e '.[all,dev]'
+	$(PY) -m pip install -e '.[all,farm,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -139,6 +139,10 @@ class GgufKeys:
     """Metadata keys omnic adds to the GGUF files it writes (llama.cpp ignores unknown keys)."""
 
     VERSION = "omnic.version"  # omnic package version that wrote the file
-    SPEC_SHA256 = "omnic.spec_sha256"  # sha256 of the canonical JSON of the resolved spec
-    SPEC = "omnic.spec"  # the resolved spec itself, canonical JSON
+    # sha256 of the canonical JSON of `omnic.spec`; not the manifest's spec_sha256, which hashes
+    # the whole resolved spec (every target's options, files by path)
+    SPEC_SHA256 = "omnic.spec_sha256"
+    # the resolved spec as it reaches the file, canonical JSON: its own target's options only,
+    # files by content (omnic.targets.gguf.write.embedded_spec)
+    SPEC = "omnic.spec"
     FILE_TYPE = "omnic.file_type"  # targets.gguf.file_type as resolved (auto -> Q4_0, ...)

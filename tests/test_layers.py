@@ -31,6 +31,7 @@ LAYERS = [
     "golden",      # references, metrics, tolerances, the golden check
     "compiler",    # the pipeline's stages, plan, manifest, diff
     "bench",       # omnic bench: measuring built artifacts
+    "farm",        # omnic farm: a matrix of compiles on Ray, and its report
     "tools",       # generators of checked-in files (schemas)
     "cli",         # thin command modules
 ]

@@ -37,6 +37,7 @@ _log = logging.getLogger(__name__)
 ENTRY_FORMAT = 1
 ENTRY_FILE, ENTRY_DIGEST, FILES_DIR = "entry.json", "entry.sha256", "files"
 ENV_DIR, ENV_SWITCH = "OMNIC_CACHE_DIR", "OMNIC_CACHE"
+STALE_TMP_SECONDS = 3600
 CACHED = "cached"  # a target taken from the cache: its timing stage is "<target>: cached"
 
 
@@ -104,7 +105,10 @@ class BuildCache:
             _log.warning(f"cache: entry {key[:12]} is corrupt ({problem}); rebuilding it")
             shutil.rmtree(path, ignore_errors=True)
             return None
-        os.utime(path / ENTRY_FILE)  # last used, for prune
+        try:
+            os.utime(path / ENTRY_FILE)  # last used, for prune
+        except OSError:
+            pass  # a read-only or shared cache: the entry is still sound
         return Entry(key, path, meta)
 
     def put(self, key: str, kind: str, label: Mapping[str, Any], payload: Mapping[str, Any],
@@ -166,17 +170,21 @@ class BuildCache:
         return sorted(out, key=lambda e: -e.used)
 
     def prune(self, max_bytes: int) -> list[EntryInfo]:
-        """Remove the least recently used entries until the rest hold at most `max_bytes`;
-        also what an interrupted write left in tmp/. Returns the entries removed."""
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)
-        kept, removed, total = [], [], 0
+        """Keep the most recently used entries that fit in `max_bytes` together and remove the
+        rest (from the first that does not fit on); also what an interrupted write left in
+        tmp/ more than an hour ago (a younger one may be a compile writing now). Returns the
+        entries removed."""
+        for t in (self.root / "tmp").glob("*") if (self.root / "tmp").is_dir() else []:
+            if time.time() - t.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(t, ignore_errors=True)
+        removed, total, full = [], 0, False
         for e in self.entries():
-            if total + e.bytes <= max_bytes and e.kind != "corrupt":
-                kept.append(e)
-                total += e.bytes
-            else:
+            full = full or e.kind == "corrupt" or total + e.bytes > max_bytes
+            if full:
                 removed.append(e)
                 shutil.rmtree(self._dir(e.key), ignore_errors=True)
+            else:
+                total += e.bytes
         return removed
 
 

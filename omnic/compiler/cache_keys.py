@@ -10,9 +10,13 @@ A target's key is a digest of
 - the versions of the toolchain that target uses (its runtime and exporter, plus torch and numpy
   and the rest every target shares).
 
+Every key also holds the host (system, machine, and the environment settings in ENVIRONMENT), so
+a cache shared by machines keeps their entries apart (a Core ML entry made off macOS is not_run).
+
 The front key (the reference stage's golden files, the model-level passes, calibration and
 `quantization: auto`) covers the whole spec, every target being built (calibration rounds for
-each target's grid) and every toolchain version.
+each target's grid), every toolchain version and the quantization presets (`auto` chooses among
+them).
 
 File digests (omnic.spec.file_digests) are remembered by (path, size, mtime, inode) in the cache
 folder's `file-digests.json`, so an unchanged 1 GB checkpoint is read once, not at every compile.
@@ -29,19 +33,32 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from omnic.compiler.cache import digest_of
-from omnic.spec.file_digests import with_file_digests
+from omnic.spec.file_digests import PROCESS_MEMO, with_file_digests
 
-KEY_FORMAT = 1
-# Distributions every target's output depends on; the rest are per target below.
-COMMON = ("python", "torch", "numpy", "tokenizers", "safetensors", "transformers")
+KEY_FORMAT = 2
+# Distributions every target's output depends on; the rest are per target below (a target may
+# name its own with `cache_inputs(spec)`, as ExecuTorch does for its Core ML delegate).
+COMMON = ("python", "torch", "numpy", "tokenizers", "safetensors", "transformers", "ml-dtypes")
 PER_TARGET = {
-    "onnx": ("onnx", "onnxscript", "onnxruntime", "onnxruntime-genai"),
+    "onnx": ("onnx", "onnxscript", "onnx-ir", "onnxruntime", "onnxruntime-genai"),
     "gguf": ("gguf", "llama-cpp-python"),
     "executorch": ("executorch", "torchao"),
     "coreml": ("coremltools",),
     "tvm": ("apache-tvm",),
 }
+# Settings read from the environment that change an artifact or its golden numbers.
+ENVIRONMENT = ("OMNIC_THREADS", "OMNIC_LLAMA_EXTRA_BUFTS", "TVM_NDK_CC", "TVM_NUM_THREADS")
 MEMO_FILE = "file-digests.json"
+
+
+def host() -> dict[str, Any]:
+    """The machine: artifacts (TVM's host library) and golden results (a runtime's kernels, what
+    runs at all: Core ML's not_run off macOS) depend on it, so a cache shared between machines
+    keeps their entries apart."""
+    import platform
+
+    return {"system": platform.system(), "machine": platform.machine(),
+            "env": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}}
 
 
 def front_key(spec: dict[str, Any], spec_dir: Path, targets: Iterable[str],
@@ -50,20 +67,34 @@ def front_key(spec: dict[str, Any], spec_dir: Path, targets: Iterable[str],
         "format": KEY_FORMAT, "kind": "front", "spec": _with_file_digests(spec, spec_dir,
                                                                          memo_dir),
         "targets": list(targets), "passes": list(extra_passes), "omnic": omnic_fingerprint(),
-        "toolchain": toolchain()})
+        "presets": quant_presets(), "toolchain": toolchain(), "host": host()})
 
 
 def target_key(spec: dict[str, Any], spec_dir: Path, target: str, extra_passes: Iterable[str],
-               memo_dir: Path | None) -> str:
+               memo_dir: Path | None, reads: tuple[list[str], list[str]] | None = None) -> str:
+    """`reads`: the target's `cache_inputs(spec)` (targets whose options it reads,
+    distributions it runs), when it has one."""
+    options, wanted = reads or ([target], list(PER_TARGET.get(target, ())))
     data = _with_file_digests(spec, spec_dir, memo_dir)
-    options = (data.get("targets") or {}).get(target)
-    data["targets"] = {target: options}
+    data["targets"] = {t: (data.get("targets") or {}).get(t) for t in options}
     versions = toolchain()
-    wanted = COMMON + PER_TARGET.get(target, tuple(versions))  # a plug-in target: everything
+    wanted = (*COMMON, *wanted) if wanted or target in PER_TARGET else tuple(versions)
     return digest_of({
         "format": KEY_FORMAT, "kind": "target", "target": target, "spec": data,
-        "passes": list(extra_passes), "omnic": omnic_fingerprint(),
+        "passes": list(extra_passes), "omnic": omnic_fingerprint(), "host": host(),
         "toolchain": {k: v for k, v in versions.items() if k in wanted}})
+
+
+def quant_presets() -> dict[str, str]:
+    """sha256 of every quantization preset file (`quantization: auto` chooses among them; a
+    spec that names one has it inlined in the resolved spec already)."""
+    from omnic.presets.store import KINDS, search_dirs
+
+    out = {}
+    for root in reversed(search_dirs()):  # the first folder wins, as presets.store reads them
+        for f in sorted((root / KINDS["quantization"]).glob("*.yaml")):
+            out[f.stem] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
 
 
 def toolchain() -> dict[str, str]:
@@ -94,34 +125,34 @@ def _sources_digest() -> str:
 def _with_file_digests(spec: dict[str, Any], spec_dir: Path, memo_dir: Path | None
                        ) -> dict[str, Any]:
     """The spec with every file it names replaced by its content digest (file_digests), the
-    digests remembered in the cache folder's MEMO_FILE."""
+    digests remembered in the cache folder's MEMO_FILE between compiles (and shared with the
+    GGUF writer's within this one)."""
     memo = _Memo(memo_dir)
-    out = with_file_digests(spec, spec_dir, memo.known)
+    out = with_file_digests(spec, spec_dir)
     memo.save()
     return out
 
 
 class _Memo:
-    """file_digests' memo, kept in the cache folder between compiles."""
+    """file_digests' process memo, loaded from and saved to the cache folder."""
 
     def __init__(self, folder: Path | None):
         self.file = folder / MEMO_FILE if folder is not None else None
-        self.known: dict[str, str] = {}
         if self.file is not None and self.file.is_file():
             try:
-                self.known = json.loads(self.file.read_text())
+                PROCESS_MEMO.update(json.loads(self.file.read_text()))
             except (OSError, ValueError):
-                self.known = {}
-        self.size = len(self.known)
+                pass
+        self.size = len(PROCESS_MEMO)
 
     def save(self) -> None:
-        if self.file is None or len(self.known) == self.size:
+        if self.file is None or len(PROCESS_MEMO) == self.size:
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.file.parent, prefix=".digests-")
             with os.fdopen(fd, "w") as f:
-                json.dump(self.known, f)
+                json.dump(PROCESS_MEMO, f)
             os.replace(tmp, self.file)
         except OSError:
             pass  # a memo only: the next compile reads the files again

@@ -93,6 +93,7 @@ class CompileCache:
         self.extra_passes = list(extra_passes)
         self.read = read  # False: recompute everything (--dump-dir), still store the results
         self.keys: dict[str, str] = {}
+        self.front_files: set[str] = set()
 
     def _get(self, key: str) -> Entry | None:
         return self.store.get(key) if self.read else None
@@ -106,19 +107,28 @@ class CompileCache:
     def store_front(self, build_dir: Path, name: str, pass_records: list[Any],
                     calibration: dict[str, Any] | None, auto: dict[str, Any] | None) -> None:
         files = {rel: build_dir / rel for rel in golden_files(build_dir)}
+        self.front_files = set(files)  # the targets' entries leave these to the front
         self.store.put(self.keys["front"], "front", {"spec": name}, mf.jsonable({
             "passes": [{"id": r.id, "changed": r.changed, "seconds": r.seconds}
                        for r in pass_records],
             "calibration": calibration, "auto": auto}), files)
 
     # -- targets -----------------------------------------------------------------------------
-    def target(self, spec: dict[str, Any], target: str) -> Entry | None:
+    def target(self, spec: dict[str, Any], target: str, reads: Any = None) -> Entry | None:
+        """`reads`: the target's cache_inputs(spec), when it has one (cache_keys.target_key)."""
         self.keys[target] = cache_keys.target_key(spec, self.spec_dir, target,
-                                                  self.extra_passes, self.store.root)
+                                                  self.extra_passes, self.store.root, reads)
         return self._get(self.keys[target])
 
-    def restore_target(self, entry: Entry, build_dir: Path) -> TargetResult:
-        self.store.restore(entry, build_dir)
+    def restore_target(self, entry: Entry, build_dir: Path) -> TargetResult | None:
+        """The target's result with its files in the build; None when the entry went away
+        since it was found (`omnic cache prune` meanwhile): the target is then built."""
+        try:
+            self.store.restore(entry, build_dir)
+        except OSError as err:
+            _log.warning(f"cache: entry {entry.key[:12]} could not be read ({err}); "
+                         "building the target")
+            return None
         p = entry.payload
         return TargetResult(p["target"], [mf.ArtifactEntry.model_validate(e)
                                           for e in p["entries"]], p["passes"], cached=True)
@@ -129,7 +139,8 @@ class CompileCache:
         t = result.target
         folder = build_dir / t
         files = {p.relative_to(build_dir).as_posix(): p for p in folder.rglob("*") if p.is_file()}
-        files.update({rel: build_dir / rel for rel in result.golden_files})
+        files.update({rel: build_dir / rel for rel in result.golden_files
+                      if rel not in self.front_files})
         self.store.put(self.keys[t], "target", {"spec": name, "target": t}, {
             "target": t, "entries": [e.model_dump(mode="json") for e in result.entries],
             "passes": result.passes}, files)

@@ -28,16 +28,19 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
-from omnic.compiler.errors import CompileError
+from omnic.compiler.errors import CompileError, InputError
 
 _log = logging.getLogger(__name__)
 _channel: Connection | None = None  # in a worker: where phase() reports to
+STOP_SECONDS = 10  # a stopped worker's grace before it is killed
 MEMORY_ENV = "OMNIC_JOBS_MEMORY"
 
 
@@ -57,7 +60,7 @@ class _Job:
     process: Any = None
     conn: Connection | None = None
     result: Any = None
-    error: str | None = None
+    error: tuple[str, int | None, str] | None = None
     extra: list[Any] = field(default_factory=list)
 
 
@@ -120,16 +123,20 @@ def run(work: Callable[[str], tuple[Any, list[Any]]], names: list[str], jobs: in
                     running.remove(job)
                     finished.append(job)
                     if job.error is not None:
-                        raise CompileError(job.error)
+                        raise _rebuilt(job.error)
                     if done is not None:
                         done(job.name, job.result)
             if live is not None:
                 live.update(_table(queue), refresh=True)
     finally:
-        for job in running:
+        for job in running:  # a failure or an interrupt: the others stop now
             if job.process.is_alive():
                 job.process.terminate()
-            job.process.join()
+        for job in running:
+            job.process.join(STOP_SECONDS)
+            if job.process.is_alive():  # deaf to SIGTERM inside a native call
+                job.process.kill()
+                job.process.join()
         if live is not None:
             live.update(_table(queue), refresh=True)
             live.stop()
@@ -143,30 +150,50 @@ def _receive(job: _Job) -> None:
     except EOFError:  # the worker died without a word (killed, out of memory)
         job.process.join(5)
         code = job.process.exitcode
-        job.state, job.error = "failed", (f"{job.name}: the worker process ended without a "
-                                          f"result (exit code {code}); rerun without --jobs")
+        job.state, job.error = "failed", ("CompileError", None, (
+            f"{job.name}: the worker process ended without a result (exit code {code}); rerun "
+            "without --jobs"))
         return
     if kind == "phase":
         job.state = payload[0]
     elif kind == "done":
         job.state, (job.result, job.extra) = "done", payload
     else:
-        job.state, job.error = "failed", payload[0]
+        job.state, job.error = "failed", tuple(payload)
 
 
 def _worker(work: Callable[[str], tuple[Any, list[Any]]], name: str, conn: Connection) -> None:
     global _channel
     _channel = conn
+    # The compile handles Ctrl-C and SIGTERM and stops its workers; a worker just ends. Its
+    # output goes to the terminal, not to the compile's live display it was forked inside.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     try:
         value, timings = work(name)
         conn.send(("done", value, timings))
     except BaseException as err:  # noqa: BLE001 - everything goes back to the compile
         if os.environ.get("OMNIC_DEBUG"):
             traceback.print_exc()
-        conn.send(("error", str(err) if isinstance(err, CompileError) else
-                   f"{name}: {type(err).__name__}: {err}"))
+        if isinstance(err, (CompileError, InputError)):
+            conn.send(("error", type(err).__name__, None, str(err)))
+        elif isinstance(err, OSError) and err.errno is not None:
+            conn.send(("error", "OSError", err.errno, f"{err.strerror}: {err.filename}"
+                       if err.filename else str(err.strerror)))
+        else:
+            conn.send(("error", "CompileError", None, f"{name}: {type(err).__name__}: {err}"))
     finally:
         conn.close()
+
+
+def _rebuilt(error: tuple[str, int | None, str]) -> BaseException:
+    """A worker's error as this process raises it: CompileError and InputError keep their
+    type (and exit status), an OSError its errno (a full disk is reported as one)."""
+    kind, errno, message = error
+    if kind == "OSError":
+        return OSError(errno, message)
+    return InputError(message) if kind == "InputError" else CompileError(message)
 
 
 def _live(console: Any, queue: list[_Job]) -> Any:
@@ -176,7 +203,8 @@ def _live(console: Any, queue: list[_Job]) -> Any:
 
     # refreshed by run()'s loop, not by a thread of its own: a thread holding the console's lock
     # when a worker forks would leave that lock held forever in the worker
-    live = Live(_table(queue), console=console, auto_refresh=False, transient=False)
+    live = Live(_table(queue), console=console, auto_refresh=False, transient=False,
+                redirect_stdout=False, redirect_stderr=False)
     live.start()
     return live
 
@@ -192,3 +220,29 @@ def _table(queue: list[_Job]) -> Any:
         table.add_row(f"[bold]{j.name}[/]", f"[{style}]{j.state}[/]",
                       f"{seconds:6.1f}s" if j.started else "", f"~{j.estimate / 2**30:.1f} GiB")
     return table
+
+
+def run_targets(work: Callable[[str], Any], todo: list[str], jobs: int, plan: Any, stage: Any,
+                done: Callable[[str, Any], None]) -> dict[str, Any]:
+    """The pipeline's `work(t)` for each target of `todo`: in this process one after another,
+    or with jobs > 1 in workers (`run`), whose stage timings join `stage`'s records."""
+    if jobs <= 1 or len(todo) <= 1:
+        out = {}
+        for t in todo:
+            out[t] = work(t)
+            done(t, out[t])
+        return out
+    from omnic.compiler.compile_cost import longest_first, stage_peak_bytes
+
+    def in_worker(t: str) -> tuple[Any, list[Any]]:
+        single_threaded()
+        stage.console.quiet = True  # the parent shows one line per target
+        stage.on_start = phase
+        first = len(stage.records["targets"])
+        return work(t), stage.records["targets"][first:]
+
+    peaks = {t: stage_peak_bytes(plan, t) for t in todo}
+    ran = run(in_worker, longest_first(todo), jobs, peaks, stage.console, done)
+    for t in todo:
+        stage.records["targets"] += ran[t][1]
+    return {t: ran[t][0] for t in todo}

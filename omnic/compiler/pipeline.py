@@ -258,6 +258,7 @@ def compile(
     from omnic.passes.faults import fault_name
     from omnic.compiler.auto_quant import choose_for_build, is_auto
     from omnic.compiler import validate
+    from omnic.compiler import parallel_targets
     from omnic.compiler.cache import open_cache
     from omnic.compiler.cached_stages import built as built_result
     from omnic.golden import store as golden_store
@@ -334,19 +335,26 @@ def compile(
         _dump(dump, "03-plan.json", plan.to_dict())
     with stage("check"):
         objs = _check(resolved, targets)
-    hits = {t: cc.target(spec_data, t) for t in objs} if cc is not None else {}
+    hits = {t: cc.target(spec_data, t, getattr(o, "cache_inputs", lambda s: None)(resolved))
+            for t, o in objs.items()} if cc is not None else {}
     if front is not None and all(hits.values()):  # nothing to build: every result is cached
-        with staged(out_dir, _planned_bytes(plan, objs)) as staging:
-            store.restore(front, staging)
-            results = []
-            for t, entry in hits.items():
-                with stage(f"{t}: {CACHED}", "targets"):
-                    results.append(cc.restore_target(entry, staging))
-            f = front.payload
-            return _finish(
-                stage, staging, out_dir, resolved, spec_dir, plan, objs, f["passes"], results,
-                auto and auto["report"], f["calibration"], fault_name(
-                    [*DEFAULT, *extra_passes]), warnings, started, dump)
+        try:
+            with staged(out_dir, _planned_bytes(plan, objs)) as staging:
+                store.restore(front, staging)
+                results = []
+                for t, entry in hits.items():
+                    with stage(f"{t}: {CACHED}", "targets"):
+                        results.append(cc.restore_target(entry, staging))
+                if None in results:
+                    raise FileNotFoundError("a cache entry went away while it was read")
+                f = front.payload
+                return _finish(
+                    stage, staging, out_dir, resolved, spec_dir, plan, objs, f["passes"],
+                    results, auto and auto["report"], f["calibration"], fault_name(
+                        [*DEFAULT, *extra_passes]), warnings, started, dump)
+        except FileNotFoundError as err:  # pruned meanwhile: build it all
+            _log.warning(f"cache: {err}; building instead")
+            hits = {}
     if built is None:
         with stage("build"):
             built = _build(resolved, spec_dir, dump)
@@ -387,7 +395,9 @@ def compile(
         for t in objs:
             if hits.get(t) is not None:
                 with stage(f"{t}: {CACHED}", "targets"):
-                    by_target[t] = cc.restore_target(hits[t], staging)
+                    restored = cc.restore_target(hits[t], staging)
+                if restored is not None:
+                    by_target[t] = restored
 
         def lower_and_check(t: str) -> Any:
             mark = golden_store.writes()
@@ -407,38 +417,12 @@ def compile(
                 cc.store_target(staging, resolved.name, result)
 
         todo = [t for t in objs if t not in by_target]
-        by_target.update(_run_targets(lower_and_check, todo, jobs, plan, stage, store))
+        by_target.update(parallel_targets.run_targets(lower_and_check, todo, jobs, plan, stage,
+                                                       store))
         results = [by_target[t] for t in objs]
         return _finish(stage, staging, out_dir, resolved, spec_dir, plan, objs, passes, results,
                        auto and auto["report"], report, fault, warnings,
                        started, dump)
-
-
-def _run_targets(work: Any, todo: list[str], jobs: int, plan: Any, stage: _Stages,
-                 done: Any) -> dict[str, Any]:
-    """`work(t)` for each target of `todo`: here, one after another, or with jobs > 1 in
-    worker processes (their stage timings come back with their results)."""
-    if jobs <= 1 or len(todo) <= 1:
-        out = {}
-        for t in todo:
-            out[t] = work(t)
-            done(t, out[t])
-        return out
-    from omnic.compiler import parallel_targets
-    from omnic.compiler.compile_cost import longest_first, stage_peak_bytes
-
-    def in_worker(t: str) -> tuple[Any, list[mf.StageTiming]]:
-        parallel_targets.single_threaded()
-        stage.console.quiet = True  # the parent shows one line per target
-        stage.on_start = parallel_targets.phase
-        first = len(stage.records["targets"])
-        return work(t), stage.records["targets"][first:]
-
-    peaks = {t: stage_peak_bytes(plan, t) for t in todo}
-    ran = parallel_targets.run(in_worker, longest_first(todo), jobs, peaks, stage.console, done)
-    for t in todo:
-        stage.records["targets"] += ran[t][1]
-    return {t: ran[t][0] for t in todo}
 
 
 def _finish(stage: _Stages, staging: Path, out_dir: Path, resolved: Any, spec_dir: Path,

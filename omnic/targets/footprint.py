@@ -166,6 +166,7 @@ def _gguf_vocab_bytes(spec: "ResolvedSpec", spec_dir: Path | None) -> int:
 
 def _gguf(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
     from omnic.digest import canonical_json
+    from omnic.targets.gguf.write import embedded_spec
     from omnic.targets import fates
     from omnic.quant.ggml import nbytes
     from omnic.formats.gguf_arch import extra_tensors, plan_arch, tensor_plan
@@ -179,7 +180,7 @@ def _gguf(spec: "ResolvedSpec", spec_dir: Path | None) -> ArtifactBytes:
     data = sum(nbytes(s, ty) for _, s, ty in tensors)
     padding = sum(-nbytes(s, ty) % GGUF_ALIGNMENT for _, s, ty in tensors)
     index = sum(_gguf_string(n) + 4 + 8 * len(s) + 4 + 8 for n, s, _ in tensors)
-    spec_json = canonical_json(spec.model_dump(mode="json"))
+    spec_json = canonical_json(embedded_spec(spec, Path(spec_dir or "."), read=False))
     meta = (24 + GGUF_OTHER_KEYS + _gguf_vocab_bytes(spec, spec_dir)
             + _gguf_string(spec_json) + _gguf_string(spec.name) + 2 * _gguf_string("0" * 64))
     head = meta + index

@@ -219,3 +219,39 @@ def test_cli_lists_and_prunes(world, first):
     ls = subprocess.run([*run, "ls", "--cache-dir", cache, "--json"], capture_output=True,
                         text=True, check=True)
     assert json.loads(ls.stdout)["entries"] == []
+
+
+def test_executorch_with_the_core_ml_delegate_is_keyed_on_core_ml_options(tmp_path):
+    from omnic.compiler import cache_keys
+    from omnic.spec import ResolvedSpec
+    from omnic.targets.base import get_target
+
+    et = get_target("executorch")
+
+    def key(backend: str, precision: str) -> str:
+        spec = ResolvedSpec.model_validate({**TINY_SPEC, "quantization": {}, "targets": {
+            "executorch": {"backend": backend}, "coreml": {"compute_precision": precision}}})
+        return cache_keys.target_key(spec.model_dump(mode="json"), tmp_path, "executorch", [],
+                                     None, et.cache_inputs(spec))
+
+    assert key("coreml", "fp16") != key("coreml", "fp32")
+    assert key("xnnpack", "fp16") == key("xnnpack", "fp32")
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(tmp_path):
+    import os
+
+    from omnic.spec.file_digests import with_file_digests
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 64)
+    spec = {"weights": {"source": "safetensors", "path": "w.bin"}}
+    memo: dict[str, str] = {}
+    before = with_file_digests(spec, tmp_path, memo)["weights"]["path"]
+    st = f.stat()
+    with open(f, "r+b") as h:  # in place, same inode and size (rsync --inplace -t)
+        h.write(b"b" * 64)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = with_file_digests(spec, tmp_path, memo)["weights"]["path"]
+    assert before["sha256"] == hashlib.sha256(b"a" * 64).hexdigest()
+    assert after["sha256"] == hashlib.sha256(b"b" * 64).hexdigest()

@@ -235,6 +235,16 @@ class ExecutorchTarget:
         backend = spec.targets.executorch.backend if spec.targets.executorch else "xnnpack"
         return "xnnpack" if backend == "xnnpack" else None
 
+    def cache_inputs(self, spec: "ResolvedSpec") -> tuple[list[str], list[str]]:
+        """What the build cache must key this target on (omnic.compiler.cache_keys): the
+        targets whose options it reads, and the distributions it runs. The Core ML delegate
+        takes `targets.coreml`'s options and coremltools."""
+        from omnic.targets.executorch.backend import delegate_of
+
+        if delegate_of(spec) == "coreml":
+            return ["executorch", "coreml"], ["executorch", "torchao", "coremltools"]
+        return ["executorch"], ["executorch", "torchao"]
+
     def check(self, spec: "ResolvedSpec") -> list[Problem]:
         """What the backend cannot take, before anything is built (torch-free): a missing
         toolchain (`backend.missing`), and the rules of the shared capabilities table

@@ -29,16 +29,24 @@ if TYPE_CHECKING:
 
     from omnic.spec import ResolvedSpec
 
-def spec_digest(spec: "ResolvedSpec", spec_dir: Path) -> tuple[str, str]:
-    """(canonical JSON, sha256) of the spec as it reaches this file: the resolved spec with
-    `targets` cut to the gguf target's options, and each file it names (weights, tokenizer) as
-    the sha256 of its bytes (omnic.spec.file_digests), not its path. Another target's options,
-    or moving a checkpoint, change no byte of the GGUF (the build cache relies on it)."""
-    from omnic.digest import canonical_json, spec_sha256
+def embedded_spec(spec: "ResolvedSpec", spec_dir: Path, read: bool = True) -> dict[str, Any]:
+    """The spec as it reaches this file (`omnic.spec`): the resolved spec with `targets` cut to
+    the gguf target's options, and each file it names (weights, tokenizer) as the sha256 of its
+    bytes (omnic.spec.file_digests), not its path. Another target's options, or moving a
+    checkpoint, change no byte of the GGUF (the build cache relies on it). read=False: the same
+    length without reading the files (the byte model, omnic.targets.footprint)."""
     from omnic.spec.file_digests import with_file_digests
 
-    data = with_file_digests(spec.model_dump(mode="json"), spec_dir)
+    data = with_file_digests(spec.model_dump(mode="json"), spec_dir, read=read)
     data["targets"] = {"gguf": (data.get("targets") or {}).get("gguf")}
+    return data
+
+
+def spec_digest(spec: "ResolvedSpec", spec_dir: Path) -> tuple[str, str]:
+    """(canonical JSON, sha256) of `embedded_spec`: `omnic.spec` and `omnic.spec_sha256`."""
+    from omnic.digest import canonical_json, spec_sha256
+
+    data = embedded_spec(spec, spec_dir)
     return canonical_json(data), spec_sha256(data)
 
 
