@@ -26,7 +26,8 @@ FLOAT_DIGITS = 6
 
 # Distributions whose versions are recorded (those installed): the toolchain that made the build.
 TOOLCHAIN = (
-    "torch", "numpy", "onnx", "onnxscript", "onnxruntime", "onnxruntime-genai", "gguf",
+    "torch", "numpy", "ml-dtypes", "onnx", "onnxscript", "onnx-ir", "onnxruntime",
+    "onnxruntime-genai", "gguf",
     "llama-cpp-python", "executorch", "torchao", "coremltools", "apache-tvm", "transformers",
     "tokenizers", "safetensors",
 )
