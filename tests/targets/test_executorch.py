@@ -217,6 +217,27 @@ def test_fp32_logits_match_torch(fp32, builds):
     assert artifact.precision == "fp32" and artifact.reference_weights is None
 
 
+def test_a_prompt_longer_than_one_call_is_fed_in_chunks(builds, tmp_path, monkeypatch):
+    """One call takes max_seq_len tokens (ExecuTorch plans memory for the longest call): here 8
+    of the 64 positions, so the 20-token prompt goes in as 8 + 8 + 4, and still matches torch."""
+    from omnic.targets.executorch import target as et
+
+    monkeypatch.setattr(et, "MAX_SEQ_LEN", 8)
+    spec = make_spec()
+    program = Program(spec, Path("."), builds.decoder, quant_plan=tensor_schemes(spec))
+    (artifact,) = get_target("executorch").lower(program, tmp_path / "executorch")
+    assert artifact.signature["dims"]["seq"] == [1, 8]
+    runner = get_target("executorch").load(artifact, tmp_path)
+    assert runner.metadata["get_max_seq_len"] == 8
+    assert runner.metadata["get_max_context_len"] == TINY["context_length"]
+    ref = TorchRunner(builds.decoder)
+    np.testing.assert_allclose(runner.forward(np.array(PROMPT)), ref.forward(np.array(PROMPT)),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(Exception):  # the program itself takes no more than 8 at once
+        runner._forward.execute([torch.zeros(1, 9, dtype=torch.int64),
+                                 torch.zeros(1, dtype=torch.int64)])
+
+
 def test_fp32_greedy_matches_torch(fp32, builds):
     runner = fp32[3]
     for prompt in (PROMPT, [256, 72, 105, 33]):

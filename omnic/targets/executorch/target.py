@@ -4,7 +4,8 @@ The program follows what ExecuTorch's own LLM export (`export_llm`) writes, so t
 runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
 
 - `forward(tokens int64 [1, seq], input_pos int64 [1]) -> logits float32 [1, seq, vocab]`, seq
-  dynamic in [1, context_length]; `input_pos` is the position of the first token.
+  dynamic in [1, max_seq_len] (a longer prompt is fed in chunks); `input_pos` is the position of
+  the first token.
 - the KV cache as mutable buffers `k_cache_{i}` / `v_cache_{i}` updated in place; like
   export_llm, their initial state is not serialized (the runtime allocates them zeroed). Two
   graphs, recorded in the artifact's `kv_cache` detail:
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 FORWARD = "forward"
+# Tokens one `forward` call takes (prefill chunk), export_llm's --max_seq_length default.
+MAX_SEQ_LEN = 128
 
 
 def metadata(
@@ -64,10 +67,11 @@ def metadata(
 ) -> dict[str, Any]:
     """The constant methods ExecuTorch's LLM runner reads, as export_llm writes them.
 
-    `get_max_seq_len` is the longest sequence (prompt + generated) and, with dynamic shapes, the
-    most tokens one `forward` call takes; a static-shape program (`enable_dynamic_shape` false)
-    takes one token per call, as the runner knows. Absent ids are left out (the runner then asks
-    the tokenizer).
+    `get_max_seq_len` is the most tokens one `forward` call takes (`max_seq_len`: the runner
+    prefills a longer prompt in chunks), `get_max_context_len` the longest sequence (prompt +
+    generated); a static-shape program (`enable_dynamic_shape` false) takes one token per call,
+    as the runner knows, and keeps get_max_seq_len at the context. Absent ids are left out (the
+    runner then asks the tokenizer).
     """
     m = spec.model
     out: dict[str, Any] = {}
@@ -76,7 +80,7 @@ def metadata(
     if eos_ids:
         out["get_eos_ids"] = [int(e) for e in eos_ids]
     out.update({
-        "get_max_seq_len": m.context_length,
+        "get_max_seq_len": max_seq_len(spec) if dynamic else m.context_length,
         "get_max_context_len": m.context_length,
         "get_n_layers": m.n_layers,
         "get_vocab_size": m.vocab_size,
@@ -140,7 +144,7 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
-    c = spec.model.context_length
+    c = max_seq_len(spec)
     tokens = torch.zeros(1, 2 if dynamic else 1, dtype=torch.int64)
     example = (tokens, torch.zeros(1, dtype=torch.int64))
     # Dim.DYNAMIC, not a named Dim: a ring layer attends over [ring + seq] keys, whose GQA
@@ -182,6 +186,14 @@ def _lower_module(module: "torch.nn.Module", spec: "ResolvedSpec", meta: dict[st
     return program, summary
 
 
+def max_seq_len(spec: "ResolvedSpec") -> int:
+    """The most tokens one `forward` call takes: MAX_SEQ_LEN, or the context when shorter.
+    ExecuTorch plans every activation of a method for its longest call, so this bounds the
+    program's memory: at Qwen2.5-0.5B's 32,768 positions the logits of one whole-context call
+    would be 20 GB (151,936 x 32,768 x 4 bytes)."""
+    return min(spec.model.context_length, MAX_SEQ_LEN)
+
+
 def _check_seq_range(ep: Any, context_length: int) -> None:
     """Raise unless the exported program takes every token count 1..context_length (torch
     numbers a dynamic size from 2: 0 and 1 are its specialised values, and 1 runs). Unbacked
@@ -209,7 +221,7 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool, lengths: list[in
             "input_pos": {"dtype": "int64", "shape": [1]},
         },
         "outputs": {"logits": {"dtype": "float32", "shape": [1, seq, m.vocab_size]}},
-        "dims": {"seq": [1, m.context_length]} if dynamic else {},
+        "dims": {"seq": [1, max_seq_len(spec)]} if dynamic else {},
         "state": {f"{kv}_cache_{i}": {"dtype": dtype, "shape": shape(n)}
                   for i, n in enumerate(lengths) for kv in ("k", "v")},
     }
@@ -390,6 +402,10 @@ class ExecutorchRunner:
         self.reset()
         self.context_length = int(self.metadata.get("get_max_context_len", 0))
         self.dynamic = bool(self.metadata.get("enable_dynamic_shape", True))
+        # tokens per call: a dynamic program's get_max_seq_len (a longer prompt goes in chunks,
+        # as ExecuTorch's runner prefills it), one for a static-shape program
+        self.max_seq_len = int(self.metadata.get("get_max_seq_len", 0) or 1) if self.dynamic \
+            else 1
 
     def reset(self) -> None:
         from executorch.runtime import Runtime
@@ -421,7 +437,7 @@ class ExecutorchRunner:
             raise ValueError(f"position {self.position} + {t} tokens exceeds context_length "
                              f"{self.context_length}")
         chunks = []
-        step = t if self.dynamic else 1  # a static-shape program takes one token per call
+        step = self.max_seq_len
         for start in range(0, t, step):
             part = ids[:, start:start + step]
             pos = torch.tensor([self.position], dtype=torch.int64)
