@@ -28,7 +28,8 @@ def with_file_digests(spec: dict[str, Any], spec_dir: Path,
                       memo: MutableMapping[str, str] | None = None, read: bool = True
                       ) -> dict[str, Any]:
     """A copy of a resolved spec's JSON form where each file field holds {"sha256", "bytes"} of
-    the file (a folder: of its files) instead of its path. A missing file keeps its path.
+    the file (a folder: of its files) instead of its path. A missing or unreadable file keeps
+    its path (the build that reads it says what is wrong).
     read=False: the same form with a zero sha256, without reading (a size model's input)."""
     out = copy.deepcopy(spec)
     memo = PROCESS_MEMO if memo is None else memo
@@ -41,9 +42,12 @@ def with_file_digests(spec: dict[str, Any], spec_dir: Path,
             continue
         path = Path(value).expanduser()
         path = path if path.is_absolute() else Path(spec_dir) / path
-        if path.exists():
-            node[fpath[-1]] = content_digest(path, memo) if read else {
-                "bytes": sum(f.stat().st_size for f in _files(path)), "sha256": "0" * 64}
+        try:
+            if path.exists():
+                node[fpath[-1]] = content_digest(path, memo) if read else {
+                    "bytes": sum(f.stat().st_size for f in _files(path)), "sha256": "0" * 64}
+        except OSError:  # unreadable: it keeps its path, and the build reports the file
+            continue
     return out
 
 
