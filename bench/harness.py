@@ -9,10 +9,11 @@
     ort    a plain onnxruntime session fed like omnic's OnnxRunner (inputs read off the graph)
     llama  llama-cpp-python's Llama.eval (last-position logits only)
     pte    ExecuTorch's Python runtime over a .pte LLM program (omnic's or export_llm's)
+    tvm    omnic's TvmRunner (Relax VM) over an omnic <name>-tvm/ directory
   Each run: prefill P random token ids, then D greedy single-token steps; median over R runs
   after one warm-up; the thread count goes to the runtime's own option.
 
-    python bench/harness.py --worker og|ort|llama|pte PATH --threads N --prompt P --decode D
+    python bench/harness.py --worker og|ort|llama|pte|tvm PATH --threads N --prompt P --decode D
         --repeat R --out FILE.json
 """
 
@@ -394,6 +395,20 @@ def _pte_timer(path: Path, threads: int, vocab: int):
                                            "dynamic_shape": runner.dynamic}
 
 
+def _tvm_timer(path: Path, threads: int, vocab: int):
+    """omnic's TVM directory (<name>-tvm/) in the Relax VM, by omnic's own runner."""
+    import tvm
+
+    from omnic.targets.tvm.target import TvmRunner
+
+    start = time.perf_counter()
+    runner = TvmRunner(Path(path), num_threads=threads)
+    load_s = time.perf_counter() - start
+    return load_s, _timed(runner), {
+        "tvm runtime.NumThreads": int(tvm.get_global_func("runtime.NumThreads")()),
+        "target": json.loads((Path(path) / "decoder.json").read_text())["target"]}
+
+
 def _llama_timer(path: Path, threads: int, vocab: int):
     import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
@@ -443,7 +458,7 @@ def _llama_timer(path: Path, threads: int, vocab: int):
 def worker(kind: str, path: Path, threads: int, prompt_n: int, decode: int, repeat: int,
            vocab: int) -> dict[str, Any]:
     timer = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer,
-             "pte": _pte_timer}[kind]
+             "pte": _pte_timer, "tvm": _tvm_timer}[kind]
     load_s, one, settings = timer(path, threads, vocab)
     prompt = np.random.default_rng(0).integers(0, min(vocab, 256), prompt_n, dtype=np.int64)
     runs = [one(prompt, decode) for _ in range(repeat + 1)][1:]  # the first is a warm-up
@@ -477,7 +492,7 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=["og", "ort", "llama", "pte"], required=True)
+    p.add_argument("--worker", choices=["og", "ort", "llama", "pte", "tvm"], required=True)
     p.add_argument("path", type=Path)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt", type=int, default=64)

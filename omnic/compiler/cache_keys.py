@@ -57,8 +57,22 @@ def host() -> dict[str, Any]:
     keeps their entries apart."""
     import platform
 
-    return {"system": platform.system(), "machine": platform.machine(),
+    return {"system": platform.system(), "machine": platform.machine(), "cpu": _cpu_model(),
             "env": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}}
+
+
+@lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo): TVM's host library is compiled for this CPU's
+    instruction set (lowering.host_target), so another CPU model must not reuse it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        import platform
+
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("model name")), "")
 
 
 def front_key(spec: dict[str, Any], spec_dir: Path, targets: Iterable[str],

@@ -46,6 +46,13 @@ class TvmTarget(SpecModel):
         None, description="Cross-compile triple, e.g. aarch64-linux-android; null = host only."
     )
     opt_level: int = Field(3, ge=0, le=3, description="Relax optimisation level.")
+    devices: list[Literal["opencl", "metal", "vulkan"]] = Field(
+        default_factory=list,
+        description="GPU builds made beside the host build, with TVM's GPU pipeline and dlight "
+                    "schedules: opencl (Android), metal (iOS/macOS), vulkan (needs an "
+                    "apache-tvm built with Vulkan). Checked structurally, never run here: their "
+                    "golden is not_run.",
+    )
 
 
 class Targets(SpecModel):

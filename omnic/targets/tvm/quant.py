@@ -19,11 +19,13 @@ Layouts (a matrix is [out, in], groups of `g` consecutive inputs share a scale; 
 | int4 asymmetric | uint8 [out, in/2], | f16/f32 [out,G] | uint8           | (nibble - z) * s |
 |                 | nibble = code      |                 | [ceil(out*G/2)] |                  |
 
-int4 packs two codes per byte, element 2j in the low nibble and 2j+1 in the high nibble (the
-order of onnxruntime's MatMulNBits and MLC-LLM's q4f16 along the reduction axis); its zero points
-are nibbles too, the [out, G] matrix flattened row-major, two per byte, padded with one zero
-nibble when out*G is odd (the memory plan's "uint4 per group").
-ref: https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.MatMulNBits
+int4 packs two codes per byte in blocks of B = `nibble_block(group)` consecutive inputs (32 for
+any group size that is a multiple of 32): byte i of a block holds element i in its low nibble and
+element i + B/2 in its high nibble, the order of llama.cpp's Q4_0 blocks. The kernels
+(kernels/packed_matmul.py) then decode both halves of a byte against contiguous activations.
+Zero points are nibbles too, the [out, G] matrix flattened row-major, element 2j low and 2j+1
+high, padded with one zero nibble when out*G is odd (the memory plan's "uint4 per group").
+ref: https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-quants.c (quantize_row_q4_0)
 Scales are stored as float16 (as MLC-LLM's q4f16_1 does) when every scale of the tensor is a
 normal float16 number; otherwise that tensor keeps float32 scales rather than lose precision.
 ref: https://github.com/mlc-ai/mlc-llm/blob/main/python/mlc_llm/quantization/group_quantization.py
@@ -108,8 +110,9 @@ def packing_problem(shape: tuple[int, ...], scheme: str, group_size: int | None)
     g = width if group_size is None else group_size
     if width % g:
         return f"group_size {g} does not divide the input width {width}"
-    if scheme == "int4" and width % 2:
-        return f"int4 packs two codes per byte along the input: the width {width} must be even"
+    if scheme == "int4" and g % 2:
+        return (f"int4 packs two codes per byte along the input: the group ({g} inputs) must "
+                "be even")
     return None
 
 
@@ -166,7 +169,7 @@ def pack(name: str, w: np.ndarray, ts: "TensorScheme") -> PackedTensor:
         arrays["q"] = codes.astype(np.int8 if ts.symmetric else np.uint8)
     else:
         nib = (codes.astype(np.int16) + (8 if ts.symmetric else 0)).astype(np.uint8)
-        arrays["q"] = _pack_nibbles(nib)
+        arrays["q"] = _pack_nibbles(nib, nibble_block(ts.group_size or in_f))
     arrays["scale"] = _scales(q.scale)
     if not ts.symmetric:
         zero = q.zero_point.astype(np.uint8)  # [out, G]
@@ -177,16 +180,32 @@ def pack(name: str, w: np.ndarray, ts: "TensorScheme") -> PackedTensor:
     return PackedTensor(name, ts.scheme, tuple(w.shape), ts.group_size, ts.symmetric, arrays)
 
 
-def _pack_nibbles(nib: np.ndarray) -> np.ndarray:
-    """Pairs along the last axis: element 2j -> low nibble, 2j+1 -> high nibble."""
-    return (nib[..., 0::2] | (nib[..., 1::2] << 4)).astype(np.uint8)
+def nibble_block(group: int) -> int:
+    """Inputs per int4 block (see the module docstring): the largest power of two up to 32
+    that divides the group size (a block never straddles two scales)."""
+    block = 32
+    while group % block:
+        block //= 2
+    return block
 
 
-def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+def _pack_nibbles(nib: np.ndarray, block: int = 2) -> np.ndarray:
+    """Blocks of `block` along the last axis: element i -> low nibble of byte i, element
+    i + block/2 -> its high nibble (block 2: element 2j low, 2j+1 high)."""
+    lead, width = nib.shape[:-1], nib.shape[-1]
+    b = nib.reshape(*lead, width // block, 2, block // 2)
+    return (b[..., 0, :] | (b[..., 1, :] << 4)).astype(np.uint8).reshape(*lead, width // 2)
+
+
+def _unpack_nibbles(packed: np.ndarray, block: int = 2) -> np.ndarray:
     """float32 nibbles, twice as many along the last axis (the graph's exact float ops)."""
+    lead, width = packed.shape[:-1], packed.shape[-1]
     lo = (packed & 15).astype(np.float32)
     hi = (packed.astype(np.float32) - lo) * np.float32(0.0625)
-    return np.stack([lo, hi], axis=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+    half = block // 2
+    pairs = np.stack([lo.reshape(*lead, width // half, half),
+                      hi.reshape(*lead, width // half, half)], axis=-2)
+    return pairs.reshape(*lead, 2 * width)
 
 
 def dequantize(p: PackedTensor) -> np.ndarray:
@@ -196,7 +215,8 @@ def dequantize(p: PackedTensor) -> np.ndarray:
         return q.astype(np.float32)
     out_f, in_f = p.shape
     groups = in_f // p.group
-    codes = _unpack_nibbles(q) if p.scheme == "int4" else q.astype(np.float32)
+    codes = (_unpack_nibbles(q, nibble_block(p.group)) if p.scheme == "int4"
+             else q.astype(np.float32))
     codes = codes.reshape(out_f, groups, p.group)
     if p.symmetric:
         if p.scheme == "int4":
@@ -230,10 +250,14 @@ def _dequant_module() -> type:
             return self.stored  # registration stores the packed arrays as the parameters
 
         @staticmethod
-        def _nibbles(packed: "torch.Tensor") -> "torch.Tensor":
+        def _nibbles(packed: "torch.Tensor", block: int = 2) -> "torch.Tensor":
+            lead, width = packed.shape[:-1], packed.shape[-1]
             lo = (packed & 15).to(torch.float32)
             hi = (packed.to(torch.float32) - lo) * 0.0625  # exact: (high nibble * 16) / 16
-            return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+            half = block // 2
+            pairs = torch.stack([lo.reshape(*lead, width // half, half),
+                                 hi.reshape(*lead, width // half, half)], dim=-2)
+            return pairs.reshape(*lead, 2 * width)
 
         def forward(self, q: "torch.Tensor", *rest: "torch.Tensor") -> "torch.Tensor":
             f32 = torch.float32
@@ -241,7 +265,8 @@ def _dequant_module() -> type:
                 return q.to(f32)
             out_f, in_f = self.shape
             groups = in_f // self.group
-            codes = self._nibbles(q) if self.scheme == "int4" else q.to(f32)
+            codes = (self._nibbles(q, nibble_block(self.group)) if self.scheme == "int4"
+                     else q.to(f32))
             codes = codes.reshape(out_f, groups, self.group)
             scale = rest[0]
             if self.symmetric:

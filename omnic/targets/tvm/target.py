@@ -8,22 +8,26 @@
                       decoder.json                  inputs, outputs, weight order, quantization
                       decoder.<triple>.tar          objects for the device (when a triple is set)
     load(artifact)  relax.VirtualMachine on the host library; the KV cache stays as TVM tensors
-                    between calls (the graph returns the updated cache, fed back next call)
+                    that `main` writes in place
 
 One function `main(tokens[1,T], input_pos[T], k_0..k_{L-1}, v_0..v_{L-1}, *weights) ->
-(logits[1,T,V], k_0.., v_0..)` serves prefill (any T up to context_length) and decode (T=1).
-Each cache holds `Decoder.cache_lengths()[i]` positions: context_length, or a ring of the window
-for a sliding layer whose window is shorter (omnic/targets/kv_layout.py).
+logits[1,T,V]` serves prefill (any T up to context_length) and decode (T=1). Each cache holds
+`Decoder.cache_lengths()[i]` positions: context_length, or a ring of the window for a sliding
+layer whose window is shorter (omnic/targets/kv_layout.py). The graph is llm_graph.py's: every
+packed matrix is read by a kernel that decodes it inside the matmul (kernels/packed_matmul.py),
+and each layer's attention is one kernel that writes the new keys and values into its cache in
+place (`call_tir_inplace`) and reads only the visible positions (kernels/attention.py).
 Weights are graph inputs (`keep_params_as_input`), so the library holds code only and the params
-file can be swapped. Quantized weights are dequantized inside the graph (see quant.py).
+file can be swapped. A packed tensor that is neither a linear's weight nor the embedding table is
+dequantized inside the graph (quant.py).
 
 What the frontend takes (each verified on the Relax VM against PyTorch): GQA/MQA, sliding
 windows (all or even layers), MoE (dense routing: aten.topk + scatter), qkv bias, qk norm,
-layernorm, GELU/GeGLU, Gemma 2 post-norms and soft-caps, tied embeddings. The static cache
-write (`index_copy`) needs omnic's own index_put converter (lowering._index_put).
-What it cannot: an int8 KV cache (the cache is a float32 VM argument), non-CPU targets (no
-thread-bound schedules are applied); `check` reports these. Encoders and heads are lowered
-beside the decoder by `lower_component` (components.py).
+layernorm, GELU/GeGLU, Gemma 2 post-norms and soft-caps, tied embeddings.
+What it cannot: an int8 KV cache (the cache is a float32 VM argument); a GPU host target
+(GPUs are `targets.tvm.devices`: OpenCL and Metal builds of the generic graph with TVM's GPU
+schedules, checked structurally, never run here; devices.py); `check` reports these. Encoders
+and heads are lowered beside the decoder by `lower_component` (components.py).
 
 On the device (cross build): link the objects with the NDK's clang into a shared library, e.g.
   tar xf decoder.aarch64-linux-android.tar && \
@@ -57,10 +61,11 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-FORMAT = "omnic-tvm-relax-vm/2"  # the layout of decoder.json; bump on any change
-# /2: per-layer cache shapes (a sliding layer's ring) and "kv_positions". A /1 directory (every
-# cache context_length long, each shape listed in its inputs) reads the same way.
-READS = (FORMAT, "omnic-tvm-relax-vm/1")
+FORMAT = "omnic-tvm-relax-vm/3"  # the layout of decoder.json; bump on any change
+# /3: `main` writes the caches in place and returns the logits alone; int4 nibbles in blocks
+# (quant.nibble_block). /2: per-layer cache shapes (a sliding layer's ring) and "kv_positions",
+# the caches returned; /1: every cache context_length long. /1 and /2 still run.
+READS = (FORMAT, "omnic-tvm-relax-vm/2", "omnic-tvm-relax-vm/1")
 LIBRARY, PARAMS, DESCRIPTOR = "decoder.so", "decoder.params.safetensors", "decoder.json"
 
 
@@ -87,8 +92,8 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
         if target.kind.name != "llvm":
             problems.append(Problem(
                 tid, "targets.tvm.target",
-                f"{target.kind.name!r}: omnic builds CPU (llvm) targets only; GPU targets need "
-                "thread-bound schedules (dlight / meta-schedule) that this lowering does not apply",
+                f"{target.kind.name!r}: the host build is a CPU (llvm) target; name GPU "
+                "targets in targets.tvm.devices (opencl, metal), built beside it",
             ))
     triple, field = cross_triple(spec)
     if triple:
@@ -98,6 +103,9 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
             problems.append(Problem(tid, field or "targets.tvm.target_triple",
                                     f"TVM's LLVM has no backend for {arch!r} "
                                     f"(has: {sorted(known)})"))
+    from omnic.targets.tvm.devices import device_problems
+
+    problems += device_problems(spec)
     if spec.quantization.kv_cache != "none":
         problems.append(Problem(
             tid, "quantization.kv_cache",
@@ -113,36 +121,56 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
     return problems
 
 
-def _call_order_weights(targets: list[str], packed: dict[str, Any],
-                        state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays `main` takes after its user inputs, in order, keyed by params-file name.
-
-    Args:
-        targets: the exported program's parameter names, in `main`'s argument order.
-        packed: canonical name -> quant.PackedTensor (the tensors stored below fp32).
-        state: canonical name -> float32 array (everything else).
-    """
-    from omnic.targets.tvm.quant import stored_name
-
-    out: dict[str, np.ndarray] = {}
-    for target in targets:
-        local = target.removeprefix("decoder.")  # FlatDecoder holds the decoder as `decoder`
-        name = stored_name(local, packed)
-        base, _, suffix = name.rpartition(".")
-        out[name] = packed[base].arrays[suffix] if base in packed else state[local]
-    return out
-
-
 def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count, `lengths`
-    the positions each layer's cache holds (`Decoder.cache_lengths`)."""
+    the positions each layer's cache holds (`Decoder.cache_lengths`). The caches are inputs
+    that `main` writes in place (the runner keeps them between calls); they are not returned."""
     kv = {f"{kind}_cache.{i}": {"shape": [1, config.n_kv_heads, n, config.head_dim],
-                                "dtype": "float32"}
+                                "dtype": "float32", "written_in_place": True}
           for kind in ("k", "v") for i, n in enumerate(lengths)}
     inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
               "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
-    outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}, **kv}
+    outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}}
     return inputs, outputs
+
+
+def _device_builds(program: "Program", packed: dict[str, Any], root: Path, opt_level: int,
+                   timings: dict[str, float]) -> dict[str, Any]:
+    """The GPU builds `targets.tvm.devices` names (devices.py), beside the host library.
+
+    They take the generic graph (lowering.export_decoder: packed weights dequantized in the
+    graph, caches passed in and returned), which TVM's GPU scheduling (dlight) binds to
+    threads; the CPU kernels of llm_graph.py are not scheduled for a GPU. The weights are the
+    params file's, in the order each entry lists. Nothing runs them here: each entry says
+    golden `not_run` with the reason, and what the structural check verified.
+    """
+    from omnic.targets.tvm import devices as D
+    from omnic.targets.tvm import lowering as L
+    from omnic.targets.tvm.quant import apply_packing, stored_name
+
+    cfg = program.spec.targets.tvm
+    kinds = list(cfg.devices) if cfg is not None else []
+    if not kinds:
+        return {}
+    t0 = time.perf_counter()
+    decoder = copy.deepcopy(program.decoder).eval()
+    apply_packing(decoder, packed)
+    mod, targets, _ = L.to_relax(L.export_decoder(decoder, decoder.config))
+    weights = [stored_name(t.removeprefix("decoder."), packed) for t in targets]
+    timings["export_devices_s"] = time.perf_counter() - t0
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        with L.quiet_stderr():
+            executable, facts = D.build_device(mod, kind, opt_level)
+            (name,) = D.export_device(executable, root / f"decoder.{kind}.so")
+        facts.update(D.structural_check(executable, kind, root / name))
+        timings[f"compile_{kind}_s"] = time.perf_counter() - t0
+        for volatile in ("compile_s", "vm_functions"):  # keep the details deterministic
+            facts.pop(volatile, None)
+        out[kind] = {"library": name, "weights": weights,
+                     "returns": "logits, then every k and v cache (updated)", **facts}
+    return out
 
 
 @register_target(Targets.TVM)
@@ -166,6 +194,7 @@ class TvmTarget:
         import tvm
         from safetensors.numpy import save_file
 
+        from omnic.targets.tvm import llm_graph, llm_relax
         from omnic.targets.tvm import lowering as L
         from omnic.targets.tvm.quant import apply_packing, dequantize, pack, precision_of
 
@@ -182,18 +211,19 @@ class TvmTarget:
         state = {k: v.detach().to("cpu").float().numpy() for k, v in decoder.state_dict().items()}
         packed = {name: pack(name, state[name], ts) for name, ts in plan.items()
                   if ts.scheme != "fp32" and name in state}
-        apply_packing(decoder, packed)
+        generic = llm_graph.pack_modules(decoder, packed)  # the rest: dequantized in the graph
+        apply_packing(decoder, {name: packed[name] for name in generic})
         timings["pack_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        ep = L.export_decoder(decoder, config)
+        ep = llm_graph.export(decoder)
         timings["export_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        mod, targets, num_input = L.to_relax(ep)
+        mod, num_input, kernel_calls = llm_relax.to_relax(ep)
         timings["import_s"] = time.perf_counter() - t0
         histogram = L.op_histogram(mod)
 
-        weights = _call_order_weights(targets, packed, state)
+        weights = llm_graph.call_args(ep, packed, state)
         for (name, arr), (shape, dtype) in zip(weights.items(), L.param_signature(mod, num_input)):
             if list(arr.shape) != shape or str(arr.dtype) != dtype:
                 raise RuntimeError(f"tvm: weight {name} is {arr.dtype}{list(arr.shape)}, main "
@@ -227,6 +257,8 @@ class TvmTarget:
                      "linked_so": f"decoder.{triple}.so" if linked else None,
                      "target": str(L.cross_target(triple))}
 
+        devices = _device_builds(program, packed, root, opt_level, timings)
+
         c = config.context_length
         lengths = decoder.cache_lengths()
         inputs, outputs = _signature(config, lengths)
@@ -247,6 +279,7 @@ class TvmTarget:
             "quantization": {name: p.describe() for name, p in packed.items()},
             "target": str(host),
             "cross": cross,
+            "devices": devices,  # GPU builds of the generic graph (their own calling convention)
         }
         (root / DESCRIPTOR).write_text(json.dumps(descriptor, indent=1, sort_keys=True) + "\n")
 
@@ -259,6 +292,7 @@ class TvmTarget:
                    f"{len(packed)} of {len(state)} tensors packed ({precision}); "
                    f"host {host.kind.name}"
                    + (f", cross {triple} (from {triple_from})" if triple else "")
+                   + (f", devices {', '.join(devices)}" if devices else "")
                    + f" -> {dirname}/ ({total / 2**20:.2f} MiB, {lowering_s:.1f} s: "
                    + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items()) + ")")
         rel = Path(out_dir.name) / dirname if out_dir.name == Targets.TVM else Path(dirname)
@@ -279,10 +313,14 @@ class TvmTarget:
                 "opt_level": opt_level,
                 "relax_pipeline": "cpu_generic + FuseTransposeMatmul "
                                   "+ rfactor-vectorized NT matmul",
+                "graph": "packed-weight matmul kernels, in-place KV cache attention "
+                         "(llm_graph.py)",
+                "kernel_calls": kernel_calls,
                 "kernels": kernels,
                 "target_triple": triple,
                 "target_triple_from": triple_from,
                 "cross": cross,
+                "devices": devices,
                 "tvm_version": tvm.__version__,
                 "files": sizes,
                 "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
@@ -334,6 +372,7 @@ class TvmRunner:
         if num_threads is not None:
             set_threads(num_threads)
         self.device, self.main, self.weights = open_vm(root, meta)
+        self._in_place = meta["format"] == FORMAT  # earlier layouts return the caches
         self.context_length = int(meta["context_length"])
         self.n_layers = int(meta["n_layers"])
         self.vocab_size = int(meta["vocab_size"])
@@ -365,8 +404,10 @@ class TvmRunner:
         pos = np.arange(self.position, self.position + t, dtype=np.int64)
         out = self.main(tvm.runtime.tensor(ids, self.device), tvm.runtime.tensor(pos, self.device),
                         *self.cache, *self.weights)
-        self.cache = list(out[1:])  # the updated cache stays on the TVM side
         self.position += t
+        if self._in_place:  # main wrote the new keys and values into self.cache
+            return out.numpy()[0]
+        self.cache = list(out[1:])  # /1, /2: the updated cache came back
         return out[0].numpy()[0]
 
 

@@ -1,0 +1,131 @@
+"""The Relax side of llm_graph.py: each `omnic_tvm::` op of the exported program becomes a call
+of its TIR kernel (kernels/), through `from_exported_program`'s custom_convert_map.
+
+    packed_linear     call_tir of kernels.packed_matmul (x flattened to [tokens, width])
+    packed_embedding  call_tir of kernels.packed_matmul.gather_kernel
+    attention         call_tir_inplace of kernels.attention: outputs 0 and 1 are the k and v
+                      caches (function parameters, written in place), output 2 the attention
+
+A kernel is added to the module once per distinct shape and kind (`Kernels`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import tvm
+
+
+class Kernels:
+    """The PrimFuncs added to one import, by what they compute; `counts` says how many calls
+    each kind of op got (the artifact's details)."""
+
+    def __init__(self) -> None:
+        self._gvars: dict[tuple, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, bb: Any, key: tuple, make: Callable[[], Any]) -> Any:
+        self.counts[key[0]] = self.counts.get(key[0], 0) + 1
+        if key not in self._gvars:
+            name = "_".join(str(part) for part in key).replace(".", "p").replace("-", "m")
+            self._gvars[key] = bb.add_func(make(), name)
+        return self._gvars[key]
+
+    def convert_map(self) -> dict[str, Callable]:
+        return {"packed_linear.default": self._linear,
+                "packed_embedding.default": self._embedding,
+                "attention.default": self._attention}
+
+    def _linear(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        from omnic.targets.tvm.kernels import packed_matmul as K
+
+        bb = importer.block_builder
+        x, q, scale, zero, kind, group, width = importer.retrieve_args(node)
+        n = int(importer.shape_of(q)[0])
+        lead = list(importer.shape_of(x))[:-1]
+        tokens = _product(lead)
+        flat = bb.emit(relax.op.reshape(x, [tokens, width]))
+        scheme, symmetric = kind.removesuffix("_asym"), not kind.endswith("_asym")
+        scale_dtype = str(scale.ty.dtype)
+        if scheme == "fp16":
+            gv = self.add(bb, ("linear", kind, n, width),
+                          lambda: K.float_kernel(n, width, "float16"))
+            args = [flat, q]
+        else:
+            make = K.int4_kernel if scheme == "int4" else K.int8_kernel
+            gv = self.add(bb, ("linear", kind, n, width, group, scale_dtype),
+                          lambda: make(n, width, group, symmetric=symmetric,
+                                       scale_dtype=scale_dtype))
+            args = [flat, q, scale, zero]
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, n], "float32")))
+        return bb.emit(relax.op.reshape(y, [*lead, n]))
+
+    def _embedding(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        from omnic.targets.tvm.kernels import packed_matmul as K
+
+        bb = importer.block_builder
+        ids, q, scale, zero, kind, group, width = importer.retrieve_args(node)
+        n = int(importer.shape_of(q)[0])
+        lead = list(importer.shape_of(ids))
+        tokens = _product(lead)
+        flat = bb.emit(relax.op.reshape(ids, [tokens]))
+        scheme, symmetric = kind.removesuffix("_asym"), not kind.endswith("_asym")
+        scale_dtype = str(scale.ty.dtype)
+        gv = self.add(bb, ("gather", kind, n, width, group, scale_dtype),
+                      lambda: K.gather_kernel(scheme, n, width, group, symmetric=symmetric,
+                                              scale_dtype=scale_dtype))
+        rows = bb.emit(relax.call_tir(gv, [flat, q, scale, zero],
+                                      relax.TensorType([tokens, width], "float32")))
+        return bb.emit(relax.op.reshape(rows, [*lead, width]))
+
+    def _attention(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        from omnic.targets.tvm.kernels.attention import attention_kernel
+
+        bb = importer.block_builder
+        q, k, v, k_cache, v_cache, pos, ring, window, scale, softcap = importer.retrieve_args(node)
+        _, h, t, d = importer.shape_of(q)
+        kv, c = int(importer.shape_of(k)[1]), int(importer.shape_of(k_cache)[2])
+        h, d = int(h), int(d)
+        key = ("attention", h, kv, d, c, bool(ring), int(window), float(scale), float(softcap))
+        gv = self.add(bb, key, lambda: attention_kernel(
+            h, kv, d, c, ring=bool(ring), window=int(window) if window > 0 else None,
+            scale=float(scale), softcap=float(softcap) if softcap > 0 else None))
+        cache_ty = relax.TensorType([1, kv, c, d], "float32")
+        out = bb.emit(relax.call_tir_inplace(
+            gv, [q, k, v, k_cache, v_cache, pos], [3, 4, -1],
+            [cache_ty, cache_ty, relax.TensorType([1, t, h * d], "float32")]))
+        return bb.emit(relax.TupleGetItem(out, 2))
+
+
+def _product(dims: list[Any]) -> Any:
+    out = dims[0]
+    for dim in dims[1:]:
+        out = out * dim
+    return out
+
+
+def to_relax(ep: "Any") -> tuple["tvm.IRModule", int, dict[str, int]]:
+    """The Relax module of the fast decoder's exported program, weights as trailing inputs.
+
+    Returns:
+        The module, the number of user inputs of `main`, and the kernel call counts.
+    """
+    from tvm.relax.frontend import detach_params
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from omnic.targets.tvm.lowering import quiet_stderr
+
+    kernels = Kernels()
+    with quiet_stderr():
+        mod = from_exported_program(ep, keep_params_as_input=True,
+                                    unwrap_unit_return_tuple=True,  # main returns the logits
+                                    custom_convert_map=kernels.convert_map())
+    mod, _ = detach_params(mod)
+    return mod, int(mod["main"].attrs["num_input"]), kernels.counts
