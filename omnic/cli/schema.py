@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("schema", help="print the JSON Schema of specs (or of manifests)")
+    p = subparsers.add_parser("schema", help="print the JSON Schema of specs (or of manifests, "
+                              "farm matrices)")
     p.add_argument("name", nargs="?", default="omnic-spec",
-                   help="schema name: omnic-spec (default) or omnic-manifest")
+                   help="schema name: omnic-spec (default), omnic-manifest or omnic-farm")
     p.set_defaults(func=run)
 
 

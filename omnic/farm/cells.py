@@ -9,7 +9,7 @@ devices, then quantization) and its axis values set last. It is kept twice:
   and axis values, which is what the cell's compile reads (the same data: `extends:` merges the
   same way).
 
-File paths an override writes (`omnic.spec.extends.PATH_FIELDS`) are relative to the matrix
+File paths an override writes (`omnic.spec.extends.FILE_FIELDS`) are relative to the matrix
 file; both forms carry them absolute.
 """
 
@@ -29,7 +29,7 @@ from omnic.compiler.compile_cost import compile_peak_bytes
 from omnic.compiler.validate import Validation, check_fit, check_resolved, inline_presets
 from omnic.farm.matrix import LoadedMatrix
 from omnic.spec.extends import KEY as EXTENDS
-from omnic.spec.extends import PATH_FIELDS, load_with_extends, merge
+from omnic.spec.extends import FILE_FIELDS, NOT_FILES, load_with_extends, merge
 from omnic.spec.load import Diagnostic, Document, FieldPath
 from omnic.spec.spec import Spec
 from omnic.spec.validate import pydantic_diagnostics
@@ -93,13 +93,14 @@ def _sub_document(doc: Document, prefix: FieldPath) -> Document:
 
 
 def _absolute_paths(doc: Document, folder: Path) -> None:
-    """PATH_FIELDS of an override, written relative to the matrix file, made absolute."""
-    for fpath in PATH_FIELDS:
+    """FILE_FIELDS of an override, written relative to the matrix file, made absolute (a
+    keyword in place of a file, NOT_FILES, stays as written)."""
+    for fpath in FILE_FIELDS:
         node = doc.data
         for key in fpath[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
         value = node.get(fpath[-1]) if isinstance(node, dict) else None
-        if isinstance(value, str) and not os.path.isabs(value):
+        if isinstance(value, str) and value not in NOT_FILES and not os.path.isabs(value):
             node[fpath[-1]] = str((folder / value).resolve())
 
 

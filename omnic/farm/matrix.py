@@ -13,6 +13,10 @@ A mistake in the matrix itself (YAML, unknown keys, an unknown preset, a missing
 override for a value that is not on its axis) is reported like a spec's, `FILE:LINE:COL field:
 message`, all at once (`MatrixError`). What an override does to a spec is judged per cell: an
 override that makes a cell's spec invalid fails that cell, located in this file.
+
+`Matrix` is also the source of the matrix's JSON Schema, `schemas/omnic-farm.schema.json`
+(`python -m omnic.tools.write_schemas`): it checks the shape; files, presets and the rules
+above are the farm's own checks.
 """
 
 from __future__ import annotations

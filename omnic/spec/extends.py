@@ -5,8 +5,9 @@ Rules (also in the `extends` field's description, hence in the JSON Schema):
 - files are merged in the order listed, then the extending file on top: the later one wins;
 - mappings merge key by key; any other value (scalars, and lists too) is replaced whole;
 - a file may itself extend others; a cycle is an error;
-- file paths inside an extended file (`PATH_FIELDS`: weights, tokenizer, encoder weights) stay
-  relative to the file that wrote them: they are rewritten relative to the extending file;
+- file paths inside an extended file (`FILE_FIELDS`: weights, tokenizer, encoder weights,
+  calibration text) stay relative to the file that wrote them: they are rewritten relative to
+  the extending file; a keyword in place of a file (`NOT_FILES`: calibration `builtin`) is kept;
 - a relative path in `PATH_FIELDS` may not leave the folder of the file that writes it (`..`):
   a file outside is named by an absolute path, so that a spec never reaches out by accident;
 - the merged document has no `extends` key.
@@ -24,11 +25,17 @@ KEY = "extends"
 # Spec fields holding a path relative to the file that holds them.
 PATH_FIELDS = (("weights", "path"), ("tokenizer", "path"),
                ("modalities", "vision", "weights"), ("modalities", "audio", "weights"))
+# Every spec field naming a file: PATH_FIELDS and the calibration text, which may instead be a
+# keyword (NOT_FILES). All are rebased through `extends:`; the calibration text is kept out of
+# PATH_FIELDS, whose other users (the `..` refusal, the farm's overrides) take no keywords.
+FILE_FIELDS = (*PATH_FIELDS, ("quantization", "calibration", "text"))
+NOT_FILES = ("builtin",)  # quantization.calibration.text: omnic's own corpus, not a file
 
 
-def _paths(data: Any) -> Iterator[tuple[FieldPath, dict, str]]:
-    """Each PATH_FIELDS value of `data` that is a string: (field path, its mapping, value)."""
-    for fpath in PATH_FIELDS:
+def _paths(data: Any, fields: tuple[FieldPath, ...] = PATH_FIELDS
+           ) -> Iterator[tuple[FieldPath, dict, str]]:
+    """Each `fields` value of `data` that is a string: (field path, its mapping, value)."""
+    for fpath in fields:
         node = data
         for key in fpath[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
@@ -37,11 +44,12 @@ def _paths(data: Any) -> Iterator[tuple[FieldPath, dict, str]]:
 
 
 def _rebase(doc: Document, from_dir: Path, to_dir: Path) -> None:
-    """Rewrite PATH_FIELDS of `doc` (relative to from_dir) to be relative to to_dir, in place."""
+    """Rewrite FILE_FIELDS of `doc` (relative to from_dir) to be relative to to_dir, in place;
+    keywords (NOT_FILES) are not paths and stay as written."""
     if from_dir.resolve() == to_dir.resolve():
         return
-    for fpath, holder, value in _paths(doc.data):
-        if not os.path.isabs(value):
+    for fpath, holder, value in _paths(doc.data, FILE_FIELDS):
+        if value not in NOT_FILES and not os.path.isabs(value):
             holder[fpath[-1]] = os.path.relpath(from_dir / value, to_dir).replace(os.sep, "/")
 
 

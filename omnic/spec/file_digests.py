@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, MutableMapping
 
 from omnic.digest import file_sha256
-from omnic.spec.extends import PATH_FIELDS
+from omnic.spec.extends import FILE_FIELDS, NOT_FILES
 
-FILE_FIELDS = (*PATH_FIELDS, ("quantization", "calibration", "text"))
-NOT_FILES = ("builtin",)  # quantization.calibration.text: omnic's own corpus
 PROCESS_MEMO: dict[str, str] = {}  # the default memo (the build cache loads its own into it)
 
 

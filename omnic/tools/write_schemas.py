@@ -39,10 +39,17 @@ def _manifest() -> dict | None:
     return model.model_json_schema() if hasattr(model, "model_json_schema") else None
 
 
+def _farm() -> dict:
+    from omnic.farm.matrix import Matrix
+
+    return Matrix.model_json_schema()
+
+
 # file stem -> (title, builder). Order is the order of `omnic schema --help`.
 SCHEMAS: dict[str, tuple[str, Callable[[], dict | None]]] = {
     "omnic-spec": ("omnic spec", _spec),
     "omnic-manifest": ("omnic build manifest", _manifest),
+    "omnic-farm": ("omnic farm matrix", _farm),
 }
 
 

@@ -146,6 +146,36 @@ def test_paths_in_extended_files_stay_relative_to_their_file(tmp_path):
     assert (top.parent / doc.data["weights"]["path"]).is_file()
 
 
+CALIBRATED = "quantization: {weights: {scheme: int4, group_size: 32, method: gptq}, " \
+    "calibration: {text: %s}}\n"
+
+
+def test_calibration_text_in_an_extended_file_stays_relative_to_its_file(tmp_path):
+    write(tmp_path / "shared" / "corpus.txt", "one passage\n\n---\n\nanother passage\n")
+    write(tmp_path / "shared" / "base.yaml", SPEC_BODY + CALIBRATED % "corpus.txt")
+    top = write(tmp_path / "specs" / "spec.yaml", "extends: [../shared/base.yaml]\nname: x\n")
+    doc, problems = load_with_extends(top)
+    assert problems == []
+    text = doc.data["quantization"]["calibration"]["text"]
+    assert text == "../shared/corpus.txt"
+    assert (top.parent / text).resolve() == (tmp_path / "shared" / "corpus.txt").resolve()
+    from omnic.compiler.validate import validate_file
+
+    result = validate_file(top)
+    assert result.ok, [d.message for d in result.diagnostics]
+    assert result.resolved.quantization.calibration.text == "../shared/corpus.txt"
+
+
+def test_builtin_calibration_text_is_a_keyword_not_a_path(tmp_path):
+    write(tmp_path / "shared" / "base.yaml", SPEC_BODY + CALIBRATED % "builtin")
+    top = write(tmp_path / "specs" / "spec.yaml", "extends: [../shared/base.yaml]\nname: x\n")
+    doc, problems = load_with_extends(top)
+    assert problems == [] and doc.data["quantization"]["calibration"]["text"] == "builtin"
+    from omnic.compiler.validate import validate_file
+
+    assert validate_file(top).ok
+
+
 def _laughs(levels: int) -> str:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
