@@ -83,8 +83,8 @@ def int4_kernel(n: int, k: int, group: int, *, symmetric: bool,
             for jo in T.parallel(n // rows):
                 for ji in range(rows):
                     with T.sblock("row"):
-                        acc = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
-                        part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                        acc = T.sblock_alloc_buffer((lanes,), "float32")
+                        part = T.sblock_alloc_buffer((lanes,), "float32")
                         for lane in T.vectorized(lanes):
                             acc[lane] = T.float32(0)
                         for g in range(groups):
@@ -107,8 +107,8 @@ def int4_kernel(n: int, k: int, group: int, *, symmetric: bool,
         else:  # prefill: a tile of rows decoded once into floats, then multiplied by every token
             for jo in T.parallel(n // tile):
                 with T.sblock("tile"):
-                    w = T.sblock_alloc_buffer((tile, k), "float32", scope="local")
-                    acc = T.sblock_alloc_buffer((dot,), "float32", scope="local")
+                    w = T.sblock_alloc_buffer((tile, k), "float32")
+                    acc = T.sblock_alloc_buffer((dot,), "float32")
                     for ji in range(tile):
                         for g in range(groups):
                             for b in range(steps):
@@ -165,8 +165,8 @@ def int8_kernel(n: int, k: int, group: int, *, symmetric: bool,
             for jo in T.parallel(n // rows):
                 for ji in range(rows):
                     with T.sblock("row"):
-                        acc = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
-                        part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                        acc = T.sblock_alloc_buffer((lanes,), "float32")
+                        part = T.sblock_alloc_buffer((lanes,), "float32")
                         for lane in T.vectorized(lanes):
                             acc[lane] = T.float32(0)
                         for g in range(groups):
@@ -186,8 +186,8 @@ def int8_kernel(n: int, k: int, group: int, *, symmetric: bool,
         else:  # prefill: a tile of rows decoded once into floats, then multiplied by every token
             for jo in T.parallel(n // tile):
                 with T.sblock("tile"):
-                    w = T.sblock_alloc_buffer((tile, k), "float32", scope="local")
-                    acc = T.sblock_alloc_buffer((dot,), "float32", scope="local")
+                    w = T.sblock_alloc_buffer((tile, k), "float32")
+                    acc = T.sblock_alloc_buffer((dot,), "float32")
                     for ji in range(tile):
                         for g in range(groups):
                             for b in range(steps):
@@ -227,7 +227,7 @@ def float_kernel(n: int, k: int, dtype: str) -> "tvm.tirx.PrimFunc":
             for tt in range(t):
                 for ji in range(rows):
                     with T.sblock("row"):
-                        acc = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                        acc = T.sblock_alloc_buffer((lanes,), "float32")
                         for lane in T.vectorized(lanes):
                             acc[lane] = T.float32(0)
                         for b in range(steps):
