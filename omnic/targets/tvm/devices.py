@@ -168,6 +168,8 @@ def device_pipeline(target: "tvm.target.Target") -> Any:
     from tvm.relax.backend.gpu_generic import pipeline as gpu
     from tvm.s_tir import dlight as dl
 
+    from omnic.targets.tvm.lowering import guarded_rewrite_reshape
+
     class PortableMatmul(dl.gpu.Matmul):
         def apply(self, func: Any, target: Any, tunable: bool) -> Any:
             if target.kind.name == "metal":
@@ -176,14 +178,7 @@ def device_pipeline(target: "tvm.target.Target") -> Any:
                 target = tvm.target.Target({**_limits(target), "kind": "opencl"})
             return super().apply(func, target, tunable)
 
-    @tvm.transform.module_pass(opt_level=0, name="OmnicRewriteDataflowReshape")
-    def reshapes(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
-        try:
-            return relax.transform.RewriteDataflowReshape()(mod)
-        except tvm.error.InternalError as err:
-            _log.info(f"tvm: reshapes kept as kernels (RewriteDataflowReshape: "
-                      f"{str(err).splitlines()[0][:120]})")
-            return mod
+    reshapes = guarded_rewrite_reshape()
 
     @tvm.transform.module_pass(opt_level=0, name="OmnicGpuPipeline")
     def pipeline(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":

@@ -315,18 +315,7 @@ def relax_pipeline(stats: dict[str, int] | None = None) -> Any:
             stats.update(nt_matmul_kernels=found, vectorized=done)
         return mod
 
-    @tvm.transform.module_pass(opt_level=0, name="OmnicRewriteDataflowReshape")
-    def _reshapes(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
-        # RewriteDataflowReshape turns reshape kernels into zero-copy views. Its pattern check
-        # aborts (TVM 0.27: "The padding factor (T + 4) * 16 is not divisible by T + 4") on a
-        # reshape over a symbolic axis it cannot split, as a ring layer's GQA expand of its
-        # [ring + T] keys is; the module is then kept as it is (those reshapes copy).
-        try:
-            return relax.transform.RewriteDataflowReshape()(mod)
-        except tvm.error.InternalError as err:
-            _log.info(f"tvm: reshapes kept as kernels (RewriteDataflowReshape: "
-                      f"{str(err).splitlines()[0][:120]})")
-            return mod
+    _reshapes = guarded_rewrite_reshape()
 
     @tvm.transform.module_pass(opt_level=0, name="OmnicCpuPipeline")
     def _pipeline(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
@@ -342,6 +331,29 @@ def relax_pipeline(stats: dict[str, int] | None = None) -> Any:
         return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def guarded_rewrite_reshape() -> Any:
+    """relax.transform.RewriteDataflowReshape, or the module unchanged where it aborts.
+
+    The pass turns reshape kernels into zero-copy views. Its pattern check aborts (TVM 0.27:
+    "The padding factor (T + 4) * 16 is not divisible by T + 4") on a reshape over a symbolic
+    axis it cannot split, as a ring layer's GQA expand of its [ring + T] keys is; the module is
+    then kept as it is (those reshapes copy). Shared by the CPU and GPU (devices.py) pipelines.
+    """
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="OmnicRewriteDataflowReshape")
+    def reshapes(mod: "tvm.IRModule", _ctx: Any) -> "tvm.IRModule":
+        try:
+            return relax.transform.RewriteDataflowReshape()(mod)
+        except tvm.error.InternalError as err:
+            _log.info(f"tvm: reshapes kept as kernels (RewriteDataflowReshape: "
+                      f"{str(err).splitlines()[0][:120]})")
+            return mod
+
+    return reshapes
 
 
 def build(mod: "tvm.IRModule", target: "tvm.target.Target", opt_level: int,

@@ -39,6 +39,28 @@ def _tile(n: int, k: int) -> int:
     return next(r for r in (16, 8, 4, 2, 1) if n % r == 0 and (r * k * 4 <= 65536 or r == 1))
 
 
+def _tile_times_tokens(k: int, tile: int, dot: int) -> Any:
+    """The prefill's second half, shared by the int4 and int8 kernels: y[tt, rows of tile jo] =
+    x[tt] . w[row] for every token, with `dot` lanes of partial sums."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def times_tokens(w: T.Buffer, acc: T.Buffer, x: T.Buffer, y: T.Buffer, jo: T.int64,
+                     t: T.int64):
+        for tt in range(t):
+            for ji in range(tile):
+                for lane in T.vectorized(dot):
+                    acc[lane] = T.float32(0)
+                for c in range(k // dot):
+                    for lane in T.vectorized(dot):
+                        acc[lane] = acc[lane] + w[ji, c * dot + lane] * x[tt, c * dot + lane]
+                y[tt, jo * tile + ji] = T.float32(0)
+                for lane in range(dot):
+                    y[tt, jo * tile + ji] = y[tt, jo * tile + ji] + acc[lane]
+
+    return times_tokens
+
+
 def _lanes(width: int) -> int:
     """The widest power of two <= _MAX_LANES dividing `width`."""
     lanes = _MAX_LANES
@@ -63,6 +85,7 @@ def int4_kernel(n: int, k: int, group: int, *, symmetric: bool,
     lanes = block // 2
     groups, steps, rows, tile = k // group, group // block, _rows(n), _tile(n, k)
     dot = _lanes(k)  # lanes of the prefill's float dot products
+    times_tokens = _tile_times_tokens(k, tile, dot)
     zero_len = (n * groups + 1) // 2 if not symmetric else 1
 
     def zero(z: Any, row: Any, g: Any) -> Any:
@@ -122,16 +145,7 @@ def int4_kernel(n: int, k: int, group: int, *, symmetric: bool,
                                         T.Cast("float32", q[jo * tile + ji, (g * group + b * block) // 2 + lane] >> T.uint8(4))
                                         - zero(z, jo * tile + ji, g)
                                     ) * T.Cast("float32", s[jo * tile + ji, g])
-                    for tt in range(t):
-                        for ji in range(tile):
-                            for lane in T.vectorized(dot):
-                                acc[lane] = T.float32(0)
-                            for c in range(k // dot):
-                                for lane in T.vectorized(dot):
-                                    acc[lane] = acc[lane] + w[ji, c * dot + lane] * x[tt, c * dot + lane]
-                            y[tt, jo * tile + ji] = T.float32(0)
-                            for lane in range(dot):
-                                y[tt, jo * tile + ji] = y[tt, jo * tile + ji] + acc[lane]
+                    times_tokens(w, acc, x, y, jo, t)
 
     return kernel
 
@@ -148,6 +162,7 @@ def int8_kernel(n: int, k: int, group: int, *, symmetric: bool,
     lanes = _lanes(group)
     groups, steps, rows, tile = k // group, group // lanes, _rows(n), _tile(n, k)
     dot = _lanes(k)  # lanes of the prefill's float dot products
+    times_tokens = _tile_times_tokens(k, tile, dot)
     code = "int8" if symmetric else "uint8"
     zero_shape = (1, 1) if symmetric else (n, groups)
 
@@ -196,16 +211,7 @@ def int8_kernel(n: int, k: int, group: int, *, symmetric: bool,
                                         T.Cast("float32", q[jo * tile + ji, g * group + b * lanes + lane])
                                         - zero(z, jo * tile + ji, g)
                                     ) * T.Cast("float32", s[jo * tile + ji, g])
-                    for tt in range(t):
-                        for ji in range(tile):
-                            for lane in T.vectorized(dot):
-                                acc[lane] = T.float32(0)
-                            for c in range(k // dot):
-                                for lane in T.vectorized(dot):
-                                    acc[lane] = acc[lane] + w[ji, c * dot + lane] * x[tt, c * dot + lane]
-                            y[tt, jo * tile + ji] = T.float32(0)
-                            for lane in range(dot):
-                                y[tt, jo * tile + ji] = y[tt, jo * tile + ji] + acc[lane]
+                    times_tokens(w, acc, x, y, jo, t)
 
     return kernel
 
