@@ -61,18 +61,25 @@ def host() -> dict[str, Any]:
             "env": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}}
 
 
+# /proc/cpuinfo lines that name the CPU and its instruction set: x86's model and flags, Arm's
+# implementer, part and features (an Arm Linux has no "model name").
+_CPU_LINES = ("model name", "flags", "CPU implementer", "CPU part", "Features")
+
+
 @lru_cache(maxsize=1)
 def _cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo): TVM's host library is compiled for this CPU's
-    instruction set (lowering.host_target), so another CPU model must not reuse it."""
+    """A digest of what names this CPU and its instruction set: TVM's host library is compiled
+    for this CPU (lowering.host_target), so a cache shared with another CPU must not hand it
+    over."""
+    import platform
+
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        import platform
-
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.startswith("model name")), "")
+        return f"{platform.machine()} {platform.processor()}"
+    first = text.split("\n\n", 1)[0]  # the first processor's block
+    lines = sorted(line.strip() for line in first.splitlines() if line.startswith(_CPU_LINES))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def front_key(spec: dict[str, Any], spec_dir: Path, targets: Iterable[str],

@@ -26,8 +26,9 @@ KEY = "extends"
 PATH_FIELDS = (("weights", "path"), ("tokenizer", "path"),
                ("modalities", "vision", "weights"), ("modalities", "audio", "weights"))
 # Every spec field naming a file: PATH_FIELDS and the calibration text, which may instead be a
-# keyword (NOT_FILES). All are rebased through `extends:`; the calibration text is kept out of
-# PATH_FIELDS, whose other users (the `..` refusal, the farm's overrides) take no keywords.
+# keyword (NOT_FILES). All are rebased through `extends:` and made absolute in the farm's
+# overrides; the calibration text is kept out of PATH_FIELDS, whose `..` refusal takes no
+# keywords (so a calibration text may still name a file outside the spec's folder).
 FILE_FIELDS = (*PATH_FIELDS, ("quantization", "calibration", "text"))
 NOT_FILES = ("builtin",)  # quantization.calibration.text: omnic's own corpus, not a file
 

@@ -298,6 +298,19 @@ def test_cross_compiled_archive_is_aarch64(int4: Build) -> None:
             assert int.from_bytes(data[18:20], "little") == 183  # EM_AARCH64
 
 
+@pytest.mark.parametrize("quant", [
+    {"weights": {"scheme": "fp16"}},  # an fp16 embedding table (its own gather) and head
+    {"weights": {"scheme": "int8", "group_size": 32, "symmetric": False}},
+])
+def test_untied_head_and_qkv_bias_match_the_quant_exact_reference(tmp_path, quant) -> None:
+    build = Build(make_spec({"qkv_bias": True}, quant), tmp_path)
+    assert build.artifact.details["kernel_calls"]["linear"] == 7 * TINY["n_layers"] + 1
+    got, got_logits = greedy(build.runner(), PROMPT[:12], 4)
+    want, want_logits = greedy(TorchRunner(quant_exact_decoder(build)), PROMPT[:12], 4)
+    assert_close(got_logits, want_logits)
+    assert got == want
+
+
 def test_gpu_device_builds_sit_beside_the_host_library_and_are_never_run(int4: Build) -> None:
     from safetensors.numpy import load_file
 
@@ -327,7 +340,7 @@ def test_check_accepts_moe_and_sliding_window() -> None:
     ({"quant": {"weights": {"scheme": "int8"}, "kv_cache": "int8"}}, "quantization.kv_cache"),
     ({"quant": {"weights": {"scheme": "int4", "group_size": 48}}}, "quantization"),
     ({"model": {"ffn": {"kind": "swiglu", "hidden": 127}},
-      "quant": {"weights": {"scheme": "int4", "group_size": 1}}}, "quantization"),  # odd width
+      "quant": {"weights": {"scheme": "int4", "group_size": 1}}}, "quantization"),  # odd group
     ({"tvm": {"target": "cuda"}}, "targets.tvm.target"),
     ({"tvm": {"devices": ["vulkan"]}}, "targets.tvm.devices"),  # no Vulkan codegen in 0.27
     ({"tvm": {"target": "not-a-target"}}, "targets.tvm.target"),

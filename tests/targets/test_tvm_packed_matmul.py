@@ -78,6 +78,14 @@ def test_gather_decodes_the_rows_asked_for(scheme, n, k, group, symmetric) -> No
     np.testing.assert_allclose(got, decoded[ids], rtol=1e-6, atol=1e-7)
 
 
+def test_float16_table_rows() -> None:
+    w = np.random.default_rng(4).standard_normal((9, 24)).astype(np.float16)
+    ids = np.array([8, 0, 8], dtype=np.int64)
+    got = _run(K.gather_kernel("fp16", 9, 24, 24, symmetric=True, scale_dtype="float16"),
+               [ids, w], (3, 24))
+    np.testing.assert_array_equal(got, w[ids].astype(np.float32))
+
+
 def test_float16_weights() -> None:
     w = np.random.default_rng(2).standard_normal((12, 32)).astype(np.float16)
     x = np.random.default_rng(3).standard_normal((3, 32)).astype(np.float32)

@@ -13,8 +13,8 @@ instead:
   into the cache the VM already holds and attends over positions [0, pos] only (a sliding
   layer: its window, from its ring). `main` returns the logits alone; the caches are state.
 
-The custom ops exist for torch.export only: their torch bodies are slow references (used by
-tests), their fake kernels give shapes, and llm_relax.py converts each into its TIR kernel.
+The custom ops exist for torch.export: their fake kernels give shapes and llm_relax.py converts
+each into its TIR kernel; their torch bodies are slow eager references of the same semantics.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnic.targets.tvm import quant
 from omnic.targets.tvm.quant import PackedTensor, dequantize
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class PackedWeight(nn.Module):
             self.register_buffer("zero", empty, persistent=False)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ w.T, w decoded by the packed-matmul kernel."""
         return packed_linear(x, self.q, self.scale, self.zero, self.kind, self.group, self.width)
 
 
@@ -185,12 +187,10 @@ def pack_modules(decoder: "Decoder", packed: Mapping[str, PackedTensor]) -> list
 def stored_name(param_target: str, packed: Mapping[str, PackedTensor]) -> str:
     """The params-file name of a parameter of the fast decoder: `layers.0.attn.q.q` ->
     `layers.0.attn.q.weight.q` (a Packed module's arrays); anything else as quant.stored_name."""
-    from omnic.targets.tvm.quant import stored_name as generic
-
     owner, _, attr = param_target.rpartition(".")
     if attr in ("q", "scale", "zero") and f"{owner}.weight" in packed:
         return f"{owner}.weight.{attr}"
-    return generic(param_target, packed)
+    return quant.stored_name(param_target, packed)
 
 
 def fast_module(decoder: "Decoder") -> nn.Module:

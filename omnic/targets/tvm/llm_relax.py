@@ -26,6 +26,7 @@ class Kernels:
         self.counts: dict[str, int] = {}
 
     def add(self, bb: Any, key: tuple, make: Callable[[], Any]) -> Any:
+        """The GlobalVar of the kernel `key` names, added to the module by `make` once."""
         self.counts[key[0]] = self.counts.get(key[0], 0) + 1
         if key not in self._gvars:
             name = "_".join(str(part) for part in key).replace(".", "p").replace("-", "m")
@@ -33,6 +34,7 @@ class Kernels:
         return self._gvars[key]
 
     def convert_map(self) -> dict[str, Callable]:
+        """from_exported_program's custom_convert_map for the omnic_tvm ops."""
         return {"packed_linear.default": self._linear,
                 "packed_embedding.default": self._embedding,
                 "attention.default": self._attention}
@@ -79,8 +81,8 @@ class Kernels:
         gv = self.add(bb, ("gather", kind, n, width, group, scale_dtype),
                       lambda: K.gather_kernel(scheme, n, width, group, symmetric=symmetric,
                                               scale_dtype=scale_dtype))
-        rows = bb.emit(relax.call_tir(gv, [flat, q, scale, zero],
-                                      relax.TensorType([tokens, width], "float32")))
+        args = [flat, q] if scheme == "fp16" else [flat, q, scale, zero]
+        rows = bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], "float32")))
         return bb.emit(relax.op.reshape(rows, [*lead, width]))
 
     def _attention(self, node: Any, importer: Any) -> Any:

@@ -1,9 +1,11 @@
-"""Packed weights of the TVM target, dequantized inside the graph.
+"""Packed weights of the TVM target: their storage forms, and their decoding.
 
 Every tensor the quant plan stores below fp32 is written to the params file in a packed form and
-becomes a graph input; the exported graph recomputes the float32 matrix from it with plain torch
-ops (bitwise and, casts, multiply) that the Relax frontend imports and TVM fuses in front of the
-matmul. Nothing is pre-dequantized at build time, so the deployed file is the packed one.
+becomes a graph input. The host build decodes a linear's weight or the embedding table inside
+its kernels (llm_graph.py, kernels/packed_matmul.py); the generic graph (GPU device builds, and
+any other packed tensor) recomputes the float32 matrix with plain torch ops (`apply_packing`:
+bitwise and, casts, multiply) that the Relax frontend imports. Nothing is pre-dequantized at
+build time, so the deployed file is the packed one.
 
 Layouts (a matrix is [out, in], groups of `g` consecutive inputs share a scale; G = in / g):
 

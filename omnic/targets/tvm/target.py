@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from omnic.constants import Components, Targets
-from omnic.targets.base import Artifact, Problem, register_target
+from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
 from omnic.targets.tvm.backend import cross_triple, open_vm, require_tvm, tvm_missing
 
 if TYPE_CHECKING:
@@ -224,7 +224,11 @@ class TvmTarget:
         histogram = L.op_histogram(mod)
 
         weights = llm_graph.call_args(ep, packed, state)
-        for (name, arr), (shape, dtype) in zip(weights.items(), L.param_signature(mod, num_input)):
+        signature = L.param_signature(mod, num_input)
+        if len(signature) != len(weights):
+            raise RuntimeError(f"tvm: main takes {len(signature)} weights, the exported program "
+                               f"has {len(weights)} parameters")
+        for (name, arr), (shape, dtype) in zip(weights.items(), signature):
             if list(arr.shape) != shape or str(arr.dtype) != dtype:
                 raise RuntimeError(f"tvm: weight {name} is {arr.dtype}{list(arr.shape)}, main "
                                    f"expects {dtype}{shape}")
@@ -369,6 +373,14 @@ class TvmRunner:
         if meta.get("format") not in READS:
             raise ValueError(f"tvm: {root / DESCRIPTOR} has format {meta.get('format')!r}, "
                              f"this omnic reads {' or '.join(map(repr, READS))}")
+        built_for = _mcpu(meta.get("target"))
+        if built_for is not None:
+            from tvm.target import codegen
+
+            here = codegen.llvm_get_system_cpu()
+            if built_for != here:  # its kernels may use instructions this CPU lacks
+                raise NotRunnable(f"tvm: {root.name} was compiled for the {built_for} CPU, "
+                                  f"this one is {here}: compile it here (or cross-compile)")
         if num_threads is not None:
             set_threads(num_threads)
         self.device, self.main, self.weights = open_vm(root, meta)
@@ -409,6 +421,13 @@ class TvmRunner:
             return out.numpy()[0]
         self.cache = list(out[1:])  # /1, /2: the updated cache came back
         return out[0].numpy()[0]
+
+
+def _mcpu(target: str | None) -> str | None:
+    """The CPU a descriptor's host target was compiled for (None: a generic target)."""
+    if not target or not target.startswith("{"):
+        return None
+    return json.loads(target).get("mcpu")
 
 
 def set_threads(n: int) -> int:

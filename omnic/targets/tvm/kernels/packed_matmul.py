@@ -257,6 +257,8 @@ def gather_kernel(scheme: str, n: int, k: int, group: int, *, symmetric: bool,
 
     from omnic.targets.tvm.quant import nibble_block
 
+    if scheme == "fp16":
+        return _float_gather(n, k)
     groups = k // group
     if scheme == "int4":
         block = nibble_block(group)
@@ -298,5 +300,23 @@ def gather_kernel(scheme: str, n: int, k: int, group: int, *, symmetric: bool,
                 with T.sblock("row"):
                     out[tt, col] = (code_at(q, ids[tt], col) - zero(z, ids[tt], col // group)) \
                         * T.Cast("float32", s[ids[tt], col // group])
+
+    return kernel
+
+
+def _float_gather(n: int, k: int) -> "tvm.tirx.PrimFunc":
+    """Rows of a float16 [n, k] table as float32. Parameters: ids [t] int64, w, out [t, k]."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(var_ids: T.handle, w: T.Buffer((n, k), "float16"), var_out: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        t = T.int64()
+        ids = T.match_buffer(var_ids, (t,), "int64")
+        out = T.match_buffer(var_out, (t, k), "float32")
+        for tt in range(t):
+            for col in range(k):
+                with T.sblock("row"):
+                    out[tt, col] = T.Cast("float32", w[ids[tt], col])
 
     return kernel
