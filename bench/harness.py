@@ -455,10 +455,13 @@ def _llama_timer(path: Path, threads: int, vocab: int):
                          "use_extra_bufts": extra}
 
 
+TIMERS = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer, "pte": _pte_timer,
+          "tvm": _tvm_timer}
+
+
 def worker(kind: str, path: Path, threads: int, prompt_n: int, decode: int, repeat: int,
            vocab: int) -> dict[str, Any]:
-    timer = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer,
-             "pte": _pte_timer, "tvm": _tvm_timer}[kind]
+    timer = TIMERS[kind]
     load_s, one, settings = timer(path, threads, vocab)
     prompt = np.random.default_rng(0).integers(0, min(vocab, 256), prompt_n, dtype=np.int64)
     runs = [one(prompt, decode) for _ in range(repeat + 1)][1:]  # the first is a warm-up
@@ -492,7 +495,7 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=["og", "ort", "llama", "pte", "tvm"], required=True)
+    p.add_argument("--worker", choices=list(TIMERS), required=True)
     p.add_argument("path", type=Path)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt", type=int, default=64)
