@@ -41,6 +41,7 @@ class Roles:
 
     EMBEDDING = "embedding"
     ATTENTION = "attention"
+    CONV = "conv"  # a short_conv layer's projections and kernel (LFM2)
     FFN = "ffn"
     ROUTER = "router"
     NORM = "norm"
@@ -50,8 +51,8 @@ class Roles:
     SENSORS = "sensors"
     PROJECTOR = "projector"
     ACTION = "action"
-    ALL = (EMBEDDING, ATTENTION, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS, PROJECTOR,
-           ACTION)
+    ALL = (EMBEDDING, ATTENTION, CONV, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS,
+           PROJECTOR, ACTION)
 
 
 class Components:
@@ -123,6 +124,11 @@ class TensorNames:
     V_BIAS = "layers.{i}.attn.v.bias"
     Q_NORM = "layers.{i}.attn.q_norm.weight"
     K_NORM = "layers.{i}.attn.k_norm.weight"
+    # a short_conv layer (LFM2): in_proj [3 * d, d] makes B, C and x; the depthwise kernel is
+    # [d, 1, kernel] as torch's Conv1d holds it (3-D: never taken for a matrix to quantize)
+    CONV_IN = "layers.{i}.conv.in_proj.weight"
+    CONV_KERNEL = "layers.{i}.conv.kernel.weight"
+    CONV_OUT = "layers.{i}.conv.out_proj.weight"
     GATE = "layers.{i}.ffn.gate.weight"
     UP = "layers.{i}.ffn.up.weight"
     DOWN = "layers.{i}.ffn.down.weight"

@@ -61,6 +61,10 @@ FAMILIES = {
     "qwen3_moe": ("Qwen3MoeConfig", dict(head_dim=16, num_experts=4, num_experts_per_tok=2,
                                          moe_intermediate_size=64, norm_topk_prob=False)),
     "olmo2": ("Olmo2Config", dict()),
+    # LFM2: gated short convolutions with one attention layer; the feed-forward width auto-
+    # adjusted (2/3 of 128, rounded up to 32: 96), the kernel longer than LFM2's 3
+    "lfm2": ("Lfm2Config", dict(num_hidden_layers=4, conv_L_cache=4, block_multiple_of=32,
+                                layer_types=["conv", "conv", "full_attention", "conv"])),
     "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, residual_multiplier=0.5,
                                       logits_scaling=2.0, attention_multiplier=0.2)),
 }

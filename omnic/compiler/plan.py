@@ -132,14 +132,24 @@ class MemoryPlan:
 
 
 def kv_cache_bytes(spec: "ResolvedSpec", target: str | None = None) -> int:
-    """K and V of every layer, in the spec's KV storage: the positions `target` allocates per
-    layer, or the spec's own static graph's (full layers: context_length; sliding layers: a ring
-    of their window) when None."""
+    """K and V of every attention layer, in the spec's KV storage: the positions `target`
+    allocates per layer, or the spec's own static graph's (full layers: context_length; sliding
+    layers: a ring of their window) when None; plus the fixed-size state of the other layers
+    (`state_bytes`), which does not grow with the context."""
     m = spec.model
     vectors = 2 * m.kv_heads * sum(kv_positions(spec, target))  # one head_dim vector each
     kind = spec.quantization.kv_cache
     per_vector = m.dim_per_head * KV_BYTES[kind] + (KV_INT8_SCALE_BYTES if kind == "int8" else 0)
-    return vectors * per_vector
+    return vectors * per_vector + state_bytes(spec)
+
+
+def state_bytes(spec: "ResolvedSpec") -> int:
+    """The recurrent state of the layers that keep one instead of a KV cache, in float32 (as
+    llama.cpp keeps its recurrent states): a short_conv layer holds kernel - 1 values of each
+    of d_model channels."""
+    m = spec.model
+    conv = sum(row.attention == "short_conv" for row in m.table)
+    return 4 * conv * m.d_model * (m.short_conv.kernel - 1) if conv else 0
 
 
 def activation_bytes(spec: "ResolvedSpec") -> int:

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from omnic.importers import hf_lfm2
 from omnic.spec.layers import pattern_kinds
 
 
@@ -63,8 +64,10 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                        "rms_norm_eps": 1e-6, "embedding_multiplier": 1.0,
                                        "residual_multiplier": 1.0, "logits_scaling": 1.0,
                                        "attention_multiplier": 1.0}),
+    "Lfm2ForCausalLM": ("lfm2", hf_lfm2.DEFAULTS),
 }
 
+_NORM_EPS = {"lfm2": "norm_eps"}  # the families that name rms_norm_eps otherwise
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
 
 
@@ -227,10 +230,12 @@ def _rope_by_layer_type(c: _Config, params: dict[str, Any], scaling: dict[str, A
 # --- which layers differ -------------------------------------------------------------------------
 def _layer_types(c: _Config, n_layers: int, window: int | None) -> list[str]:
     """transformers' `layer_types` (or the family's rule when config.json has none)."""
+    family = c.family
+    if family == "lfm2":
+        return [hf_lfm2.KINDS.get(t, t) for t in hf_lfm2.layer_types(c.raw, n_layers)]
     types = c.raw.get("layer_types")
     if types is not None:
         return list(types)
-    family = c.family
     if family == "gemma2":
         return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
     if family == "gemma3":  # the older files' sliding_window_pattern: every p-th layer is global
@@ -263,14 +268,15 @@ def _layer_kinds(c: _Config, n_layers: int) -> tuple[list[str], int | None]:
             "use_sliding_window", False):
         window = None  # transformers drops the window unless use_sliding_window is true
     types = _layer_types(c, n_layers, window)
-    unknown = sorted({t for t in types if t not in ("sliding_attention", "full_attention")})
+    known = ("sliding_attention", "full_attention", *hf_lfm2.KINDS.values())
+    unknown = sorted({t for t in types if t not in known})
     if unknown:
         raise UnsupportedModel(f"{c.arch}: layer types {unknown} are not supported")
     if len(types) != n_layers:
         raise UnsupportedModel(f"{c.arch}: layer_types has {len(types)} entries for "
                                f"num_hidden_layers={n_layers}")
-    kinds = ["sliding" if t == "sliding_attention" and window is not None else "full"
-             for t in types]
+    kinds = ["sliding" if t == "sliding_attention" and window is not None else
+             t if t in hf_lfm2.KINDS.values() else "full" for t in types]
     if c.family == "smollm3":
         rope = _rope_layers(c, n_layers)
         if len(rope) != n_layers:
@@ -381,6 +387,9 @@ def _family_fields(c: _Config, model: dict[str, Any]) -> None:
         model["attn_scale"] = float(c.get("attention_multiplier"))  # the scores' whole scale
     if family in ("mixtral", "qwen3_moe"):
         _moe(c, model)
+    if family == "lfm2":
+        c.reject("conv_bias", lambda v: v is False, "omnic's short_conv has no biases")
+        hf_lfm2.fields(c.get, model)
 
 
 def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -400,8 +409,10 @@ def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "n_heads": heads,
         "n_kv_heads": int(c.raw.get("num_key_value_heads") or heads),
         "head_dim": head_dim,
-        "ffn": {"kind": _ffn_kind(c), "hidden": int(c.need("intermediate_size"))},
-        "norm": {"kind": "rmsnorm", "eps": float(c.get("rms_norm_eps")),
+        # LFM2's older name block_ff_dim wins over intermediate_size, as in Lfm2Config
+        "ffn": {"kind": _ffn_kind(c),
+                "hidden": int(c.raw.get("block_ff_dim") or c.need("intermediate_size"))},
+        "norm": {"kind": "rmsnorm", "eps": float(c.get(_NORM_EPS.get(c.family, "rms_norm_eps"))),
                  "unit_offset": c.family.startswith("gemma")},
         "rope": _rope(c, head_dim),
         "context_length": int(c.need("max_position_embeddings")),

@@ -39,6 +39,17 @@ _LAYER = [
     # Qwen3-MoE on the Hub and from save_pretrained (router: mlp.gate, as in memory)
     (r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight", r"ffn.experts.\1.\2.weight"),
     (r"mlp\.gate\.weight", "ffn.router.weight"),  # transformers 5 in-memory MoE layout
+    # LFM2: its own names for the norms, the MLP and attention's output and q/k norms, and the
+    # short-convolution layers' tensors
+    (r"operator_norm\.weight", "attn_norm.weight"),
+    (r"ffn_norm\.weight", "ffn_norm.weight"),
+    (r"feed_forward\.w1\.weight", "ffn.gate.weight"),
+    (r"feed_forward\.w3\.weight", "ffn.up.weight"),
+    (r"feed_forward\.w2\.weight", "ffn.down.weight"),
+    (r"self_attn\.out_proj\.weight", "attn.o.weight"),
+    (r"self_attn\.([qk])_layernorm\.weight", r"attn.\1_norm.weight"),
+    (r"conv\.(in_proj|out_proj)\.weight", r"conv.\1.weight"),
+    (r"conv\.conv\.weight", "conv.kernel.weight"),
 ]
 # post_attention_layernorm is the FFN's pre-norm in Llama-style blocks, but the norm *after*
 # attention in Gemma 2/3's sandwich, where pre_feedforward_layernorm is the FFN's pre-norm, and in
@@ -50,6 +61,7 @@ _SANDWICH_NORMS = [
     (r"post_feedforward_layernorm\.weight", "post_ffn_norm.weight"),
 ]
 _TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
+        "model.embedding_norm.weight": "norm.weight",  # LFM2's final norm
         "lm_head.weight": "lm_head.weight"}
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # a buffer some old checkpoints carry
 

@@ -41,6 +41,9 @@ class DecoderConfig:
     # ropes[i]: (theta, scaling dict or None, rotated dims) of layer i, None for a NoPE layer
     # (None: every layer rotates its whole head with rope_theta / rope_scaling).
     ropes: tuple[tuple[float, dict[str, Any] | None, int] | None, ...] | None = None
+    # mixers[i]: "attention", or "short_conv" for an LFM2 convolution layer (None: all attention)
+    mixers: tuple[str, ...] | None = None
+    conv_kernel: int = 0  # tokens a short_conv layer's convolution spans
     moe_experts: int = 0  # 0: dense FFN
     moe_top_k: int = 0
     moe_shared_experts: int = 0
@@ -65,6 +68,10 @@ class DecoderConfig:
     def window_of(self, layer: int) -> int | None:
         """The sliding window of `layer`, or None when it attends globally."""
         return None if self.windows is None else self.windows[layer]
+
+    def mixer_of(self, layer: int) -> str:
+        """"attention", or "short_conv" for a convolution layer."""
+        return "attention" if self.mixers is None else self.mixers[layer]
 
     def rope_of(self, layer: int) -> tuple[float, dict[str, Any] | None, int] | None:
         """(theta, scaling, rotated dims) of `layer`'s RoPE, or None when it has none (NoPE)."""
@@ -106,6 +113,9 @@ def decoder_config(model: "Model") -> DecoderConfig:
         windows=tuple(r.window if r.window is not None and r.window < model.context_length
                       else None for r in table),
         ropes=ropes,
+        mixers=tuple("short_conv" if r.attention == "short_conv" else "attention" for r in table)
+        if model.short_conv is not None else None,
+        conv_kernel=model.short_conv.kernel if model.short_conv is not None else 0,
         moe_experts=moe.experts if moe else 0,
         moe_top_k=moe.top_k if moe else 0,
         moe_shared_experts=moe.shared_experts if moe else 0,

@@ -49,28 +49,44 @@ def _ffn(prefix: str, d: int, hidden: int, gated: bool, layer: int) -> list[Tens
     return out
 
 
+def _attention(model: Model, i: int, d: int, hd: int) -> list[TensorInfo]:
+    f = lambda tmpl: tmpl.format(i=i)  # noqa: E731
+    q_out, kv_out = model.n_heads * hd, model.kv_heads * hd
+    out = [TensorInfo(f(N.Q), (q_out, d), Roles.ATTENTION, i),
+           TensorInfo(f(N.K), (kv_out, d), Roles.ATTENTION, i),
+           TensorInfo(f(N.V), (kv_out, d), Roles.ATTENTION, i)]
+    if model.qkv_bias:
+        out.append(TensorInfo(f(N.Q_BIAS), (q_out,), Roles.ATTENTION, i))
+        out.append(TensorInfo(f(N.K_BIAS), (kv_out,), Roles.ATTENTION, i))
+        out.append(TensorInfo(f(N.V_BIAS), (kv_out,), Roles.ATTENTION, i))
+    if model.qk_norm:
+        full = model.qk_norm_width == "full"  # OLMo 2: over every head at once
+        out.append(TensorInfo(f(N.Q_NORM), (q_out if full else hd,), Roles.NORM, i))
+        out.append(TensorInfo(f(N.K_NORM), (kv_out if full else hd,), Roles.NORM, i))
+    out.append(TensorInfo(f(N.O), (d, q_out), Roles.ATTENTION, i))
+    return out
+
+
+def _short_conv(i: int, d: int, kernel: int) -> list[TensorInfo]:
+    return [TensorInfo(N.CONV_IN.format(i=i), (3 * d, d), Roles.CONV, i),
+            TensorInfo(N.CONV_KERNEL.format(i=i), (d, 1, kernel), Roles.CONV, i),
+            TensorInfo(N.CONV_OUT.format(i=i), (d, d), Roles.CONV, i)]
+
+
 def decoder_tensors(model: Model) -> list[TensorInfo]:
     """The decoder's tensors in a fixed order (embedding, layers, final norm, lm_head)."""
     d, hd = model.d_model, model.dim_per_head
-    q_out, kv_out = model.n_heads * hd, model.kv_heads * hd
+    kinds = [row.attention for row in model.table]
     gated = model.ffn.kind in ("swiglu", "geglu")
     out = [TensorInfo(N.EMBED, (model.vocab_size, d), Roles.EMBEDDING)]
     for i in range(model.n_layers):
         f = lambda tmpl: tmpl.format(i=i)  # noqa: E731
         if model.pre_norms:
             out += _norm(f(N.ATTN_NORM), d, model, i)
-        out.append(TensorInfo(f(N.Q), (q_out, d), Roles.ATTENTION, i))
-        out.append(TensorInfo(f(N.K), (kv_out, d), Roles.ATTENTION, i))
-        out.append(TensorInfo(f(N.V), (kv_out, d), Roles.ATTENTION, i))
-        if model.qkv_bias:
-            out.append(TensorInfo(f(N.Q_BIAS), (q_out,), Roles.ATTENTION, i))
-            out.append(TensorInfo(f(N.K_BIAS), (kv_out,), Roles.ATTENTION, i))
-            out.append(TensorInfo(f(N.V_BIAS), (kv_out,), Roles.ATTENTION, i))
-        if model.qk_norm:
-            full = model.qk_norm_width == "full"  # OLMo 2: over every head at once
-            out.append(TensorInfo(f(N.Q_NORM), (q_out if full else hd,), Roles.NORM, i))
-            out.append(TensorInfo(f(N.K_NORM), (kv_out if full else hd,), Roles.NORM, i))
-        out.append(TensorInfo(f(N.O), (d, q_out), Roles.ATTENTION, i))
+        if kinds[i] == "short_conv":
+            out += _short_conv(i, d, model.short_conv.kernel)
+        else:
+            out += _attention(model, i, d, hd)
         if model.post_norms:
             out += _norm(f(N.POST_ATTN_NORM), d, model, i)
         if model.pre_norms:

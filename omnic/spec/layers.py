@@ -10,8 +10,9 @@ same table (`model.layers`, one row per layer; a table written by hand must equa
 
 Kinds: `full` (global attention with RoPE), `sliding` (attention over the last
 `sliding_window.size` tokens, with `rope.sliding`'s base when given), `nope` (global attention with
-no position embedding). `rope.rotary_dim` rotates only the first dims of each head (partial
-rotary, Phi-4-mini).
+no position embedding), `short_conv` (no attention: LFM2's gated short convolution over the last
+`short_conv.kernel` tokens, with a fixed-size state instead of a KV cache). `rope.rotary_dim`
+rotates only the first dims of each head (partial rotary, Phi-4-mini).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from omnic.spec.rope import RopeScaling
 # The functions below take an `omnic.spec.model.Model` (typed Any: model.py imports this module).
 Model = Any
 
-KINDS = ("full", "sliding", "nope")
-LayerKind = Literal["full", "sliding", "nope"]
+KINDS = ("full", "sliding", "nope", "short_conv")
+LayerKind = Literal["full", "sliding", "nope", "short_conv"]
+# Row kinds that carry a fixed-size recurrent state instead of a KV cache.
+STATE_KINDS = ("short_conv",)
 _GROUP = re.compile(r"^\s*(?:(\d+)\s+)?([a-z_]+)\s*$")
 
 
@@ -42,8 +45,10 @@ class LayerRope(SpecModel):
 class Layer(SpecModel):
     """One row of the per-layer table."""
 
-    attention: Literal["full", "sliding"] = Field(
-        description="full: every earlier token; sliding: only the last `window` tokens.")
+    attention: Literal["full", "sliding", "short_conv"] = Field(
+        description="The layer's token mixer. full: attention over every earlier token; sliding: "
+        "only the last `window` tokens; short_conv: no attention, a gated short convolution "
+        "(model.short_conv) whose state has a fixed size.")
     window: PositiveInt | None = Field(
         None, description="Tokens a sliding layer attends back to, itself included; null for full.")
     rope: LayerRope | None = Field(description="Rotary embedding of this layer; null: no position "
@@ -129,6 +134,8 @@ def derived_table(model: Model) -> list[Layer]:
     for kind in layer_kinds(model):
         if kind == "sliding":
             rows.append(Layer(attention="sliding", window=sw.size if sw else None, rope=local))
+        elif kind == "short_conv":
+            rows.append(Layer(attention="short_conv", rope=None))
         else:
             rows.append(Layer(attention="full", rope=None if kind == "nope" else full))
     return rows
@@ -153,6 +160,14 @@ def check_table(model: Model) -> None:
         if "sliding" in kinds and sw is None:
             raise ValueError("layer_pattern: it has sliding layers but the model has no "
                              "sliding_window: {size: N}")
+        if "short_conv" in kinds and model.short_conv is None:
+            raise ValueError("layer_pattern: it has short_conv layers but the model has no "
+                             "short_conv: {kernel: N}")
+        if kinds == {"short_conv"}:
+            raise ValueError("layer_pattern: every layer is short_conv; a hybrid model needs "
+                             "at least one attention layer")
+    if model.short_conv is not None and "short_conv" not in set(layer_kinds(model)):
+        raise ValueError("short_conv: it is set, but no layer of layer_pattern is short_conv")
     if model.layers is None:
         dims = rope.rotary_dim or hd
         _check_rope(LayerRope(theta=rope.theta, scaling=rope.scaling, dims=dims), hd, "rope")
@@ -161,6 +176,8 @@ def check_table(model: Model) -> None:
     if len(table) != model.n_layers:
         raise ValueError(f"layers has {len(table)} rows for n_layers={model.n_layers}")
     for i, row in enumerate(table):
+        if row.attention == "short_conv" and row.rope is not None:
+            raise ValueError(f"layers[{i}]: a short_conv layer has no rope")
         if (row.attention == "sliding") != (row.window is not None):
             raise ValueError(f"layers[{i}]: a sliding layer needs a window and a full one has "
                              "none")

@@ -56,6 +56,14 @@ class MoE(SpecModel):
         return self
 
 
+class ShortConv(SpecModel):
+    """LFM2's gated short convolution: in_proj makes B, C and x; y = out_proj(C * conv(B * x)),
+    a causal depthwise convolution over the last `kernel` tokens."""
+
+    kernel: int = Field(3, ge=2, le=16, description="Tokens the convolution spans, the current "
+                        "one included (LFM2: conv_L_cache = 3). The state keeps kernel - 1.")
+
+
 class Model(SpecModel):
     """A decoder-only transformer built from llama-family blocks."""
 
@@ -87,12 +95,16 @@ class Model(SpecModel):
     layer_pattern: str | list[LayerKind] | None = Field(
         None, description="Which layers differ: a pattern such as \"5 sliding : 1 full\" "
         "(repeated from layer 0; it must divide n_layers unless it ends with '...') or one kind "
-        "per layer; kinds: full, sliding (sliding_window.size), nope (full attention, no RoPE).")
+        "per layer; kinds: full, sliding (sliding_window.size), nope (full attention, no RoPE), "
+        "short_conv (model.short_conv, no attention).")
     layers: list[Layer] | None = Field(
         None, description="The explicit per-layer table (attention kind, window, RoPE). `omnic "
         "resolve` writes it from layer_pattern, sliding_window and rope; written by hand it must "
         "equal what those fields (defaults included) make.")
     moe: MoE | None = Field(None, description="Mixture-of-experts feed-forward in every layer.")
+    short_conv: ShortConv | None = Field(
+        None, description="The gated short convolution of the layers whose kind is short_conv "
+        "(LFM2); null when no layer is.")
     scale_embeddings: bool = Field(
         False, description="Multiply embeddings by sqrt(d_model) (Gemma)."
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from omnic.constants import Targets
+from omnic.spec.layers import STATE_KINDS
 from omnic.targets.gguf.rules import kv_cells
 from omnic.targets.onnx.rules import GENAI_WINDOW_SLACK, window_caches
 
@@ -35,15 +36,17 @@ RING_TARGETS = (Targets.EXECUTORCH, Targets.COREML, Targets.TVM)
 
 def kv_positions(spec: "ResolvedSpec", target: str | None = None) -> list[int]:
     """Per layer, the positions `target`'s KV cache holds (None: the spec's own static graph,
-    i.e. the ring layout)."""
+    i.e. the ring layout); 0 for a layer that keeps a fixed-size state instead."""
     m = spec.model
     c = m.context_length
     genai_window = target == Targets.ONNX and window_caches(spec)
     out = []
     for row in m.table:
         windowed = row.window is not None and row.window < c
-        if target == Targets.GGUF:
-            out.append(kv_cells(c, row.window))
+        if row.attention in STATE_KINDS:
+            out.append(0)  # a fixed-size state, no KV cache (omnic.compiler.plan.state_bytes)
+        elif target == Targets.GGUF:
+            out.append(kv_cells(c, row.window, row.attention))
         elif windowed and (target is None or target in RING_TARGETS):
             out.append(row.window)
         elif windowed and genai_window:

@@ -117,6 +117,8 @@ PUBLISHED = {
     "phi4_mini": 3_836_021_760,      # https://huggingface.co/microsoft/Phi-4-mini-instruct
     "olmo2_1b": 1_484_916_736,       # https://huggingface.co/allenai/OLMo-2-0425-1B
     "granite3.3_2b": 2_533_539_840,  # https://huggingface.co/ibm-granite/granite-3.3-2b-instruct
+    "lfm2_350m": 354_483_968,        # https://huggingface.co/LiquidAI/LFM2-350M
+    "lfm2_1.2b": 1_170_340_608,      # https://huggingface.co/LiquidAI/LFM2-1.2B
 }
 
 

@@ -19,6 +19,7 @@ from omnic.model.modules.attention import Attention
 from omnic.model.modules.ffn import MoE, FeedForward
 from omnic.model.modules.norm import make_norm
 from omnic.model.modules.rope import Rope
+from omnic.model.modules.short_conv import ShortConv
 
 
 class Block(nn.Module):
@@ -32,11 +33,16 @@ class Block(nn.Module):
         self.context = c.context_length
         self.residual_multiplier = c.residual_multiplier
         self.attn_norm = norm() if c.pre_norms else None
-        self.attn = Attention(
-            c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias, qk_norm=c.qk_norm,
-            norm_eps=c.norm_eps, unit_offset=c.norm_unit_offset,
-            scale=c.scale, softcap=c.attn_softcap, qk_norm_full=c.qk_norm_full, device=device,
-        )
+        # the token mixer: attention with a KV cache, or LFM2's short convolution with a state
+        self.attn = self.conv = None
+        if c.mixer_of(layer) == "short_conv":
+            self.conv = ShortConv(c.d_model, c.conv_kernel, device)
+        else:
+            self.attn = Attention(
+                c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias,
+                qk_norm=c.qk_norm, norm_eps=c.norm_eps, unit_offset=c.norm_unit_offset,
+                scale=c.scale, softcap=c.attn_softcap, qk_norm_full=c.qk_norm_full,
+                device=device)
         self.post_attn_norm = norm() if c.post_norms else None
         self.ffn_norm = norm() if c.pre_norms else None
         if c.moe_experts:
@@ -53,7 +59,12 @@ class Block(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
         k_prev: torch.Tensor, v_prev: torch.Tensor, input_pos: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One block. With `input_pos` the cache is static (written at input_pos), else it grows."""
+        """One block. With `input_pos` the cache is static (written at input_pos), else it grows.
+        A short_conv block takes its state as `k_prev` and returns the next one in its place
+        (`v_prev`, an empty placeholder, passes through)."""
+        if self.conv is not None:
+            h, state = self.conv(_maybe(self.attn_norm, x), k_prev)
+            return self._finish(x, h), state, v_prev
         q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)
         if input_pos is not None and _is_ring(self.window, k_prev.shape[2], self.context):
             # attend over the ring (earlier positions) and the new keys, then keep in each slot
@@ -176,7 +187,8 @@ class Decoder(nn.Module):
             "embed_scale", torch.tensor(c.d_model**0.5, dtype=torch.float32, device="cpu"),
             persistent=False
         )
-        self._windows = list(dict.fromkeys(b.window for b in self.layers))  # distinct, in order
+        # distinct windows of the attention layers, in order (one mask each)
+        self._windows = list(dict.fromkeys(b.window for b in self.layers if b.attn is not None))
 
     # -- shared pieces -------------------------------------------------------------------------
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -213,7 +225,8 @@ class Decoder(nn.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self._rope_keys[i]]
-            x, k, v = layer(x, cos, sin, masks[layer.window], past_k[i], past_v[i], input_pos)
+            mask = masks[layer.window] if layer.attn is not None else None
+            x, k, v = layer(x, cos, sin, mask, past_k[i], past_v[i], input_pos)
             new_k.append(k)
             new_v.append(v)
         if return_hidden:  # the embeds entries may also return the normed last hidden state
@@ -321,23 +334,31 @@ class Decoder(nn.Module):
     def cache_lengths(self, length: int | None = None) -> list[int]:
         """Positions each layer's static cache holds: `length` (default context_length; a
         shorter cache serves runs that never go past it), or a sliding layer's window when that
-        is shorter (its ring)."""
+        is shorter (its ring); 0 for a short_conv layer, which holds a state instead."""
         n = self.config.context_length if length is None else length
-        return [n if b.window is None or b.window >= n else b.window for b in self.layers]
+        return [0 if b.attn is None else n if b.window is None or b.window >= n else b.window
+                for b in self.layers]
 
     def empty_cache(self, batch: int = 1, dtype: torch.dtype = torch.float32,
                     length: int | None = None) -> tuple[list, list]:
         """Zero static caches: per layer [batch, n_kv_heads, L, head_dim] with L from
-        `cache_lengths(length)`."""
+        `cache_lengths(length)`; a short_conv layer's zero state [batch, d_model, kernel - 1]
+        and an empty [batch, d_model, 0] in v's place."""
         c = self.config
-        shapes = [(batch, c.n_kv_heads, n, c.head_dim) for n in self.cache_lengths(length)]
-        k = [torch.zeros(shape, dtype=dtype) for shape in shapes]
-        v = [torch.zeros(shape, dtype=dtype) for shape in shapes]
+        k, v = [], []
+        for block, n in zip(self.layers, self.cache_lengths(length)):
+            if block.conv is not None:  # the state, and an empty placeholder for v
+                k.append(block.conv.empty_state(batch, dtype))
+                v.append(torch.zeros(batch, c.d_model, 0, dtype=dtype))
+                continue
+            k.append(torch.zeros(batch, c.n_kv_heads, n, c.head_dim, dtype=dtype))
+            v.append(torch.zeros(batch, c.n_kv_heads, n, c.head_dim, dtype=dtype))
         return k, v
 
     def _lengths(self, k_cache: list[torch.Tensor]) -> dict:
         """window -> the cache length of the layers with that window (static entries)."""
-        return {b.window: k_cache[i].shape[2] for i, b in enumerate(self.layers)}
+        return {b.window: k_cache[i].shape[2] for i, b in enumerate(self.layers)
+                if b.attn is not None}
 
     def concat_entry(self) -> nn.Module:
         """This decoder with `forward_concat` as its `forward`, for `torch.export`.

@@ -9,6 +9,7 @@ tile the input width, and fp16 storage needs fp16 compute. Importing this module
 from __future__ import annotations
 
 from omnic.constants import Schemes, Targets
+from omnic.targets.mixers import register_attention_only
 from omnic.targets.rules import Context, Finding, first, register
 
 IOS18 = ("iOS18", "macOS15")
@@ -121,3 +122,6 @@ def _fp16_storage(ctx: Context):
         yield Finding(path + ("scheme",),
                       "coreml at compute_precision fp32 stores float weights as fp32; fp16 "
                       "weights need targets.coreml.compute_precision fp16 (or scheme fp32)")
+
+
+register_attention_only(Targets.COREML)  # LFM2's short_conv: GGUF only so far

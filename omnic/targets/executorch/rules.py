@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, TensorNames, Targets
+from omnic.targets.mixers import register_attention_only
 from omnic.targets.rules import Context, Finding, register
 
 _ET = "https://github.com/pytorch/executorch/blob/main/"
@@ -141,3 +142,6 @@ def _portable_ints(ctx: Context):
         yield Finding(path + ("scheme",),
                       "the portable backend has no quantized linear kernels; nearest: backend "
                       "xnnpack, or quantize only the (untied) embedding")
+
+
+register_attention_only(Targets.EXECUTORCH)  # LFM2's short_conv: GGUF only so far

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, Targets
+from omnic.targets.mixers import register_attention_only
 from omnic.targets.rules import Context, Finding, register
 
 MIN_OPSET = 18  # the lowest opset the torch.onnx dynamo exporter emits
@@ -89,3 +90,6 @@ def _block_max(ctx: Context):
                 yield Finding(ctx.source(s) + ("group_size",),
                               f"onnxruntime's MatMulNBits takes blocks of at most {MAX_BLOCK}, got "
                               f"{s.group_size}; nearest: {MAX_BLOCK} (or null for per channel)")
+
+
+register_attention_only(Targets.ONNX)  # LFM2's short_conv: GGUF only so far

@@ -53,6 +53,7 @@ import numpy as np
 
 from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, NotRunnable, Problem, register_target
+from omnic.targets import rules
 from omnic.targets.tvm.backend import cross_triple, open_vm, require_tvm, tvm_missing
 
 if TYPE_CHECKING:
@@ -75,10 +76,10 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
     from omnic.targets.tvm.quant import packing_problem
 
     tid = Targets.TVM
-    problems: list[Problem] = []
+    problems: list[Problem] = rules.problems(spec, tid)
     missing = tvm_missing()
     if missing:
-        return [Problem(tid, "targets.tvm", missing)]
+        return problems + [Problem(tid, "targets.tvm", missing)]
     import tvm
     from tvm.target import codegen
 

@@ -1,0 +1,35 @@
+"""Which layer kinds each target's graph carries (torch-free).
+
+Every target runs attention layers with a KV cache. Layers that carry a fixed-size state
+instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv) need the runtime's own operators
+and state handling, which only some targets have so far; the others refuse such a spec in their
+pre-flight, naming the kind, before any work.
+"""
+
+from __future__ import annotations
+
+from omnic.spec.layers import STATE_KINDS
+from omnic.targets.rules import Context, Finding, register
+
+# target -> the state kinds it carries (a target not listed carries none)
+CARRIED = {"gguf": {"short_conv"}}
+
+
+def state_kinds(spec_model) -> list[str]:
+    """The state kinds among a model's layers, sorted."""
+    return sorted({row.attention for row in spec_model.table} & set(STATE_KINDS))
+
+
+def register_attention_only(target: str) -> None:
+    """Register `target`'s rule that refuses the layer kinds it does not carry."""
+
+    @register(target, f"{target}.layer_kinds",
+              "the target's graph has attention layers with a KV cache, no recurrent state",
+              "omnic/targets/mixers.py")
+    def _kinds(ctx: Context):
+        missing = [k for k in state_kinds(ctx.spec.model) if k not in CARRIED.get(target, ())]
+        if missing:
+            can = sorted(t for t, kinds in CARRIED.items() if set(missing) <= kinds)
+            yield Finding(("model", "layer_pattern"),
+                          f"{target} cannot carry {', '.join(missing)} layers yet; "
+                          f"{', '.join(can) or 'no target'} can: disable targets.{target}")

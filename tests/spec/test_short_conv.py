@@ -1,0 +1,65 @@
+"""LFM2's short_conv layers in the spec: validation, the refusal of the targets that cannot carry
+them, and the memory plan's fixed-size state (torch-free)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from omnic.cli.main import main
+
+# A hybrid of two convolution layers around one attention layer.
+MODEL = {"vocab_size": 320, "d_model": 64, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2,
+         "ffn": {"kind": "swiglu", "hidden": 128}, "context_length": 256,
+         "tie_embeddings": True, "qk_norm": True, "short_conv": {"kernel": 3},
+         "layer_pattern": ["short_conv", "full", "short_conv"]}
+
+
+def _spec(tmp_path, model=None, targets=None):
+    body = {"omnic": 1, "name": "hybrid",
+            "device": {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0,
+                       "os": "linux"},
+            "model": {**MODEL, **(model or {})}, "weights": {"source": "random", "seed": 0},
+            "tokenizer": {"kind": "byte"}, "targets": targets or {"gguf": {}}}
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def test_a_hybrid_validates_with_gguf(tmp_path, capsys):
+    assert main(["validate", str(_spec(tmp_path))]) == 0, capsys.readouterr()
+
+
+@pytest.mark.parametrize("model, words", [
+    ({"short_conv": None}, "no short_conv"),
+    ({"layer_pattern": ["full", "full", "full"]}, "no layer of layer_pattern is short_conv"),
+    ({"layer_pattern": ["short_conv"] * 3}, "at least one attention layer"),
+    ({"short_conv": {"kernel": 1}}, "kernel"),
+])
+def test_an_inconsistent_hybrid_is_refused(tmp_path, capsys, model, words):
+    assert main(["validate", str(_spec(tmp_path, model))]) == 2
+    out, err = capsys.readouterr()
+    assert words in out + err and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("target", ["onnx", "executorch", "coreml", "tvm"])
+def test_targets_without_the_kind_are_refused_naming_it(tmp_path, capsys, target):
+    assert main(["validate", str(_spec(tmp_path, targets={target: {}}))]) == 2
+    out, err = capsys.readouterr()
+    text = " ".join((out + err).split())
+    assert f"{target} cannot carry short_conv layers" in text and "gguf can" in text
+
+
+def test_the_plan_counts_a_state_for_the_conv_layers_and_a_cache_for_the_others():
+    from omnic.compiler.plan import kv_cache_bytes
+    from omnic.presets import store
+    from tiny_specs import make_resolved_spec
+
+    model = store.load("model", "lfm2_350m").model_dump(exclude_none=True)
+    spec = make_resolved_spec(model)
+    # 6 attention layers: K and V of 8 heads x 64 dims at 4096 positions in float32 (no KV
+    # quantization); 10 conv layers: 2 x 1024 float32 values each, whatever the context
+    kv, state = 6 * 2 * 8 * 64 * 4096 * 4, 10 * 2 * 1024 * 4
+    assert kv_cache_bytes(spec) == kv + state
+    longer = make_resolved_spec(model, {"context_length": 8192})
+    assert kv_cache_bytes(longer) == 2 * kv + state
