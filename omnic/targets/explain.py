@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from omnic.spec.layers import STATE_KINDS
 from omnic.quant.select import TensorScheme, method_for, storage_id, tensor_schemes
 from omnic.targets.fates import Fate, NotCarried, fates
 
@@ -64,11 +65,19 @@ class Explanation:
         raise KeyError(tensor)
 
 
+# Why a tensor that is not a matrix stays fp32, by its last name part where it is not the norm.
+_NOT_A_MATRIX = {
+    ".conv.kernel.weight": "fp32 (a short_conv kernel: a few taps per channel, too few to "
+                           "share a scale, and read once per token)",
+}
+
+
 def rule_of(spec: "ResolvedSpec", ts: TensorScheme, is_matrix: bool,
-            method: str = "rtn") -> str:
+            method: str = "rtn", name: str = "") -> str:
     """The spec rule that chose `ts`, as text; a calibrated `method` of int4 codes follows."""
     if not is_matrix:
-        return "fp32 (not a matrix)"
+        return next((why for end, why in _NOT_A_MATRIX.items() if name.endswith(end)),
+                    "fp32 (not a matrix)")
     how = f"; codes {method} on calibration text" if method != "rtn" and ts.scheme == "int4" \
         else ""
     if ts.override is None:
@@ -108,7 +117,7 @@ def explain(spec: "ResolvedSpec", targets: list[str] | None = None) -> Explanati
     for info in tensors:
         ts = schemes[info.name]
         forms = {t: per_target[t][info.name].form for t in carried}
-        rule = rule_of(spec, ts, info.is_matrix, method_for(spec.quantization, info))
+        rule = rule_of(spec, ts, info.is_matrix, method_for(spec.quantization, info), info.name)
         key = (rule, storage_id(ts), tuple(forms.values()))
         keyed.append((info.name, key, forms))
 
@@ -159,10 +168,17 @@ def kv_extent(spec: "ResolvedSpec", target: str) -> str:
     from omnic.targets.kv_layout import kv_positions
 
     table = spec.model.table
-    counts = Counter((n, table[i].attention) for i, n in enumerate(kv_positions(spec, target)))
+    counts = Counter((n, table[i].attention) for i, n in enumerate(kv_positions(spec, target))
+                     if table[i].attention not in STATE_KINDS)
     parts = [f"{n:,}{' (sliding)' if kind == 'sliding' else ''} x {k}"
              for (n, kind), k in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
-    return " + ".join(parts) + " layers, positions each"
+    text = " + ".join(parts) + " layers, positions each"
+    conv = sum(row.attention == "short_conv" for row in table)
+    if conv:  # a fixed-size state in float32 (omnic.compiler.plan.state_bytes)
+        m = spec.model
+        text += (f"; short_conv state: {m.short_conv.kernel - 1} x {m.d_model:,} float32 x "
+                 f"{conv} layers, whatever the context")
+    return text
 
 
 def kv_cache_form(spec: "ResolvedSpec", target: str, fates_: dict[str, Fate]) -> str:

@@ -65,9 +65,10 @@ def layer_runs(spec: "ResolvedSpec") -> list[dict]:
     positions = {t: kv_positions(spec, t) for t in targets}
     runs: list[dict] = []
     for i, row in enumerate(spec.model.table):
-        rope = "none (NoPE)" if row.rope is None else (
+        rope = ("— (no attention)" if row.attention in STATE_KINDS else "none (NoPE)"
+                if row.rope is None else (
             f"theta {row.rope.theta:g}, dims {row.rope.dims}"
-            + (f", {row.rope.scaling.kind} scaling" if row.rope.scaling else ""))
+            + (f", {row.rope.scaling.kind} scaling" if row.rope.scaling else "")))
         key = (row.attention, row.window, rope)
         if runs and runs[-1]["_key"] == key and runs[-1]["_last"] == i - 1:
             runs[-1]["_last"] = i

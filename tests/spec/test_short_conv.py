@@ -63,3 +63,20 @@ def test_the_plan_counts_a_state_for_the_conv_layers_and_a_cache_for_the_others(
     assert kv_cache_bytes(spec) == kv + state
     longer = make_resolved_spec(model, {"context_length": 8192})
     assert kv_cache_bytes(longer) == 2 * kv + state
+
+
+def test_int4_takes_the_conv_projections_and_leaves_the_kernel_in_float():
+    from omnic.presets import store
+    from omnic.targets.explain import explain
+    from tiny_specs import make_resolved_spec
+
+    model = store.load("model", "lfm2_350m").model_dump(exclude_none=True)
+    spec = make_resolved_spec(model, quantization=store.load("quantization", "int4_g32").model_dump(),
+                              targets={"gguf": {}})
+    ex = explain(spec)
+    by_tensor = {t: r for r in ex.rows for t in r.tensors}
+    for name in ("layers.0.conv.in_proj.weight", "layers.15.conv.out_proj.weight"):
+        assert by_tensor[name].scheme == "int4_g32" and by_tensor[name].targets["gguf"] == "Q4_0"
+    kernel = by_tensor["layers.0.conv.kernel.weight"]
+    assert kernel.scheme == "fp32" and "short_conv kernel" in kernel.rule
+    assert "short_conv state: 2 x 1,024 float32 x 10 layers" in ex.kv_extent["gguf"]
