@@ -42,12 +42,21 @@ def test_an_inconsistent_hybrid_is_refused(tmp_path, capsys, model, words):
     assert words in out + err and "Traceback" not in out + err
 
 
-@pytest.mark.parametrize("target", ["onnx", "executorch", "coreml", "tvm"])
+@pytest.mark.parametrize("target", ["executorch", "coreml"])
 def test_targets_without_the_kind_are_refused_naming_it(tmp_path, capsys, target):
     assert main(["validate", str(_spec(tmp_path, targets={target: {}}))]) == 2
     out, err = capsys.readouterr()
     text = " ".join((out + err).split())
-    assert f"{target} cannot carry short_conv layers" in text and "gguf can" in text
+    assert f"{target} cannot carry short_conv layers" in text and "gguf" in text
+
+
+def test_tvm_takes_the_kind_on_the_host_but_not_in_its_gpu_builds(tmp_path, capsys):
+    status = main(["validate", str(_spec(tmp_path, targets={"tvm": {}}))])
+    assert status == 0, capsys.readouterr()
+    path = _spec(tmp_path, targets={"tvm": {"devices": ["opencl"]}})
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "cannot carry short_conv layers" in " ".join((out + err).split())
 
 
 def test_the_plan_counts_a_state_for_the_conv_layers_and_a_cache_for_the_others():

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omnic.targets.tvm import quant
@@ -119,6 +120,20 @@ def _(q, k, v, k_cache, v_cache, pos, ring, window, scale, softcap):  # type: ig
     return q.new_empty((1, q.shape[2], q.shape[1] * q.shape[3]))
 
 
+@torch.library.custom_op(f"{NAMESPACE}::short_conv", mutates_args=())
+def short_conv(bx: torch.Tensor, state: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The causal depthwise convolution of [state | bx] (bx [1, T, d], state [1, d, K - 1],
+    weight [d, 1, K]): [1, T, d]. The Relax kernel (kernels/short_conv.py) also writes the next
+    state in place; this body is the pure reference."""
+    seq = torch.cat((state, bx.transpose(1, 2)), dim=2)
+    return F.conv1d(seq, weight, groups=weight.shape[0]).transpose(1, 2).contiguous()
+
+
+@short_conv.register_fake
+def _(bx, state, weight):  # type: ignore[no-untyped-def]
+    return bx.new_empty(bx.shape)
+
+
 class PackedWeight(nn.Module):
     """A packed matrix's stored arrays as parameters (q, scale, zero), as the params file
     holds them; a symmetric one's zero is a placeholder buffer (never stored)."""
@@ -195,7 +210,8 @@ def stored_name(param_target: str, packed: Mapping[str, PackedTensor]) -> str:
 
 def fast_module(decoder: "Decoder") -> nn.Module:
     """forward(tokens [1, T], input_pos [T], k_0.., v_0..) -> logits [1, T, V]; the caches are
-    written in place by the attention op (see the module docstring)."""
+    written in place by the attention op, a short_conv layer's state (its k) by the
+    short_conv op (see the module docstring)."""
     c = decoder.config
     # a sliding layer whose cache is shorter than the context keeps a ring (Decoder._is_ring)
     layers = [(n < c.context_length, b.window or 0)
@@ -214,6 +230,12 @@ def fast_module(decoder: "Decoder") -> nn.Module:
                 a = block.attn
                 cos, sin = tables[d._rope_keys[i]]
                 h_in = x if block.attn_norm is None else block.attn_norm(x)
+                if a is None:  # a short_conv layer (ShortConv.forward): its state is caches[i]
+                    sc = block.conv
+                    b, gate, xs = sc.in_proj(h_in).chunk(3, dim=-1)
+                    y = short_conv(b * xs, caches[i], sc.kernel.weight)
+                    x = block._finish(x, sc.out_proj(gate * y))
+                    continue
                 q, k, v = a.project(h_in, cos, sin)
                 ring, window = layers[i]
                 h = attention(q, k, v, caches[i], caches[c.n_layers + i], input_pos, ring,

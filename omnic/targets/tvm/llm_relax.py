@@ -5,6 +5,8 @@ of its TIR kernel (kernels/), through `from_exported_program`'s custom_convert_m
     packed_embedding  call_tir of kernels.packed_matmul.gather_kernel
     attention         call_tir_inplace of kernels.attention: outputs 0 and 1 are the k and v
                       caches (function parameters, written in place), output 2 the attention
+    short_conv        call_tir_inplace of kernels.short_conv: output 0 is the layer's state
+                      (written in place), output 1 the convolution
 
 A kernel is added to the module once per distinct shape and kind (`Kernels`).
 """
@@ -37,7 +39,8 @@ class Kernels:
         """from_exported_program's custom_convert_map for the omnic_tvm ops."""
         return {"packed_linear.default": self._linear,
                 "packed_embedding.default": self._embedding,
-                "attention.default": self._attention}
+                "attention.default": self._attention,
+                "short_conv.default": self._short_conv}
 
     def _linear(self, node: Any, importer: Any) -> Any:
         from tvm import relax
@@ -104,6 +107,22 @@ class Kernels:
             gv, [q, k, v, k_cache, v_cache, pos], [3, 4, -1],
             [cache_ty, cache_ty, relax.TensorType([1, t, h * d], "float32")]))
         return bb.emit(relax.TupleGetItem(out, 2))
+
+
+    def _short_conv(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        from omnic.targets.tvm.kernels.short_conv import short_conv_kernel
+
+        bb = importer.block_builder
+        bx, state, weight = importer.retrieve_args(node)
+        _, t, d = importer.shape_of(bx)
+        d, k = int(d), int(importer.shape_of(weight)[2])
+        gv = self.add(bb, ("short_conv", d, k), lambda: short_conv_kernel(d, k))
+        out = bb.emit(relax.call_tir_inplace(
+            gv, [bx, state, weight], [1, -1],
+            [relax.TensorType([1, d, k - 1], "float32"), relax.TensorType([1, t, d], "float32")]))
+        return bb.emit(relax.TupleGetItem(out, 1))
 
 
 def _product(dims: list[Any]) -> Any:

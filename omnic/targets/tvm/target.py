@@ -125,10 +125,16 @@ def _problems(spec: "ResolvedSpec") -> list[Problem]:
 def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count, `lengths`
     the positions each layer's cache holds (`Decoder.cache_lengths`). The caches are inputs
-    that `main` writes in place (the runner keeps them between calls); they are not returned."""
+    that `main` writes in place (the runner keeps them between calls); they are not returned.
+    A short_conv layer's k input is its state (`Decoder.empty_cache`) and its v is empty."""
     kv = {f"{kind}_cache.{i}": {"shape": [1, config.n_kv_heads, n, config.head_dim],
                                 "dtype": "float32", "written_in_place": True}
           for kind in ("k", "v") for i, n in enumerate(lengths)}
+    for i in range(config.n_layers):  # a short_conv layer: its state, and an empty v
+        if config.mixer_of(i) == "short_conv":
+            kv[f"k_cache.{i}"].update(shape=[1, config.d_model, config.conv_kernel - 1],
+                                      holds="short_conv state")
+            kv[f"v_cache.{i}"].update(shape=[1, config.d_model, 0], holds="nothing")
     inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
               "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
     outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}}
