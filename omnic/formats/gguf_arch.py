@@ -30,6 +30,10 @@ llama-cpp-python 0.3.36 vendored copy), not guessed:
   Its attention sinks are required tensors; omnic writes -inf sinks (exp(-inf) = 0 adds nothing
   to the softmax denominator) and Granite's scales from the spec (neutral when unset).
 - `gemma3`, `smollm3`, `phi3`, `olmo2`, `granite`: see omnic.formats.gguf_families.
+- `lfm2`    ref: src/models/lfm2.cpp, conversion/lfm2.py (LFM2Model) - short-convolution layers
+  hold `shortconv.in_proj`, `shortconv.conv` and `shortconv.out_proj`; the kernel is stored
+  squeezed to [d, kernel] ("conv op requires 2d tensor") and never quantized, as convert_hf_to_gguf
+  and llama-quant.cpp keep it; the final norm is `token_embd_norm` (LLM_TENSOR_OUTPUT_NORM_LFM2).
 
 Plain Phi-3 checkpoints are llama blocks once imported (omnic splits the fused qkv/gate_up), so
 they are written as `llama`; partial rotary or LongRoPE need llama.cpp's `phi3`, written with the
@@ -89,7 +93,13 @@ GGUF_NAMES = {
     N.SHARED_GATE: "blk.{bid}.ffn_gate_shexp",
     N.SHARED_UP: "blk.{bid}.ffn_up_shexp",
     N.SHARED_DOWN: "blk.{bid}.ffn_down_shexp",
+    N.CONV_IN: "blk.{bid}.shortconv.in_proj",
+    N.CONV_KERNEL: "blk.{bid}.shortconv.conv",
+    N.CONV_OUT: "blk.{bid}.shortconv.out_proj",
 }
+# Names an architecture's loader reads instead of GGUF_NAMES'. ref: src/llama-arch.cpp
+# (LLM_TENSOR_OUTPUT_NORM_LFM2 -> "token_embd_norm", "fix for wrong tensor name")
+ARCH_NAMES = {"lfm2": {N.FINAL_NORM: "token_embd_norm"}}
 # Fused tensors (ArchPlan.fused, phi3): the first part's template -> (name, the parts in row
 # order). ref: conversion/phi.py keeps Phi-3's qkv_proj and gate_up_proj ([gate; up]) as they are.
 FUSED = {N.Q: ("blk.{bid}.attn_qkv", (N.Q, N.K, N.V)),
@@ -111,6 +121,7 @@ class GgufTensor:
     shape: tuple[int, ...]
     sources: tuple[str, ...]  # omnic names, in stacking / row order
     transform: str  # "none" | "permute_q" | "permute_k" | "norm_offset" | "stack" | "concat"
+    #                 | "squeeze" (LFM2's [d, 1, kernel] conv kernel stored as [d, kernel])
     is_matrix: bool  # quantizable (2-D and up); 1-D tensors stay F32 as in llama.cpp
     rows: tuple[int, ...] = ()  # "concat": the rows of each source
 
@@ -133,9 +144,10 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
     experts: dict[str, list[Any]] = {}
     inventory = decoder_tensors(model)
     shapes = {t.name: t.shape for t in inventory}
+    names = {**GGUF_NAMES, **ARCH_NAMES.get(plan.arch, {})}
     for info in inventory:
         tmpl, layer = _template(info.name)
-        base = GGUF_NAMES[tmpl].format(bid=layer)
+        base = names[tmpl].format(bid=layer)
         suffix = ".bias" if info.name.endswith(".bias") else ".weight"
         if "{e}" in tmpl:
             group = experts.setdefault(base, [])
@@ -152,6 +164,10 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
             rows = tuple(shapes[s][0] for s in sources)
             out.append(GgufTensor(name.format(bid=layer) + suffix, (sum(rows), *info.shape[1:]),
                                   sources, "concat", True, rows))
+            continue
+        if tmpl == N.CONV_KERNEL:  # ref: conversion/lfm2.py: data_torch.squeeze(1)
+            d, _, kernel = info.shape
+            out.append(GgufTensor(base + suffix, (d, kernel), (info.name,), "squeeze", False))
             continue
         transform = "none"
         if plan.permute_qk and tmpl in (N.Q, N.Q_BIAS):
@@ -193,6 +209,8 @@ def to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model",
         return np.ascontiguousarray(_permute(w, model.kv_heads))
     if t.transform == "norm_offset":
         return w + np.float32(plan.norm_offset)
+    if t.transform == "squeeze":
+        return np.ascontiguousarray(w.reshape(t.shape))
     return np.ascontiguousarray(w)
 
 
@@ -218,6 +236,8 @@ def from_gguf(t: GgufTensor, values: "np.ndarray", model: "Model", plan: ArchPla
         values = _unpermute(values, model.kv_heads)
     elif t.transform == "norm_offset":
         values = values - np.float32(plan.norm_offset)
+    elif t.transform == "squeeze":
+        values = values.reshape(t.shape[0], 1, t.shape[1])
     if fresh and values.flags.c_contiguous:
         return {t.sources[0]: values}
     # else a copy: F32 values may be views of the reader's memory map

@@ -28,6 +28,12 @@ shared keys and `llama_model_rope_type`), not guessed. Per architecture:
   global base unscaled.
 - `granite`  ref: src/models/granite.cpp - llama blocks with `embedding_scale`, `residual_scale`,
   `attention.scale` and `logit_scale` (logits divided; required), optional `rope_freqs`.
+- `lfm2`     ref: src/models/lfm2.cpp - LFM2's hybrid: a layer whose `head_count_kv` entry is 0
+  is a gated short convolution (`shortconv.*`, kernel `shortconv.l_cache`), the others attention
+  with per-head q/k RMSNorm, NeoX RoPE, wo fixed to [n_embd, n_embd] (square) and no biases;
+  SwiGLU FFN, RMSNorm before both; output optional (tied or not); no MoE (that is `lfm2moe`).
+  Its sliding window (read when > 0) covers every attention layer, which omnic's per-layer table
+  does not map: refused, as NoPE layers are.
 
 What none of them can express is an ArchProblem naming the spec field (the target's pre-flight
 reports each before any work).
@@ -94,7 +100,8 @@ class Layers(NamedTuple):
     sliding: tuple[bool, ...]  # attention == "sliding"
     window: int | None  # the one window of the sliding layers
     slides: bool  # some layer's window is shorter than the context (the window does something)
-    nope: tuple[bool, ...]  # no RoPE
+    nope: tuple[bool, ...]  # attention without RoPE (a short_conv row is no attention)
+    conv: tuple[bool, ...]  # LFM2's short convolution: no attention, no KV cache
     full: "LayerRope | None"  # the one RoPE of the full-attention layers that have one
     local: "LayerRope | None"  # the one RoPE of the sliding layers that have one
 
@@ -115,7 +122,8 @@ def layers_of(model: "Model") -> Layers:
     return Layers(
         sliding=tuple(r.attention == "sliding" for r in table), window=window,
         slides=window is not None and window < model.context_length,
-        nope=tuple(r.rope is None for r in table), full=full, local=local)
+        nope=tuple(r.rope is None and r.attention != "short_conv" for r in table),
+        conv=tuple(r.attention == "short_conv" for r in table), full=full, local=local)
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ CAPS = {
     "granite": _Caps(qkv_bias=True, scales=True, scalings=_LLAMA3),
     "granite_swa": _Caps(qkv_bias=True, moe=True, swa=True, nope="any", scales=True,
                          scalings=_LLAMA3),
+    "lfm2": _Caps(qk_norm="head", square=True),
 }
 _GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
 
@@ -166,6 +175,8 @@ _GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scalin
 def _choose(model: "Model", lay: Layers) -> str:
     """The architecture whose blocks are the spec's (its problems are checked afterwards)."""
     moe, hd = model.moe, model.dim_per_head
+    if any(lay.conv):
+        return "lfm2"  # the one architecture with short-convolution layers
     if not model.pre_norms:
         return "olmo2"
     if model.post_norms or model.scale_embeddings:
@@ -242,6 +253,8 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     def no(field: str, message: str) -> None:
         out.append(ArchProblem(field, f"llama.cpp's {arch} {message}"))
 
+    if not model.pre_norms and arch != "olmo2":
+        no("model.pre_norms", "norms the input of attention and of the FFN (pre_norms: true)")
     if model.norm.kind != "rmsnorm":
         no("model.norm.kind", "uses RMSNorm; layernorm blocks have no GGUF architecture here")
     if model.ffn.kind == "gelu":
@@ -269,7 +282,8 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     if model.qkv_bias and not caps.qkv_bias:
         no("model.qkv_bias", "has no q/k/v biases")
     if moe is not None and not caps.moe:
-        no("model.moe", "has no experts")
+        no("model.moe", "has no experts" + (" (LFM2's experts are llama.cpp's lfm2moe, not "
+                                            "written here)" if arch == "lfm2" else ""))
     if caps.square and hd * model.n_heads != model.d_model:
         no("model.head_dim", f"wants head_dim * n_heads == d_model ({hd} * {model.n_heads} != "
            f"{model.d_model})")

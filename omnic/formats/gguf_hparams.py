@@ -54,7 +54,13 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
     w.add_block_count(model.n_layers)
     w.add_feed_forward_length(model.ffn.hidden)
     w.add_head_count(model.n_heads)
-    w.add_head_count_kv(model.kv_heads)
+    if arch == "lfm2":
+        # ref: conversion/lfm2.py (LFM2Model.set_gguf_parameters) - head_count_kv per layer, 0 on
+        # the convolution layers: src/models/lfm2.cpp takes n_head_kv(il) == 0 for "recurrent"
+        w.add_head_count_kv([0 if conv else model.kv_heads for conv in lay.conv])
+        w.add_shortconv_l_cache(model.short_conv.kernel)  # type: ignore[union-attr]
+    else:
+        w.add_head_count_kv(model.kv_heads)
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_rope_dimension_count(rope.dims if rope else hd)

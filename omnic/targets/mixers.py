@@ -12,7 +12,8 @@ from omnic.spec.layers import STATE_KINDS
 from omnic.targets.rules import Context, Finding, register
 
 # target -> the state kinds it carries (a target not listed carries none)
-CARRIED = {"gguf": {"short_conv"}, "tvm": {"short_conv"}}
+CARRIED = {"gguf": {"short_conv"}, "tvm": {"short_conv"},
+           "executorch": {"short_conv"}}
 
 
 def state_kinds(spec_model) -> list[str]:

@@ -42,7 +42,7 @@ def test_an_inconsistent_hybrid_is_refused(tmp_path, capsys, model, words):
     assert words in out + err and "Traceback" not in out + err
 
 
-@pytest.mark.parametrize("target", ["executorch", "coreml"])
+@pytest.mark.parametrize("target", ["coreml"])
 def test_targets_without_the_kind_are_refused_naming_it(tmp_path, capsys, target):
     assert main(["validate", str(_spec(tmp_path, targets={target: {}}))]) == 2
     out, err = capsys.readouterr()
@@ -80,8 +80,8 @@ def test_int4_takes_the_conv_projections_and_leaves_the_kernel_in_float():
     from tiny_specs import make_resolved_spec
 
     model = store.load("model", "lfm2_350m").model_dump(exclude_none=True)
-    spec = make_resolved_spec(model, quantization=store.load("quantization", "int4_g32").model_dump(),
-                              targets={"gguf": {}})
+    int4 = store.load("quantization", "int4_g32").model_dump()
+    spec = make_resolved_spec(model, quantization=int4, targets={"gguf": {}})
     ex = explain(spec)
     by_tensor = {t: r for r in ex.rows for t in r.tensors}
     for name in ("layers.0.conv.in_proj.weight", "layers.15.conv.out_proj.weight"):

@@ -42,7 +42,10 @@ def why_generic(decoder: "Decoder") -> str | None:
     """Why the decoder keeps the generic graph (a reason for the manifest), or None when the
     custom ops carry it."""
     c = decoder.config
-    rings = [i for i, n in enumerate(decoder.cache_lengths()) if n < c.context_length]
+    if any(b.conv is not None for b in decoder.layers):
+        return "short_conv layers keep a state that the generic graph copies back whole"
+    rings = [i for i, n in enumerate(decoder.cache_lengths())
+             if n < c.context_length and decoder.layers[i].conv is None]
     if rings:
         return (f"sliding-window layers {rings[:4]}{'...' if len(rings) > 4 else ''} keep "
                 "window-sized ring caches, which custom_sdpa's causal mask cannot read")

@@ -16,7 +16,8 @@ runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
     `Decoder.cache_lengths()[i]`: context_length, or the window of a sliding layer whose window
     is shorter (a ring, position p in slot p % window, what export_llm's
     `--local_global_attention` makes of such a layer with its RingKVCache; see
-    `omnic/targets/kv_layout.py`).
+    `omnic/targets/kv_layout.py`). A short_conv layer (LFM2) keeps its convolution state
+    [1, d_model, kernel - 1] in `k_cache_{i}` instead, copied back whole, and has no v buffer.
 - constant methods `get_max_seq_len`, `get_max_context_len`, `get_vocab_size`, `get_n_layers`,
   `use_kv_cache`, `use_sdpa_with_kv_cache`, `enable_dynamic_shape`, `get_bos_id`, `get_eos_ids`.
   ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/export_llama_lib.py
@@ -101,21 +102,29 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
             self.decoder = decoder
             self.n_layers = decoder.config.n_layers
             k, v = decoder.empty_cache(batch=1, dtype=dtype)  # a ring for a short window
+            # a short_conv layer keeps its state in k_cache_{i} and has no v (an empty
+            # placeholder, made in forward: a buffer of no elements is not state)
+            self.conv = [b.conv is not None for b in decoder.layers]
+            self.empty = v
             for i in range(self.n_layers):
                 self.register_buffer(f"k_cache_{i}", k[i], persistent=False)
-                self.register_buffer(f"v_cache_{i}", v[i], persistent=False)
+                if not self.conv[i]:
+                    self.register_buffer(f"v_cache_{i}", v[i], persistent=False)
 
         def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
             positions = input_pos[:1] + torch.arange(tokens.shape[1], dtype=torch.int64)
             k = [getattr(self, f"k_cache_{i}") for i in range(self.n_layers)]
-            v = [getattr(self, f"v_cache_{i}") for i in range(self.n_layers)]
+            v = [torch.zeros_like(self.empty[i]) if self.conv[i] else
+                 getattr(self, f"v_cache_{i}") for i in range(self.n_layers)]
             logits, new_k, new_v = self.decoder(tokens, positions, k, v)
             # The decoder writes its caches out of place (index_copy, which decomposes to
             # index_put); copying back into the buffers makes them mutable state, and
             # `run_reinplace_pass` (see _lower_module) turns the pair into one index_put_.
+            # A short_conv layer's new state is copied back whole.
             for i in range(self.n_layers):
                 k[i].copy_(new_k[i])
-                v[i].copy_(new_v[i])
+                if not self.conv[i]:
+                    v[i].copy_(new_v[i])
             return logits
 
     return KVCacheDecoder().eval()

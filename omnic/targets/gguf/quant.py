@@ -56,8 +56,9 @@ FILE_TYPES = {
 K_QUANTS = frozenset(name for name, ft in FILE_TYPES.items() if ft.tensor_type is None)
 
 # GGUF names llama.cpp never quantizes (llama-quant.cpp `tensor_allows_quantization`,
-# convert_hf_to_gguf keeps them F32): the MoE router.
-KEEP_F32_SUFFIXES = ("ffn_gate_inp.weight",)
+# convert_hf_to_gguf keeps them F32): the MoE router and LFM2's convolution kernel (which
+# gguf_arch already marks as no matrix: 3-D in omnic, squeezed to 2-D in the file).
+KEEP_F32_SUFFIXES = ("ffn_gate_inp.weight", "shortconv.conv.weight")
 
 
 def _problem(field: str, message: str) -> Any:
@@ -139,7 +140,7 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"],
             continue
         ts = chosen.pop()
         if not t.is_matrix or t.name.endswith(KEEP_F32_SUFFIXES):
-            types[t.name] = "F32"  # norms, biases and the router stay F32 as in llama.cpp
+            types[t.name] = "F32"  # norms, biases, router, conv kernel: F32 as in llama.cpp
             continue
         if ts.override is not None:
             qtype, why = type_for_scheme(ts)

@@ -66,7 +66,14 @@ def capture_llama_log() -> Iterator[list[tuple[int, str]]]:
         llama_cpp.llama_log_set(_logger.llama_log_callback, None)
 
 
-def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None) -> list[str]:
+# llama-kv-cache.cpp [TAG_V_CACHE_VARIABLE]: logged when layers' V widths differ without flash
+# attention. LFM2's convolution layers have no KV (head_count_kv 0) and so count as width 0.
+_V_PADDING = "the V embeddings have different sizes across layers and FA is not enabled - " \
+             "padding V cache to {}"
+
+
+def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None,
+                v_width: int | None = None) -> list[str]:
     """The warning and error lines of a captured log.
 
     Args:
@@ -74,15 +81,38 @@ def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None) -> lis
             and then warns that the rounded size exceeds the model's context (llama-context.cpp,
             "n_ctx_seq (256) > n_ctx_train (64)"); that one line, with exactly those numbers, is
             llama.cpp's allocation, not the file, and the runner never goes past n_ctx.
+        v_width: the one V width of every layer that has a KV cache (`uniform_v_width`): the
+            V-padding warning to exactly that width pads no layer, and is not reported.
     """
     pad = LLAMA_CPP_CTX_PAD
     padded = f"n_ctx_seq ({-(-n_ctx // pad) * pad}) > n_ctx_train ({n_ctx})" if n_ctx else None
+    no_op_v = _V_PADDING.format(v_width) if v_width else None
     out = []
     for level, text in records:
         line = text.strip()
-        if level in (LOG_WARN, LOG_ERROR) and line and not (padded and padded in line):
+        if level in (LOG_WARN, LOG_ERROR) and line and not (padded and padded in line) and not (
+                no_op_v and line.endswith(no_op_v)):
             out.append(line)
     return out
+
+
+def uniform_v_width(path: str) -> int | None:
+    """The V width (n_kv_heads * value_length) shared by every layer of GGUF `path` that has a
+    KV cache, when its per-layer `head_count_kv` array also holds zeros (layers without one, as
+    LFM2's convolutions); None otherwise."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+
+    def key(name: str):  # noqa: ANN202 - the field's value, None when absent
+        field = reader.get_field(name.format(arch=reader.get_field("general.architecture")
+                                             .contents()))
+        return None if field is None else field.contents()
+
+    heads, width = key(gguf.Keys.Attention.HEAD_COUNT_KV), key(gguf.Keys.Attention.VALUE_LENGTH)
+    if not isinstance(heads, list) or width is None or len(set(heads) - {0}) != 1:
+        return None
+    return int(max(heads)) * int(width)
 
 
 _KV_CACHE = re.compile(r"llama_kv_cache: size = .*?\(\s*(\d+) cells,\s*(\d+) layers")
@@ -194,7 +224,9 @@ class LlamaCppRunner:
                 yarn_beta_slow=-1.0,
             )
         self.load_log = records
-        self.load_warnings = warnings_of(records, n_ctx)
+        padded_v = any(_V_PADDING.format("") in text for _, text in records)
+        self.load_warnings = warnings_of(records, n_ctx,
+                                         uniform_v_width(path) if padded_v else None)
         self.kv_caches = kv_caches(records)
         self.n_vocab = self.llama.n_vocab()
         self.n_ctx = n_ctx
