@@ -58,6 +58,15 @@ SHAPES: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 5, "vocab_size": 49152, "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
     },
+    # LFM2-350M: 10 short-convolution layers and 6 attention layers (issue 17's hybrid)
+    # ref: https://huggingface.co/LiquidAI/LFM2-350M/blob/main/config.json
+    "lfm2_350m": {
+        "architectures": ["Lfm2ForCausalLM"], "model_type": "lfm2", "hidden_size": 1024,
+        "intermediate_size": 6656, "num_hidden_layers": 16, "num_attention_heads": 16,
+        "num_key_value_heads": 8, "vocab_size": 65536, "norm_eps": 1e-5, "rope_theta": 1e6,
+        "conv_L_cache": 3, "block_auto_adjust_ff_dim": True, "tie_word_embeddings": True,
+        "full_attn_idxs": [2, 5, 8, 10, 12, 14],
+    },
     # ref: https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json
     "llama3.2_1b": {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
