@@ -1,9 +1,9 @@
 """Which layer kinds each target's graph carries (torch-free).
 
 Every target runs attention layers with a KV cache. Layers that carry a fixed-size state
-instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv) need the runtime's own operators
-and state handling, which only some targets have so far; the others refuse such a spec in their
-pre-flight, naming the kind, before any work.
+instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv) need each target's own operators
+and state handling; a target refuses the kinds it does not carry in its pre-flight, naming the
+kind, before any work.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from omnic.spec.layers import STATE_KINDS
 from omnic.targets.rules import Context, Finding, register
 
 # target -> the state kinds it carries (a target not listed carries none)
-CARRIED = {"gguf": {"short_conv"}, "tvm": {"short_conv"},
-           "executorch": {"short_conv"}}
+CARRIED = {"gguf": {"short_conv"}, "onnx": {"short_conv"}, "tvm": {"short_conv"},
+           "executorch": {"short_conv"}, "coreml": {"short_conv"}}
 
 
 def state_kinds(spec_model) -> list[str]:
@@ -21,8 +21,8 @@ def state_kinds(spec_model) -> list[str]:
     return sorted({row.attention for row in spec_model.table} & set(STATE_KINDS))
 
 
-def register_attention_only(target: str) -> None:
-    """Register `target`'s rule that refuses the layer kinds it does not carry."""
+def register_layer_kinds(target: str) -> None:
+    """Register `target`'s rule that refuses the state kinds it does not carry (CARRIED)."""
 
     @register(target, f"{target}.layer_kinds",
               "the target's graph has attention layers with a KV cache, no recurrent state",

@@ -42,12 +42,19 @@ def test_an_inconsistent_hybrid_is_refused(tmp_path, capsys, model, words):
     assert words in out + err and "Traceback" not in out + err
 
 
-@pytest.mark.parametrize("target", ["coreml"])
-def test_targets_without_the_kind_are_refused_naming_it(tmp_path, capsys, target):
-    assert main(["validate", str(_spec(tmp_path, targets={target: {}}))]) == 2
+@pytest.mark.parametrize("target", ["onnx", "gguf", "executorch", "coreml", "tvm"])
+def test_every_target_carries_the_kind(tmp_path, capsys, target):
+    assert main(["validate", str(_spec(tmp_path, targets={target: {}}))]) == 0, capsys.readouterr()
+
+
+def test_a_target_without_the_kind_refuses_it_naming_it(tmp_path, capsys, monkeypatch):
+    from omnic.targets import mixers
+
+    monkeypatch.setitem(mixers.CARRIED, "coreml", set())
+    assert main(["validate", str(_spec(tmp_path, targets={"coreml": {}}))]) == 2
     out, err = capsys.readouterr()
     text = " ".join((out + err).split())
-    assert f"{target} cannot carry short_conv layers" in text and "gguf" in text
+    assert "coreml cannot carry short_conv layers" in text and "disable targets.coreml" in text
 
 
 def test_tvm_takes_the_kind_on_the_host_but_not_in_its_gpu_builds(tmp_path, capsys):

@@ -37,4 +37,9 @@ class ShortConv(nn.Module):
         seq = torch.cat((state.to(x.dtype), b * xs), dim=2)  # [B, d, kernel - 1 + T]
         conv = F.conv1d(seq, self.kernel.weight, groups=self.d_model)  # [B, d, T]
         y = self.out_proj((c * conv).transpose(1, 2))
-        return y, seq[:, :, seq.shape[2] - (self.kernel_size - 1):].to(state.dtype)
+        # the last kernel - 1 values, gathered by a static-length index so that the next state's
+        # shape stays static in exported graphs (a slice from a token-dependent start does not:
+        # Core ML's states refuse a symbolic shape)
+        last = torch.arange(self.kernel_size - 1, device=seq.device) + (seq.shape[2] + 1
+                                                                         - self.kernel_size)
+        return y, seq.index_select(2, last).to(state.dtype)

@@ -50,9 +50,16 @@ LOGITS = "logits"
 DECODER_ATTR = "model"  # the wrapped decoder's attribute: parameters export as p_model_<name>
 
 
-def state_names(n_layers: int) -> list[str]:
-    """Names of the Core ML states (torch buffers), keys first: k_cache_0.., v_cache_0.."""
-    return [f"k_cache_{i}" for i in range(n_layers)] + [f"v_cache_{i}" for i in range(n_layers)]
+def state_names(n_layers: int, conv: "frozenset[int] | set[int]" = frozenset()) -> list[str]:
+    """Names of the Core ML states (torch buffers), keys first: k_cache_0.., v_cache_0... A
+    short_conv layer i (in `conv`) keeps its convolution state in k_cache_i and has no v."""
+    return ([f"k_cache_{i}" for i in range(n_layers)]
+            + [f"v_cache_{i}" for i in range(n_layers) if i not in conv])
+
+
+def conv_layers(table: list) -> set[int]:
+    """The short_conv layers of a spec's per-layer table (`state_names`' `conv`)."""
+    return {i for i, row in enumerate(table) if row.attention == "short_conv"}
 
 
 def deployment_target(name: str) -> Any:
@@ -95,17 +102,22 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
             super().__init__()
             setattr(self, DECODER_ATTR, inner)
             self.n_layers = inner.config.n_layers
+            self.conv = {i for i, b in enumerate(inner.layers) if b.conv is not None}
             k, v = inner.empty_cache(batch=1, dtype=cache_dtype)  # a ring for a short window
-            for name, buf in zip(state_names(self.n_layers), k + v):
-                self.register_buffer(name, buf)
+            self.empty = v  # a short_conv layer's v: an empty placeholder, not a state
+            caches = {f"k_cache_{i}": k[i] for i in range(self.n_layers)}
+            caches.update({f"v_cache_{i}": v[i] for i in range(self.n_layers)})
+            for name in state_names(self.n_layers, self.conv):  # the states' order
+                self.register_buffer(name, caches[name])
 
         def caches(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-            names = state_names(self.n_layers)
-            bufs = [getattr(self, n) for n in names]
-            return bufs[: self.n_layers], bufs[self.n_layers :]
+            k = [getattr(self, f"k_cache_{i}") for i in range(self.n_layers)]
+            v = [torch.zeros_like(self.empty[i]) if i in self.conv else
+                 getattr(self, f"v_cache_{i}") for i in range(self.n_layers)]
+            return k, v
 
         def reset(self) -> None:
-            for name in state_names(self.n_layers):
+            for name in state_names(self.n_layers, self.conv):
                 getattr(self, name).zero_()
 
         def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -113,8 +125,10 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
             logits, new_k, new_v = getattr(self, DECODER_ATTR)(input_ids, input_pos, k, v)
             # In-place copy into the buffers: torch.export records a BUFFER_MUTATION, which
             # coremltools lowers to coreml_update_state of the whole (scattered) cache.
-            for buf, new in zip(k + v, new_k + new_v):
-                buf.copy_(new)
+            for i in range(self.n_layers):
+                k[i].copy_(new_k[i])
+                if i not in self.conv:
+                    v[i].copy_(new_v[i])
             return logits
 
     return StatefulDecoder(decoder).eval()

@@ -9,7 +9,7 @@ tile the input width, and fp16 storage needs fp16 compute. Importing this module
 from __future__ import annotations
 
 from omnic.constants import Schemes, Targets
-from omnic.targets.mixers import register_attention_only
+from omnic.targets.mixers import register_layer_kinds
 from omnic.targets.rules import Context, Finding, first, register
 
 IOS18 = ("iOS18", "macOS15")
@@ -124,4 +124,4 @@ def _fp16_storage(ctx: Context):
                       "weights need targets.coreml.compute_precision fp16 (or scheme fp32)")
 
 
-register_attention_only(Targets.COREML)  # LFM2's short_conv: GGUF only so far
+register_layer_kinds(Targets.COREML)  # the layer kinds mixers.CARRIED lists

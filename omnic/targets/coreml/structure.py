@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnic.constants import Targets
-from omnic.targets.coreml.convert import INPUT_IDS, INPUT_POS, LOGITS, state_names
+from omnic.targets.coreml.convert import (INPUT_IDS, INPUT_POS, LOGITS, conv_layers,
+                                          state_names)
 from omnic.targets.kv_layout import kv_positions
 
 if TYPE_CHECKING:
@@ -108,13 +109,19 @@ def expected_signature(spec: "ResolvedSpec") -> dict[str, Any]:
     """The signature the spec implies (derived from the spec only, never from an artifact)."""
     m = spec.model
     tokens = f"1..{m.context_length}"
-    lengths = kv_positions(spec, Targets.COREML) * 2  # keys, then values: state_names' order
+    conv = conv_layers(m.table)
+    states = {}
+    for i, n in enumerate(kv_positions(spec, Targets.COREML)):
+        if i in conv:  # the convolution state: kernel - 1 values per channel, no v
+            states[f"k_cache_{i}"] = [1, m.d_model, m.short_conv.kernel - 1]
+            continue
+        states[f"k_cache_{i}"] = states[f"v_cache_{i}"] = [1, m.kv_heads, n, m.dim_per_head]
     return {
         "inputs": {INPUT_IDS: {"dtype": "int32", "shape": [1, tokens]},
                    INPUT_POS: {"dtype": "int32", "shape": [tokens]}},
         "outputs": {LOGITS: {"dtype": "float32", "shape": [1, "T", m.vocab_size]}},
-        "states": {name: {"dtype": "float16", "shape": [1, m.kv_heads, n, m.dim_per_head]}
-                   for name, n in zip(state_names(m.n_layers), lengths)},
+        "states": {name: {"dtype": "float16", "shape": states[name]}
+                   for name in state_names(m.n_layers, conv)},
     }
 
 
@@ -240,7 +247,7 @@ def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec"
         failures.append(f"op histogram differs from lower()'s (saved, recorded): {diff}")
     # Every KV state is read and written exactly once per call. (MIL's coreml_update_state is
     # serialised as write_state, plus a read_state when the updated value is used afterwards.)
-    states = state_names(spec.model.n_layers)
+    states = state_names(spec.model.n_layers, conv_layers(spec.model.table))
     reads, writes = state_accesses(spec_pb)
     if sorted(writes) != sorted(states):
         failures.append(f"write_state targets {sorted(writes)}, expected each of {sorted(states)} "

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, TensorNames, Targets
-from omnic.targets.mixers import register_attention_only
+from omnic.targets.mixers import register_layer_kinds
 from omnic.targets.rules import Context, Finding, register
 
 _ET = "https://github.com/pytorch/executorch/blob/main/"
@@ -144,4 +144,4 @@ def _portable_ints(ctx: Context):
                       "xnnpack, or quantize only the (untied) embedding")
 
 
-register_attention_only(Targets.EXECUTORCH)  # LFM2's short_conv: GGUF only so far
+register_layer_kinds(Targets.EXECUTORCH)  # the layer kinds mixers.CARRIED lists

@@ -2,12 +2,14 @@
 
 With these beside `model.onnx`, `onnxruntime_genai.Model(folder)` loads and generates. The
 config follows the one onnxruntime-genai's model builder writes for a Llama-style decoder.
-`past_present_share_buffer` is true when every layer's attention is one GroupQueryAttention (as
+`past_present_share_buffer` is true when every attention layer is one GroupQueryAttention (as
 in the builder's graphs): genai then allocates the KV cache once at max_length and GQA writes each
 step's keys in place. An unfused graph concatenates past and new keys and needs it false.
-With sliding-window layers in window-sized caches (window_cache.py) the decoder section gets
-genai's `sliding_window`: those layers' buffers hold `window_size` (+ genai's CPU slack of 16)
-positions instead of max_length, and GroupQueryAttention evicts inside them.
+With LFM2's short_conv layers the type is genai's `lfm2` and the decoder section lists every
+layer's kind (conv_state.py); their states are never shared buffers (genai swaps present into
+past each step). With sliding-window layers in window-sized caches (window_cache.py) the decoder
+section gets genai's `sliding_window`: those layers' buffers hold `window_size` (+ genai's CPU
+slack of 16) positions instead of max_length, and GroupQueryAttention evicts inside them.
 `slide_key_value_cache` and `slide_inputs` are false: true would select genai's other windowed
 cache, which slides the prompt through a fixed-shape model in chunks (QNN-style exports).
   ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/models/kv_cache.cpp
@@ -38,7 +40,7 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
         spec: the resolved spec (head counts, context length).
         model_file: the ONNX file name, relative to the folder.
         tokenizer: omnic tokenizer (bos_id, eos_ids, pad_id).
-        share_buffer: every layer's attention is a GroupQueryAttention node.
+        share_buffer: every attention layer is a GroupQueryAttention node.
         window_cache: {"window", "layers"} of the layers with window-sized caches, or None.
     """
     m = spec.model
@@ -94,6 +96,17 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
             "top_p": 1.0,
         },
     }
+    if any(row.attention == "short_conv" for row in m.table):
+        # LFM2: genai's lfm2 type (its cache gives conv layers a fixed-size state; "llama"
+        # would look for a KV cache on every layer), told which layer is which
+        from omnic.targets.onnx.conv_state import genai_layers
+
+        extra = genai_layers(spec)
+        decoder = config["model"]["decoder"]
+        decoder["inputs"].update(extra.pop("inputs"))
+        decoder["outputs"].update(extra.pop("outputs"))
+        decoder.update(extra)
+        config["model"]["type"] = "lfm2"
     if window_cache:
         config["model"]["decoder"]["sliding_window"] = {
             "layers": list(window_cache["layers"]),

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from omnic.constants import KVCache, Schemes, Targets
-from omnic.targets.mixers import register_attention_only
+from omnic.targets.mixers import register_layer_kinds
 from omnic.targets.rules import Context, Finding, register
 
 MIN_OPSET = 18  # the lowest opset the torch.onnx dynamo exporter emits
@@ -92,4 +92,28 @@ def _block_max(ctx: Context):
                               f"{s.group_size}; nearest: {MAX_BLOCK} (or null for per channel)")
 
 
-register_attention_only(Targets.ONNX)  # LFM2's short_conv: GGUF only so far
+register_layer_kinds(Targets.ONNX)  # the layer kinds mixers.CARRIED lists
+
+
+@register(Targets.ONNX, "onnx.short_conv_layout",
+          "short_conv layers run as onnxruntime-genai's lfm2 model: conv and full-attention "
+          "layers only, a token decoder only",
+          "https://github.com/microsoft/onnxruntime-genai/blob/main/src/models/kv_cache.cpp")
+def _short_conv(ctx: Context):
+    m = ctx.spec.model
+    if not any(row.attention == "short_conv" for row in m.table):
+        return
+    # genai's LFM2 cache treats every layer that is not "full_attention" as a convolution
+    sliding = [i for i, row in enumerate(m.table) if row.attention == "sliding"]
+    if sliding:
+        yield Finding(("model", "layer_pattern"),
+                      f"onnx runs short_conv layers as onnxruntime-genai's lfm2 model, whose "
+                      f"cache knows conv and full-attention layers only; sliding layers: "
+                      f"{', '.join(map(str, sliding))}: make them full or disable targets.onnx")
+    mods = ctx.spec.modalities
+    parts = [k for k in ("vision", "audio", "sensors", "action_head")
+             if getattr(mods, k) is not None]
+    if parts:  # the multimodal folder's text.onnx takes inputs_embeds (multimodal.py)
+        yield Finding(("modalities",),
+                      f"onnx has no inputs_embeds decoder (text.onnx) with short_conv layers "
+                      f"yet, which modalities need ({', '.join(parts)}): disable targets.onnx")

@@ -8,10 +8,10 @@
 The artifact is that folder (what a user deploys), its path `out_dir.name` relative to the build.
 
 Stages, in order (each a function in a small module):
-  export (export.py) -> store weights (quant.py: must see the exporter's canonical names,
-  so before any optimizer) -> clean-up and fusions (fusions.py) -> narrow fp16/bf16 weights
-  (quant.py: after the optimizers, which would fold the Casts) -> finalize (deterministic
-  names and metadata) -> save -> genai files (genai.py).
+  export (export.py; conv_state.py for LFM2's short_conv layers) -> store weights (quant.py:
+  must see the exporter's canonical names, so before any optimizer) -> clean-up and fusions
+  (fusions.py) -> narrow fp16/bf16 weights (quant.py: after the optimizers, which would fold
+  the Casts) -> finalize (deterministic names and metadata) -> save -> genai files (genai.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from omnic.constants import Components, Targets
 from omnic.targets.base import Artifact, Problem, register_target
 from omnic.targets.onnx.backend import missing, require_backend
 from omnic.targets.onnx.rounding import activation_rounding
+from omnic.spec.layers import STATE_KINDS
+from omnic.targets.onnx.conv_state import conv_layers, empty_states, present_name
 from omnic.targets.onnx.window_cache import empty_cache, window_cache
 
 if TYPE_CHECKING:
@@ -92,7 +94,12 @@ class OnnxTarget:
         opset = opts.opset if opts is not None else 21
         _log.info(f"onnx: exporting the decoder with torch.onnx (dynamo), opset {opset}")
         start = time.perf_counter()
-        model = onnx_export.export_decoder(program.decoder, opset)
+        if conv_layers(program.decoder):  # LFM2: genai's lfm2 layout, conv states as I/O
+            from omnic.targets.onnx import conv_state
+
+            model = conv_state.export_decoder(program.decoder, opset)
+        else:
+            model = onnx_export.export_decoder(program.decoder, opset)
         _log.info(f"onnx: exported in {time.perf_counter() - start:.1f} s")
         return [self.lower_exported(program, model, Path(out_dir))]
 
@@ -122,8 +129,9 @@ class OnnxTarget:
         onnx_export.release_weights(model)  # consumed: the file is read back below instead
         gqa = onnx_fusions.fused_ops(model).get("com.microsoft::GroupQueryAttention", 0)
         windowed = window_cache(model.metadata_props)  # sliding layers' window-sized caches
+        attention = sum(row.attention not in STATE_KINDS for row in spec.model.table)
         files += onnx_genai.write_genai_files(spec, program.spec_dir, folder, MODEL_FILE,
-                                              share_buffer=gqa == spec.model.n_layers,
+                                              share_buffer=gqa == attention,
                                               window_cache=windowed)
         if onnx_multimodal.wanted(spec):  # + embedding.onnx and text.onnx (inputs_embeds)
             files += onnx_multimodal.write_files(
@@ -232,7 +240,8 @@ def _reload(path: Path) -> "ir.Model":
 
 class OnnxRunner:
     """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache; a layer with
-    a window-sized cache (window_cache.py) keeps its fixed capacity instead.
+    a window-sized cache (window_cache.py) keeps its fixed capacity instead, a short_conv
+    layer its fixed-size state (conv_state.py).
 
     Implements `omnic.targets.base.Runner`: int64 tokens [T] in, float32 logits [T, vocab] out;
     the position advances by T per call; `reset()` empties the cache.
@@ -250,7 +259,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(
             str(model_path), opts, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self._empty = empty_cache(self.session)  # window-sized for windowed layers
+        # window-sized for windowed layers; zero states for short_conv layers (conv_state.py)
+        self._empty = {**empty_cache(self.session), **empty_states(self.session)}
         self.reset()
 
     def reset(self) -> None:
@@ -270,6 +280,6 @@ class OnnxRunner:
             **self.past,
         }
         result = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
-        self.past = {n: result[n.replace("past_key_values.", "present.")] for n in self.past}
+        self.past = {n: result[present_name(n)] for n in self.past}
         self.position += t
         return np.asarray(result["logits"][0], dtype=np.float32)

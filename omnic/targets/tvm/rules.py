@@ -4,10 +4,10 @@ limits need TVM itself and live in `target._problems`; importing this module reg
 from __future__ import annotations
 
 from omnic.constants import Targets
-from omnic.targets.mixers import register_attention_only, state_kinds
+from omnic.targets.mixers import register_layer_kinds, state_kinds
 from omnic.targets.rules import Context, Finding, register
 
-register_attention_only(Targets.TVM)  # LFM2's short_conv: GGUF only so far
+register_layer_kinds(Targets.TVM)  # the layer kinds mixers.CARRIED lists
 
 
 @register(Targets.TVM, "tvm.devices_attention_only",
