@@ -77,7 +77,10 @@ def kv_bytes_per_token(spec: dict, prompt_tokens: int, decode_tokens: int) -> fl
     else:
         per_vector = head_dim * KV_FP32_BYTES
     mean_positions = prompt_tokens + (decode_tokens + 1) / 2  # position p attends to p+1
-    return 2 * m["n_layers"] * kv_heads * per_vector * mean_positions
+    # a resolved spec's table: its short_conv layers read a fixed-size state, not a KV cache
+    table = m.get("layers") or []
+    layers = m["n_layers"] - sum(row.get("attention") == "short_conv" for row in table)
+    return 2 * layers * kv_heads * per_vector * mean_positions
 
 
 def read_share(memory_plan: dict) -> float:

@@ -35,9 +35,12 @@ def fold_groups(decoder: Any) -> list[FoldGroup]:
     out = []
     for i, block in enumerate(decoder.layers):
         p = f"layers.{i}."
-        out.append(FoldGroup(p + "attn_norm", (p + "attn.q", p + "attn.k", p + "attn.v")))
-        if c.n_heads == c.n_kv_heads:
-            out.append(FoldGroup(p + "attn.v", (p + "attn.o",)))
+        if block.conv is not None:  # LFM2's short convolution: the norm makes in_proj's input
+            out.append(FoldGroup(p + "attn_norm", (p + "conv.in_proj",)))
+        else:
+            out.append(FoldGroup(p + "attn_norm", (p + "attn.q", p + "attn.k", p + "attn.v")))
+            if c.n_heads == c.n_kv_heads:
+                out.append(FoldGroup(p + "attn.v", (p + "attn.o",)))
         ffn = block.ffn
         if not hasattr(ffn, "up"):
             continue  # mixture of experts: the router and the experts share the norm

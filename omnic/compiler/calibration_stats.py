@@ -79,12 +79,11 @@ def chunks(decoder: Any, mods: dict[str, Any], budget: int = H_BUDGET) -> list[l
 def _forward(decoder: Any, window: list[int]) -> None:
     import torch
 
-    c = decoder.config
     ids = torch.tensor([window], dtype=torch.int64)
     t = ids.shape[1]
-    past = [torch.zeros(1, c.n_kv_heads, 0, c.head_dim) for _ in range(c.n_layers)]
+    past_k, past_v = decoder.empty_cache(1, length=0)  # no past (a short_conv layer: zeros)
     decoder.forward_concat(ids, torch.ones(1, t, dtype=torch.int64),
-                           torch.arange(t, dtype=torch.int64)[None], past, list(past))
+                           torch.arange(t, dtype=torch.int64)[None], past_k, past_v)
 
 
 def collect(decoder: Any, windows: list[list[int]], mods: dict[str, Any],

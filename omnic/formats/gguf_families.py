@@ -267,6 +267,8 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     if arch in UNIT_OFFSET_ARCHS and not model.scale_embeddings:
         no("model.scale_embeddings", "always scales embeddings by sqrt(d_model); set "
            "scale_embeddings: true")
+    if arch == "lfm2" and model.scale_embeddings:  # chosen before the scaling archs are
+        no("model.scale_embeddings", "does not scale its embeddings")
     if caps.tied is True and not model.tie_embeddings:
         no("model.tie_embeddings", "reads the output projection from token_embd (tied "
            "embeddings only)")

@@ -12,7 +12,8 @@ gguf-py's `GGUFReader` (a memory map; numpy only) and undoes what llama.cpp's co
   pre-tokenizer named by `tokenizer.ggml.pre`), written beside the spec.
 
 Architectures: llama (Llama, Mistral, SmolLM...), qwen2, qwen3 and qwen3moe, gemma3, smollm3,
-phi3 (fused tensors split, partial rotary, LongRoPE), olmo2 and granite, each read with the keys
+phi3 (fused tensors split, partial rotary, LongRoPE), olmo2, granite and lfm2 (short-convolution
+layers where head_count_kv is 0), each read with the keys
 and layouts the GGUF target writes (omnic.formats.gguf_families / gguf_hparams). Anything else is
 refused with UnsupportedModel, naming what is missing. The file's own quantization
 (`source_quantization`) is recorded in the manifest.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from omnic.formats import gguf_arch
 from omnic.formats.gguf_vocab import GgufVocab
-from omnic.importers.hf import UnsupportedModel, relative_path
+from omnic.importers.hf import UnsupportedModel, compact_pattern, relative_path
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "smollm3", "phi3", "olmo2",
-                 "granite")
+                 "granite", "lfm2")
 _MISSING = object()
 
 
@@ -112,7 +113,7 @@ def model_from_gguf(reader: Any) -> tuple[str, dict[str, Any]]:
         "d_model": d,
         "n_layers": int(key("block_count")),
         "n_heads": heads,
-        "n_kv_heads": int(key("attention.head_count_kv", heads)),
+        "n_kv_heads": _kv_heads(key("attention.head_count_kv", heads)),
         "head_dim": head_dim,
         "ffn": {"kind": "swiglu", "hidden": int(key("feed_forward_length"))},
         "norm": {"kind": "rmsnorm", "eps": _real(key("attention.layer_norm_rms_epsilon"))},
@@ -134,6 +135,18 @@ def model_from_gguf(reader: Any) -> tuple[str, dict[str, Any]]:
     if arch in _FAMILY:
         _FAMILY[arch](model, key)
     return arch, model
+
+
+def _kv_heads(value: Any) -> int:
+    """KV heads from `head_count_kv`: one number, or one per layer (LFM2: 0 on the layers with
+    no attention), which must then agree on the others."""
+    if not isinstance(value, list):
+        return int(value)
+    heads = {int(v) for v in value} - {0}
+    if len(heads) != 1:
+        raise UnsupportedModel(f"head_count_kv differs across layers ({sorted(heads)}); omnic's "
+                               "attention layers share one count")
+    return heads.pop()
 
 
 def _longrope(reader: Any, key: Any, context_length: int) -> dict[str, Any]:
@@ -260,7 +273,16 @@ def _phi3(model: dict[str, Any], key: Any) -> None:
         _log.info("gguf: phi3 sliding_window ignored, as llama.cpp ignores it")
 
 
-_FAMILY = {"gemma3": _gemma3, "olmo2": _olmo2, "smollm3": _smollm3, "granite": _granite,
+def _lfm2(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/lfm2.cpp: a layer with no KV heads is a short convolution
+    model["layer_pattern"] = compact_pattern(["short_conv" if int(n) == 0 else "full"
+                                              for n in key("attention.head_count_kv")])
+    model["short_conv"] = {"kernel": int(key("shortconv.l_cache"))}
+    model["qk_norm"] = True  # per head on every attention layer (blk.0 is a convolution)
+
+
+_FAMILY = {"lfm2": _lfm2, "gemma3": _gemma3, "olmo2": _olmo2, "smollm3": _smollm3,
+           "granite": _granite,
            "qwen3moe": _qwen3moe, "phi3": _phi3}
 
 

@@ -389,7 +389,7 @@ def _family_fields(c: _Config, model: dict[str, Any]) -> None:
         _moe(c, model)
     if family == "lfm2":
         c.reject("conv_bias", lambda v: v is False, "omnic's short_conv has no biases")
-        hf_lfm2.fields(c.get, model)
+        hf_lfm2.fields(c.get, c.given, model)
 
 
 def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -31,14 +31,14 @@ def layer_types(raw: dict[str, Any], n_layers: int) -> list[str]:
     return ["full_attention" if i in full else "conv" for i in range(n_layers)]
 
 
-def ffn_hidden(hidden: int, get) -> int:
+def ffn_hidden(hidden: int, get, given) -> int:
     """Lfm2MLP's inner width from intermediate_size `hidden`: 2/3 of it, times the multiplier,
     rounded up to block_multiple_of, when block_auto_adjust_ff_dim is set (`get` reads
-    config.json with Lfm2Config's defaults)."""
+    config.json with Lfm2Config's defaults; `given` keeps an explicit null)."""
     if not get("block_auto_adjust_ff_dim"):
         return hidden
     hidden = int(2 * hidden / 3)
-    multiplier = get("block_ffn_dim_multiplier")
+    multiplier = given("block_ffn_dim_multiplier")  # an explicit null: no multiplier, no rounding
     if multiplier is not None:
         hidden = int(float(multiplier) * hidden)
         step = int(get("block_multiple_of"))
@@ -46,10 +46,13 @@ def ffn_hidden(hidden: int, get) -> int:
     return hidden
 
 
-def fields(get, model: dict[str, Any]) -> None:
-    """The LFM2 fields of the spec's `model:` block: per-head q/k norms, the convolution and the
-    feed-forward width."""
+def fields(get, given, model: dict[str, Any]) -> None:
+    """The LFM2 fields of the spec's `model:` block: per-head q/k norms, the convolution (when
+    some layer is one) and the feed-forward width (`get`, `given`: see ffn_hidden)."""
     tie = get("tie_embedding")
-    model.update(qk_norm=True, short_conv={"kernel": int(get("conv_L_cache"))},
-                 tie_embeddings=bool(get("tie_word_embeddings") if tie is None else tie))
-    model["ffn"]["hidden"] = ffn_hidden(model["ffn"]["hidden"], get)
+    model.update(qk_norm=True, tie_embeddings=bool(get("tie_word_embeddings") if tie is None
+                                                    else tie))
+    pattern = model.get("layer_pattern")
+    if pattern is not None and "short_conv" in pattern:  # (every layer attention: no conv)
+        model["short_conv"] = {"kernel": int(get("conv_L_cache"))}
+    model["ffn"]["hidden"] = ffn_hidden(model["ffn"]["hidden"], get, given)

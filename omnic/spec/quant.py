@@ -12,7 +12,7 @@ SchemeId = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 MethodId = Literal["rtn", "gptq", "awq", "awq_gptq"]
 CALIBRATED = ("gptq", "awq", "awq_gptq")
 RoleId = Literal[
-    "embedding", "attention", "ffn", "router", "norm", "lm_head",
+    "embedding", "attention", "conv", "ffn", "router", "norm", "lm_head",
     "vision", "audio", "sensors", "projector", "action",
 ]
 

@@ -27,13 +27,12 @@ def _windows(n=3, t=12, vocab=320, seed=0):
 def _logits(decoder, window):
     from omnic.compiler.calibration_stats import _forward  # noqa: F401 (same call, below)
 
-    c = decoder.config
     ids = torch.tensor([window])
     t = ids.shape[1]
-    past = [torch.zeros(1, c.n_kv_heads, 0, c.head_dim) for _ in range(c.n_layers)]
+    past_k, past_v = decoder.empty_cache(1, length=0)
     with torch.no_grad():
         return decoder.forward_concat(ids, torch.ones(1, t, dtype=torch.int64),
-                                      torch.arange(t)[None], past, list(past))[0].numpy()
+                                      torch.arange(t)[None], past_k, past_v)[0].numpy()
 
 
 def test_hessians_are_the_inputs_gram_matrices_and_chunks_do_not_change_them():
@@ -63,11 +62,34 @@ def test_hessians_are_the_inputs_gram_matrices_and_chunks_do_not_change_them():
     assert by_key["layers.0.attn.q"].tokens == sum(len(w) for w in wins)
 
 
+HYBRID = {"qk_norm": True, "short_conv": {"kernel": 3},
+          "layer_pattern": ["short_conv", "full", "short_conv"]}  # LFM2's layer kinds
+
+
+def test_a_hybrids_convolution_inputs_are_collected():
+    from omnic.compiler.calibration_stats import collect, linears
+
+    dec = _decoder(**HYBRID)
+    names = {f"layers.{i}.conv.{m}.weight" for i in (0, 2) for m in ("in_proj", "out_proj")}
+    names |= {f"layers.1.attn.{m}.weight" for m in "qkvo"}
+    wins = _windows()
+    by_key = {s.key: s for chunk in collect(dec, wins, linears(dec, names)) for s in chunk}
+    # q, k and v share one input (keyed by q); each convolution projection has its own
+    assert sorted(by_key) == ["layers.0.conv.in_proj", "layers.0.conv.out_proj",
+                              "layers.1.attn.o", "layers.1.attn.q",
+                              "layers.2.conv.in_proj", "layers.2.conv.out_proj"]
+    # independently: layer 0's in_proj reads the embedding through the layer's norm
+    x = torch.cat([dec.layers[0].attn_norm(dec.embed(torch.tensor(w))) for w in wins]).detach()
+    np.testing.assert_allclose(by_key["layers.0.conv.in_proj"].hessian(),
+                               (x.T @ x).double().numpy(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("model", [{}, {"n_kv_heads": 4}, {"ffn": {"kind": "gelu", "hidden": 128}},
-                                   {"norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True}}],
-                         ids=["gqa", "mha-v-to-o", "gelu", "unit-offset-norm"])
+                                   {"norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True}},
+                                   HYBRID],
+                         ids=["gqa", "mha-v-to-o", "gelu", "unit-offset-norm", "lfm2-hybrid"])
 def test_awq_fold_keeps_the_function(model):
-    from omnic.compiler.awq_fold import apply, fold_groups
+    from omnic.compiler.awq_fold import FoldGroup, apply, fold_groups
 
     try:
         dec = _decoder(**model)
@@ -81,6 +103,8 @@ def test_awq_fold_keeps_the_function(model):
                                           else set())
     expect |= {"ffn.up"} if dec.config.ffn_kind != "gelu" else set()
     assert kinds == expect
+    if "short_conv" in model:  # a convolution layer's norm makes in_proj's input
+        assert FoldGroup("layers.0.attn_norm", ("layers.0.conv.in_proj",)) in groups
     modules = dict(dec.named_modules())
     rng = np.random.default_rng(1)
     for g in groups:
@@ -90,5 +114,7 @@ def test_awq_fold_keeps_the_function(model):
         got = _logits(dec, w)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     # and the weights did move (a fold that did nothing would pass the check above)
-    assert not torch.allclose(modules["layers.0.attn.q"].weight,
-                              _decoder(**model).layers[0].attn.q.weight)
+    fresh = dict(_decoder(**model).named_modules())
+    for g in groups[:2]:  # layer 0's mixer and its FFN
+        name = g.consumers[0]
+        assert not torch.allclose(modules[name].weight, fresh[name].weight), name

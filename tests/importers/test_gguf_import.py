@@ -125,6 +125,7 @@ def _gguf_of(family, root, **overrides):
     ("llama", {"rope_scaling": None}),  # "normal" RoPE: Q/K rows interleaved in the file
     ("qwen2", {"rope_scaling": None}),  # NeoX RoPE, q/k/v biases
     ("qwen3", {}),  # q/k norms, linear RoPE scaling
+    ("lfm2", {}),  # short-convolution layers (head_count_kv 0), the kernel squeezed to 2-D
 ])
 def test_gguf_of_a_checkpoint_imports_back_exactly(family, overrides, tmp_path):
     from omnic.compiler.validate import load_resolved

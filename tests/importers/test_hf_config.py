@@ -84,3 +84,29 @@ def test_unsupported_features_are_named(arch, config, needle):
     with pytest.raises(UnsupportedModel) as err:
         _model(arch, num_hidden_layers=2, **config)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("extra", [
+    {"intermediate_size": 300, "full_attn_idxs": [1]},  # the older attention index list
+    {"block_ff_dim": 300, "tie_embedding": False, "full_attn_idxs": [0, 3]},  # older names
+    {"intermediate_size": 300, "block_ffn_dim_multiplier": 1.5, "block_multiple_of": 64,
+     "layer_types": ["conv", "full_attention", "conv", "conv"]},
+    {"intermediate_size": 300, "block_auto_adjust_ff_dim": False, "full_attn_idxs": [2]},
+    {"intermediate_size": 300},  # no index list: every layer attends, no convolution
+])
+def test_lfm2_config_reads_as_transformers_does(extra):
+    """The FFN width, the tied head and the layer kinds of LFM2's config variants, against
+    transformers' own Lfm2Config and Lfm2MLP."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2MLP
+
+    cfg = {"architectures": ["Lfm2ForCausalLM"], "vocab_size": 512, "hidden_size": 64,
+           "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "max_position_embeddings": 64, **extra}
+    _, model = model_from_config(cfg)
+    theirs = transformers.Lfm2Config(**{k: v for k, v in cfg.items() if k != "architectures"})
+    assert model["ffn"]["hidden"] == Lfm2MLP(theirs).w1.out_features
+    assert model["tie_embeddings"] == theirs.tie_word_embeddings
+    kinds = pattern_kinds(model.get("layer_pattern") or "1 full", 4)
+    assert kinds == ["short_conv" if t == "conv" else "full" for t in theirs.layer_types]
+    assert ("short_conv" in model) == ("conv" in theirs.layer_types)

@@ -183,6 +183,7 @@ def test_quantized_gguf_runs_like_its_exact_reference(lowered, file_type: str) -
     ({"n_heads": 2, "n_kv_heads": 1, "head_dim": 16}, "model.head_dim"),  # wo is [d, d]
     ({"layer_pattern": ["short_conv", "nope", "full", "short_conv"]}, "model.layer_pattern"),
     ({"moe": {"experts": 4, "top_k": 2}}, "model.moe"),
+    ({"scale_embeddings": True}, "model.scale_embeddings"),  # lfm2 does not scale them
 ])
 def test_what_lfm2_cannot_carry_is_named(change: dict, field: str) -> None:
     from omnic.formats.gguf_families import plan_arch

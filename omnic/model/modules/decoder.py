@@ -63,6 +63,9 @@ class Block(nn.Module):
         A short_conv block takes its state as `k_prev` and returns the next one in its place
         (`v_prev`, an empty placeholder, passes through)."""
         if self.conv is not None:
+            if input_pos is not None:  # a run from position 0 starts from an empty state, as
+                # a static KV cache starts over (a device runner may keep the buffers)
+                k_prev = k_prev * (input_pos[:1] > 0).to(k_prev.dtype)
             h, state = self.conv(_maybe(self.attn_norm, x), k_prev)
             return self._finish(x, h), state, v_prev
         q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)

@@ -79,7 +79,8 @@ class CoremlTarget:
         t0 = time.perf_counter()
         exported = cv.export(cv.make_wrapper(program.decoder), m.context_length)
         t_export = time.perf_counter() - t0
-        rings = program.decoder.cache_lengths() != [m.context_length] * m.n_layers
+        # a ring: a sliding layer's cache shorter than the context (0 is a short_conv state)
+        rings = any(0 < n < m.context_length for n in program.decoder.cache_lengths())
         mlmodel = cv.convert(exported, target=c.deployment_target, units=c.compute_units,
                              precision=c.compute_precision, rings=rings)
         t_convert = time.perf_counter() - t0 - t_export
