@@ -82,6 +82,16 @@ def _redraw(model: torch.nn.Module, unit_offset: bool) -> None:
             p.copy_(noise)
 
 
+def import_checkpoint(family: str, root: Path, targets: str) -> tuple[Path, Path]:
+    """(the tiny checkpoint's folder, the spec `omnic import --targets TARGETS` wrote for it)."""
+    from omnic.cli.main import main
+
+    ckpt = make_checkpoint(family, root)
+    spec = root / f"{family}.yaml"
+    assert main(["import", str(ckpt), "-o", str(spec), "--targets", targets]) == 0
+    return ckpt, spec
+
+
 def make_checkpoint(family: str, root: Path, **overrides) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM

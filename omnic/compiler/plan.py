@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 from omnic.constants import Roles, Schemes
 from omnic.quant.select import TensorScheme, storage_id, tensor_schemes
 from omnic.spec.inventory import TensorInfo, decoder_tensors
+from omnic.spec.layers import short_conv_layers
 from omnic.targets.kv_layout import kv_positions, layer_runs
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def state_bytes(spec: "ResolvedSpec") -> int:
     llama.cpp keeps its recurrent states): a short_conv layer holds kernel - 1 values of each
     of d_model channels."""
     m = spec.model
-    conv = sum(row.attention == "short_conv" for row in m.table)
+    conv = len(short_conv_layers(m))
     return 4 * conv * m.d_model * (m.short_conv.kernel - 1) if conv else 0
 
 

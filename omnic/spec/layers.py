@@ -212,6 +212,11 @@ def _short(row: Layer) -> str:
     return f"{row.attention}{window}, {rope}"
 
 
+def short_conv_layers(model: Model) -> list[int]:
+    """The layers whose kind is short_conv: each holds a fixed-size state, no KV cache."""
+    return [i for i, row in enumerate(table(model)) if row.attention == "short_conv"]
+
+
 def table(model: Model) -> list[Layer]:
     """The per-layer table: the explicit one when given, else the derived one."""
     return list(model.layers) if model.layers is not None else derived_table(model)

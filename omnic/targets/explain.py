@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omnic.spec.layers import STATE_KINDS
+from omnic.spec.layers import STATE_KINDS, short_conv_layers
 from omnic.quant.select import TensorScheme, method_for, storage_id, tensor_schemes
 from omnic.targets.fates import Fate, NotCarried, fates
 
@@ -173,7 +173,7 @@ def kv_extent(spec: "ResolvedSpec", target: str) -> str:
     parts = [f"{n:,}{' (sliding)' if kind == 'sliding' else ''} x {k}"
              for (n, kind), k in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
     text = " + ".join(parts) + " layers, positions each"
-    conv = sum(row.attention == "short_conv" for row in table)
+    conv = len(short_conv_layers(spec.model))
     if conv:  # a fixed-size state in float32 (omnic.compiler.plan.state_bytes)
         m = spec.model
         text += (f"; short_conv state: {m.short_conv.kernel - 1} x {m.d_model:,} float32 x "

@@ -46,7 +46,7 @@ def kv_positions(spec: "ResolvedSpec", target: str | None = None) -> list[int]:
         if row.attention in STATE_KINDS:
             out.append(0)  # a fixed-size state, no KV cache (omnic.compiler.plan.state_bytes)
         elif target == Targets.GGUF:
-            out.append(kv_cells(c, row.window, row.attention))
+            out.append(kv_cells(c, row.window))
         elif windowed and (target is None or target in RING_TARGETS):
             out.append(row.window)
         elif windowed and genai_window:

@@ -22,8 +22,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import make_checkpoint  # noqa: E402
-from omnic.cli.main import main as omnic_main  # noqa: E402
+from hf_checkpoints import import_checkpoint  # noqa: E402
 from test_gguf_families import PROMPT, STEPS, _llama_cpp_greedy  # noqa: E402
 
 KERNEL = 4  # hf_checkpoints' conv_L_cache
@@ -33,11 +32,7 @@ CONVS = [True, True, False, True]
 @pytest.fixture(scope="module")
 def lfm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the tiny checkpoint's folder, the spec `omnic import` wrote for it)."""
-    root = tmp_path_factory.mktemp("lfm2")
-    ckpt = make_checkpoint("lfm2", root)
-    spec = root / "lfm2.yaml"
-    assert omnic_main(["import", str(ckpt), "-o", str(spec), "--targets", "gguf"]) == 0
-    return ckpt, spec
+    return import_checkpoint("lfm2", tmp_path_factory.mktemp("lfm2"), "gguf")
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,7 @@ og = pytest.importorskip("onnxruntime_genai")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import make_checkpoint  # noqa: E402
-from omnic.cli.main import main as omnic_main  # noqa: E402
+from hf_checkpoints import import_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +48,7 @@ INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
 @pytest.fixture(scope="module")
 def lfm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the tiny checkpoint's folder, the spec `omnic import` wrote for it)."""
-    root = tmp_path_factory.mktemp("lfm2")
-    ckpt = make_checkpoint("lfm2", root)
-    spec = root / "lfm2.yaml"
-    assert omnic_main(["import", str(ckpt), "-o", str(spec), "--targets", "onnx"]) == 0
-    return ckpt, spec
+    return import_checkpoint("lfm2", tmp_path_factory.mktemp("lfm2"), "onnx")
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import torch
 
 _log = logging.getLogger(__name__)
@@ -50,16 +52,11 @@ LOGITS = "logits"
 DECODER_ATTR = "model"  # the wrapped decoder's attribute: parameters export as p_model_<name>
 
 
-def state_names(n_layers: int, conv: "frozenset[int] | set[int]" = frozenset()) -> list[str]:
+def state_names(n_layers: int, conv: "Collection[int]" = ()) -> list[str]:
     """Names of the Core ML states (torch buffers), keys first: k_cache_0.., v_cache_0... A
     short_conv layer i (in `conv`) keeps its convolution state in k_cache_i and has no v."""
     return ([f"k_cache_{i}" for i in range(n_layers)]
             + [f"v_cache_{i}" for i in range(n_layers) if i not in conv])
-
-
-def conv_layers(table: list) -> set[int]:
-    """The short_conv layers of a spec's per-layer table (`state_names`' `conv`)."""
-    return {i for i, row in enumerate(table) if row.attention == "short_conv"}
 
 
 def deployment_target(name: str) -> Any:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnic.constants import Targets
-from omnic.targets.coreml.convert import (INPUT_IDS, INPUT_POS, LOGITS, conv_layers,
-                                          state_names)
+from omnic.spec.layers import short_conv_layers
+from omnic.targets.coreml.convert import INPUT_IDS, INPUT_POS, LOGITS, state_names
 from omnic.targets.kv_layout import kv_positions
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def expected_signature(spec: "ResolvedSpec") -> dict[str, Any]:
     """The signature the spec implies (derived from the spec only, never from an artifact)."""
     m = spec.model
     tokens = f"1..{m.context_length}"
-    conv = conv_layers(m.table)
+    conv = short_conv_layers(m)
     states = {}
     for i, n in enumerate(kv_positions(spec, Targets.COREML)):
         if i in conv:  # the convolution state: kernel - 1 values per channel, no v
@@ -247,7 +247,7 @@ def structural_check(artifact: "Artifact", build_dir: Path, spec: "ResolvedSpec"
         failures.append(f"op histogram differs from lower()'s (saved, recorded): {diff}")
     # Every KV state is read and written exactly once per call. (MIL's coreml_update_state is
     # serialised as write_state, plus a read_state when the updated value is used afterwards.)
-    states = state_names(spec.model.n_layers, conv_layers(spec.model.table))
+    states = state_names(spec.model.n_layers, short_conv_layers(spec.model))
     reads, writes = state_accesses(spec_pb)
     if sorted(writes) != sorted(states):
         failures.append(f"write_state targets {sorted(writes)}, expected each of {sorted(states)} "

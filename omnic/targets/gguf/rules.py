@@ -9,21 +9,15 @@ from __future__ import annotations
 
 from omnic.constants import Schemes, Targets
 from omnic.formats.gguf_families import LLAMA_CPP_CTX_PAD
-from omnic.spec.layers import STATE_KINDS
 from omnic.targets.rules import Context, Finding, first, register
 
 MAX_UBATCH = 512  # the runner's n_ubatch: min(n_ctx, 512)
 
 
-def kv_cells(context: int, window: int | None, attention: str = "full") -> int:
+def kv_cells(context: int, window: int | None) -> int:
     """KV cells llama.cpp allocates for one layer at the runner's settings: pad256(context) for a
     global layer; for a sliding one (swa_full off) pad256(min(pad256(context), window +
-    n_ubatch)); none for a layer with a fixed-size state instead (LFM2's short convolution: its
-    kernel - 1 last inputs sit in llama.cpp's recurrent memory, not in the KV cache).
-    ref: src/llama-kv-cache-iswa.cpp (size_swa), src/llama-memory-hybrid.cpp"""
-    if attention in STATE_KINDS:
-        return 0
-
+    n_ubatch)). ref: src/llama-kv-cache-iswa.cpp (size_swa)"""
     def pad(n: int) -> int:
         return -(-n // LLAMA_CPP_CTX_PAD) * LLAMA_CPP_CTX_PAD
 
