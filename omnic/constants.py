@@ -42,6 +42,7 @@ class Roles:
     EMBEDDING = "embedding"
     ATTENTION = "attention"
     CONV = "conv"  # a short_conv layer's projections and kernel (LFM2)
+    SSM = "ssm"  # a mamba2 layer's projections, convolution and state-space parameters
     FFN = "ffn"
     ROUTER = "router"
     NORM = "norm"
@@ -51,7 +52,7 @@ class Roles:
     SENSORS = "sensors"
     PROJECTOR = "projector"
     ACTION = "action"
-    ALL = (EMBEDDING, ATTENTION, CONV, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS,
+    ALL = (EMBEDDING, ATTENTION, CONV, SSM, FFN, ROUTER, NORM, LM_HEAD, VISION, AUDIO, SENSORS,
            PROJECTOR, ACTION)
 
 
@@ -129,6 +130,18 @@ class TensorNames:
     CONV_IN = "layers.{i}.conv.in_proj.weight"
     CONV_KERNEL = "layers.{i}.conv.kernel.weight"
     CONV_OUT = "layers.{i}.conv.out_proj.weight"
+    # a mamba2 layer (Granite 4): in_proj [2 * inner + 2 * groups * d_state + heads, d] makes
+    # z, x, B, C and dt in that order; the depthwise convolution over x, B and C is
+    # [channels, 1, kernel] (3-D, as torch's Conv1d holds it); A_log, D and dt_bias have one
+    # value per head; norm is the gated RMSNorm's weight [inner]
+    SSM_IN = "layers.{i}.ssm.in_proj.weight"
+    SSM_CONV = "layers.{i}.ssm.conv.weight"
+    SSM_CONV_BIAS = "layers.{i}.ssm.conv.bias"
+    SSM_DT_BIAS = "layers.{i}.ssm.dt_bias"
+    SSM_A_LOG = "layers.{i}.ssm.A_log"
+    SSM_D = "layers.{i}.ssm.D"
+    SSM_NORM = "layers.{i}.ssm.norm.weight"
+    SSM_OUT = "layers.{i}.ssm.out_proj.weight"
     GATE = "layers.{i}.ffn.gate.weight"
     UP = "layers.{i}.ffn.up.weight"
     DOWN = "layers.{i}.ffn.down.weight"

@@ -65,6 +65,13 @@ FAMILIES = {
     # adjusted (2/3 of 128, rounded up to 32: 96), the kernel longer than LFM2's 3
     "lfm2": ("Lfm2Config", dict(num_hidden_layers=4, conv_L_cache=4, block_multiple_of=32,
                                 layer_types=["conv", "conv", "full_attention", "conv"])),
+    # Granite 4.0-H: Mamba-2 layers (two groups, a 4-token chunk so that transformers' chunked
+    # scan crosses chunks) around one NoPE attention layer, a dense MLP, Granite's multipliers
+    "granite4": ("GraniteMoeHybridConfig", dict(
+        num_hidden_layers=4, layer_types=["mamba", "mamba", "attention", "mamba"],
+        num_local_experts=0, shared_intermediate_size=96, mamba_n_heads=4, mamba_n_groups=2,
+        mamba_d_state=16, mamba_d_conv=4, mamba_chunk_size=4, embedding_multiplier=3.0,
+        residual_multiplier=0.5, logits_scaling=2.0, attention_multiplier=0.2)),
     "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, residual_multiplier=0.5,
                                       logits_scaling=2.0, attention_multiplier=0.2)),
 }

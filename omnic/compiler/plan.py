@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 from omnic.constants import Roles, Schemes
 from omnic.quant.select import TensorScheme, storage_id, tensor_schemes
 from omnic.spec.inventory import TensorInfo, decoder_tensors
-from omnic.spec.layers import short_conv_layers
+from omnic.spec.layers import state_numel
 from omnic.targets.kv_layout import kv_positions, layer_runs
 
 if TYPE_CHECKING:
@@ -146,11 +146,8 @@ def kv_cache_bytes(spec: "ResolvedSpec", target: str | None = None) -> int:
 
 def state_bytes(spec: "ResolvedSpec") -> int:
     """The recurrent state of the layers that keep one instead of a KV cache, in float32 (as
-    llama.cpp keeps its recurrent states): a short_conv layer holds kernel - 1 values of each
-    of d_model channels."""
-    m = spec.model
-    conv = len(short_conv_layers(m))
-    return 4 * conv * m.d_model * (m.short_conv.kernel - 1) if conv else 0
+    llama.cpp keeps its recurrent states): see omnic.spec.layers.state_numel."""
+    return 4 * sum(n * numel for n, numel in state_numel(spec.model).values())
 
 
 def activation_bytes(spec: "ResolvedSpec") -> int:

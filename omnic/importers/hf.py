@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from omnic.importers import hf_lfm2
+from omnic.importers import hf_granite4, hf_lfm2
 from omnic.spec.layers import pattern_kinds
 
 
@@ -65,6 +65,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                        "residual_multiplier": 1.0, "logits_scaling": 1.0,
                                        "attention_multiplier": 1.0}),
     "Lfm2ForCausalLM": ("lfm2", hf_lfm2.DEFAULTS),
+    "GraniteMoeHybridForCausalLM": ("granite4", hf_granite4.DEFAULTS),
 }
 
 _NORM_EPS = {"lfm2": "norm_eps"}  # the families that name rms_norm_eps otherwise
@@ -233,6 +234,8 @@ def _layer_types(c: _Config, n_layers: int, window: int | None) -> list[str]:
     family = c.family
     if family == "lfm2":
         return [hf_lfm2.KINDS.get(t, t) for t in hf_lfm2.layer_types(c.raw, n_layers)]
+    if family == "granite4":
+        return hf_granite4.layer_types(c.raw, n_layers)
     types = c.raw.get("layer_types")
     if types is not None:
         return list(types)
@@ -268,7 +271,7 @@ def _layer_kinds(c: _Config, n_layers: int) -> tuple[list[str], int | None]:
             "use_sliding_window", False):
         window = None  # transformers drops the window unless use_sliding_window is true
     types = _layer_types(c, n_layers, window)
-    known = ("sliding_attention", "full_attention", *hf_lfm2.KINDS.values())
+    known = ("sliding_attention", "full_attention", *_OMNIC_KINDS)
     unknown = sorted({t for t in types if t not in known})
     if unknown:
         raise UnsupportedModel(f"{c.arch}: layer types {unknown} are not supported")
@@ -276,7 +279,7 @@ def _layer_kinds(c: _Config, n_layers: int) -> tuple[list[str], int | None]:
         raise UnsupportedModel(f"{c.arch}: layer_types has {len(types)} entries for "
                                f"num_hidden_layers={n_layers}")
     kinds = ["sliding" if t == "sliding_attention" and window is not None else
-             t if t in hf_lfm2.KINDS.values() else "full" for t in types]
+             t if t in _OMNIC_KINDS else "full" for t in types]
     if c.family == "smollm3":
         rope = _rope_layers(c, n_layers)
         if len(rope) != n_layers:
@@ -289,6 +292,10 @@ def _layer_kinds(c: _Config, n_layers: int) -> tuple[list[str], int | None]:
             if not has_rope:
                 kinds[i] = "nope"
     return kinds, window
+
+
+# the omnic kinds the families with their own layer types (LFM2, Granite 4) already give
+_OMNIC_KINDS = ("full", "nope", "short_conv", "mamba2")
 
 
 def compact_pattern(kinds: list[str]) -> str | list[str]:
@@ -380,16 +387,34 @@ def _family_fields(c: _Config, model: dict[str, Any]) -> None:
                 model[field] = float(value)
     if family == "olmo2":  # norms after attention and the FFN only; q/k norms over all heads
         model.update(pre_norms=False, post_norms=True, qk_norm=True, qk_norm_width="full")
-    if family == "granite":
+    if family in ("granite", "granite4"):
         for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
             if float(c.get(key)) != 1.0:
                 model[key] = float(c.get(key))
         model["attn_scale"] = float(c.get("attention_multiplier"))  # the scores' whole scale
     if family in ("mixtral", "qwen3_moe"):
         _moe(c, model)
+    if family == "granite4":
+        _granite4(c, model)
     if family == "lfm2":
         c.reject("conv_bias", lambda v: v is False, "omnic's short_conv has no biases")
         hf_lfm2.fields(c.get, c.given, model)
+
+
+def _granite4(c: _Config, model: dict[str, Any]) -> None:
+    """Granite 4's dense MLP width and Mamba-2 layers (the multipliers are Granite's)."""
+    c.reject("num_local_experts", lambda v: int(v) == 0,
+             "omnic imports the dense Granite 4 models (num_local_experts 0), not the MoE ones")
+    if c.raw.get("num_local_experts") is None:
+        raise UnsupportedModel(f"{c.arch}: config.json has no 'num_local_experts' (its default, "
+                               "8, makes a mixture of experts omnic does not import)")
+    c.reject("mamba_proj_bias", lambda v: v is False, "omnic's mamba2 projections have no bias")
+    c.reject("time_step_limit", hf_granite4.unclamped,
+             "omnic's mamba2 does not clamp the time step")
+    model["ffn"]["hidden"] = int(c.get("shared_intermediate_size"))
+    pattern = model.get("layer_pattern")
+    if pattern is not None and "mamba2" in pattern:
+        model["mamba2"] = hf_granite4.mamba2(c.get, model["d_model"])
 
 
 def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -50,6 +50,11 @@ _LAYER = [
     (r"self_attn\.([qk])_layernorm\.weight", r"attn.\1_norm.weight"),
     (r"conv\.(in_proj|out_proj)\.weight", r"conv.\1.weight"),
     (r"conv\.conv\.weight", "conv.kernel.weight"),
+    # Granite 4's Mamba-2 layers (GraniteMoeHybridMambaLayer) and its dense MLP
+    (r"mamba\.(in_proj|out_proj|norm)\.weight", r"ssm.\1.weight"),
+    (r"mamba\.conv1d\.(weight|bias)", r"ssm.conv.\1"),
+    (r"mamba\.(dt_bias|A_log|D)", r"ssm.\1"),
+    (r"shared_mlp\.output_linear\.weight", "ffn.down.weight"),
 ]
 # post_attention_layernorm is the FFN's pre-norm in Llama-style blocks, but the norm *after*
 # attention in Gemma 2/3's sandwich, where pre_feedforward_layernorm is the FFN's pre-norm, and in
@@ -79,7 +84,8 @@ def _fused_splitter(rest: str, layer: str, dims: dict[str, int]) -> Split | None
             yield f"{layer}.attn.k.weight", t[q : q + kv]
             yield f"{layer}.attn.v.weight", t[q + kv :]
         return split_qkv
-    if rest == "mlp.gate_up_proj.weight":  # Phi3MLP: gate, up = chunk(2)
+    # Phi3MLP and Granite 4's GraniteMoeHybridMLP: gate, up = chunk(2)
+    if rest in ("mlp.gate_up_proj.weight", "shared_mlp.input_linear.weight"):
         def split_gate_up(t: torch.Tensor):
             gate, up = t.chunk(2, dim=0)
             yield f"{layer}.ffn.gate.weight", gate

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from omnic.spec.layers import STATE_KINDS
+
 if TYPE_CHECKING:
     from omnic.spec import Model
 
@@ -41,9 +43,12 @@ class DecoderConfig:
     # ropes[i]: (theta, scaling dict or None, rotated dims) of layer i, None for a NoPE layer
     # (None: every layer rotates its whole head with rope_theta / rope_scaling).
     ropes: tuple[tuple[float, dict[str, Any] | None, int] | None, ...] | None = None
-    # mixers[i]: "attention", or "short_conv" for an LFM2 convolution layer (None: all attention)
+    # mixers[i]: "attention", "short_conv" for an LFM2 convolution layer or "mamba2" for a
+    # Mamba-2 layer (None: all attention)
     mixers: tuple[str, ...] | None = None
     conv_kernel: int = 0  # tokens a short_conv layer's convolution spans
+    # a mamba2 layer's (heads, head_dim, d_state, groups, kernel, conv_bias); None: no such layer
+    mamba2: tuple[int, int, int, int, int, bool] | None = None
     moe_experts: int = 0  # 0: dense FFN
     moe_top_k: int = 0
     moe_shared_experts: int = 0
@@ -70,7 +75,7 @@ class DecoderConfig:
         return None if self.windows is None else self.windows[layer]
 
     def mixer_of(self, layer: int) -> str:
-        """"attention", or "short_conv" for a convolution layer."""
+        """"attention", "short_conv" or "mamba2"."""
         return "attention" if self.mixers is None else self.mixers[layer]
 
     def rope_of(self, layer: int) -> tuple[float, dict[str, Any] | None, int] | None:
@@ -113,9 +118,12 @@ def decoder_config(model: "Model") -> DecoderConfig:
         windows=tuple(r.window if r.window is not None and r.window < model.context_length
                       else None for r in table),
         ropes=ropes,
-        mixers=tuple("short_conv" if r.attention == "short_conv" else "attention" for r in table)
-        if model.short_conv is not None else None,
+        mixers=tuple(r.attention if r.attention in STATE_KINDS else "attention" for r in table)
+        if any(r.attention in STATE_KINDS for r in table) else None,
         conv_kernel=model.short_conv.kernel if model.short_conv is not None else 0,
+        mamba2=None if model.mamba2 is None else (
+            model.mamba2.heads, model.mamba2.head_dim, model.mamba2.d_state,
+            model.mamba2.groups, model.mamba2.kernel, model.mamba2.conv_bias),
         moe_experts=moe.experts if moe else 0,
         moe_top_k=moe.top_k if moe else 0,
         moe_shared_experts=moe.shared_experts if moe else 0,

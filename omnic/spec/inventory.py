@@ -73,6 +73,19 @@ def _short_conv(i: int, d: int, kernel: int) -> list[TensorInfo]:
             TensorInfo(N.CONV_OUT.format(i=i), (d, d), Roles.CONV, i)]
 
 
+def _mamba2(i: int, d: int, m) -> list[TensorInfo]:
+    f = lambda tmpl: tmpl.format(i=i)  # noqa: E731
+    width = 2 * m.inner + 2 * m.groups * m.d_state + m.heads
+    out = [TensorInfo(f(N.SSM_IN), (width, d), Roles.SSM, i),
+           TensorInfo(f(N.SSM_CONV), (m.conv_channels, 1, m.kernel), Roles.SSM, i)]
+    if m.conv_bias:
+        out.append(TensorInfo(f(N.SSM_CONV_BIAS), (m.conv_channels,), Roles.SSM, i))
+    out += [TensorInfo(f(name), (m.heads,), Roles.SSM, i)
+            for name in (N.SSM_DT_BIAS, N.SSM_A_LOG, N.SSM_D)]
+    return out + [TensorInfo(f(N.SSM_NORM), (m.inner,), Roles.NORM, i),
+                  TensorInfo(f(N.SSM_OUT), (d, m.inner), Roles.SSM, i)]
+
+
 def decoder_tensors(model: Model) -> list[TensorInfo]:
     """The decoder's tensors in a fixed order (embedding, layers, final norm, lm_head)."""
     d, hd = model.d_model, model.dim_per_head
@@ -85,6 +98,8 @@ def decoder_tensors(model: Model) -> list[TensorInfo]:
             out += _norm(f(N.ATTN_NORM), d, model, i)
         if kinds[i] == "short_conv":
             out += _short_conv(i, d, model.short_conv.kernel)
+        elif kinds[i] == "mamba2":
+            out += _mamba2(i, d, model.mamba2)
         else:
             out += _attention(model, i, d, hd)
         if model.post_norms:

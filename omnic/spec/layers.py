@@ -11,7 +11,8 @@ same table (`model.layers`, one row per layer; a table written by hand must equa
 Kinds: `full` (global attention with RoPE), `sliding` (attention over the last
 `sliding_window.size` tokens, with `rope.sliding`'s base when given), `nope` (global attention with
 no position embedding), `short_conv` (no attention: LFM2's gated short convolution over the last
-`short_conv.kernel` tokens, with a fixed-size state instead of a KV cache). `rope.rotary_dim`
+`short_conv.kernel` tokens, with a fixed-size state instead of a KV cache), `mamba2` (no attention:
+a Mamba-2 state-space layer, `model.mamba2`, Granite 4; a convolution state and a recurrent state). `rope.rotary_dim`
 rotates only the first dims of each head (partial rotary, Phi-4-mini).
 """
 
@@ -28,11 +29,12 @@ from omnic.spec.rope import RopeScaling
 # The functions below take an `omnic.spec.model.Model` (typed Any: model.py imports this module).
 Model = Any
 
-KINDS = ("full", "sliding", "nope", "short_conv")
-LayerKind = Literal["full", "sliding", "nope", "short_conv"]
-# Row kinds that carry a fixed-size recurrent state instead of a KV cache.
-STATE_KINDS = ("short_conv",)
-_GROUP = re.compile(r"^\s*(?:(\d+)\s+)?([a-z_]+)\s*$")
+KINDS = ("full", "sliding", "nope", "short_conv", "mamba2")
+LayerKind = Literal["full", "sliding", "nope", "short_conv", "mamba2"]
+# Row kinds that carry a fixed-size recurrent state instead of a KV cache, each configured by the
+# model field of the same name (model.short_conv, model.mamba2).
+STATE_KINDS = ("short_conv", "mamba2")
+_GROUP = re.compile(r"^\s*(?:(\d+)\s+)?([a-z_][a-z0-9_]*)\s*$")
 
 
 class LayerRope(SpecModel):
@@ -45,10 +47,11 @@ class LayerRope(SpecModel):
 class Layer(SpecModel):
     """One row of the per-layer table."""
 
-    attention: Literal["full", "sliding", "short_conv"] = Field(
+    attention: Literal["full", "sliding", "short_conv", "mamba2"] = Field(
         description="The layer's token mixer. full: attention over every earlier token; sliding: "
         "only the last `window` tokens; short_conv: no attention, a gated short convolution "
-        "(model.short_conv) whose state has a fixed size.")
+        "(model.short_conv) whose state has a fixed size; mamba2: no attention, a Mamba-2 "
+        "state-space layer (model.mamba2) with a fixed-size state.")
     window: PositiveInt | None = Field(
         None, description="Tokens a sliding layer attends back to, itself included; null for full.")
     rope: LayerRope | None = Field(description="Rotary embedding of this layer; null: no position "
@@ -134,8 +137,8 @@ def derived_table(model: Model) -> list[Layer]:
     for kind in layer_kinds(model):
         if kind == "sliding":
             rows.append(Layer(attention="sliding", window=sw.size if sw else None, rope=local))
-        elif kind == "short_conv":
-            rows.append(Layer(attention="short_conv", rope=None))
+        elif kind in STATE_KINDS:
+            rows.append(Layer(attention=kind, rope=None))
         else:
             rows.append(Layer(attention="full", rope=None if kind == "nope" else full))
     return rows
@@ -160,14 +163,18 @@ def check_table(model: Model) -> None:
         if "sliding" in kinds and sw is None:
             raise ValueError("layer_pattern: it has sliding layers but the model has no "
                              "sliding_window: {size: N}")
-        if "short_conv" in kinds and model.short_conv is None:
-            raise ValueError("layer_pattern: it has short_conv layers but the model has no "
-                             "short_conv: {kernel: N}")
-        if kinds == {"short_conv"}:
-            raise ValueError("layer_pattern: every layer is short_conv; a hybrid model needs "
-                             "at least one attention layer")
-    if model.short_conv is not None and "short_conv" not in set(layer_kinds(model)):
-        raise ValueError("short_conv: it is set, but no layer of layer_pattern is short_conv")
+        for kind in STATE_KINDS:
+            if kind in kinds and getattr(model, kind) is None:
+                raise ValueError(f"layer_pattern: it has {kind} layers but the model has no "
+                                 f"{kind}: block")
+        if kinds <= set(STATE_KINDS):
+            raise ValueError(f"layer_pattern: every layer is {' or '.join(sorted(kinds))}; a "
+                             "hybrid model needs at least one attention layer")
+    for kind in STATE_KINDS:  # (a pattern's kinds, not a per-layer list: n_layers may be huge)
+        if getattr(model, kind) is not None and (
+                model.layer_pattern is None
+                or kind not in check_pattern(model.layer_pattern, model.n_layers)):
+            raise ValueError(f"{kind}: it is set, but no layer of layer_pattern is {kind}")
     if model.layers is None:
         dims = rope.rotary_dim or hd
         _check_rope(LayerRope(theta=rope.theta, scaling=rope.scaling, dims=dims), hd, "rope")
@@ -176,8 +183,8 @@ def check_table(model: Model) -> None:
     if len(table) != model.n_layers:
         raise ValueError(f"layers has {len(table)} rows for n_layers={model.n_layers}")
     for i, row in enumerate(table):
-        if row.attention == "short_conv" and row.rope is not None:
-            raise ValueError(f"layers[{i}]: a short_conv layer has no rope")
+        if row.attention in STATE_KINDS and row.rope is not None:
+            raise ValueError(f"layers[{i}]: a {row.attention} layer has no rope")
         if (row.attention == "sliding") != (row.window is not None):
             raise ValueError(f"layers[{i}]: a sliding layer needs a window and a full one has "
                              "none")
@@ -215,6 +222,25 @@ def _short(row: Layer) -> str:
 def short_conv_layers(model: Model) -> list[int]:
     """The layers whose kind is short_conv: each holds a fixed-size state, no KV cache."""
     return [i for i, row in enumerate(table(model)) if row.attention == "short_conv"]
+
+
+def state_layers(model: Model) -> list[int]:
+    """The layers that hold a fixed-size state instead of a KV cache (any STATE_KINDS)."""
+    return [i for i, row in enumerate(table(model)) if row.attention in STATE_KINDS]
+
+
+def state_numel(model: Model) -> dict[str, tuple[int, int]]:
+    """state kind -> (layers of that kind, numbers one such layer's state holds): a short_conv
+    layer keeps kernel - 1 values of each of d_model channels; a mamba2 layer its convolution's
+    and its recurrent state (Mamba2.state_numel). Only the kinds the model has."""
+    kinds = [row.attention for row in table(model)]
+    out = {}
+    if "short_conv" in kinds:
+        out["short_conv"] = (kinds.count("short_conv"),
+                             (model.short_conv.kernel - 1) * model.d_model)
+    if "mamba2" in kinds:
+        out["mamba2"] = (kinds.count("mamba2"), model.mamba2.state_numel)
+    return out
 
 
 def table(model: Model) -> list[Layer]:

@@ -64,6 +64,46 @@ class ShortConv(SpecModel):
                         "one included (LFM2: conv_L_cache = 3). The state keeps kernel - 1.")
 
 
+class Mamba2(SpecModel):
+    """A Mamba-2 state-space layer (Granite 4): in_proj makes the gate z, the stream x, B, C
+    (`groups` of `d_state` each) and one time step per head; x, B and C go through a causal
+    depthwise convolution with SiLU, then the selective scan
+    h_t = exp(dt_t * A) h_{t-1} + dt_t x_t B_t, y_t = C_t h_t + D x_t, then a gated RMSNorm
+    (over `groups` groups) and out_proj. The inner width is heads * head_dim."""
+
+    heads: PositiveInt = Field(description="SSM heads, each with its own decay A and time step "
+                               "(mamba_n_heads).")
+    head_dim: PositiveInt = Field(description="Channels per head (mamba_d_head).")
+    d_state: PositiveInt = Field(description="State size per channel (mamba_d_state).")
+    groups: PositiveInt = Field(1, description="Groups sharing B and C, and the gated norm's "
+                                "groups (mamba_n_groups); divides heads.")
+    kernel: int = Field(4, ge=2, le=16, description="Tokens the convolution spans, the current "
+                        "one included (mamba_d_conv). The state keeps kernel - 1.")
+    conv_bias: bool = Field(True, description="The convolution has a bias (mamba_conv_bias).")
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> "Mamba2":
+        if self.heads % self.groups:
+            raise ValueError(f"groups={self.groups} does not divide heads={self.heads}")
+        return self
+
+    @property
+    def inner(self) -> int:
+        """The inner width: heads * head_dim."""
+        return self.heads * self.head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of the convolution (x, B and C): inner + 2 * groups * d_state."""
+        return self.inner + 2 * self.groups * self.d_state
+
+    @property
+    def state_numel(self) -> int:
+        """Numbers one layer's state holds: the convolution's (kernel - 1) per channel and the
+        recurrent state's heads * head_dim * d_state."""
+        return (self.kernel - 1) * self.conv_channels + self.inner * self.d_state
+
+
 class Model(SpecModel):
     """A decoder-only transformer built from llama-family blocks."""
 
@@ -96,7 +136,7 @@ class Model(SpecModel):
         None, description="Which layers differ: a pattern such as \"5 sliding : 1 full\" "
         "(repeated from layer 0; it must divide n_layers unless it ends with '...') or one kind "
         "per layer; kinds: full, sliding (sliding_window.size), nope (full attention, no RoPE), "
-        "short_conv (model.short_conv, no attention).")
+        "short_conv (model.short_conv, no attention), mamba2 (model.mamba2, no attention).")
     layers: list[Layer] | None = Field(
         None, description="The explicit per-layer table (attention kind, window, RoPE). `omnic "
         "resolve` writes it from layer_pattern, sliding_window and rope; written by hand it must "
@@ -105,6 +145,9 @@ class Model(SpecModel):
     short_conv: ShortConv | None = Field(
         None, description="The gated short convolution of the layers whose kind is short_conv "
         "(LFM2); null when no layer is.")
+    mamba2: Mamba2 | None = Field(
+        None, description="The Mamba-2 state-space layer of the layers whose kind is mamba2 "
+        "(Granite 4); null when no layer is.")
     scale_embeddings: bool = Field(
         False, description="Multiply embeddings by sqrt(d_model) (Gemma)."
     )

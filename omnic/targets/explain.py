@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omnic.spec.layers import STATE_KINDS, short_conv_layers
+from omnic.spec.layers import STATE_KINDS, state_numel
 from omnic.quant.select import TensorScheme, method_for, storage_id, tensor_schemes
 from omnic.targets.fates import Fate, NotCarried, fates
 
@@ -69,6 +69,14 @@ class Explanation:
 _NOT_A_MATRIX = {
     ".conv.kernel.weight": "fp32 (a short_conv kernel: a few taps per channel, too few to "
                            "share a scale, and read once per token)",
+    ".ssm.conv.weight": "fp32 (a mamba2 convolution: a few taps per channel, too few to share "
+                        "a scale, and read once per token)",
+    ".ssm.conv.bias": "fp32 (a mamba2 convolution's bias)",
+    ".ssm.A_log": "fp32 (a mamba2 decay: exp(dt * A) compounds over every token, so an error "
+                  "in A grows with the context; one value per head)",
+    ".ssm.dt_bias": "fp32 (a mamba2 time-step bias: it sets each head's decay; one value per "
+                    "head)",
+    ".ssm.D": "fp32 (a mamba2 skip weight: one value per head)",
 }
 
 
@@ -173,11 +181,12 @@ def kv_extent(spec: "ResolvedSpec", target: str) -> str:
     parts = [f"{n:,}{' (sliding)' if kind == 'sliding' else ''} x {k}"
              for (n, kind), k in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
     text = " + ".join(parts) + " layers, positions each"
-    conv = len(short_conv_layers(spec.model))
-    if conv:  # a fixed-size state in float32 (omnic.compiler.plan.state_bytes)
-        m = spec.model
-        text += (f"; short_conv state: {m.short_conv.kernel - 1} x {m.d_model:,} float32 x "
-                 f"{conv} layers, whatever the context")
+    m = spec.model
+    for kind, (n, numel) in state_numel(m).items():  # fixed-size float32 states (plan.state_bytes)
+        shape = (f"{m.short_conv.kernel - 1} x {m.d_model:,}" if kind == "short_conv" else
+                 f"{m.mamba2.kernel - 1} x {m.mamba2.conv_channels:,} + {m.mamba2.heads} x "
+                 f"{m.mamba2.head_dim} x {m.mamba2.d_state}")
+        text += f"; {kind} state: {shape} float32 x {n} layers, whatever the context"
     return text
 
 

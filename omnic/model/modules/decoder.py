@@ -19,6 +19,7 @@ from omnic.model.modules.attention import Attention
 from omnic.model.modules.ffn import MoE, FeedForward
 from omnic.model.modules.norm import make_norm
 from omnic.model.modules.rope import Rope
+from omnic.model.modules.mamba2 import Mamba2
 from omnic.model.modules.short_conv import ShortConv
 
 
@@ -33,10 +34,15 @@ class Block(nn.Module):
         self.context = c.context_length
         self.residual_multiplier = c.residual_multiplier
         self.attn_norm = norm() if c.pre_norms else None
-        # the token mixer: attention with a KV cache, or LFM2's short convolution with a state
-        self.attn = self.conv = None
+        # the token mixer: attention with a KV cache, or a layer with a fixed-size state: LFM2's
+        # short convolution or a Mamba-2 layer
+        self.attn = self.conv = self.ssm = None
         if c.mixer_of(layer) == "short_conv":
             self.conv = ShortConv(c.d_model, c.conv_kernel, device)
+        elif c.mixer_of(layer) == "mamba2":
+            heads, head_dim, d_state, groups, kernel, conv_bias = c.mamba2
+            self.ssm = Mamba2(c.d_model, heads, head_dim, d_state, groups, kernel, conv_bias,
+                              c.norm_eps, device)
         else:
             self.attn = Attention(
                 c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias,
@@ -61,11 +67,16 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block. With `input_pos` the cache is static (written at input_pos), else it grows.
         A short_conv block takes its state as `k_prev` and returns the next one in its place
-        (`v_prev`, an empty placeholder, passes through)."""
-        if self.conv is not None:
+        (`v_prev`, an empty placeholder, passes through); a mamba2 block takes its convolution
+        state as `k_prev` and its recurrent state as `v_prev`."""
+        if self.attn is None:
             if input_pos is not None:  # a run from position 0 starts from an empty state, as
                 # a static KV cache starts over (a device runner may keep the buffers)
                 k_prev = k_prev * (input_pos[:1] > 0).to(k_prev.dtype)
+                v_prev = v_prev * (input_pos[:1] > 0).to(v_prev.dtype)
+            if self.ssm is not None:
+                h, k_next, v_next = self.ssm(_maybe(self.attn_norm, x), k_prev, v_prev)
+                return self._finish(x, h), k_next, v_next
             h, state = self.conv(_maybe(self.attn_norm, x), k_prev)
             return self._finish(x, h), state, v_prev
         q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)
@@ -337,7 +348,7 @@ class Decoder(nn.Module):
     def cache_lengths(self, length: int | None = None) -> list[int]:
         """Positions each layer's static cache holds: `length` (default context_length; a
         shorter cache serves runs that never go past it), or a sliding layer's window when that
-        is shorter (its ring); 0 for a short_conv layer, which holds a state instead."""
+        is shorter (its ring); 0 for a short_conv or mamba2 layer, which holds a state instead."""
         n = self.config.context_length if length is None else length
         return [0 if b.attn is None else n if b.window is None or b.window >= n else b.window
                 for b in self.layers]
@@ -346,13 +357,19 @@ class Decoder(nn.Module):
                     length: int | None = None) -> tuple[list, list]:
         """Zero static caches: per layer [batch, n_kv_heads, L, head_dim] with L from
         `cache_lengths(length)`; a short_conv layer's zero state [batch, d_model, kernel - 1]
-        and an empty [batch, d_model, 0] in v's place."""
+        and an empty [batch, d_model, 0] in v's place; a mamba2 layer's zero convolution state
+        [batch, channels, kernel - 1] and recurrent state [batch, heads, head_dim, d_state]."""
         c = self.config
         k, v = [], []
         for block, n in zip(self.layers, self.cache_lengths(length)):
             if block.conv is not None:  # the state, and an empty placeholder for v
                 k.append(block.conv.empty_state(batch, dtype))
                 v.append(torch.zeros(batch, c.d_model, 0, dtype=dtype))
+                continue
+            if block.ssm is not None:  # the convolution state and the recurrent state
+                conv, ssm = block.ssm.empty_state(batch, dtype)
+                k.append(conv)
+                v.append(ssm)
                 continue
             k.append(torch.zeros(batch, c.n_kv_heads, n, c.head_dim, dtype=dtype))
             v.append(torch.zeros(batch, c.n_kv_heads, n, c.head_dim, dtype=dtype))
