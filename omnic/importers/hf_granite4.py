@@ -14,7 +14,8 @@ from typing import Any
 
 # GraniteMoeHybridConfig's defaults, for the fields config.json may leave out
 DEFAULTS: dict[str, Any] = {
-    "tie_word_embeddings": False, "rope_theta": 10000.0, "intermediate_size": 11008, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False, "rope_theta": 10000.0, "intermediate_size": 11008,
+    "rms_norm_eps": 1e-6,
     "embedding_multiplier": 1.0, "residual_multiplier": 1.0, "logits_scaling": 1.0,
     "attention_multiplier": 1.0, "num_local_experts": 8, "shared_intermediate_size": 1024,
     "mamba_n_heads": 128, "mamba_n_groups": 1, "mamba_d_state": 256, "mamba_d_head": "auto",

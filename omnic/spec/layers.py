@@ -12,8 +12,8 @@ Kinds: `full` (global attention with RoPE), `sliding` (attention over the last
 `sliding_window.size` tokens, with `rope.sliding`'s base when given), `nope` (global attention with
 no position embedding), `short_conv` (no attention: LFM2's gated short convolution over the last
 `short_conv.kernel` tokens, with a fixed-size state instead of a KV cache), `mamba2` (no attention:
-a Mamba-2 state-space layer, `model.mamba2`, Granite 4; a convolution state and a recurrent state). `rope.rotary_dim`
-rotates only the first dims of each head (partial rotary, Phi-4-mini).
+a Mamba-2 state-space layer, `model.mamba2`, Granite 4; a convolution state and a recurrent
+state). `rope.rotary_dim` rotates only the first dims of each head (partial rotary, Phi-4-mini).
 """
 
 from __future__ import annotations

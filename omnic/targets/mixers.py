@@ -1,7 +1,7 @@
 """Which layer kinds each target's graph carries (torch-free).
 
 Every target runs attention layers with a KV cache. Layers that carry a fixed-size state
-instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv) need each target's own operators
+instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv, Granite 4's mamba2) need each target's own operators
 and state handling; a target refuses the kinds it does not carry in its pre-flight, naming the
 kind, before any work.
 """
@@ -12,8 +12,13 @@ from omnic.spec.layers import STATE_KINDS
 from omnic.targets.rules import Context, Finding, register
 
 # target -> the state kinds it carries (a target not listed carries none)
-CARRIED = {"gguf": {"short_conv"}, "onnx": {"short_conv"}, "tvm": {"short_conv"},
-           "executorch": {"short_conv"}, "coreml": {"short_conv"}}
+CARRIED = {
+    "gguf": {"short_conv"},
+    "onnx": {"short_conv"},
+    "tvm": {"short_conv"},
+    "executorch": {"short_conv"},
+    "coreml": {"short_conv"},
+}
 
 
 def state_kinds(spec_model) -> list[str]:

@@ -12,7 +12,8 @@ s [B, heads, head_dim, d_state].
 
 A call runs its T tokens in the parallel (state-space duality) form as one chunk: with
 c_t = sum_{k<=t} dt_k A, y_i = sum_{j<=i} exp(c_i - c_j) (C_i . B_j) dt_j x_j
-+ exp(c_i) s_0 C_i + D x_i, and the next state is exp(c_T) s_0 + sum_j exp(c_T - c_j) dt_j x_j B_j^T.
++ exp(c_i) s_0 C_i + D x_i, and the next state is
+exp(c_T) s_0 + sum_j exp(c_T - c_j) dt_j x_j B_j^T.
 For one token this is the recurrence itself, so prefill and decode are the same computation;
 the cost of a call grows with T^2, which a runner bounds by prefilling in slices.
 ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/granitemoehybrid/modeling_granitemoehybrid.py
