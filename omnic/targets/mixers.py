@@ -1,8 +1,8 @@
 """Which layer kinds each target's graph carries (torch-free).
 
 Every target runs attention layers with a KV cache. Layers that carry a fixed-size state
-instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv, Granite 4's mamba2) need each target's own operators
-and state handling; a target refuses the kinds it does not carry in its pre-flight, naming the
+instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv, Granite 4's mamba2) need each
+target's own operators and state handling; a target refuses the kinds it does not carry in its pre-flight, naming the
 kind, before any work.
 """
 
