@@ -2,8 +2,8 @@
 
 Every target runs attention layers with a KV cache. Layers that carry a fixed-size state
 instead (`omnic.spec.layers.STATE_KINDS`: LFM2's short_conv, Granite 4's mamba2) need each
-target's own operators and state handling; a target refuses the kinds it does not carry in its pre-flight, naming the
-kind, before any work.
+target's own operators and state handling; a target refuses the kinds it does not carry in its
+pre-flight, naming the kind, before any work.
 """
 
 from __future__ import annotations
