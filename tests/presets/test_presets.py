@@ -119,6 +119,9 @@ PUBLISHED = {
     "granite3.3_2b": 2_533_539_840,  # https://huggingface.co/ibm-granite/granite-3.3-2b-instruct
     "lfm2_350m": 354_483_968,        # https://huggingface.co/LiquidAI/LFM2-350M
     "lfm2_1.2b": 1_170_340_608,      # https://huggingface.co/LiquidAI/LFM2-1.2B
+    # GraniteMoeHybridForCausalLM's count on the published configs (the cards round: 340M, 1.5B)
+    "granite4.0_h_350m": 340_332_224,  # https://huggingface.co/ibm-granite/granite-4.0-h-350m
+    "granite4.0_h_1b": 1_461_538_368,  # https://huggingface.co/ibm-granite/granite-4.0-h-1b
 }
 
 
@@ -138,6 +141,11 @@ def test_per_layer_presets_resolve_to_their_tables():
     gemma = table(store.load("model", "gemma3_270m"))
     assert {(r.window, r.rope.theta) for r in gemma} == {(512, 1e4), (None, 1e6)}
     assert kinds("smollm3_3b") == ["full", "full", "full", "nope"] * 9
+    for name, attention in (("granite4.0_h_350m", [10, 13, 17, 27]),
+                            ("granite4.0_h_1b", [5, 15, 25, 35])):  # NoPE attention, else mamba2
+        rows = table(store.load("model", name))
+        assert [i for i, r in enumerate(rows) if r.attention != "mamba2"] == attention
+        assert all(r.attention in ("mamba2", "full") and r.rope is None for r in rows)
     phi = table(store.load("model", "phi4_mini"))[0].rope
     assert phi.dims == 96 and len(phi.scaling.long_factor) == 48
 
