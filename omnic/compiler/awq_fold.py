@@ -37,6 +37,10 @@ def fold_groups(decoder: Any) -> list[FoldGroup]:
         p = f"layers.{i}."
         if block.conv is not None:  # LFM2's short convolution: the norm makes in_proj's input
             out.append(FoldGroup(p + "attn_norm", (p + "conv.in_proj",)))
+        elif block.ssm is not None:  # Mamba-2: the norm makes in_proj's input, and the gated
+            # norm's weight multiplies out_proj's input channel by channel
+            out.append(FoldGroup(p + "attn_norm", (p + "ssm.in_proj",)))
+            out.append(FoldGroup(p + "ssm.norm", (p + "ssm.out_proj",)))
         else:
             out.append(FoldGroup(p + "attn_norm", (p + "attn.q", p + "attn.k", p + "attn.v")))
             if c.n_heads == c.n_kv_heads:

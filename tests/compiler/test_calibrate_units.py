@@ -64,6 +64,23 @@ def test_hessians_are_the_inputs_gram_matrices_and_chunks_do_not_change_them():
 
 HYBRID = {"qk_norm": True, "short_conv": {"kernel": 3},
           "layer_pattern": ["short_conv", "full", "short_conv"]}  # LFM2's layer kinds
+MAMBA2 = {"layer_pattern": ["mamba2", "nope", "mamba2"],  # Granite 4's layer kinds
+          "mamba2": {"heads": 4, "head_dim": 16, "d_state": 8, "groups": 2, "kernel": 4}}
+
+
+def test_a_mamba2_hybrids_projection_inputs_are_collected():
+    from omnic.compiler.calibration_stats import collect, linears
+
+    dec = _decoder(**MAMBA2)
+    names = {f"layers.{i}.ssm.{m}.weight" for i in (0, 2) for m in ("in_proj", "out_proj")}
+    wins = _windows()
+    by_key = {s.key: s for chunk in collect(dec, wins, linears(dec, names)) for s in chunk}
+    assert sorted(by_key) == [f"layers.{i}.ssm.{m}" for i in (0, 2)
+                              for m in ("in_proj", "out_proj")]
+    # independently: layer 0's in_proj reads the embedding through the layer's norm
+    x = torch.cat([dec.layers[0].attn_norm(dec.embed(torch.tensor(w))) for w in wins]).detach()
+    np.testing.assert_allclose(by_key["layers.0.ssm.in_proj"].hessian(),
+                               (x.T @ x).double().numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_hybrids_convolution_inputs_are_collected():
@@ -86,8 +103,9 @@ def test_a_hybrids_convolution_inputs_are_collected():
 
 @pytest.mark.parametrize("model", [{}, {"n_kv_heads": 4}, {"ffn": {"kind": "gelu", "hidden": 128}},
                                    {"norm": {"kind": "rmsnorm", "eps": 1e-6, "unit_offset": True}},
-                                   HYBRID],
-                         ids=["gqa", "mha-v-to-o", "gelu", "unit-offset-norm", "lfm2-hybrid"])
+                                   HYBRID, MAMBA2],
+                         ids=["gqa", "mha-v-to-o", "gelu", "unit-offset-norm", "lfm2-hybrid",
+                              "granite4-hybrid"])
 def test_awq_fold_keeps_the_function(model):
     from omnic.compiler.awq_fold import FoldGroup, apply, fold_groups
 
@@ -102,9 +120,12 @@ def test_awq_fold_keeps_the_function(model):
     expect = {"attn_norm", "ffn_norm"} | ({"attn.v"} if dec.config.n_heads == dec.config.n_kv_heads
                                           else set())
     expect |= {"ffn.up"} if dec.config.ffn_kind != "gelu" else set()
+    expect |= {"ssm.norm"} if "mamba2" in model else set()
     assert kinds == expect
     if "short_conv" in model:  # a convolution layer's norm makes in_proj's input
         assert FoldGroup("layers.0.attn_norm", ("layers.0.conv.in_proj",)) in groups
+    if "mamba2" in model:  # the gated norm makes out_proj's input
+        assert FoldGroup("layers.0.ssm.norm", ("layers.0.ssm.out_proj",)) in groups
     modules = dict(dec.named_modules())
     rng = np.random.default_rng(1)
     for g in groups:
