@@ -67,6 +67,19 @@ SHAPES: dict[str, dict[str, Any]] = {
         "conv_L_cache": 3, "block_auto_adjust_ff_dim": True, "tie_word_embeddings": True,
         "full_attn_idxs": [2, 5, 8, 10, 12, 14],
     },
+    # granite-4.0-h-350m: 28 Mamba-2 layers and 4 NoPE attention layers (issue 17's hybrid)
+    # (values of presets/models/granite4.0_h_350m.yaml)
+    "granite4.0_h_350m": {
+        "architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid",
+        "hidden_size": 768, "intermediate_size": 2048, "shared_intermediate_size": 2048,
+        "num_hidden_layers": 32, "num_attention_heads": 12, "num_key_value_heads": 4,
+        "vocab_size": 100352, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+        "num_local_experts": 0, "position_embedding_type": "nope", "mamba_n_heads": 48,
+        "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 128, "mamba_d_conv": 4,
+        "mamba_expand": 2, "mamba_chunk_size": 256, "embedding_multiplier": 12.0,
+        "residual_multiplier": 0.246, "attention_multiplier": 0.015625, "logits_scaling": 3.0,
+        "layer_types": ["attention" if i in (10, 13, 17, 27) else "mamba" for i in range(32)],
+    },
     # ref: https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json
     "llama3.2_1b": {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
@@ -398,6 +411,19 @@ def _ort_timer(folder: Path, threads: int, vocab: int):
     return runner.load_s, _timed(runner), {"onnxruntime intra_op_num_threads": threads}
 
 
+def _omnic_onnx_timer(folder: Path, threads: int, vocab: int):
+    """omnic's ONNX model on a plain onnxruntime session through omnic's own runner, which
+    feeds every state layout omnic writes (KV caches, window caches, short_conv and mamba2
+    states): for models onnxruntime-genai cannot run."""
+    from omnic.targets.onnx.target import OnnxRunner
+
+    model = folder / "model.onnx" if folder.is_dir() else folder
+    start = time.perf_counter()
+    runner = OnnxRunner(model, intra_op_threads=threads)
+    return time.perf_counter() - start, _timed(runner), {
+        "onnxruntime intra_op_num_threads": threads, "runner": "omnic OnnxRunner"}
+
+
 def _pte_timer(path: Path, threads: int, vocab: int):
     runner = PteRunner(path, threads)
     return runner.load_s, _timed(runner), {"executorch threadpool threads": runner.threads,
@@ -465,7 +491,7 @@ def _llama_timer(path: Path, threads: int, vocab: int):
 
 
 TIMERS = {"og": _og_timer, "ort": _ort_timer, "llama": _llama_timer, "pte": _pte_timer,
-          "tvm": _tvm_timer}
+          "tvm": _tvm_timer, "omnic_onnx": _omnic_onnx_timer}
 
 
 def worker(kind: str, path: Path, threads: int, prompt_n: int, decode: int, repeat: int,

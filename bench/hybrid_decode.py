@@ -1,14 +1,18 @@
-"""A hybrid model against a transformer of the same size (issue 17): an LFM2-350M-shaped int4
-build (10 short-convolution layers, 6 attention layers) next to a SmolLM-360M-shaped one (32
-attention layers), both random weights, the same omnic recipe, the same threads:
+"""Hybrid models against a transformer of the same size (issue 17): an LFM2-350M-shaped int4
+build (10 short-convolution layers, 6 attention layers) and a Granite-4.0-H-350M-shaped one (28
+Mamba-2 layers, 4 attention layers) next to a SmolLM-360M-shaped one (32 attention layers), all
+random weights, the same omnic recipe, the same threads:
 
     PYTHONPATH=. .venv/bin/python bench/hybrid_decode.py [--work /tmp/hybrid] [--threads 1] \
-        [--rounds 3] [--prompt 128] [--decode 64] [--repeat 3] [--targets gguf,onnx]
+        [--rounds 3] [--prompt 128] [--decode 64] [--repeat 3] [--targets gguf,onnx] \
+        [--shapes lfm2_350m,granite4.0_h_350m,smollm_360m]
 
 1. each shape: a random Hugging Face checkpoint (bench/harness.py SHAPES), `omnic import
    --quant int4_g32 --targets T` with a 2048-token context, compiled (golden 2 x (16 + 8));
 2. decode and prefill tok/s of each artifact in a fresh process per round, rounds interleaved
-   (bench/harness.py workers: `llama` for GGUF, `og` for ONNX through onnxruntime-genai);
+   (bench/harness.py workers: `llama` for GGUF; for ONNX `og` (onnxruntime-genai) where genai
+   runs the model and `omnic_onnx` (a plain onnxruntime session fed by omnic's runner) for
+   every shape, so that the Mamba-2 hybrid, which genai cannot run, has a like-for-like row);
 3. llama.cpp's resident memory (VmRSS) of each GGUF file in a 2048-cell context after 128 and
    after 2048 positions (batches of 128), and with a 128-cell context: what the KV cache and
    the recurrent state cost as the context grows, beside the f16 KV bytes the shapes imply.
@@ -29,8 +33,11 @@ sys.path.insert(0, str(BENCH))
 import harness as h  # noqa: E402
 from executorch_vs_export_llm import cached, summarize  # noqa: E402
 
-SHAPES = {"LFM2-350M-shaped": "lfm2_350m", "SmolLM-360M-shaped": "smollm_360m"}
-WORKERS = {"gguf": "llama", "onnx": "og"}
+NAMES = {"lfm2_350m": "LFM2-350M-shaped", "granite4.0_h_350m": "Granite-4.0-H-350M-shaped",
+         "smollm_360m": "SmolLM-360M-shaped"}
+# target -> the workers that measure it: (worker, the shapes it can run; None: every shape)
+WORKERS = {"gguf": [("llama", None)],
+           "onnx": [("og", {"lfm2_350m", "smollm_360m"}), ("omnic_onnx", None)]}
 CONTEXT = 2048
 
 
@@ -64,10 +71,13 @@ def build(a: argparse.Namespace, name: str, shape: str, target: str, env: dict) 
 
 def kv_mib(config: dict, positions: int) -> float:
     """f16 K and V bytes (MiB) of `positions` in the attention layers of a config.json: the
-    layers whose cache grows; LFM2's convolution layers keep kernel - 1 values per channel."""
+    layers whose cache grows; LFM2's convolution layers keep kernel - 1 values per channel,
+    Granite's Mamba-2 layers a fixed-size state."""
     layers = config["num_hidden_layers"]
     if "full_attn_idxs" in config:
         layers = len(config["full_attn_idxs"])
+    if "layer_types" in config:
+        layers = sum(t == "attention" for t in config["layer_types"])
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     return 2 * layers * config["num_key_value_heads"] * head_dim * positions * 2 / 2**20
 
@@ -111,15 +121,20 @@ def main() -> int:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--decode", type=int, default=64)
     p.add_argument("--targets", default="gguf,onnx")
+    p.add_argument("--shapes", default=",".join(NAMES))
     a = p.parse_args()
+    shapes = {NAMES[s]: s for s in a.shapes.split(",")}
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     env = h.thread_env(a.threads)
     load_start = h.load_average()
     files = {}
     for target in a.targets.split(","):
-        for name, shape in SHAPES.items():
-            files[f"{name} {target}"] = (build(a, name, shape, target, env), WORKERS[target])
+        for name, shape in shapes.items():
+            art = build(a, name, shape, target, env)
+            for kind, runs in WORKERS[target]:
+                if runs is None or shape in runs:
+                    files[f"{name} {target} ({kind})"] = (art, kind)
     results: dict[str, list[dict]] = {n: [] for n in files}
     for r in range(a.rounds):
         for label, (art, kind) in files.items():
@@ -143,8 +158,8 @@ def main() -> int:
                   "| build | n_ctx 128: after 128 | n_ctx 2048: loaded | after 128 | "
                   f"after {CONTEXT} | growth 128 -> {CONTEXT} | f16 KV of those positions |",
                   "|" + "---|" * 7]
-        for name, shape in SHAPES.items():
-            path = files[f"{name} gguf"][0]["path"]
+        for name, shape in shapes.items():
+            path = files[f"{name} gguf (llama)"][0]["path"]
             small = measure_rss(path, a.threads, 128, [128], env)
             big = measure_rss(path, a.threads, CONTEXT, [128, CONTEXT], env)
             lines.append(f"| {name} | {small['128']:.0f} | {big['loaded']:.0f} | "
