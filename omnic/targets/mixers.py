@@ -15,7 +15,7 @@ from omnic.targets.rules import Context, Finding, register
 CARRIED = {
     "gguf": {"short_conv"},
     "onnx": {"short_conv"},
-    "tvm": {"short_conv"},
+    "tvm": {"short_conv", "mamba2"},
     "executorch": {"short_conv"},
     "coreml": {"short_conv"},
 }

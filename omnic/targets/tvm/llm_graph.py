@@ -12,6 +12,9 @@ instead:
   one `call_tir_inplace` per layer (kernels/attention.py) that writes the new keys and values
   into the cache the VM already holds and attends over positions [0, pos] only (a sliding
   layer: its window, from its ring). `main` returns the logits alone; the caches are state.
+  The layers with a state instead of a cache do the same with their own ops: LFM2's
+  `omnic_tvm::short_conv` and Granite 4's `omnic_tvm::mamba2_scan` (the convolution and the
+  selective scan, as a recurrence), each writing its state in place (kernels/).
 
 The custom ops exist for torch.export: their fake kernels give shapes and llm_relax.py converts
 each into its TIR kernel; their torch bodies are slow eager references of the same semantics.
@@ -134,6 +137,42 @@ def _(bx, state, weight):  # type: ignore[no-untyped-def]
     return bx.new_empty(bx.shape)
 
 
+@torch.library.custom_op(f"{NAMESPACE}::mamba2_scan", mutates_args=())
+def mamba2_scan(xbc: torch.Tensor, dt: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                A_log: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor,
+                conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+    """A Mamba-2 layer between in_proj and the gated norm (omnic.model.modules.mamba2): xbc
+    [1, T, channels] and dt [1, T, heads] as in_proj made them, the convolution's weight
+    [channels, 1, kernel] and bias, A_log / D / dt_bias [heads], the states [1, channels,
+    kernel - 1] and [1, heads, head_dim, d_state] -> y [1, T, heads * head_dim].
+
+    The selective scan runs as its recurrence, token by token. The Relax kernels
+    (kernels/mamba2.py) also write both next states in place; this body is the pure reference.
+    """
+    _, heads, head_dim, d_state = ssm_state.shape
+    t, inner = xbc.shape[1], heads * head_dim
+    groups = (xbc.shape[2] - inner) // (2 * d_state)
+    seq = torch.cat((conv_state, xbc.transpose(1, 2)), dim=2)
+    xc = F.silu(F.conv1d(seq, weight, bias, groups=weight.shape[0])).transpose(1, 2)
+    xs, b, c = xc.split([inner, groups * d_state, groups * d_state], dim=-1)
+    xs = xs.reshape(1, t, heads, head_dim)
+    b, c = (m.reshape(1, t, groups, d_state).repeat_interleave(heads // groups, dim=2)
+            for m in (b, c))  # [1, T, heads, N]: group g serves heads / groups heads in turn
+    dt = F.softplus(dt + dt_bias)  # [1, T, heads]
+    decay = torch.exp(dt * -torch.exp(A_log))
+    s, ys = ssm_state, []
+    for i in range(t):
+        s = (decay[:, i, :, None, None] * s
+             + (dt[:, i, :, None] * xs[:, i])[..., None] * b[:, i, :, None, :])
+        ys.append(torch.einsum("bhpn,bhn->bhp", s, c[:, i]) + D[:, None] * xs[:, i])
+    return torch.stack(ys, dim=1).reshape(1, t, inner)
+
+
+@mamba2_scan.register_fake
+def _(xbc, dt, weight, bias, A_log, D, dt_bias, conv_state, ssm_state):  # type: ignore[no-untyped-def]
+    return xbc.new_empty((1, xbc.shape[1], ssm_state.shape[1] * ssm_state.shape[2]))
+
+
 class PackedWeight(nn.Module):
     """A packed matrix's stored arrays as parameters (q, scale, zero), as the params file
     holds them; a symmetric one's zero is a placeholder buffer (never stored)."""
@@ -211,7 +250,8 @@ def stored_name(param_target: str, packed: Mapping[str, PackedTensor]) -> str:
 def fast_module(decoder: "Decoder") -> nn.Module:
     """forward(tokens [1, T], input_pos [T], k_0.., v_0..) -> logits [1, T, V]; the caches are
     written in place by the attention op, a short_conv layer's state (its k) by the
-    short_conv op (see the module docstring)."""
+    short_conv op, a mamba2 layer's convolution state (its k) and recurrent state (its v) by
+    the mamba2_scan op (see the module docstring)."""
     c = decoder.config
     # a sliding layer whose cache is shorter than the context keeps a ring (Decoder._is_ring)
     layers = [(n < c.context_length, b.window or 0)
@@ -230,6 +270,15 @@ def fast_module(decoder: "Decoder") -> nn.Module:
                 a = block.attn
                 cos, sin = tables[d._rope_keys[i]]
                 h_in = x if block.attn_norm is None else block.attn_norm(x)
+                if block.ssm is not None:  # Mamba2.forward: the states are caches[i], [L + i]
+                    m = block.ssm
+                    z, xbc, dt = m.in_proj(h_in).split([m.inner, m.channels, m.heads], dim=-1)
+                    bias = m.conv.bias if m.conv.bias is not None else m.A_log.new_zeros(
+                        m.channels)
+                    y = mamba2_scan(xbc, dt, m.conv.weight, bias, m.A_log, m.D, m.dt_bias,
+                                    caches[i], caches[c.n_layers + i])
+                    x = block._finish(x, m.out_proj(m.norm(y, z)))
+                    continue
                 if a is None:  # a short_conv layer (ShortConv.forward): its state is caches[i]
                     sc = block.conv
                     b, gate, xs = sc.in_proj(h_in).chunk(3, dim=-1)

@@ -7,6 +7,9 @@ of its TIR kernel (kernels/), through `from_exported_program`'s custom_convert_m
                       caches (function parameters, written in place), output 2 the attention
     short_conv        call_tir_inplace of kernels.short_conv: output 0 is the layer's state
                       (written in place), output 1 the convolution
+    mamba2_scan       two call_tir_inplace of kernels.mamba2: the convolution (output 0 the
+                      convolution state, written in place, output 1 SiLU(conv)), then the scan
+                      (output 0 the recurrent state, written in place, output 1 y)
 
 A kernel is added to the module once per distinct shape and kind (`Kernels`).
 """
@@ -40,7 +43,8 @@ class Kernels:
         return {"packed_linear.default": self._linear,
                 "packed_embedding.default": self._embedding,
                 "attention.default": self._attention,
-                "short_conv.default": self._short_conv}
+                "short_conv.default": self._short_conv,
+                "mamba2_scan.default": self._mamba2}
 
     def _linear(self, node: Any, importer: Any) -> Any:
         from tvm import relax
@@ -122,6 +126,32 @@ class Kernels:
         out = bb.emit(relax.call_tir_inplace(
             gv, [bx, state, weight], [1, -1],
             [relax.TensorType([1, d, k - 1], "float32"), relax.TensorType([1, t, d], "float32")]))
+        return bb.emit(relax.TupleGetItem(out, 1))
+
+    def _mamba2(self, node: Any, importer: Any) -> Any:
+        from tvm import relax
+
+        from omnic.targets.tvm.kernels import mamba2 as K
+
+        bb = importer.block_builder
+        xbc, dt, weight, bias, a_log, d, dt_bias, conv_state, ssm_state = (
+            importer.retrieve_args(node))
+        t, width = importer.shape_of(xbc)[1], int(importer.shape_of(xbc)[2])
+        k = int(importer.shape_of(weight)[2])
+        _, heads, head_dim, d_state = (int(n) for n in importer.shape_of(ssm_state))
+        groups = (width - heads * head_dim) // (2 * d_state)
+        conv = self.add(bb, ("mamba2_conv", width, k), lambda: K.conv_kernel(width, k))
+        out = bb.emit(relax.call_tir_inplace(
+            conv, [xbc, conv_state, weight, bias], [1, -1],
+            [relax.TensorType([1, width, k - 1], "float32"),
+             relax.TensorType([1, t, width], "float32")]))
+        xc = bb.emit(relax.TupleGetItem(out, 1))
+        scan = self.add(bb, ("mamba2_scan", heads, head_dim, d_state, groups),
+                        lambda: K.scan_kernel(heads, head_dim, d_state, groups))
+        out = bb.emit(relax.call_tir_inplace(
+            scan, [xc, dt, a_log, d, dt_bias, ssm_state], [5, -1],
+            [relax.TensorType([1, heads, head_dim, d_state], "float32"),
+             relax.TensorType([1, t, heads * head_dim], "float32")]))
         return bb.emit(relax.TupleGetItem(out, 1))
 
 

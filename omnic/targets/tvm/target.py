@@ -126,7 +126,8 @@ def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[st
     """Inputs and outputs of `main` (weights aside); "T" is the dynamic token count, `lengths`
     the positions each layer's cache holds (`Decoder.cache_lengths`). The caches are inputs
     that `main` writes in place (the runner keeps them between calls); they are not returned.
-    A short_conv layer's k input is its state (`Decoder.empty_cache`) and its v is empty."""
+    A short_conv layer's k input is its state (`Decoder.empty_cache`) and its v is empty; a
+    mamba2 layer's k is its convolution state and its v its recurrent state."""
     kv = {f"{kind}_cache.{i}": {"shape": [1, config.n_kv_heads, n, config.head_dim],
                                 "dtype": "float32", "written_in_place": True}
           for kind in ("k", "v") for i, n in enumerate(lengths)}
@@ -135,6 +136,12 @@ def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[st
             kv[f"k_cache.{i}"].update(shape=[1, config.d_model, config.conv_kernel - 1],
                                       holds="short_conv state")
             kv[f"v_cache.{i}"].update(shape=[1, config.d_model, 0], holds="nothing")
+        elif config.mixer_of(i) == "mamba2":  # the convolution state, the recurrent state
+            heads, head_dim, d_state, groups, kernel, _ = config.mamba2
+            channels = heads * head_dim + 2 * groups * d_state
+            kv[f"k_cache.{i}"].update(shape=[1, channels, kernel - 1], holds="mamba2 conv state")
+            kv[f"v_cache.{i}"].update(shape=[1, heads, head_dim, d_state],
+                                      holds="mamba2 recurrent state")
     inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
               "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
     outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}}
