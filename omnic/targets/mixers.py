@@ -14,7 +14,7 @@ from omnic.targets.rules import Context, Finding, register
 # target -> the state kinds it carries (a target not listed carries none)
 CARRIED = {
     "gguf": {"short_conv"},
-    "onnx": {"short_conv"},
+    "onnx": {"short_conv", "mamba2"},
     "tvm": {"short_conv", "mamba2"},
     "executorch": {"short_conv"},
     "coreml": {"short_conv"},

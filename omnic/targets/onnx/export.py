@@ -142,7 +142,10 @@ def finalize(model: "ir.Model", opset: int, producer_version: str) -> None:
             if out.name == "" and not out.uses():  # an optional output left absent
                 continue
             if out.name not in io:
-                out.name = f"{node.op_type.lower()}_{i}" + (f"_{j}" if j else "")
+                name = f"{node.op_type.lower()}_{i}" + (f"_{j}" if j else "")
+                while name in io:  # a constant folded into an initializer kept the exporter's
+                    name = "_" + name  # value name (unsqueeze_35), which may be this one
+                out.name = name
     # Symbolic dims inside the graph keep the exporter's names, which are derived from the
     # graph only; intermediate shapes are dropped entirely when they carry torch's symbols.
     def torch_symbol(d: Any) -> bool:  # s26, u1: names torch.export made up

@@ -12,6 +12,9 @@ section gets genai's `sliding_window`: those layers' buffers hold `window_size` 
 slack of 16) positions instead of max_length, and GroupQueryAttention evicts inside them.
 `slide_key_value_cache` and `slide_inputs` are false: true would select genai's other windowed
 cache, which slides the prompt through a fixed-shape model in chunks (QNN-style exports).
+With Granite 4's mamba2 layers there is no genai_config.json at all: onnxruntime-genai 0.18 has no
+Mamba-2 model type (mamba2_state.py), and a config naming another type would claim a model genai
+cannot run; the folder keeps the tokenizer files, and onnxruntime runs model.onnx.
   ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/models/kv_cache.cpp
        (CreateKeyValueCache, DefaultKeyValueCache: per-layer shapes from sliding_window.layers)
   ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
@@ -24,6 +27,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from omnic.targets.onnx.mamba2_state import GENAI_NOT_RUN, has_mamba2
 
 if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
@@ -43,6 +48,8 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
         share_buffer: every attention layer is a GroupQueryAttention node.
         window_cache: {"window", "layers"} of the layers with window-sized caches, or None.
     """
+    if has_mamba2(spec):  # no type to name (write_genai_files writes no config for it)
+        raise ValueError(f"no genai_config.json for mamba2 layers: {GENAI_NOT_RUN}")
     m = spec.model
     eos = list(tokenizer.eos_ids) or [0]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos[0]
@@ -121,10 +128,13 @@ def write_genai_files(
     spec: "ResolvedSpec", spec_dir: Path, folder: Path, model_file: str, share_buffer: bool = False,
     window_cache: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write genai_config.json and the tokenizer files into `folder`; return the paths written."""
+    """Write genai_config.json and the tokenizer files into `folder`; return the paths written.
+    A decoder with mamba2 layers gets the tokenizer files only (genai has no type for it)."""
     from omnic.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec, spec_dir)
+    if has_mamba2(spec):
+        return list(tokenizer.save(Path(folder)))
     config = genai_config(spec, model_file, tokenizer, share_buffer, window_cache)
     path = Path(folder) / CONFIG_NAME
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

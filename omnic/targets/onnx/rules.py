@@ -117,3 +117,26 @@ def _short_conv(ctx: Context):
         yield Finding(("modalities",),
                       f"onnx has no inputs_embeds decoder (text.onnx) with short_conv layers "
                       f"yet, which modalities need ({', '.join(parts)}): disable targets.onnx")
+
+
+@register(Targets.ONNX, "onnx.mamba2_layout",
+          "mamba2 layers carry their conv and recurrent states as graph I/O (onnxruntime runs "
+          "it; onnxruntime-genai 0.18 has no Mamba-2 type): a token decoder, no short_conv "
+          "layers beside them",
+          "omnic/targets/onnx/mamba2_state.py")
+def _mamba2(ctx: Context):
+    m = ctx.spec.model
+    kinds = {row.attention for row in m.table}
+    if "mamba2" not in kinds:
+        return
+    if "short_conv" in kinds:
+        yield Finding(("model", "layer_pattern"),
+                      "onnx exports either short_conv (genai's lfm2 layout) or mamba2 layers, "
+                      "not both in one decoder: disable targets.onnx")
+    mods = ctx.spec.modalities
+    parts = [k for k in ("vision", "audio", "sensors", "action_head")
+             if getattr(mods, k) is not None]
+    if parts:  # the multimodal folder's text.onnx takes inputs_embeds (multimodal.py)
+        yield Finding(("modalities",),
+                      f"onnx has no inputs_embeds decoder (text.onnx) with mamba2 layers yet, "
+                      f"which modalities need ({', '.join(parts)}): disable targets.onnx")

@@ -3,15 +3,18 @@
 `lower(program, out_dir)` writes the folder `out_dir` (the pipeline passes BUILD/onnx):
   model.onnx (+ model.onnx.data past 128 MiB) the decoder, torch.onnx dynamo export, genai I/O
   genai_config.json, tokenizer.json, ...      so `onnxruntime_genai.Model(folder)` generates
+                                              (no genai_config.json with mamba2 layers: genai
+                                              has no Mamba-2 type; details["genai"] says so)
   embedding.onnx, text.onnx                   multimodal specs only (multimodal.py): token
                                               embeddings, and the decoder on inputs_embeds
 The artifact is that folder (what a user deploys), its path `out_dir.name` relative to the build.
 
 Stages, in order (each a function in a small module):
-  export (export.py; conv_state.py for LFM2's short_conv layers) -> store weights (quant.py:
-  must see the exporter's canonical names, so before any optimizer) -> clean-up and fusions
-  (fusions.py) -> narrow fp16/bf16 weights (quant.py: after the optimizers, which would fold
-  the Casts) -> finalize (deterministic names and metadata) -> save -> genai files (genai.py).
+  export (export.py; conv_state.py for LFM2's short_conv layers, mamba2_state.py for Granite
+  4's mamba2 layers) -> store weights (quant.py: must see the exporter's canonical names, so
+  before any optimizer) -> clean-up and fusions (fusions.py) -> narrow fp16/bf16 weights
+  (quant.py: after the optimizers, which would fold the Casts) -> finalize (deterministic names
+  and metadata) -> save -> genai files (genai.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from omnic.targets.onnx.backend import missing, require_backend
 from omnic.targets.onnx.rounding import activation_rounding
 from omnic.spec.layers import STATE_KINDS
 from omnic.targets.onnx.conv_state import conv_layers, empty_states, present_name
+from omnic.targets.onnx import mamba2_state
 from omnic.targets.onnx.window_cache import empty_cache, window_cache
 
 if TYPE_CHECKING:
@@ -94,7 +98,9 @@ class OnnxTarget:
         opset = opts.opset if opts is not None else 21
         _log.info(f"onnx: exporting the decoder with torch.onnx (dynamo), opset {opset}")
         start = time.perf_counter()
-        if conv_layers(program.decoder):  # LFM2: genai's lfm2 layout, conv states as I/O
+        if mamba2_state.mamba2_layers(program.decoder):  # Granite 4: both states as I/O
+            model = mamba2_state.export_decoder(program.decoder, opset)
+        elif conv_layers(program.decoder):  # LFM2: genai's lfm2 layout, conv states as I/O
             from omnic.targets.onnx import conv_state
 
             model = conv_state.export_decoder(program.decoder, opset)
@@ -152,6 +158,8 @@ class OnnxTarget:
         }
         if windowed:
             details["window_cache"] = windowed
+        if mamba2_state.has_mamba2(spec):  # onnxruntime runs it (golden); genai cannot
+            details["genai"] = {"status": "not_run", "reason": mamba2_state.GENAI_NOT_RUN}
         if onnx_multimodal.wanted(spec):
             details["multimodal"] = onnx_multimodal.details(spec)
         return Artifact(
@@ -241,7 +249,7 @@ def _reload(path: Path) -> "ir.Model":
 class OnnxRunner:
     """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache; a layer with
     a window-sized cache (window_cache.py) keeps its fixed capacity instead, a short_conv
-    layer its fixed-size state (conv_state.py).
+    layer its fixed-size state (conv_state.py), a mamba2 layer its two (mamba2_state.py).
 
     Implements `omnic.targets.base.Runner`: int64 tokens [T] in, float32 logits [T, vocab] out;
     the position advances by T per call; `reset()` empties the cache.
@@ -259,8 +267,9 @@ class OnnxRunner:
         self.session = ort.InferenceSession(
             str(model_path), opts, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
-        # window-sized for windowed layers; zero states for short_conv layers (conv_state.py)
-        self._empty = {**empty_cache(self.session), **empty_states(self.session)}
+        # window-sized for windowed layers; zero states for short_conv and mamba2 layers
+        self._empty = {**empty_cache(self.session), **empty_states(self.session),
+                       **mamba2_state.empty_states(self.session)}
         self.reset()
 
     def reset(self) -> None:

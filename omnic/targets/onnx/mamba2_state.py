@@ -1,0 +1,160 @@
+"""Granite 4's mamba2 layers in the ONNX decoder: their two states as graph inputs and outputs.
+
+A mamba2 layer has no KV cache: it carries the last kernel - 1 inputs of its depthwise
+convolution and its recurrent state s (omnic.model.modules.mamba2), both fixed-size. Each is one
+graph input and one graph output, named by the layer's index among ALL layers in
+onnxruntime-genai's style (the names its model builder gives LFM2's and Qwen3.5's recurrent
+layers), beside the attention layers' usual KV names:
+  inputs   past.{i}.conv                 [batch_size, conv_channels, kernel - 1]  (mamba2 layers)
+           past.{i}.recurrent            [batch_size, heads, head_dim, d_state]   (mamba2 layers)
+           past_key_values.{i}.key/value [batch_size, n_kv_heads, past_sequence_length, head_dim]
+                                         (attention layers only)
+  outputs  present.{i}.conv, present.{i}.recurrent, present.{i}.key/value, likewise
+conv_channels = heads * head_dim + 2 * groups * d_state (x | B | C, the convolution's input).
+The recurrent state is in omnic's (and Hugging Face's) order [heads, head_dim, d_state]: s maps
+C (d_state) to the head's output (head_dim). genai's builder feeds its com.microsoft
+LinearAttention a state [heads, d_k, d_v] = [heads, d_state, head_dim] for the same recurrence
+(k = B, v = dt x, q = C): the transpose of this one. Only the batch dimension is dynamic.
+  ref: https://github.com/microsoft/onnxruntime-genai/blob/main/src/python/py/models/builders/base.py
+       (make_inputs_and_outputs: past.%d.conv, past.%d.recurrent)
+
+onnxruntime runs this graph (the golden check, `OnnxRunner`). onnxruntime-genai cannot: 0.18
+has no Mamba-2 model type (its builder maps GraniteMoeHybridForCausalLM to attention-only
+Granite, its runtime's recurrent caches serve lfm2 and qwen3_5), so the folder gets no
+genai_config.json (a config naming a type genai lacks would be a false claim) and the artifact
+records genai as not run, with `GENAI_NOT_RUN` as the reason.
+
+The layer stays plain ONNX (MatMul, Conv, CumSum, Exp, Einsum ...), as torch.onnx exports
+`Mamba2`: its in_proj and out_proj are the only matrices (int4/int8 as MatMulNBits); the
+convolution, dt_bias and the gated norm stay float32 initializers under their canonical names,
+A_log and D float32 constants the clean-up folds (-exp(A_log), D as a column).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from omnic.targets.onnx.conv_state import PAST_CONV, PRESENT_CONV
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    import torch
+
+    from omnic.spec import ResolvedSpec
+
+PAST_RECURRENT, PRESENT_RECURRENT = "past.%d.recurrent", "present.%d.recurrent"
+GENAI_NOT_RUN = ("onnxruntime-genai 0.18 has no Mamba-2 model type (its GraniteMoeHybrid "
+                 "support is attention-only), so no genai_config.json is written; "
+                 "onnxruntime runs model.onnx")
+
+
+def mamba2_layers(decoder: "torch.nn.Module") -> list[int]:
+    """Indices of the decoder's mamba2 layers (empty: a decoder without any)."""
+    return [i for i, block in enumerate(decoder.layers) if block.ssm is not None]
+
+
+def has_mamba2(spec: "ResolvedSpec") -> bool:
+    """Whether the spec's decoder has mamba2 layers (torch-free)."""
+    return any(row.attention == "mamba2" for row in spec.model.table)
+
+
+def io_names(decoder: "torch.nn.Module") -> tuple[list[str], list[str]]:
+    """Graph input and output names, in the exporter's argument order."""
+    ssm = mamba2_layers(decoder)
+    attn = [i for i in range(len(decoder.layers)) if i not in ssm]
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    inputs += [f"past_key_values.{i}.key" for i in attn]
+    inputs += [f"past_key_values.{i}.value" for i in attn]
+    inputs += [PAST_CONV % i for i in ssm] + [PAST_RECURRENT % i for i in ssm]
+    outputs = ["logits"]
+    outputs += [f"present.{i}.key" for i in attn]
+    outputs += [f"present.{i}.value" for i in attn]
+    outputs += [PRESENT_CONV % i for i in ssm] + [PRESENT_RECURRENT % i for i in ssm]
+    return inputs, outputs
+
+
+def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
+    """`forward_concat` of a decoder with mamba2 layers as an unoptimised ONNX model with the
+    I/O above; initializers keep the state-dict names."""
+    import onnx_ir as ir
+    import torch
+
+    from omnic.targets.onnx.export import BATCH, PAST, SEQ, TOTAL, export_quietly
+
+    c = decoder.config
+    ssm = mamba2_layers(decoder)
+    n_attn = c.n_layers - len(ssm)
+    b, t, p = 2, 3, 4  # sizes > 1: torch.export specialises dimensions of size 0 or 1
+    ids = torch.zeros((b, t), dtype=torch.int64)
+    mask = torch.ones((b, p + t), dtype=torch.int64)
+    pos = torch.arange(p, p + t, dtype=torch.int64)[None].expand(b, t).contiguous()
+    past_k = [torch.zeros(b, c.n_kv_heads, p, c.head_dim) for _ in range(n_attn)]
+    past_v = [torch.zeros(b, c.n_kv_heads, p, c.head_dim) for _ in range(n_attn)]
+    states = [decoder.layers[i].ssm.empty_state(b, torch.float32) for i in ssm]
+    cache_axes = {0: BATCH, 2: PAST}
+    dynamic = {"input_ids": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
+               "position_ids": {0: BATCH, 1: SEQ}, "past_k": [cache_axes] * n_attn,
+               "past_v": [cache_axes] * n_attn,
+               # fixed-size states: only the batch varies
+               "past_conv": [{0: BATCH}] * len(ssm), "past_recurrent": [{0: BATCH}] * len(ssm)}
+    inputs, outputs = io_names(decoder)
+    args = (ids, mask, pos, past_k, past_v, [s[0] for s in states], [s[1] for s in states])
+    model = export_quietly(_hybrid_entry(decoder), args, "the decoder", opset,
+                           dynamic_shapes=dynamic, input_names=inputs, output_names=outputs)
+    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL],
+              "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size]}
+    for v in model.graph.inputs:
+        v.shape = ir.Shape(shapes.get(v.name) or _cache_shape(v.name, decoder, PAST))
+    for v in model.graph.outputs:
+        v.shape = ir.Shape(shapes.get(v.name) or _cache_shape(v.name, decoder, TOTAL))
+    return model
+
+
+def _cache_shape(name: str, decoder: "torch.nn.Module", length: str) -> list:
+    from omnic.targets.onnx.export import BATCH
+
+    c = decoder.config
+    if name.endswith((".conv", ".recurrent")):
+        m = decoder.layers[int(name.split(".")[1])].ssm
+        if name.endswith(".conv"):
+            return [BATCH, m.channels, m.kernel_size - 1]
+        return [BATCH, m.heads, m.head_dim, m.d_state]
+    return [BATCH, c.n_kv_heads, length, c.head_dim]
+
+
+def _hybrid_entry(decoder: "torch.nn.Module") -> "torch.nn.Module":
+    """The decoder as a module whose forward takes the mamba2 states as two lists of their own
+    (the attention layers' past in past_k / past_v, in layer order), for torch.export. It
+    shares every parameter under its canonical name (`Decoder.concat_entry`)."""
+    from omnic.model.modules.decoder import Decoder
+
+    class Mamba2View(Decoder):
+        def forward(self, input_ids, attention_mask, position_ids, past_k, past_v,  # type: ignore[override]
+                    past_conv, past_recurrent):
+            keys, values = iter(past_k), iter(past_v)
+            convs, recurrents = iter(past_conv), iter(past_recurrent)
+            ks, vs = [], []
+            for block in self.layers:  # a mamba2 block: the conv state in k's slot, s in v's
+                ssm = block.ssm is not None
+                ks.append(next(convs) if ssm else next(keys))
+                vs.append(next(recurrents) if ssm else next(values))
+            logits, new_k, new_v = self.forward_concat(input_ids, attention_mask, position_ids,
+                                                       ks, vs)
+            ssm = [i for i, block in enumerate(self.layers) if block.ssm is not None]
+            attn = [i for i in range(len(self.layers)) if i not in ssm]
+            return (logits, [new_k[i] for i in attn], [new_v[i] for i in attn],
+                    [new_k[i] for i in ssm], [new_v[i] for i in ssm])
+
+    entry = decoder.concat_entry()
+    entry.__class__ = Mamba2View
+    return entry
+
+
+def empty_states(session: Any) -> dict[str, np.ndarray]:
+    """Batch-1 zero mamba2 states (past.{i}.recurrent; the conv states come from
+    conv_state.empty_states) of an onnxruntime session: the states before the first token."""
+    return {i.name: np.zeros((1, *i.shape[1:]), dtype=np.float32)
+            for i in session.get_inputs() if i.name.startswith("past.") and
+            i.name.endswith(".recurrent")}
