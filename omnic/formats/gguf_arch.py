@@ -34,6 +34,13 @@ llama-cpp-python 0.3.36 vendored copy), not guessed:
   hold `shortconv.in_proj`, `shortconv.conv` and `shortconv.out_proj`; the kernel is stored
   squeezed to [d, kernel] ("conv op requires 2d tensor") and never quantized, as convert_hf_to_gguf
   and llama-quant.cpp keep it; the final norm is `token_embd_norm` (LLM_TENSOR_OUTPUT_NORM_LFM2).
+- `granitehybrid` ref: src/models/granite-hybrid.cpp, conversion/mamba.py (Mamba2Model.
+  modify_tensors) - a Mamba-2 layer holds `ssm_in` (z | x | B | C | dt rows, as in_proj), the
+  convolution `ssm_conv1d.weight` squeezed to [channels, kernel] with its `.bias`, `ssm_dt.bias`,
+  `ssm_a` = -exp(A_log) and `ssm_d` as [heads, 1] columns (no `.weight` suffix), the gated norm
+  `ssm_norm.weight` as [groups, inner / groups] and `ssm_out`. Only ssm_in and ssm_out are
+  matrices a file type quantizes: llama-quant.cpp never quantizes ssm_conv1d, and the rest are
+  1-D in omnic (norms, biases and per-head values stay F32, as convert_hf_to_gguf keeps them).
 
 Plain Phi-3 checkpoints are llama blocks once imported (omnic splits the fused qkv/gate_up), so
 they are written as `llama`; partial rotary or LongRoPE need llama.cpp's `phi3`, written with the
@@ -96,7 +103,19 @@ GGUF_NAMES = {
     N.CONV_IN: "blk.{bid}.shortconv.in_proj",
     N.CONV_KERNEL: "blk.{bid}.shortconv.conv",
     N.CONV_OUT: "blk.{bid}.shortconv.out_proj",
+    N.SSM_IN: "blk.{bid}.ssm_in",
+    N.SSM_CONV: "blk.{bid}.ssm_conv1d",
+    N.SSM_CONV_BIAS: "blk.{bid}.ssm_conv1d",
+    N.SSM_DT_BIAS: "blk.{bid}.ssm_dt",
+    N.SSM_A_LOG: "blk.{bid}.ssm_a",
+    N.SSM_D: "blk.{bid}.ssm_d",
+    N.SSM_NORM: "blk.{bid}.ssm_norm",
+    N.SSM_OUT: "blk.{bid}.ssm_out",
 }
+# Suffixes other than ".weight" / ".bias" by the omnic name's ending. ref: granite-hybrid.cpp
+# ("no "weight" suffix for these": ssm_a, ssm_d) and Mamba2Model.filter_tensors (dt_bias ->
+# dt_proj.bias -> ssm_dt.bias)
+SUFFIXES = {N.SSM_DT_BIAS: ".bias", N.SSM_A_LOG: "", N.SSM_D: ""}
 # Names an architecture's loader reads instead of GGUF_NAMES'. ref: src/llama-arch.cpp
 # (LLM_TENSOR_OUTPUT_NORM_LFM2 -> "token_embd_norm", "fix for wrong tensor name")
 ARCH_NAMES = {"lfm2": {N.FINAL_NORM: "token_embd_norm"}}
@@ -121,7 +140,9 @@ class GgufTensor:
     shape: tuple[int, ...]
     sources: tuple[str, ...]  # omnic names, in stacking / row order
     transform: str  # "none" | "permute_q" | "permute_k" | "norm_offset" | "stack" | "concat"
-    #                 | "squeeze" (LFM2's [d, 1, kernel] conv kernel stored as [d, kernel])
+    #                 | "squeeze" (a [d, 1, kernel] convolution stored as [d, kernel])
+    #                 | "reshape" (a 1-D source stored 2-D: Mamba-2's D and gated norm)
+    #                 | "neg_exp" (Mamba-2's A_log stored as A = -exp(A_log), [heads, 1])
     is_matrix: bool  # quantizable (2-D and up); 1-D tensors stay F32 as in llama.cpp
     rows: tuple[int, ...] = ()  # "concat": the rows of each source
 
@@ -148,7 +169,7 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
     for info in inventory:
         tmpl, layer = _template(info.name)
         base = names[tmpl].format(bid=layer)
-        suffix = ".bias" if info.name.endswith(".bias") else ".weight"
+        suffix = SUFFIXES.get(tmpl, ".bias" if info.name.endswith(".bias") else ".weight")
         if "{e}" in tmpl:
             group = experts.setdefault(base, [])
             group.append(info)
@@ -165,9 +186,15 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
             out.append(GgufTensor(name.format(bid=layer) + suffix, (sum(rows), *info.shape[1:]),
                                   sources, "concat", True, rows))
             continue
-        if tmpl == N.CONV_KERNEL:  # ref: conversion/lfm2.py: data_torch.squeeze(1)
+        if tmpl in (N.CONV_KERNEL, N.SSM_CONV):  # ref: conversion/lfm2.py: squeeze(1), mamba.py
             d, _, kernel = info.shape
             out.append(GgufTensor(base + suffix, (d, kernel), (info.name,), "squeeze", False))
+            continue
+        if tmpl in _MAMBA2_2D:  # ref: conversion/mamba.py (Mamba2Model.modify_tensors)
+            m = model.mamba2
+            assert m is not None
+            shape = (m.groups, m.inner // m.groups) if tmpl == N.SSM_NORM else (m.heads, 1)
+            out.append(GgufTensor(base + suffix, shape, (info.name,), _MAMBA2_2D[tmpl], False))
             continue
         transform = "none"
         if plan.permute_qk and tmpl in (N.Q, N.Q_BIAS):
@@ -178,6 +205,11 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
             transform = "norm_offset"
         out.append(GgufTensor(base + suffix, info.shape, (info.name,), transform, info.is_matrix))
     return out
+
+
+# Mamba-2's 1-D tensors that the file holds 2-D, and how: A as -exp(A_log) ("unsqueeze A to
+# use similar shape semantics as Mamba-1"), D likewise as a column, the gated norm per group
+_MAMBA2_2D = {N.SSM_A_LOG: "neg_exp", N.SSM_D: "reshape", N.SSM_NORM: "reshape"}
 
 
 def _permute(w: "np.ndarray", n_head: int) -> "np.ndarray":
@@ -209,8 +241,11 @@ def to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model",
         return np.ascontiguousarray(_permute(w, model.kv_heads))
     if t.transform == "norm_offset":
         return w + np.float32(plan.norm_offset)
-    if t.transform == "squeeze":
+    if t.transform in ("squeeze", "reshape"):
         return np.ascontiguousarray(w.reshape(t.shape))
+    if t.transform == "neg_exp":  # the converter's -torch.exp(data_torch), correctly rounded
+        return np.ascontiguousarray((-np.exp(w.astype(np.float64))).astype(np.float32)
+                                    .reshape(t.shape))
     return np.ascontiguousarray(w)
 
 
@@ -238,6 +273,13 @@ def from_gguf(t: GgufTensor, values: "np.ndarray", model: "Model", plan: ArchPla
         values = values - np.float32(plan.norm_offset)
     elif t.transform == "squeeze":
         values = values.reshape(t.shape[0], 1, t.shape[1])
+    elif t.transform == "reshape":
+        values = values.reshape(-1)
+    elif t.transform == "neg_exp":
+        # log(-A) in float64, rounded once: A_log back to within float32 rounding (exp and log
+        # are not exact inverses in floating point, so not always bit for bit)
+        values = np.log(-values.astype(np.float64)).astype(np.float32).reshape(-1)
+        fresh = True
     if fresh and values.flags.c_contiguous:
         return {t.sources[0]: values}
     # else a copy: F32 values may be views of the reader's memory map

@@ -34,6 +34,14 @@ shared keys and `llama_model_rope_type`), not guessed. Per architecture:
   SwiGLU FFN, RMSNorm before both; output optional (tied or not); no MoE (that is `lfm2moe`).
   Its sliding window (read when > 0) covers every attention layer, which omnic's per-layer table
   does not map: refused, as NoPE layers are.
+- `granitehybrid` ref: src/models/granite-hybrid.cpp, src/models/mamba-base.cpp
+  (build_mamba2_layer), conversion/granite.py (GraniteHybridModel) - Granite 4.0-H: a layer
+  whose `head_count_kv` entry is 0 is a Mamba-2 layer (`ssm.*` keys), the others llama
+  attention with optional q/k/v biases and "normal" RoPE; `rope.scaling.finetuned` switches RoPE
+  on or off for every attention layer at once (off: Granite 4.0-H's NoPE); Granite's four
+  scales, each optional; SwiGLU FFN, RMSNorm before both; output optional. The loader asserts
+  `2 * n_embd == ssm.inner_size` (an expansion of 2) and the graph adds `ssm_conv1d.bias`
+  unconditionally; its MoE variant (Granite 4.0-H tiny/small) is not written here.
 
 What none of them can express is an ArchProblem naming the spec field (the target's pre-flight
 reports each before any work).
@@ -45,15 +53,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+from omnic.spec.layers import STATE_KINDS
+
 if TYPE_CHECKING:
     from omnic.spec import Model
     from omnic.spec.layers import LayerRope
 
 # Architectures whose RoPE rotates consecutive pairs (LLAMA_ROPE_TYPE_NORM in llama-model.cpp
 # `llama_model_rope_type`); omnic weights are in the HF rotate-half layout and get permuted.
-NORM_ROPE_ARCHS = frozenset({"llama", "deepseek", "granite", "granite_swa", "smollm3"})
+NORM_ROPE_ARCHS = frozenset({"llama", "deepseek", "granite", "granite_swa", "smollm3",
+                             "granitehybrid"})
 # Architectures that load the optional `rope_freqs` tensor (llama3 scaling), per src/models/*.cpp.
-ROPE_FREQS_ARCHS = frozenset({"llama", "granite", "granite_swa"})
+ROPE_FREQS_ARCHS = frozenset({"llama", "granite", "granite_swa", "granitehybrid"})
 # convert_hf_to_gguf stores Gemma's unit-offset norms as (1 + w) (conversion/gemma.py).
 UNIT_OFFSET_ARCHS = frozenset({"gemma", "gemma2", "gemma3"})
 # Fused attn_qkv / ffn_up (convert_hf_to_gguf keeps Phi-3's qkv_proj and gate_up_proj as they are).
@@ -100,8 +111,9 @@ class Layers(NamedTuple):
     sliding: tuple[bool, ...]  # attention == "sliding"
     window: int | None  # the one window of the sliding layers
     slides: bool  # some layer's window is shorter than the context (the window does something)
-    nope: tuple[bool, ...]  # attention without RoPE (a short_conv row is no attention)
+    nope: tuple[bool, ...]  # attention without RoPE (a state row is no attention)
     conv: tuple[bool, ...]  # LFM2's short convolution: no attention, no KV cache
+    ssm: tuple[bool, ...]  # Granite 4's mamba2: no attention, no KV cache
     full: "LayerRope | None"  # the one RoPE of the full-attention layers that have one
     local: "LayerRope | None"  # the one RoPE of the sliding layers that have one
 
@@ -122,8 +134,9 @@ def layers_of(model: "Model") -> Layers:
     return Layers(
         sliding=tuple(r.attention == "sliding" for r in table), window=window,
         slides=window is not None and window < model.context_length,
-        nope=tuple(r.rope is None and r.attention != "short_conv" for r in table),
-        conv=tuple(r.attention == "short_conv" for r in table), full=full, local=local)
+        nope=tuple(r.rope is None and r.attention not in STATE_KINDS for r in table),
+        conv=tuple(r.attention == "short_conv" for r in table),
+        ssm=tuple(r.attention == "mamba2" for r in table), full=full, local=local)
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,7 @@ class _Caps:
     local_theta: bool = False  # sliding layers may have their own base (rope.freq_base_swa)
     local_unscaled: bool = False  # sliding layers are never scaled (else: scaled like the rest)
     nope: str = "none"  # "none" | "step4" (smollm3) | "any" (the rope_pattern array)
+    #                     | "all" (granitehybrid: one switch for every attention layer)
     scales: bool = False  # granite's embedding/residual/attention/logit scales
     partial: bool = False  # rope.dimension_count < head_dim
     scalings: frozenset[str] = field(default_factory=lambda: frozenset({"linear", "yarn"}))
@@ -168,6 +182,7 @@ CAPS = {
     "granite_swa": _Caps(qkv_bias=True, moe=True, swa=True, nope="any", scales=True,
                          scalings=_LLAMA3),
     "lfm2": _Caps(qk_norm="head", square=True),
+    "granitehybrid": _Caps(qkv_bias=True, nope="all", scales=True, scalings=_LLAMA3),
 }
 _GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
 
@@ -175,6 +190,8 @@ _GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scalin
 def _choose(model: "Model", lay: Layers) -> str:
     """The architecture whose blocks are the spec's (its problems are checked afterwards)."""
     moe, hd = model.moe, model.dim_per_head
+    if any(lay.ssm):
+        return "granitehybrid"  # the one architecture with Mamba-2 layers written here
     if any(lay.conv):
         return "lfm2"  # the one architecture with short-convolution layers
     if not model.pre_norms:
@@ -238,6 +255,7 @@ def plan_arch(model: "Model") -> tuple[ArchPlan | None, list[ArchProblem]]:
     arch = _choose(model, lay)
     problems += _block_problems(model, arch)
     problems += _layer_problems(model, lay, arch)
+    problems += _state_problems(model, lay, arch)
     if problems:
         return None, problems
     swa = lay.sliding if uses_swa(arch, lay) else None
@@ -267,7 +285,7 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     if arch in UNIT_OFFSET_ARCHS and not model.scale_embeddings:
         no("model.scale_embeddings", "always scales embeddings by sqrt(d_model); set "
            "scale_embeddings: true")
-    if arch == "lfm2" and model.scale_embeddings:  # chosen before the scaling archs are
+    if arch in ("lfm2", "granitehybrid") and model.scale_embeddings:  # chosen first
         no("model.scale_embeddings", "does not scale its embeddings")
     if caps.tied is True and not model.tie_embeddings:
         no("model.tie_embeddings", "reads the output projection from token_embd (tied "
@@ -284,8 +302,10 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     if model.qkv_bias and not caps.qkv_bias:
         no("model.qkv_bias", "has no q/k/v biases")
     if moe is not None and not caps.moe:
-        no("model.moe", "has no experts" + (" (LFM2's experts are llama.cpp's lfm2moe, not "
-                                            "written here)" if arch == "lfm2" else ""))
+        no("model.moe", "has no experts" + {
+            "lfm2": " (LFM2's experts are llama.cpp's lfm2moe, not written here)",
+            "granitehybrid": " here (Granite 4.0-H's MoE variants are not written yet)"}.get(
+                arch, ""))
     if caps.square and hd * model.n_heads != model.d_model:
         no("model.head_dim", f"wants head_dim * n_heads == d_model ({hd} * {model.n_heads} != "
            f"{model.d_model})")
@@ -312,6 +332,28 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     return out
 
 
+def _state_problems(model: "Model", lay: Layers, arch: str) -> list[ArchProblem]:
+    """What the layers with a fixed-size state need that `arch` lacks."""
+    out: list[ArchProblem] = []
+    if arch != "lfm2" and any(lay.conv):
+        out.append(ArchProblem("model.layer_pattern", f"llama.cpp's {arch} has no short_conv "
+                               "layers (LFM2's are llama.cpp's lfm2, which has no mamba2 layers)"))
+    m = model.mamba2
+    if arch == "granitehybrid" and m is not None:
+        if m.inner != 2 * model.d_model:
+            # ref: src/models/granite-hybrid.cpp "only an expansion factor of 2 is supported"
+            out.append(ArchProblem("model.mamba2.head_dim", "llama.cpp's granitehybrid "
+                                   "asserts an inner width of 2 * d_model (GGML_ASSERT(2 * n_embd "
+                                   f"== d_inner)): heads * head_dim = {m.heads} * {m.head_dim} "
+                                   f"!= {2 * model.d_model}"))
+        if not m.conv_bias:
+            # ref: src/models/mamba-base.cpp adds ssm_conv1d_b whether it was loaded or not
+            out.append(ArchProblem("model.mamba2.conv_bias", "llama.cpp's granitehybrid adds "
+                                   "the convolution's bias (ssm_conv1d.bias) unconditionally; "
+                                   "a convolution without one cannot be loaded"))
+    return out
+
+
 def _layer_problems(model: "Model", lay: Layers, arch: str) -> list[ArchProblem]:
     """What the per-layer table needs that `arch` lacks (windows, NoPE, RoPE per layer kind)."""
     caps, hd, ctx = CAPS[arch], model.dim_per_head, model.context_length
@@ -333,6 +375,9 @@ def _layer_problems(model: "Model", lay: Layers, arch: str) -> list[ArchProblem]
         elif caps.nope == "step4" and lay.nope != step:
             no("model.layer_pattern", f"drops RoPE on every {SMOLLM3_NOPE_STEP}th layer exactly "
                "(n_no_rope_layer_step, hard-coded): the pattern must be \"3 full : 1 nope\"")
+        elif caps.nope == "all" and lay.main is not None:
+            no("model.layer_pattern", "switches RoPE on or off for every attention layer at "
+               "once (rope.scaling.finetuned): make all attention layers nope, or none")
     full, local, swa = lay.full, lay.local, uses_swa(arch, lay)
     if full is not None and local is not None and full != local:
         if full.dims != local.dims:

@@ -54,11 +54,16 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
     w.add_block_count(model.n_layers)
     w.add_feed_forward_length(model.ffn.hidden)
     w.add_head_count(model.n_heads)
-    if arch == "lfm2":
-        # ref: conversion/lfm2.py (LFM2Model.set_gguf_parameters) - head_count_kv per layer, 0 on
-        # the convolution layers: src/models/lfm2.cpp takes n_head_kv(il) == 0 for "recurrent"
-        w.add_head_count_kv([0 if conv else model.kv_heads for conv in lay.conv])
-        w.add_shortconv_l_cache(model.short_conv.kernel)  # type: ignore[union-attr]
+    if arch in ("lfm2", "granitehybrid"):
+        # ref: conversion/lfm2.py (LFM2Model), conversion/granite.py (GraniteHybridModel) -
+        # head_count_kv per layer, 0 on the layers with a state: src/models/lfm2.cpp and
+        # granite-hybrid.cpp take n_head_kv(il) == 0 for "recurrent"
+        w.add_head_count_kv([0 if conv or ssm else model.kv_heads
+                             for conv, ssm in zip(lay.conv, lay.ssm)])
+        if arch == "lfm2":
+            w.add_shortconv_l_cache(model.short_conv.kernel)  # type: ignore[union-attr]
+        else:
+            _write_mamba2(w, model, rope is not None)
     else:
         w.add_head_count_kv(model.kv_heads)
     w.add_key_length(hd)
@@ -122,6 +127,32 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
         w.add_sliding_window(model.context_length)  # cover the context
     elif arch == "phi3":  # as convert_hf_to_gguf writes it for Phi-4 (0: no window)
         w.add_sliding_window(0)
+
+
+def _write_mamba2(w: Any, model: "Model", rope: bool) -> None:
+    """granitehybrid's own keys, as conversion/granite.py (GraniteHybridModel) writes them.
+
+    ssm.time_step_rank is the number of heads ("mamba_dt_rank is _not_ the right field"), and
+    `rope.scaling.finetuned` is the RoPE switch of every attention layer (False for Granite
+    4.0-H's NoPE; llama.cpp defaults to True when it is absent). Granite's scales are written
+    when the spec sets them (the converter writes the truthy ones; llama.cpp's neutral defaults
+    otherwise: no logit or residual scaling, 1/sqrt(head_dim) scores). The context length is the
+    spec's, not the converter's 2**20 for NoPE models: the file keeps what was compiled.
+    """
+    m = model.mamba2
+    assert m is not None
+    w.add_ssm_conv_kernel(m.kernel)
+    w.add_ssm_inner_size(m.inner)
+    w.add_ssm_state_size(m.d_state)
+    w.add_ssm_time_step_rank(m.heads)
+    w.add_ssm_group_count(m.groups)
+    w.add_rope_scaling_finetuned(rope)
+    for value, add in ((model.logits_scaling, w.add_logit_scale),
+                       (model.residual_multiplier, w.add_residual_scale),
+                       (model.embedding_multiplier, w.add_embedding_scale),
+                       (model.attn_scale, w.add_attention_scale)):
+        if value is not None:
+            add(value)
 
 
 def extra_tensors(model: "Model", plan: ArchPlan) -> list[tuple[str, "np.ndarray"]]:

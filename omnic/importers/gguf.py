@@ -12,8 +12,9 @@ gguf-py's `GGUFReader` (a memory map; numpy only) and undoes what llama.cpp's co
   pre-tokenizer named by `tokenizer.ggml.pre`), written beside the spec.
 
 Architectures: llama (Llama, Mistral, SmolLM...), qwen2, qwen3 and qwen3moe, gemma3, smollm3,
-phi3 (fused tensors split, partial rotary, LongRoPE), olmo2, granite and lfm2 (short-convolution
-layers where head_count_kv is 0), each read with the keys
+phi3 (fused tensors split, partial rotary, LongRoPE), olmo2, granite, lfm2 (short-convolution
+layers where head_count_kv is 0) and granitehybrid (Granite 4.0-H: Mamba-2 layers where
+head_count_kv is 0, A_log = log(-ssm_a)), each read with the keys
 and layouts the GGUF target writes (omnic.formats.gguf_families / gguf_hparams). Anything else is
 refused with UnsupportedModel, naming what is missing. The file's own quantization
 (`source_quantization`) is recorded in the manifest.
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "smollm3", "phi3", "olmo2",
-                 "granite", "lfm2")
+                 "granite", "lfm2", "granitehybrid")
 _MISSING = object()
 
 
@@ -134,6 +135,10 @@ def model_from_gguf(reader: Any) -> tuple[str, dict[str, Any]]:
         model["qk_norm"] = True
     if arch in _FAMILY:
         _FAMILY[arch](model, key)
+    if arch == "granitehybrid":  # the bias is a tensor llama.cpp's loader does not require
+        kv = key("attention.head_count_kv")
+        first = next(i for i, n in enumerate(kv) if int(n) == 0)
+        model["mamba2"]["conv_bias"] = f"blk.{first}.ssm_conv1d.bias" in names
     return arch, model
 
 
@@ -251,12 +256,18 @@ def _granite(model: dict[str, Any], key: Any) -> None:
     if not bool(key("rope.scaling.finetuned", True)):
         raise UnsupportedModel("granite: rope.scaling.finetuned = false (no RoPE on any layer) "
                                "is not imported")
+    _granite_scales(model, key)
+
+
+def _granite_scales(model: dict[str, Any], key: Any) -> None:
+    """Granite's scales; 0 or absent is llama.cpp's neutral value, and so is 1 for all but the
+    attention scale (whose neutral value is 1/sqrt(head_dim): a 1 there is a real scale)."""
     for gguf_key, spec_field in (("embedding_scale", "embedding_multiplier"),
                                  ("residual_scale", "residual_multiplier"),
                                  ("logit_scale", "logits_scaling"),
                                  ("attention.scale", "attn_scale")):
         value = key(gguf_key, None)
-        if value and _real(value) != 1.0:
+        if value and (_real(value) != 1.0 or spec_field == "attn_scale"):
             model[spec_field] = _real(value)
 
 
@@ -281,9 +292,26 @@ def _lfm2(model: dict[str, Any], key: Any) -> None:
     model["qk_norm"] = True  # per head on every attention layer (blk.0 is a convolution)
 
 
-_FAMILY = {"lfm2": _lfm2, "gemma3": _gemma3, "olmo2": _olmo2, "smollm3": _smollm3,
-           "granite": _granite,
-           "qwen3moe": _qwen3moe, "phi3": _phi3}
+def _granitehybrid(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/granite-hybrid.cpp - a layer with no KV heads is a Mamba-2 layer; RoPE on
+    # every attention layer or on none (rope.scaling.finetuned, true when absent)
+    attention = "full" if bool(key("rope.scaling.finetuned", True)) else "nope"
+    kv = key("attention.head_count_kv")
+    if not isinstance(kv, list) or 0 not in [int(n) for n in kv]:
+        raise UnsupportedModel("granitehybrid: no layer has head_count_kv 0 (no Mamba-2 layer); "
+                               "llama.cpp's converter writes such models as granite")
+    model["layer_pattern"] = compact_pattern(["mamba2" if int(n) == 0 else attention
+                                              for n in kv])
+    heads, inner = int(key("ssm.time_step_rank")), int(key("ssm.inner_size"))
+    model["mamba2"] = {"heads": heads, "head_dim": inner // heads,
+                       "d_state": int(key("ssm.state_size")),
+                       "groups": int(key("ssm.group_count")),
+                       "kernel": int(key("ssm.conv_kernel"))}
+    _granite_scales(model, key)
+
+
+_FAMILY = {"lfm2": _lfm2, "granitehybrid": _granitehybrid, "gemma3": _gemma3, "olmo2": _olmo2,
+           "smollm3": _smollm3, "granite": _granite, "qwen3moe": _qwen3moe, "phi3": _phi3}
 
 
 def gguf_weights(path: Path | str, inventory: list["TensorInfo"], model: "Model"

@@ -13,7 +13,7 @@ from omnic.targets.rules import Context, Finding, register
 
 # target -> the state kinds it carries (a target not listed carries none)
 CARRIED = {
-    "gguf": {"short_conv"},
+    "gguf": {"short_conv", "mamba2"},
     "onnx": {"short_conv", "mamba2"},
     "tvm": {"short_conv", "mamba2"},
     "executorch": {"short_conv"},

@@ -56,9 +56,9 @@ FILE_TYPES = {
 K_QUANTS = frozenset(name for name, ft in FILE_TYPES.items() if ft.tensor_type is None)
 
 # GGUF names llama.cpp never quantizes (llama-quant.cpp `tensor_allows_quantization`,
-# convert_hf_to_gguf keeps them F32): the MoE router and LFM2's convolution kernel (which
-# gguf_arch already marks as no matrix: 3-D in omnic, squeezed to 2-D in the file).
-KEEP_F32_SUFFIXES = ("ffn_gate_inp.weight", "shortconv.conv.weight")
+# convert_hf_to_gguf keeps them F32): the MoE router and the convolution kernels of LFM2 and
+# Mamba-2 (which gguf_arch already marks as no matrix: 3-D in omnic, squeezed to 2-D in the file).
+KEEP_F32_SUFFIXES = ("ffn_gate_inp.weight", "shortconv.conv.weight", "ssm_conv1d.weight")
 
 
 def _problem(field: str, message: str) -> Any:

@@ -99,7 +99,9 @@ def warnings_of(records: list[tuple[int, str]], n_ctx: int | None = None,
 def uniform_v_width(path: str) -> int | None:
     """The V width (n_kv_heads * value_length) shared by every layer of GGUF `path` that has a
     KV cache, when its per-layer `head_count_kv` array also holds zeros (layers without one, as
-    LFM2's convolutions); None otherwise."""
+    LFM2's convolutions and Granite 4's Mamba-2 layers); None otherwise. value_length defaults
+    to embedding_length / head_count, as llama.cpp's loader has it (convert_hf_to_gguf writes
+    no value_length for granitehybrid)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
@@ -110,6 +112,9 @@ def uniform_v_width(path: str) -> int | None:
         return None if field is None else field.contents()
 
     heads, width = key(gguf.Keys.Attention.HEAD_COUNT_KV), key(gguf.Keys.Attention.VALUE_LENGTH)
+    n_embd, n_head = key(gguf.Keys.LLM.EMBEDDING_LENGTH), key(gguf.Keys.Attention.HEAD_COUNT)
+    if width is None and n_embd and n_head:
+        width = int(n_embd) // int(n_head)
     if not isinstance(heads, list) or width is None or len(set(heads) - {0}) != 1:
         return None
     return int(max(heads)) * int(width)
