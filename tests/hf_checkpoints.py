@@ -114,3 +114,35 @@ def make_checkpoint(family: str, root: Path, **overrides) -> Path:
     model.save_pretrained(out)
     ByteTokenizer(COMMON["vocab_size"]).save(out)
     return out
+
+
+# one short golden case (the compile's own check, inside the suite's time budget) and the
+# int4 weights a scheme_builds "int4" build gets
+GOLDEN = {"cases": 1, "prompt_tokens": 12, "decode_steps": 8}
+INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
+
+
+def scheme_builds(spec_path: Path, tmp_path_factory, golden: dict = GOLDEN, int4: dict = INT4,
+                  **extra):
+    """scheme -> the pipeline's CompileResult for the imported spec at `spec_path` with golden
+    settings `golden` (and the top-level `extra` keys), quantized with `int4` for scheme "int4":
+    one build per scheme, made on first use (for a module-scoped fixture to share)."""
+    import yaml
+
+    from omnic.compiler.pipeline import compile
+
+    built: dict[str, object] = {}
+
+    def build(scheme: str):
+        if scheme not in built:
+            data = yaml.safe_load(spec_path.read_text())
+            data.update(golden=golden, **extra)
+            if scheme == "int4":
+                data["quantization"] = int4
+            path = spec_path.with_name(f"{spec_path.stem}_{scheme}.yaml")
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            built[scheme] = compile(path, tmp_path_factory.mktemp(scheme) / "build",
+                                    progress=False, cache=False)
+        return built[scheme]
+
+    return build

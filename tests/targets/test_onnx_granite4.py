@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import import_checkpoint  # noqa: E402
+from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +44,6 @@ PROMPT = np.random.default_rng(3).integers(0, 256, 12).astype(np.int64)
 SSM, ATTENTION = [0, 1, 3], [2]
 HEADS, HEAD_DIM, D_STATE, GROUPS, KERNEL = 4, 32, 16, 2, 4  # hf_checkpoints' granite4
 CHANNELS = HEADS * HEAD_DIM + 2 * GROUPS * D_STATE  # x | B | C
-GOLDEN = {"cases": 1, "prompt_tokens": 12, "decode_steps": 8}
-INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +56,7 @@ def granite4(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def compiled(granite4, tmp_path_factory):
     """scheme -> the pipeline's CompileResult for the imported spec at that scheme (one build
     each, shared by the module)."""
-    from omnic.compiler.pipeline import compile
-
-    _, spec_path = granite4
-    built: dict[str, object] = {}
-
-    def build(scheme: str):
-        if scheme not in built:
-            data = yaml.safe_load(spec_path.read_text())
-            data["golden"] = GOLDEN
-            if scheme == "int4":
-                data["quantization"] = INT4
-            path = spec_path.with_name(f"granite4_{scheme}.yaml")
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
-            built[scheme] = compile(path, tmp_path_factory.mktemp(scheme) / "build",
-                                    progress=False, cache=False)
-        return built[scheme]
-
-    return build
+    return scheme_builds(granite4[1], tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

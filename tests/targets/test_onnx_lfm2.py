@@ -25,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("onnxruntime")
 og = pytest.importorskip("onnxruntime_genai")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import import_checkpoint  # noqa: E402
+from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,6 @@ STEPS = 16
 PROMPT = np.random.default_rng(3).integers(0, 256, 12).astype(np.int64)
 KERNEL, D_MODEL = 4, 64  # hf_checkpoints' conv_L_cache and hidden_size
 CONVS, ATTENTION = [0, 1, 3], [2]
-GOLDEN = {"cases": 1, "prompt_tokens": 12, "decode_steps": 8}
-INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
 
 
 @pytest.fixture(scope="module")
@@ -54,24 +51,7 @@ def lfm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def compiled(lfm2, tmp_path_factory):
     """scheme -> the pipeline's CompileResult for the imported spec at that scheme."""
-    from omnic.compiler.pipeline import compile
-
-    _, spec_path = lfm2
-    built: dict[str, object] = {}
-
-    def build(scheme: str):
-        if scheme not in built:
-            data = yaml.safe_load(spec_path.read_text())
-            data["golden"] = GOLDEN
-            if scheme == "int4":
-                data["quantization"] = INT4
-            path = spec_path.with_name(f"lfm2_{scheme}.yaml")
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
-            built[scheme] = compile(path, tmp_path_factory.mktemp(scheme) / "build",
-                                    progress=False, cache=False)
-        return built[scheme]
-
-    return build
+    return scheme_builds(lfm2[1], tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import import_checkpoint  # noqa: E402
+from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,6 @@ ATOL = 1e-4
 KERNEL_ATOL = 1e-5
 STEPS = 16
 PROMPT = [256, 12, 250, 99, 7, 301, 45, 45, 3, 510, 128, 64]
-GOLDEN = {"cases": 1, "prompt_tokens": 12, "decode_steps": 8}
-INT4 = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
 # the host alone: desktop_cpu's target triple would add a cross build that nothing here runs
 HOST = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
 MAMBA_LAYERS = 3  # hf_checkpoints' granite4: mamba, mamba, attention, mamba
@@ -56,24 +54,7 @@ def granite4(tmp_path_factory):
 @pytest.fixture(scope="module")
 def compiled(granite4, tmp_path_factory):
     """scheme -> the pipeline's CompileResult for the imported spec at that scheme (built once)."""
-    from omnic.compiler.pipeline import compile
-
-    _, spec_path = granite4
-    built: dict[str, object] = {}
-
-    def build(scheme: str):
-        if scheme not in built:
-            data = yaml.safe_load(spec_path.read_text())
-            data.update(golden=GOLDEN, device=HOST)
-            if scheme == "int4":
-                data["quantization"] = INT4
-            path = spec_path.with_name(f"granite4_{scheme}.yaml")
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
-            built[scheme] = compile(path, tmp_path_factory.mktemp(scheme) / "build",
-                                    progress=False, cache=False)
-        return built[scheme]
-
-    return build
+    return scheme_builds(granite4[1], tmp_path_factory, device=HOST)
 
 
 def _artifact(result):

@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from omnic.targets.onnx import state_export
+from omnic.targets.onnx.state_export import StateKind
+
 if TYPE_CHECKING:
     import onnx_ir as ir
     import torch
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 PAST_CONV, PRESENT_CONV = "past.%d.conv", "present.%d.conv"  # genai's name templates
 # genai's layer_types vocabulary (LFM2Cache: anything but full_attention is a conv layer)
 GENAI_CONV, GENAI_ATTENTION = "conv", "full_attention"
+CONV = StateKind("past_conv", PAST_CONV, PRESENT_CONV)  # the layer's one state
 
 
 def conv_layers(decoder: "torch.nn.Module") -> list[int]:
@@ -45,64 +49,16 @@ def conv_layers(decoder: "torch.nn.Module") -> list[int]:
     return [i for i, block in enumerate(decoder.layers) if block.conv is not None]
 
 
-def io_names(decoder: "torch.nn.Module") -> tuple[list[str], list[str]]:
-    """Graph input and output names of a hybrid decoder, in the exporter's argument order."""
-    convs = conv_layers(decoder)
-    attn = [i for i in range(len(decoder.layers)) if i not in convs]
-    inputs = ["input_ids", "attention_mask", "position_ids"]
-    inputs += [f"past_key_values.{i}.key" for i in attn]
-    inputs += [f"past_key_values.{i}.value" for i in attn]
-    inputs += [PAST_CONV % i for i in convs]
-    outputs = ["logits"]
-    outputs += [f"present.{i}.key" for i in attn]
-    outputs += [f"present.{i}.value" for i in attn]
-    outputs += [PRESENT_CONV % i for i in convs]
-    return inputs, outputs
-
-
 def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     """`forward_concat` of a decoder with short_conv layers as an unoptimised ONNX model in
     genai's lfm2 layout (the names above); initializers keep the state-dict names."""
-    import onnx_ir as ir
     import torch
-
-    from omnic.targets.onnx.export import BATCH, PAST, SEQ, TOTAL, export_quietly
 
     c = decoder.config
     convs = conv_layers(decoder)
-    n_attn = c.n_layers - len(convs)
-    b, t, p = 2, 3, 4  # sizes > 1: torch.export specialises dimensions of size 0 or 1
-    ids = torch.zeros((b, t), dtype=torch.int64)
-    mask = torch.ones((b, p + t), dtype=torch.int64)
-    pos = torch.arange(p, p + t, dtype=torch.int64)[None].expand(b, t).contiguous()
-    past_k = [torch.zeros(b, c.n_kv_heads, p, c.head_dim) for _ in range(n_attn)]
-    past_v = [torch.zeros(b, c.n_kv_heads, p, c.head_dim) for _ in range(n_attn)]
-    past_conv = [torch.zeros(b, c.d_model, c.conv_kernel - 1) for _ in convs]
-    cache_axes = {0: BATCH, 2: PAST}
-    dynamic = {"input_ids": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
-               "position_ids": {0: BATCH, 1: SEQ}, "past_k": [cache_axes] * n_attn,
-               "past_v": [cache_axes] * n_attn,
-               # only the batch varies: genai allocates the state from the input's fixed dims
-               "past_conv": [{0: BATCH}] * len(convs)}
-    inputs, outputs = io_names(decoder)
-    args = (ids, mask, pos, past_k, past_v, past_conv)
-    model = export_quietly(_hybrid_entry(decoder), args, "the decoder", opset,
-                           dynamic_shapes=dynamic, input_names=inputs, output_names=outputs)
-    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL],
-              "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size]}
-    for v in model.graph.inputs:
-        v.shape = ir.Shape(shapes.get(v.name) or _cache_shape(v.name, c, PAST))
-    for v in model.graph.outputs:
-        v.shape = ir.Shape(shapes.get(v.name) or _cache_shape(v.name, c, TOTAL))
-    return model
-
-
-def _cache_shape(name: str, c: Any, length: str) -> list:
-    from omnic.targets.onnx.export import BATCH
-
-    if name.endswith(".conv"):
-        return [BATCH, c.d_model, c.conv_kernel - 1]
-    return [BATCH, c.n_kv_heads, length, c.head_dim]
+    return state_export.export_decoder(
+        decoder, opset, _hybrid_entry(decoder), convs, [CONV],
+        lambda b: [[torch.zeros(b, c.d_model, c.conv_kernel - 1) for _ in convs]])
 
 
 def _hybrid_entry(decoder: "torch.nn.Module") -> "torch.nn.Module":
@@ -158,6 +114,4 @@ def present_name(past: str) -> str:
 def empty_states(session: Any) -> dict[str, np.ndarray]:
     """Batch-1 zero conv states (past.{i}.conv) of an onnxruntime session: the state before
     the first token, as genai starts it."""
-    return {i.name: np.zeros((1, *i.shape[1:]), dtype=np.float32)
-            for i in session.get_inputs() if i.name.startswith("past.") and
-            i.name.endswith(".conv")}
+    return state_export.empty_states(session, ".conv")

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from omnic.targets.onnx.conv_state import PAST_CONV, PRESENT_CONV
+from omnic.targets.onnx import state_export
+from omnic.targets.onnx.conv_state import CONV
+from omnic.targets.onnx.state_export import StateKind
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from omnic.spec import ResolvedSpec
 
 PAST_RECURRENT, PRESENT_RECURRENT = "past.%d.recurrent", "present.%d.recurrent"
+RECURRENT = StateKind("past_recurrent", PAST_RECURRENT, PRESENT_RECURRENT)  # s, beside CONV
 GENAI_NOT_RUN = ("onnxruntime-genai 0.18 has no Mamba-2 model type (its GraniteMoeHybrid "
                  "support is attention-only), so no genai_config.json is written; "
                  "onnxruntime runs model.onnx")
@@ -60,68 +63,19 @@ def has_mamba2(spec: "ResolvedSpec") -> bool:
     return any(row.attention == "mamba2" for row in spec.model.table)
 
 
-def io_names(decoder: "torch.nn.Module") -> tuple[list[str], list[str]]:
-    """Graph input and output names, in the exporter's argument order."""
-    ssm = mamba2_layers(decoder)
-    attn = [i for i in range(len(decoder.layers)) if i not in ssm]
-    inputs = ["input_ids", "attention_mask", "position_ids"]
-    inputs += [f"past_key_values.{i}.key" for i in attn]
-    inputs += [f"past_key_values.{i}.value" for i in attn]
-    inputs += [PAST_CONV % i for i in ssm] + [PAST_RECURRENT % i for i in ssm]
-    outputs = ["logits"]
-    outputs += [f"present.{i}.key" for i in attn]
-    outputs += [f"present.{i}.value" for i in attn]
-    outputs += [PRESENT_CONV % i for i in ssm] + [PRESENT_RECURRENT % i for i in ssm]
-    return inputs, outputs
-
-
 def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
     """`forward_concat` of a decoder with mamba2 layers as an unoptimised ONNX model with the
     I/O above; initializers keep the state-dict names."""
-    import onnx_ir as ir
     import torch
 
-    from omnic.targets.onnx.export import BATCH, PAST, SEQ, TOTAL, export_quietly
-
-    c = decoder.config
     ssm = mamba2_layers(decoder)
-    n_attn = c.n_layers - len(ssm)
-    b, t, p = 2, 3, 4  # sizes > 1: torch.export specialises dimensions of size 0 or 1
-    ids = torch.zeros((b, t), dtype=torch.int64)
-    mask = torch.ones((b, p + t), dtype=torch.int64)
-    pos = torch.arange(p, p + t, dtype=torch.int64)[None].expand(b, t).contiguous()
-    past_k = [torch.zeros(b, c.n_kv_heads, p, c.head_dim) for _ in range(n_attn)]
-    past_v = [torch.zeros(b, c.n_kv_heads, p, c.head_dim) for _ in range(n_attn)]
-    states = [decoder.layers[i].ssm.empty_state(b, torch.float32) for i in ssm]
-    cache_axes = {0: BATCH, 2: PAST}
-    dynamic = {"input_ids": {0: BATCH, 1: SEQ}, "attention_mask": {0: BATCH, 1: TOTAL},
-               "position_ids": {0: BATCH, 1: SEQ}, "past_k": [cache_axes] * n_attn,
-               "past_v": [cache_axes] * n_attn,
-               # fixed-size states: only the batch varies
-               "past_conv": [{0: BATCH}] * len(ssm), "past_recurrent": [{0: BATCH}] * len(ssm)}
-    inputs, outputs = io_names(decoder)
-    args = (ids, mask, pos, past_k, past_v, [s[0] for s in states], [s[1] for s in states])
-    model = export_quietly(_hybrid_entry(decoder), args, "the decoder", opset,
-                           dynamic_shapes=dynamic, input_names=inputs, output_names=outputs)
-    shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL],
-              "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size]}
-    for v in model.graph.inputs:
-        v.shape = ir.Shape(shapes.get(v.name) or _cache_shape(v.name, decoder, PAST))
-    for v in model.graph.outputs:
-        v.shape = ir.Shape(shapes.get(v.name) or _cache_shape(v.name, decoder, TOTAL))
-    return model
 
+    def dummy_states(b: int) -> list[list[torch.Tensor]]:
+        states = [decoder.layers[i].ssm.empty_state(b, torch.float32) for i in ssm]
+        return [[s[0] for s in states], [s[1] for s in states]]
 
-def _cache_shape(name: str, decoder: "torch.nn.Module", length: str) -> list:
-    from omnic.targets.onnx.export import BATCH
-
-    c = decoder.config
-    if name.endswith((".conv", ".recurrent")):
-        m = decoder.layers[int(name.split(".")[1])].ssm
-        if name.endswith(".conv"):
-            return [BATCH, m.channels, m.kernel_size - 1]
-        return [BATCH, m.heads, m.head_dim, m.d_state]
-    return [BATCH, c.n_kv_heads, length, c.head_dim]
+    return state_export.export_decoder(decoder, opset, _hybrid_entry(decoder), ssm,
+                                       [CONV, RECURRENT], dummy_states)
 
 
 def _hybrid_entry(decoder: "torch.nn.Module") -> "torch.nn.Module":
@@ -155,6 +109,4 @@ def _hybrid_entry(decoder: "torch.nn.Module") -> "torch.nn.Module":
 def empty_states(session: Any) -> dict[str, np.ndarray]:
     """Batch-1 zero mamba2 states (past.{i}.recurrent; the conv states come from
     conv_state.empty_states) of an onnxruntime session: the states before the first token."""
-    return {i.name: np.zeros((1, *i.shape[1:]), dtype=np.float32)
-            for i in session.get_inputs() if i.name.startswith("past.") and
-            i.name.endswith(".recurrent")}
+    return state_export.empty_states(session, ".recurrent")
