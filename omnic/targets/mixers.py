@@ -16,8 +16,8 @@ CARRIED = {
     "gguf": {"short_conv", "mamba2"},
     "onnx": {"short_conv", "mamba2"},
     "tvm": {"short_conv", "mamba2"},
-    "executorch": {"short_conv"},
-    "coreml": {"short_conv"},
+    "executorch": {"short_conv", "mamba2"},
+    "coreml": {"short_conv", "mamba2"},
 }
 
 

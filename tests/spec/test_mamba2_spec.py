@@ -45,6 +45,11 @@ def test_an_inconsistent_mamba2_hybrid_is_refused(tmp_path, capsys, model, words
     assert words in out + err and "Traceback" not in out + err
 
 
+@pytest.mark.parametrize("target", ["onnx", "gguf", "executorch", "coreml", "tvm"])
+def test_every_target_carries_the_kind(tmp_path, capsys, target):
+    assert main(["validate", str(_spec(tmp_path, targets={target: {}}))]) == 0, capsys.readouterr()
+
+
 def test_a_target_without_the_kind_refuses_it_naming_it(tmp_path, capsys, monkeypatch):
     from omnic.targets import mixers
 

@@ -15,6 +15,10 @@ I/O (batch 1):
     k_cache_{i}, v_cache_{i}      states fp16 [1, n_kv_heads, L_i, head_dim]; L_i is
                                   `Decoder.cache_lengths()[i]`: context_length, or a sliding
                                   layer's window when shorter (a ring, position p in slot p % w)
+    a short_conv layer (LFM2):    k_cache_{i} fp16 [1, d_model, kernel - 1], no v
+    a mamba2 layer (Granite 4):   k_cache_{i} fp16 [1, conv_channels, kernel - 1] (convolution)
+                                  and v_cache_{i} fp16 [1, heads, head_dim, d_state] (recurrent),
+                                  both static, rewritten whole each call
 
 The token count is a range (1..context_length) whose default shape is 1: Core ML runs a
 range-flexible model on the Neural Engine only at its default shape, so decode steps (T=1) can
@@ -54,7 +58,8 @@ DECODER_ATTR = "model"  # the wrapped decoder's attribute: parameters export as 
 
 def state_names(n_layers: int, conv: "Collection[int]" = ()) -> list[str]:
     """Names of the Core ML states (torch buffers), keys first: k_cache_0.., v_cache_0... A
-    short_conv layer i (in `conv`) keeps its convolution state in k_cache_i and has no v."""
+    short_conv layer i (in `conv`) keeps its convolution state in k_cache_i and has no v; a
+    mamba2 layer has both (its convolution state and its recurrent state)."""
     return ([f"k_cache_{i}" for i in range(n_layers)]
             + [f"v_cache_{i}" for i in range(n_layers) if i not in conv])
 
@@ -100,6 +105,7 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
             setattr(self, DECODER_ATTR, inner)
             self.n_layers = inner.config.n_layers
             self.conv = {i for i, b in enumerate(inner.layers) if b.conv is not None}
+            self.ssm = {i for i, b in enumerate(inner.layers) if b.ssm is not None}
             k, v = inner.empty_cache(batch=1, dtype=cache_dtype)  # a ring for a short window
             self.empty = v  # a short_conv layer's v: an empty placeholder, not a state
             caches = {f"k_cache_{i}": k[i] for i in range(self.n_layers)}
@@ -121,10 +127,15 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
             k, v = self.caches()
             logits, new_k, new_v = getattr(self, DECODER_ATTR)(input_ids, input_pos, k, v)
             # In-place copy into the buffers: torch.export records a BUFFER_MUTATION, which
-            # coremltools lowers to coreml_update_state of the whole (scattered) cache.
+            # coremltools lowers to coreml_update_state of the whole (scattered) cache. A
+            # mamba2 layer's recurrent state is reshaped to the buffer's static shape first:
+            # coremltools' einsum leaves its batch size symbolic, and a state's update must
+            # have the state's shape.
             for i in range(self.n_layers):
                 k[i].copy_(new_k[i])
-                if i not in self.conv:
+                if i in self.ssm:
+                    v[i].copy_(new_v[i].reshape(v[i].shape))
+                elif i not in self.conv:
                     v[i].copy_(new_v[i])
             return logits
 
@@ -189,6 +200,10 @@ def register_missing_ops() -> None:
       only, while the frontend may hand them over float (ExecuTorch's Core ML delegate: its
       `where` promotes the slot arithmetic to fp32): such indices are cast to int32, exactly
       (slot numbers are small integers).
+    - `cumsum(x, dim)` with a negative dim other than -1 (a mamba2 layer's segment sums run
+      along dim -2): MIL's cumsum takes axis in [-1, rank - 1] only, and the stock converter
+      passes dim unchanged, so such a dim is counted from the front.
+      ref: coremltools/converters/mil/mil/ops/defs/iOS15/tensor_operation.py (cumsum)
     """
     global _REGISTERED
     if _REGISTERED:
@@ -231,13 +246,73 @@ def register_missing_ops() -> None:
             index = mb.cast(x=index, dtype="int32")
         context.add(mb.gather(x=x, indices=index, axis=axis, name=node.name))
 
+    stock_cumsum = known["cumsum"]
+
+    def cumsum(context, node):  # noqa: ANN001 - coremltools' converter signature
+        inputs = _get_inputs(context, node, min_expected=2)
+        x, dim = inputs[0], inputs[1]
+        if dim.val is None or int(dim.val) >= -1:
+            return stock_cumsum(context, node)
+        dtype = inputs[2] if len(inputs) > 2 else _get_kwinputs(
+            context, node, "dtype", default=[None])[0]
+        if dtype is not None and dtype.val is not None:
+            x = mb.cast(x=x, dtype=NUM_TO_DTYPE_STRING[dtype.val])
+        elif types.is_bool(x.dtype):
+            x = mb.cast(x=x, dtype="int32")
+        context.add(mb.cumsum(x=x, axis=int(dim.val) + x.rank, name=node.name))
+        return None
+
     if "index_copy" not in known:
         registry.set_func_by_name(index_copy, "index_copy")
     if "__and__" not in known:
         registry.set_func_by_name(known["bitwise_and"], "__and__")
     registry.set_func_by_name(ones_like, "ones_like")
     registry.set_func_by_name(index_select, "index_select")
+    registry.set_func_by_name(cumsum, "cumsum")
+    _fix_inplace_pass()
     _REGISTERED = True
+
+
+def _fix_inplace_pass() -> None:
+    """Replace coremltools 9.0's `common::canonicalize_inplace_pattern` (which moves each state
+    update right after the op that computes its value) with a copy without its two faults:
+
+    - it anchors a moved update before the op that followed the value's op *when the pass
+      started*; when that op was itself an update the pass had already moved (and removed), the
+      insertion raises KeyError. A mamba2 layer's two state values are computed one after the
+      other and their updates follow both, so its second update always met this. Here the
+      anchor is the op that follows now.
+    - it opens the value op's scopes for the new update, and an op that two graph passes made
+      carries two COREMLTOOLS_GRAPH_PASS entries, which `mb.scope` refuses ("scope cannot have
+      len > 1"); the latest pass is kept.
+    Where the stock pass does not raise, this one makes exactly its changes.
+      ref: coremltools/converters/mil/mil/passes/defs/optimize_state.py
+    """
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.passes.defs.optimize_state import (
+        canonicalize_inplace_pattern as stock,
+    )
+    from coremltools.converters.mil.mil.passes.pass_registry import register_pass
+    from coremltools.converters.mil.mil.scope import ScopeInfo, ScopeSource
+
+    def transform(self, op, block, block_operation_list) -> None:  # noqa: ANN001
+        if op.op_type in ("read_state", "coreml_update_state"):
+            return
+        for update in self._try_find_child_coreml_update_state_ops(op):
+            ops = list(block.operations)
+            before_op = ops[ops.index(op) + 1]
+            scopes = [ScopeInfo(source=source, data=data[-1:] if
+                                source == ScopeSource.COREMLTOOLS_GRAPH_PASS else data)
+                      for source, data in op.scopes.items()]
+            with mb.scope(*scopes):
+                moved = mb.coreml_update_state(state=update.state, value=update.value,
+                                               before_op=before_op)
+            if block.try_replace_uses_of_var_after_op(
+                    anchor_op=update, old_var=update.outputs[0], new_var=moved):
+                block.remove_ops([update])
+
+    fixed = type(stock.__name__, (stock,), {"_try_match_and_transform_pattern": transform})
+    register_pass(namespace="common", override=True)(fixed)
 
 
 # coremltools 9.0's `common::canonicalize_inplace_pattern` aborts on a ring cache's update at

@@ -111,11 +111,16 @@ def expected_signature(spec: "ResolvedSpec") -> dict[str, Any]:
     tokens = f"1..{m.context_length}"
     conv = short_conv_layers(m)
     states = {}
-    for i, n in enumerate(kv_positions(spec, Targets.COREML)):
+    for i, (row, n) in enumerate(zip(m.table, kv_positions(spec, Targets.COREML))):
         if i in conv:  # the convolution state: kernel - 1 values per channel, no v
             states[f"k_cache_{i}"] = [1, m.d_model, m.short_conv.kernel - 1]
-            continue
-        states[f"k_cache_{i}"] = states[f"v_cache_{i}"] = [1, m.kv_heads, n, m.dim_per_head]
+        elif row.attention == "mamba2":  # the convolution state, then the recurrent state
+            s = m.mamba2
+            states[f"k_cache_{i}"] = [1, s.conv_channels, s.kernel - 1]
+            states[f"v_cache_{i}"] = [1, s.heads, s.head_dim, s.d_state]
+        else:
+            states[f"k_cache_{i}"] = states[f"v_cache_{i}"] = [1, m.kv_heads, n,
+                                                               m.dim_per_head]
     return {
         "inputs": {INPUT_IDS: {"dtype": "int32", "shape": [1, tokens]},
                    INPUT_POS: {"dtype": "int32", "shape": [tokens]}},

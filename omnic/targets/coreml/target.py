@@ -79,7 +79,7 @@ class CoremlTarget:
         t0 = time.perf_counter()
         exported = cv.export(cv.make_wrapper(program.decoder), m.context_length)
         t_export = time.perf_counter() - t0
-        # a ring: a sliding layer's cache shorter than the context (0 is a short_conv state)
+        # a ring: a sliding layer's cache shorter than the context (0 is a layer's state)
         rings = any(0 < n < m.context_length for n in program.decoder.cache_lengths())
         mlmodel = cv.convert(exported, target=c.deployment_target, units=c.compute_units,
                              precision=c.compute_precision, rings=rings)
@@ -118,7 +118,8 @@ class CoremlTarget:
         nbytes = ins.package_bytes(package)
         _log.info(
             f"coreml: {c.deployment_target} {c.compute_precision} {c.compute_units}, "
-            f"{len(items)} weights compressed {compressed or '-'}, {2 * m.n_layers} KV states "
+            f"{len(items)} weights compressed {compressed or '-'}, "
+            f"{len(signature['states'])} states "
             f"-> {package.name} ({nbytes / 2**20:.2f} MiB, {seconds:.1f} s: export "
             f"{t_export:.1f}, convert {t_convert:.1f}, compress {t_compress:.1f})")
         # Relative to the build directory when out_dir is BUILD/coreml (the pipeline's layout).

@@ -61,7 +61,7 @@ def partitioners(spec: "ResolvedSpec | None") -> list[Any]:
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-        return [XnnpackPartitioner()]
+        return [XnnpackPartitioner(configs=_xnnpack_configs())]
     import coremltools as ct
     from executorch.backends.apple.coreml.compiler import CoreMLBackend
     from executorch.backends.apple.coreml.partition import CoreMLPartitioner
@@ -85,6 +85,33 @@ def partitioners(spec: "ResolvedSpec | None") -> list[Any]:
     # export_llm keeps the KV cache out of the Core ML delegate: the open-source Core ML runtime
     # of ExecuTorch does not carry Core ML state. ref: extension/llm/export/partitioner_lib.py
     return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=False)]
+
+
+def _xnnpack_configs() -> list[Any]:
+    """XNNPACK's partitioner configs, its unsqueeze refusing what its serializer refuses.
+
+    XNNPACK reshapes (an unsqueeze among them) with one dynamic size at most, and its
+    UnsqueezeCopyConfig (ExecuTorch 1.5) does not check that: an unsqueeze of a [T, T] tensor
+    (the token-by-token products of a mamba2 layer's scan, T dynamic) is taken, then fails
+    the lowering ("XNNPACK reshape only supports 1 dynamic dimension"). Such an unsqueeze
+    stays out of the delegate instead, as ViewCopyConfig keeps a view with symbolic sizes out.
+    A graph without one partitions exactly as with the stock configs.
+      ref: backends/xnnpack/operators/op_squeeze.py (UnsqueezeVisitor, num_dynamic_dims <= 1)
+    """
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import (
+        UnsqueezeCopyConfig,
+    )
+    from torch.fx.experimental.symbolic_shapes import free_symbols
+
+    class OneDynamicSizeUnsqueeze(UnsqueezeCopyConfig):
+        def check_constraints(self, node: Any, ep: Any) -> bool:
+            if sum(1 for d in node.meta["val"].shape if free_symbols(d)) > 1:
+                return False
+            return super().check_constraints(node, ep)
+
+    return [OneDynamicSizeUnsqueeze if c is UnsqueezeCopyConfig else c
+            for c in ALL_PARTITIONER_CONFIGS]
 
 
 def runtime_fixes() -> dict[Any, Any]:

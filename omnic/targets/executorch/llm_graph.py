@@ -44,8 +44,10 @@ def why_generic(decoder: "Decoder") -> str | None:
     c = decoder.config
     if any(b.conv is not None for b in decoder.layers):
         return "short_conv layers keep a state that the generic graph copies back whole"
+    if any(b.ssm is not None for b in decoder.layers):
+        return "mamba2 layers keep two states that the generic graph copies back whole"
     rings = [i for i, n in enumerate(decoder.cache_lengths())
-             if n < c.context_length and decoder.layers[i].conv is None]
+             if n < c.context_length and decoder.layers[i].attn is not None]
     if rings:
         return (f"sliding-window layers {rings[:4]}{'...' if len(rings) > 4 else ''} keep "
                 "window-sized ring caches, which custom_sdpa's causal mask cannot read")

@@ -17,7 +17,10 @@ runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
     is shorter (a ring, position p in slot p % window, what export_llm's
     `--local_global_attention` makes of such a layer with its RingKVCache; see
     `omnic/targets/kv_layout.py`). A short_conv layer (LFM2) keeps its convolution state
-    [1, d_model, kernel - 1] in `k_cache_{i}` instead, copied back whole, and has no v buffer.
+    [1, d_model, kernel - 1] in `k_cache_{i}` instead, copied back whole, and has no v buffer;
+    a mamba2 layer (Granite 4) keeps its convolution state [1, conv_channels, kernel - 1] in
+    `k_cache_{i}` and its recurrent state [1, heads, head_dim, d_state] in `v_cache_{i}`, both
+    copied back whole.
 - constant methods `get_max_seq_len`, `get_max_context_len`, `get_vocab_size`, `get_n_layers`,
   `use_kv_cache`, `use_sdpa_with_kv_cache`, `enable_dynamic_shape`, `get_bos_id`, `get_eos_ids`.
   ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/export_llama_lib.py
@@ -120,7 +123,7 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
             # The decoder writes its caches out of place (index_copy, which decomposes to
             # index_put); copying back into the buffers makes them mutable state, and
             # `run_reinplace_pass` (see _lower_module) turns the pair into one index_put_.
-            # A short_conv layer's new state is copied back whole.
+            # A short_conv layer's new state, and a mamba2 layer's two, are copied back whole.
             for i in range(self.n_layers):
                 k[i].copy_(new_k[i])
                 if not self.conv[i]:
@@ -219,10 +222,21 @@ def _check_seq_range(ep: Any, context_length: int) -> None:
 def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool, lengths: list[int],
                heads_last: bool = False) -> dict[str, Any]:
     """I/O and state of `forward`; `lengths`: the positions each layer's cache holds;
-    `heads_last`: the custom ops' cache layout [1, positions, n_kv, head_dim]."""
+    `heads_last`: the custom ops' cache layout [1, positions, n_kv, head_dim]. A layer with a
+    fixed-size state has its state's shapes instead (see the module docstring)."""
     m = spec.model
     shape = (lambda n: [1, n, m.kv_heads, m.dim_per_head]) if heads_last else (
         lambda n: [1, m.kv_heads, n, m.dim_per_head])
+    state: dict[str, list[int]] = {}
+    for i, (row, n) in enumerate(zip(m.table, lengths)):
+        if row.attention == "short_conv":  # the convolution state, no v
+            state[f"k_cache_{i}"] = [1, m.d_model, m.short_conv.kernel - 1]
+        elif row.attention == "mamba2":  # the convolution state, then the recurrent state
+            s = m.mamba2
+            state[f"k_cache_{i}"] = [1, s.conv_channels, s.kernel - 1]
+            state[f"v_cache_{i}"] = [1, s.heads, s.head_dim, s.d_state]
+        else:
+            state[f"k_cache_{i}"] = state[f"v_cache_{i}"] = shape(n)
     seq = "seq" if dynamic else 1
     return {
         "inputs": {
@@ -231,8 +245,7 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool, lengths: list[in
         },
         "outputs": {"logits": {"dtype": "float32", "shape": [1, seq, m.vocab_size]}},
         "dims": {"seq": [1, max_seq_len(spec)]} if dynamic else {},
-        "state": {f"{kv}_cache_{i}": {"dtype": dtype, "shape": shape(n)}
-                  for i, n in enumerate(lengths) for kv in ("k", "v")},
+        "state": {name: {"dtype": dtype, "shape": dims} for name, dims in state.items()},
     }
 
 
