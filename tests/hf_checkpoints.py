@@ -146,3 +146,17 @@ def scheme_builds(spec_path: Path, tmp_path_factory, golden: dict = GOLDEN, int4
         return built[scheme]
 
     return build
+
+
+def transformers_greedy(ckpt: Path, prompt: list[int], steps: int):
+    """transformers' greedy tokens after `prompt` (no cache, eager attention), and its logits
+    over `prompt` + those tokens but the last: (tokens, logits [len(prompt) + steps - 1, vocab])."""
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager")
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
+        logits = hf(torch.tensor([ids[:-1]])).logits[0].numpy()
+    return ids[len(prompt):], logits

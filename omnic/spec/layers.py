@@ -243,6 +243,21 @@ def state_numel(model: Model) -> dict[str, tuple[int, int]]:
     return out
 
 
+def state_shapes(model: Model) -> dict[int, list[list[int]]]:
+    """layer -> the shapes of its fixed-size state at batch 1, as the targets keep them in the
+    layer's k (and v) cache slots: a short_conv layer's [1, d_model, kernel - 1]; a mamba2
+    layer's convolution state [1, channels, kernel - 1] and recurrent state
+    [1, heads, head_dim, d_state]. Attention layers are not listed."""
+    out = {}
+    for i, row in enumerate(table(model)):
+        if row.attention == "short_conv":
+            out[i] = [[1, model.d_model, model.short_conv.kernel - 1]]
+        elif row.attention == "mamba2":
+            s = model.mamba2
+            out[i] = [[1, s.conv_channels, s.kernel - 1], [1, s.heads, s.head_dim, s.d_state]]
+    return out
+
+
 def table(model: Model) -> list[Layer]:
     """The per-layer table: the explicit one when given, else the derived one."""
     return list(model.layers) if model.layers is not None else derived_table(model)

@@ -28,7 +28,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from hf_checkpoints import import_checkpoint  # noqa: E402
+from hf_checkpoints import import_checkpoint, transformers_greedy  # noqa: E402
 from test_gguf_families import (  # noqa: E402
     PROMPT, STEPS, _llama_cpp_greedy, _random_decoder, _runs_like_the_reference,
 )
@@ -165,17 +165,6 @@ def test_the_file_is_what_convert_hf_to_gguf_writes(builds, granite4) -> None:
         assert tname == want, name  # conv, A, D, dt bias, norms: F32 as the converter keeps them
 
 
-def _transformers_greedy(ckpt: Path) -> tuple[list[int], np.ndarray]:
-    """transformers' greedy tokens after PROMPT, and its logits over PROMPT + those tokens."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager")
-    ids = list(PROMPT)
-    with torch.no_grad():
-        for _ in range(STEPS):
-            ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
-        logits = hf(torch.tensor([ids[:-1]])).logits[0].numpy()
-    return ids[len(PROMPT):], logits
-
-
 def test_f32_gguf_runs_in_llama_cpp_like_transformers(builds, granite4) -> None:
     """llama.cpp's own greedy decoding equals transformers' over 16 tokens, and its logits
     match along the whole sequence, in one call and token by token (the conv and SSM states
@@ -186,7 +175,7 @@ def test_f32_gguf_runs_in_llama_cpp_like_transformers(builds, granite4) -> None:
 
     ckpt, spec = granite4
     _, path = builds["fp32"]
-    ref_tokens, ref = _transformers_greedy(ckpt)
+    ref_tokens, ref = transformers_greedy(ckpt, PROMPT, STEPS)
     runner = LlamaCppRunner(str(path), n_ctx=64)
     try:
         assert runner.load_warnings == []

@@ -22,7 +22,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import import_checkpoint  # noqa: E402
+from hf_checkpoints import import_checkpoint, transformers_greedy  # noqa: E402
 from test_gguf_families import PROMPT, STEPS, _llama_cpp_greedy  # noqa: E402
 
 KERNEL = 4  # hf_checkpoints' conv_L_cache
@@ -63,17 +63,6 @@ def lowered(lfm2: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
             built[file_type] = (artifact, build, decoder)
         return built[file_type]
     return lower
-
-
-def _transformers_greedy(ckpt: Path) -> tuple[list[int], np.ndarray]:
-    """transformers' greedy tokens after PROMPT, and its logits over PROMPT + those tokens."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager")
-    ids = list(PROMPT)
-    with torch.no_grad():
-        for _ in range(STEPS):
-            ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
-        logits = hf(torch.tensor([ids[:-1]])).logits[0].numpy()
-    return ids[len(PROMPT):], logits
 
 
 def test_file_has_convert_hf_to_gguf_s_names_keys_and_types(lowered) -> None:
@@ -121,7 +110,7 @@ def test_compiled_f32_gguf_runs_in_llama_cpp_like_transformers(lfm2, tmp_path: P
     build = compile(f32, tmp_path / "build", progress=False)
     assert build.status == "passed"
     (path,) = (build.out_dir / "gguf").glob("*.gguf")
-    ref_tokens, ref = _transformers_greedy(ckpt)
+    ref_tokens, ref = transformers_greedy(ckpt, PROMPT, STEPS)
     runner = LlamaCppRunner(str(path), n_ctx=64)
     try:
         assert runner.load_warnings == []

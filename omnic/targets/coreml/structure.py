@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnic.constants import Targets
-from omnic.spec.layers import short_conv_layers
+from omnic.spec.layers import short_conv_layers, state_shapes
 from omnic.targets.coreml.convert import INPUT_IDS, INPUT_POS, LOGITS, state_names
 from omnic.targets.kv_layout import kv_positions
 
@@ -111,16 +111,11 @@ def expected_signature(spec: "ResolvedSpec") -> dict[str, Any]:
     tokens = f"1..{m.context_length}"
     conv = short_conv_layers(m)
     states = {}
-    for i, (row, n) in enumerate(zip(m.table, kv_positions(spec, Targets.COREML))):
-        if i in conv:  # the convolution state: kernel - 1 values per channel, no v
-            states[f"k_cache_{i}"] = [1, m.d_model, m.short_conv.kernel - 1]
-        elif row.attention == "mamba2":  # the convolution state, then the recurrent state
-            s = m.mamba2
-            states[f"k_cache_{i}"] = [1, s.conv_channels, s.kernel - 1]
-            states[f"v_cache_{i}"] = [1, s.heads, s.head_dim, s.d_state]
-        else:
-            states[f"k_cache_{i}"] = states[f"v_cache_{i}"] = [1, m.kv_heads, n,
-                                                               m.dim_per_head]
+    fixed = state_shapes(m)  # short_conv: the conv state, no v; mamba2: conv, then recurrent
+    for i, n in enumerate(kv_positions(spec, Targets.COREML)):
+        for slot, dims in zip(("k_cache", "v_cache"),
+                              fixed.get(i) or [[1, m.kv_heads, n, m.dim_per_head]] * 2):
+            states[f"{slot}_{i}"] = dims
     return {
         "inputs": {INPUT_IDS: {"dtype": "int32", "shape": [1, tokens]},
                    INPUT_POS: {"dtype": "int32", "shape": [tokens]}},

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from omnic.constants import Components, Targets
+from omnic.spec.layers import state_shapes
 from omnic.targets.base import Artifact, Problem, register_target
 from omnic.targets.executorch.backend import (
     coreml_options, delegate_of, delegation_summary, missing, partitioners, require_runtime,
@@ -228,15 +229,10 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool, lengths: list[in
     shape = (lambda n: [1, n, m.kv_heads, m.dim_per_head]) if heads_last else (
         lambda n: [1, m.kv_heads, n, m.dim_per_head])
     state: dict[str, list[int]] = {}
-    for i, (row, n) in enumerate(zip(m.table, lengths)):
-        if row.attention == "short_conv":  # the convolution state, no v
-            state[f"k_cache_{i}"] = [1, m.d_model, m.short_conv.kernel - 1]
-        elif row.attention == "mamba2":  # the convolution state, then the recurrent state
-            s = m.mamba2
-            state[f"k_cache_{i}"] = [1, s.conv_channels, s.kernel - 1]
-            state[f"v_cache_{i}"] = [1, s.heads, s.head_dim, s.d_state]
-        else:
-            state[f"k_cache_{i}"] = state[f"v_cache_{i}"] = shape(n)
+    fixed = state_shapes(m)  # short_conv: the conv state, no v; mamba2: conv, then recurrent
+    for i, n in enumerate(lengths):
+        for slot, dims in zip(("k_cache", "v_cache"), fixed.get(i) or [shape(n)] * 2):
+            state[f"{slot}_{i}"] = dims
     seq = "seq" if dynamic else 1
     return {
         "inputs": {
