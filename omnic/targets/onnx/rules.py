@@ -110,13 +110,7 @@ def _short_conv(ctx: Context):
                       f"onnx runs short_conv layers as onnxruntime-genai's lfm2 model, whose "
                       f"cache knows conv and full-attention layers only; sliding layers: "
                       f"{', '.join(map(str, sliding))}: make them full or disable targets.onnx")
-    mods = ctx.spec.modalities
-    parts = [k for k in ("vision", "audio", "sensors", "action_head")
-             if getattr(mods, k) is not None]
-    if parts:  # the multimodal folder's text.onnx takes inputs_embeds (multimodal.py)
-        yield Finding(("modalities",),
-                      f"onnx has no inputs_embeds decoder (text.onnx) with short_conv layers "
-                      f"yet, which modalities need ({', '.join(parts)}): disable targets.onnx")
+    yield from _no_embeds_decoder(ctx, "short_conv")
 
 
 @register(Targets.ONNX, "onnx.mamba2_layout",
@@ -133,10 +127,16 @@ def _mamba2(ctx: Context):
         yield Finding(("model", "layer_pattern"),
                       "onnx exports either short_conv (genai's lfm2 layout) or mamba2 layers, "
                       "not both in one decoder: disable targets.onnx")
+    yield from _no_embeds_decoder(ctx, "mamba2")
+
+
+def _no_embeds_decoder(ctx: Context, kind: str):
+    """The refusal of modalities beside `kind` layers: the multimodal folder's text.onnx takes
+    inputs_embeds (multimodal.py), which has no state I/O yet."""
     mods = ctx.spec.modalities
     parts = [k for k in ("vision", "audio", "sensors", "action_head")
              if getattr(mods, k) is not None]
-    if parts:  # the multimodal folder's text.onnx takes inputs_embeds (multimodal.py)
+    if parts:
         yield Finding(("modalities",),
-                      f"onnx has no inputs_embeds decoder (text.onnx) with mamba2 layers yet, "
-                      f"which modalities need ({', '.join(parts)}): disable targets.onnx")
+                      f"onnx has no inputs_embeds decoder (text.onnx) with {kind} layers "
+                      f"yet, which modalities need ({', '.join(parts)}): disable targets.onnx")
