@@ -42,7 +42,7 @@ class Roles:
     EMBEDDING = "embedding"
     ATTENTION = "attention"
     CONV = "conv"  # a short_conv layer's projections and kernel (LFM2)
-    SSM = "ssm"  # a mamba2 layer's projections, convolution and state-space parameters
+    SSM = "ssm"  # a mamba2 or gated_deltanet layer's projections, convolution, state parameters
     FFN = "ffn"
     ROUTER = "router"
     NORM = "norm"
@@ -142,6 +142,22 @@ class TensorNames:
     SSM_D = "layers.{i}.ssm.D"
     SSM_NORM = "layers.{i}.ssm.norm.weight"
     SSM_OUT = "layers.{i}.ssm.out_proj.weight"
+    # a gated_deltanet layer (Qwen3.5): qkv [2 * key_width + value_width, d] makes q, k and v in
+    # that order (the convolution [channels, 1, kernel] runs over all three, no bias); z the
+    # output gate [value_width, d]; b (beta) and a (decay input) one row per value head; A_log
+    # and dt_bias one value per value head; norm the gated RMSNorm's weight [value_dim], shared
+    # by the heads and applied as is (no unit offset)
+    DN_QKV = "layers.{i}.deltanet.qkv.weight"
+    DN_Z = "layers.{i}.deltanet.z.weight"
+    DN_B = "layers.{i}.deltanet.b.weight"
+    DN_A = "layers.{i}.deltanet.a.weight"
+    DN_CONV = "layers.{i}.deltanet.conv.weight"
+    DN_DT_BIAS = "layers.{i}.deltanet.dt_bias"
+    DN_A_LOG = "layers.{i}.deltanet.A_log"
+    DN_NORM = "layers.{i}.deltanet.norm.weight"
+    DN_OUT = "layers.{i}.deltanet.out_proj.weight"
+    # the attention output gate (Qwen3.5): o(attn * sigmoid(gate x)), [n_heads * head_dim, d]
+    ATTN_GATE = "layers.{i}.attn.gate.weight"
     GATE = "layers.{i}.ffn.gate.weight"
     UP = "layers.{i}.ffn.up.weight"
     DOWN = "layers.{i}.ffn.down.weight"

@@ -72,6 +72,14 @@ FAMILIES = {
         num_local_experts=0, shared_intermediate_size=96, mamba_n_heads=4, mamba_n_groups=2,
         mamba_d_state=16, mamba_d_conv=4, mamba_chunk_size=4, embedding_multiplier=3.0,
         residual_multiplier=0.5, logits_scaling=2.0, attention_multiplier=0.2)),
+    # Qwen3.5: Gated DeltaNet layers (2 key heads serving 4 value heads) then one gated attention
+    # layer with q/k norms and half the head rotated; zero-centred RMSNorms (the gated norm of
+    # the DeltaNet layers is not)
+    "qwen3_5": ("Qwen3_5TextConfig", dict(
+        num_hidden_layers=4, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+        tie_word_embeddings=True, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
     "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, residual_multiplier=0.5,
                                       logits_scaling=2.0, attention_multiplier=0.2)),
 }
@@ -79,12 +87,13 @@ FAMILIES = {
 
 def _redraw(model: torch.nn.Module, unit_offset: bool) -> None:
     """Weights with std 0.1 (transformers' 0.02 init leaves logits too flat to test anything);
-    norm weights around their neutral value (1, or 0 with Gemma's unit offset)."""
+    norm weights around their neutral value (1, or 0 with a unit offset: Gemma's, Qwen3.5's but
+    for its gated norm)."""
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             noise = torch.randn(p.shape, generator=g) * 0.1
-            if p.ndim == 1 and "norm" in name and not unit_offset:
+            if p.ndim == 1 and "norm" in name and (not unit_offset or "linear_attn" in name):
                 noise += 1.0
             p.copy_(noise)
 
@@ -109,7 +118,7 @@ def make_checkpoint(family: str, root: Path, **overrides) -> Path:
     config = getattr(transformers, cls_name)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    _redraw(model, unit_offset=family.startswith("gemma"))
+    _redraw(model, unit_offset=family.startswith(("gemma", "qwen3_5")))
     out = root / family
     model.save_pretrained(out)
     ByteTokenizer(COMMON["vocab_size"]).save(out)

@@ -41,8 +41,14 @@ def fold_groups(decoder: Any) -> list[FoldGroup]:
             # norm's weight multiplies out_proj's input channel by channel
             out.append(FoldGroup(p + "attn_norm", (p + "ssm.in_proj",)))
             out.append(FoldGroup(p + "ssm.norm", (p + "ssm.out_proj",)))
+        elif block.deltanet is not None:  # Gated DeltaNet: the norm makes every projection's
+            # input (its gated norm's weight is shared by the heads: not folded into out_proj)
+            out.append(FoldGroup(p + "attn_norm", tuple(
+                p + f"deltanet.{name}" for name in ("qkv", "z", "b", "a"))))
         else:
-            out.append(FoldGroup(p + "attn_norm", (p + "attn.q", p + "attn.k", p + "attn.v")))
+            gate = (p + "attn.gate",) if block.attn.gate is not None else ()
+            out.append(FoldGroup(p + "attn_norm", (p + "attn.q", p + "attn.k", p + "attn.v")
+                                 + gate))
             if c.n_heads == c.n_kv_heads:
                 out.append(FoldGroup(p + "attn.v", (p + "attn.o",)))
         ffn = block.ffn

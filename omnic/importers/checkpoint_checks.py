@@ -18,6 +18,8 @@ compile:
 
 from __future__ import annotations
 
+import math
+
 import json
 import time
 from dataclasses import dataclass
@@ -218,7 +220,7 @@ def check_safetensors(path: Path, inventory: list["TensorInfo"], clock: Clock
 
 class _Shape:
     """A tensor's shape standing in for the tensor in `hf_weights`' splitters, which only index
-    and chunk along the first axis."""
+    and chunk along the first axis, and reshape."""
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape = tuple(shape)
@@ -227,6 +229,10 @@ class _Shape:
         if isinstance(key, slice):
             return _Shape((len(range(*key.indices(self.shape[0]))), *self.shape[1:]))
         return _Shape(self.shape[1:])
+
+    def reshape(self, *shape: int) -> "_Shape":
+        known = math.prod(n for n in shape if n != -1)
+        return _Shape(tuple(math.prod(self.shape) // known if n == -1 else n for n in shape))
 
     def chunk(self, n: int, dim: int = 0) -> list["_Shape"]:
         assert dim == 0, "hf_weights' splitters chunk rows only"

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from omnic.importers import hf_granite4, hf_lfm2
+from omnic.importers import hf_granite4, hf_lfm2, hf_qwen35
 from omnic.spec.layers import pattern_kinds
 
 
@@ -66,6 +66,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                        "attention_multiplier": 1.0}),
     "Lfm2ForCausalLM": ("lfm2", hf_lfm2.DEFAULTS),
     "GraniteMoeHybridForCausalLM": ("granite4", hf_granite4.DEFAULTS),
+    **{arch: ("qwen3_5", hf_qwen35.DEFAULTS) for arch in hf_qwen35.ARCHS},
 }
 
 _NORM_EPS = {"lfm2": "norm_eps"}  # the families that name rms_norm_eps otherwise
@@ -173,11 +174,11 @@ def _scaling(c: _Config, params: dict[str, Any], original: int) -> dict[str, Any
 
 
 def _rotary_dim(c: _Config, params: dict[str, Any], head_dim: int) -> int | None:
-    """Rotated dims of a partial rotary (transformers' Phi-3 only), None for the whole head."""
-    partial = params.get("partial_rotary_factor", c.raw.get("partial_rotary_factor"))
+    """Rotated dims of a partial rotary (Phi-3, Qwen3.5), None for the whole head."""
+    partial = params.get("partial_rotary_factor", c.get("partial_rotary_factor"))
     if partial is None or float(partial) == 1.0:
         return None
-    if c.family != "phi3":  # the other families' apply_rotary_pos_emb rotates the whole head
+    if c.family not in ("phi3", "qwen3_5"):  # the others' apply_rotary_pos_emb rotates it all
         raise UnsupportedModel(f"{c.arch}: partial_rotary_factor={partial} (partial RoPE) is not "
                                "supported")
     return int(head_dim * float(partial))  # Phi3Config.validate_rope's rotary_ndims
@@ -234,8 +235,8 @@ def _layer_types(c: _Config, n_layers: int, window: int | None) -> list[str]:
     family = c.family
     if family == "lfm2":
         return [hf_lfm2.KINDS.get(t, t) for t in hf_lfm2.layer_types(c.raw, n_layers)]
-    if family == "granite4":
-        return hf_granite4.layer_types(c.raw, n_layers)
+    if family in ("granite4", "qwen3_5"):
+        return (hf_granite4 if family == "granite4" else hf_qwen35).layer_types(c.raw, n_layers)
     types = c.raw.get("layer_types")
     if types is not None:
         return list(types)
@@ -294,8 +295,8 @@ def _layer_kinds(c: _Config, n_layers: int) -> tuple[list[str], int | None]:
     return kinds, window
 
 
-# the omnic kinds the families with their own layer types (LFM2, Granite 4) already give
-_OMNIC_KINDS = ("full", "nope", "short_conv", "mamba2")
+# the omnic kinds the families with their own layer types (LFM2, Granite 4, Qwen3.5) give
+_OMNIC_KINDS = ("full", "nope", "short_conv", "mamba2", "gated_deltanet")
 
 
 def compact_pattern(kinds: list[str]) -> str | list[str]:
@@ -396,6 +397,8 @@ def _family_fields(c: _Config, model: dict[str, Any]) -> None:
         _moe(c, model)
     if family == "granite4":
         _granite4(c, model)
+    if family == "qwen3_5":
+        hf_qwen35.fields(c.get, model)
     if family == "lfm2":
         c.reject("conv_bias", lambda v: v is False, "omnic's short_conv has no biases")
         hf_lfm2.fields(c.get, c.given, model)
@@ -420,7 +423,7 @@ def _granite4(c: _Config, model: dict[str, Any]) -> None:
 def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(architecture, the spec's `model:` block) of a transformers config.json."""
     arch, _ = family_of(config)
-    c = _Config(config, arch)
+    c = _Config(hf_qwen35.text_config(config), arch)
     d, heads = int(c.need("hidden_size")), int(c.need("num_attention_heads"))
     n_layers = int(c.need("num_hidden_layers"))
     head_dim = int(c.raw.get("head_dim") or c.defaults.get("head_dim") or d // heads)
@@ -438,7 +441,7 @@ def model_from_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "ffn": {"kind": _ffn_kind(c),
                 "hidden": int(c.raw.get("block_ff_dim") or c.need("intermediate_size"))},
         "norm": {"kind": "rmsnorm", "eps": float(c.get(_NORM_EPS.get(c.family, "rms_norm_eps"))),
-                 "unit_offset": c.family.startswith("gemma")},
+                 "unit_offset": c.family.startswith(("gemma", "qwen3_5"))},
         "rope": _rope(c, head_dim),
         "context_length": int(c.need("max_position_embeddings")),
         "tie_embeddings": bool(c.get("tie_word_embeddings")),

@@ -55,6 +55,11 @@ _LAYER = [
     (r"mamba\.conv1d\.(weight|bias)", r"ssm.conv.\1"),
     (r"mamba\.(dt_bias|A_log|D)", r"ssm.\1"),
     (r"shared_mlp\.output_linear\.weight", "ffn.down.weight"),
+    # Qwen3.5's Gated DeltaNet layers
+    (r"linear_attn\.in_proj_(qkv|z|b|a)\.weight", r"deltanet.\1.weight"),
+    (r"linear_attn\.conv1d\.weight", "deltanet.conv.weight"),
+    (r"linear_attn\.(dt_bias|A_log)", r"deltanet.\1"),
+    (r"linear_attn\.(norm|out_proj)\.weight", r"deltanet.\1.weight"),
 ]
 # post_attention_layernorm is the FFN's pre-norm in Llama-style blocks, but the norm *after*
 # attention in Gemma 2/3's sandwich, where pre_feedforward_layernorm is the FFN's pre-norm, and in
@@ -68,7 +73,9 @@ _SANDWICH_NORMS = [
 _TOP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
         "model.embedding_norm.weight": "norm.weight",  # LFM2's final norm
         "lm_head.weight": "lm_head.weight"}
-_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # a buffer some old checkpoints carry
+# a buffer some old checkpoints carry; the vision tower and the multi-token-prediction head of
+# Qwen3.5's released checkpoints (omnic imports their text decoder)
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$|model\.visual\..*|mtp\..*")
 
 # Splitters only index and chunk their argument: they take torch tensors at build time and
 # shape stand-ins when `omnic validate` checks a header (omnic.importers.checkpoint_checks).
@@ -76,7 +83,14 @@ Split = Callable[["torch.Tensor"], Iterator[tuple[str, "torch.Tensor"]]]
 
 
 def _fused_splitter(rest: str, layer: str, dims: dict[str, int]) -> Split | None:
-    """Splitters for fused tensors (Phi-3 qkv/gate_up, transformers 5 experts)."""
+    """Splitters for fused tensors (Phi-3 qkv/gate_up, transformers 5 experts, Qwen3.5's query
+    and output gate)."""
+    if rest == "self_attn.q_proj.weight" and dims.get("gate"):  # per head: query | gate rows
+        def split_gate(t: torch.Tensor):
+            halves = t.reshape(t.shape[0] // dims["gate"], dims["gate"], *t.shape[1:])
+            yield f"{layer}.attn.q.weight", halves[0::2].reshape(-1, *t.shape[1:])
+            yield f"{layer}.attn.gate.weight", halves[1::2].reshape(-1, *t.shape[1:])
+        return split_gate
     if rest == "self_attn.qkv_proj.weight":  # [q | k | v] rows
         def split_qkv(t: torch.Tensor):
             q, kv = dims["q"], dims["kv"]
@@ -112,12 +126,16 @@ def renamer(sandwich: bool, dims: dict[str, int]) -> Callable[[str], Split | str
              for p, r in _LAYER + (_SANDWICH_NORMS if sandwich else _LLAMA_NORMS)]
 
     def rename(name: str):
+        name = re.sub(r"^model\.language_model\.", "model.", name)  # Qwen3.5's released files
         if name in _TOP:
             return _TOP[name]
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
         if not m:
             return None
         layer, rest = f"layers.{m.group(1)}", m.group(2)
+        fused = _fused_splitter(rest, layer, dims) if rest.startswith("self_attn.q_") else None
+        if fused is not None:
+            return fused
         for pattern, repl in rules:
             if pattern.fullmatch(rest):
                 return f"{layer}.{pattern.sub(repl, rest)}"
@@ -161,7 +179,10 @@ def read_plan(hf_dir: Path, inventory: list["TensorInfo"]) -> ReadPlan:
     by_name = {t.name: t for t in inventory}
     q = by_name["layers.0.attn.q.weight"].shape[0] if "layers.0.attn.q.weight" in by_name else 0
     kv = by_name["layers.0.attn.k.weight"].shape[0] if "layers.0.attn.k.weight" in by_name else 0
-    rename = renamer("layers.0.post_attn_norm.weight" in by_name, {"q": q, "kv": kv})
+    # Qwen3.5's output gate: q_proj interleaves query and gate per head (of its q_norm's width)
+    gates = [t.name for t in inventory if t.name.endswith(".attn.gate.weight")]
+    gate = by_name[gates[0].replace(".gate.", ".q_norm.")].shape[0] if gates else 0
+    rename = renamer("layers.0.post_attn_norm.weight" in by_name, {"q": q, "kv": kv, "gate": gate})
     tied = "lm_head.weight" not in by_name
     files: list[tuple[Path, dict[str, str | Split]]] = []
     unknown: list[str] = []

@@ -43,12 +43,15 @@ class DecoderConfig:
     # ropes[i]: (theta, scaling dict or None, rotated dims) of layer i, None for a NoPE layer
     # (None: every layer rotates its whole head with rope_theta / rope_scaling).
     ropes: tuple[tuple[float, dict[str, Any] | None, int] | None, ...] | None = None
-    # mixers[i]: "attention", "short_conv" for an LFM2 convolution layer or "mamba2" for a
-    # Mamba-2 layer (None: all attention)
+    # mixers[i]: "attention", "short_conv" for an LFM2 convolution layer, "mamba2" for a
+    # Mamba-2 layer or "gated_deltanet" for a Qwen3.5 linear-attention layer (None: all attention)
     mixers: tuple[str, ...] | None = None
     conv_kernel: int = 0  # tokens a short_conv layer's convolution spans
     # a mamba2 layer's (heads, head_dim, d_state, groups, kernel, conv_bias); None: no such layer
     mamba2: tuple[int, int, int, int, int, bool] | None = None
+    # a gated_deltanet layer's (key_heads, value_heads, key_dim, value_dim, kernel); None: none
+    deltanet: tuple[int, int, int, int, int] | None = None
+    attn_output_gate: bool = False  # sigmoid output gate of the attention layers (Qwen3.5)
     moe_experts: int = 0  # 0: dense FFN
     moe_top_k: int = 0
     moe_shared_experts: int = 0
@@ -75,7 +78,7 @@ class DecoderConfig:
         return None if self.windows is None else self.windows[layer]
 
     def mixer_of(self, layer: int) -> str:
-        """"attention", "short_conv" or "mamba2"."""
+        """"attention", "short_conv", "mamba2" or "gated_deltanet"."""
         return "attention" if self.mixers is None else self.mixers[layer]
 
     def rope_of(self, layer: int) -> tuple[float, dict[str, Any] | None, int] | None:
@@ -124,6 +127,11 @@ def decoder_config(model: "Model") -> DecoderConfig:
         mamba2=None if model.mamba2 is None else (
             model.mamba2.heads, model.mamba2.head_dim, model.mamba2.d_state,
             model.mamba2.groups, model.mamba2.kernel, model.mamba2.conv_bias),
+        deltanet=None if model.gated_deltanet is None else (
+            model.gated_deltanet.key_heads, model.gated_deltanet.value_heads,
+            model.gated_deltanet.key_dim, model.gated_deltanet.value_dim,
+            model.gated_deltanet.kernel),
+        attn_output_gate=model.attn_output_gate,
         moe_experts=moe.experts if moe else 0,
         moe_top_k=moe.top_k if moe else 0,
         moe_shared_experts=moe.shared_experts if moe else 0,

@@ -38,7 +38,8 @@ def random_tensor(info: "TensorInfo", seed: int, unit_offset: bool) -> torch.Ten
     """
     shape = tuple(info.shape)
     if info.role == Roles.NORM:
-        one = info.name.endswith(".weight") and not unit_offset
+        # (a gated_deltanet layer's gated norm applies its weight as is, unit offset or not)
+        one = info.name.endswith(".weight") and (not unit_offset or ".deltanet." in info.name)
         return torch.ones(shape) if one else torch.zeros(shape)
     out = torch.empty(shape, dtype=torch.float32, device="cpu")
     flat = out.view(-1)

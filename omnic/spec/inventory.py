@@ -59,6 +59,8 @@ def _attention(model: Model, i: int, d: int, hd: int) -> list[TensorInfo]:
         out.append(TensorInfo(f(N.Q_BIAS), (q_out,), Roles.ATTENTION, i))
         out.append(TensorInfo(f(N.K_BIAS), (kv_out,), Roles.ATTENTION, i))
         out.append(TensorInfo(f(N.V_BIAS), (kv_out,), Roles.ATTENTION, i))
+    if model.attn_output_gate:
+        out.append(TensorInfo(f(N.ATTN_GATE), (q_out, d), Roles.ATTENTION, i))
     if model.qk_norm:
         full = model.qk_norm_width == "full"  # OLMo 2: over every head at once
         out.append(TensorInfo(f(N.Q_NORM), (q_out if full else hd,), Roles.NORM, i))
@@ -86,6 +88,19 @@ def _mamba2(i: int, d: int, m) -> list[TensorInfo]:
                   TensorInfo(f(N.SSM_OUT), (d, m.inner), Roles.SSM, i)]
 
 
+def _gated_deltanet(i: int, d: int, g) -> list[TensorInfo]:
+    f = lambda tmpl: tmpl.format(i=i)  # noqa: E731
+    return [TensorInfo(f(N.DN_QKV), (g.conv_channels, d), Roles.SSM, i),
+            TensorInfo(f(N.DN_Z), (g.value_width, d), Roles.SSM, i),
+            TensorInfo(f(N.DN_B), (g.value_heads, d), Roles.SSM, i),
+            TensorInfo(f(N.DN_A), (g.value_heads, d), Roles.SSM, i),
+            TensorInfo(f(N.DN_CONV), (g.conv_channels, 1, g.kernel), Roles.SSM, i),
+            TensorInfo(f(N.DN_DT_BIAS), (g.value_heads,), Roles.SSM, i),
+            TensorInfo(f(N.DN_A_LOG), (g.value_heads,), Roles.SSM, i),
+            TensorInfo(f(N.DN_NORM), (g.value_dim,), Roles.NORM, i),
+            TensorInfo(f(N.DN_OUT), (d, g.value_width), Roles.SSM, i)]
+
+
 def decoder_tensors(model: Model) -> list[TensorInfo]:
     """The decoder's tensors in a fixed order (embedding, layers, final norm, lm_head)."""
     d, hd = model.d_model, model.dim_per_head
@@ -100,6 +115,8 @@ def decoder_tensors(model: Model) -> list[TensorInfo]:
             out += _short_conv(i, d, model.short_conv.kernel)
         elif kinds[i] == "mamba2":
             out += _mamba2(i, d, model.mamba2)
+        elif kinds[i] == "gated_deltanet":
+            out += _gated_deltanet(i, d, model.gated_deltanet)
         else:
             out += _attention(model, i, d, hd)
         if model.post_norms:

@@ -13,7 +13,9 @@ Kinds: `full` (global attention with RoPE), `sliding` (attention over the last
 no position embedding), `short_conv` (no attention: LFM2's gated short convolution over the last
 `short_conv.kernel` tokens, with a fixed-size state instead of a KV cache), `mamba2` (no attention:
 a Mamba-2 state-space layer, `model.mamba2`, Granite 4; a convolution state and a recurrent
-state). `rope.rotary_dim` rotates only the first dims of each head (partial rotary, Phi-4-mini).
+state), `gated_deltanet` (no attention: a Gated DeltaNet linear-attention layer,
+`model.gated_deltanet`, Qwen3.5; a convolution state and a recurrent state).
+`rope.rotary_dim` rotates only the first dims of each head (partial rotary, Phi-4-mini, Qwen3.5).
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from omnic.spec.rope import RopeScaling
 # The functions below take an `omnic.spec.model.Model` (typed Any: model.py imports this module).
 Model = Any
 
-KINDS = ("full", "sliding", "nope", "short_conv", "mamba2")
-LayerKind = Literal["full", "sliding", "nope", "short_conv", "mamba2"]
+KINDS = ("full", "sliding", "nope", "short_conv", "mamba2", "gated_deltanet")
+LayerKind = Literal["full", "sliding", "nope", "short_conv", "mamba2", "gated_deltanet"]
 # Row kinds that carry a fixed-size recurrent state instead of a KV cache, each configured by the
-# model field of the same name (model.short_conv, model.mamba2).
-STATE_KINDS = ("short_conv", "mamba2")
+# model field of the same name (model.short_conv, model.mamba2, model.gated_deltanet).
+STATE_KINDS = ("short_conv", "mamba2", "gated_deltanet")
 _GROUP = re.compile(r"^\s*(?:(\d+)\s+)?([a-z_][a-z0-9_]*)\s*$")
 
 
@@ -47,11 +49,12 @@ class LayerRope(SpecModel):
 class Layer(SpecModel):
     """One row of the per-layer table."""
 
-    attention: Literal["full", "sliding", "short_conv", "mamba2"] = Field(
+    attention: Literal["full", "sliding", "short_conv", "mamba2", "gated_deltanet"] = Field(
         description="The layer's token mixer. full: attention over every earlier token; sliding: "
         "only the last `window` tokens; short_conv: no attention, a gated short convolution "
         "(model.short_conv) whose state has a fixed size; mamba2: no attention, a Mamba-2 "
-        "state-space layer (model.mamba2) with a fixed-size state.")
+        "state-space layer (model.mamba2) with a fixed-size state; gated_deltanet: no attention, "
+        "a Gated DeltaNet layer (model.gated_deltanet) with a fixed-size state.")
     window: PositiveInt | None = Field(
         None, description="Tokens a sliding layer attends back to, itself included; null for full.")
     rope: LayerRope | None = Field(description="Rotary embedding of this layer; null: no position "
@@ -231,15 +234,17 @@ def state_layers(model: Model) -> list[int]:
 
 def state_numel(model: Model) -> dict[str, tuple[int, int]]:
     """state kind -> (layers of that kind, numbers one such layer's state holds): a short_conv
-    layer keeps kernel - 1 values of each of d_model channels; a mamba2 layer its convolution's
-    and its recurrent state (Mamba2.state_numel). Only the kinds the model has."""
+    layer keeps kernel - 1 values of each of d_model channels; a mamba2 or gated_deltanet layer
+    its convolution's and its recurrent state (`state_numel` of its block). Only the kinds the
+    model has."""
     kinds = [row.attention for row in table(model)]
     out = {}
     if "short_conv" in kinds:
         out["short_conv"] = (kinds.count("short_conv"),
                              (model.short_conv.kernel - 1) * model.d_model)
-    if "mamba2" in kinds:
-        out["mamba2"] = (kinds.count("mamba2"), model.mamba2.state_numel)
+    for kind in ("mamba2", "gated_deltanet"):
+        if kind in kinds:
+            out[kind] = (kinds.count(kind), getattr(model, kind).state_numel)
     return out
 
 
@@ -247,7 +252,8 @@ def state_shapes(model: Model) -> dict[int, list[list[int]]]:
     """layer -> the shapes of its fixed-size state at batch 1, as the targets keep them in the
     layer's k (and v) cache slots: a short_conv layer's [1, d_model, kernel - 1]; a mamba2
     layer's convolution state [1, channels, kernel - 1] and recurrent state
-    [1, heads, head_dim, d_state]. Attention layers are not listed."""
+    [1, heads, head_dim, d_state]; a gated_deltanet layer's [1, channels, kernel - 1] and
+    [1, value_heads, key_dim, value_dim]. Attention layers are not listed."""
     out = {}
     for i, row in enumerate(table(model)):
         if row.attention == "short_conv":
@@ -255,6 +261,10 @@ def state_shapes(model: Model) -> dict[int, list[list[int]]]:
         elif row.attention == "mamba2":
             s = model.mamba2
             out[i] = [[1, s.conv_channels, s.kernel - 1], [1, s.heads, s.head_dim, s.d_state]]
+        elif row.attention == "gated_deltanet":
+            g = model.gated_deltanet
+            out[i] = [[1, g.conv_channels, g.kernel - 1],
+                      [1, g.value_heads, g.key_dim, g.value_dim]]
     return out
 
 

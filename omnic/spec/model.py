@@ -104,6 +104,52 @@ class Mamba2(SpecModel):
         return (self.kernel - 1) * self.conv_channels + self.inner * self.d_state
 
 
+class GatedDeltaNet(SpecModel):
+    """A Gated DeltaNet linear-attention layer (Qwen3.5): qkv makes q, k (key_heads of key_dim)
+    and v (value_heads of value_dim), which go through a causal depthwise convolution with SiLU;
+    q and k are L2-normalised, and each value head keeps a state S [key_dim, value_dim] updated
+    by the gated delta rule S = exp(g) S + k ((v - (exp(g) S)^T k) beta)^T, read as o = S^T q;
+    then a gated RMSNorm per head (silu(z)) and out_proj."""
+
+    key_heads: PositiveInt = Field(description="Query/key heads (linear_num_key_heads); each "
+                                   "serves value_heads / key_heads value heads.")
+    value_heads: PositiveInt = Field(description="Value heads, each with its own state, decay "
+                                     "and beta (linear_num_value_heads).")
+    key_dim: PositiveInt = Field(description="Query/key width per head (linear_key_head_dim).")
+    value_dim: PositiveInt = Field(description="Value width per head (linear_value_head_dim).")
+    kernel: int = Field(4, ge=2, le=16, description="Tokens the convolution spans, the current "
+                        "one included (linear_conv_kernel_dim). The state keeps kernel - 1.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "GatedDeltaNet":
+        if self.value_heads % self.key_heads:
+            raise ValueError(f"key_heads={self.key_heads} does not divide "
+                             f"value_heads={self.value_heads}")
+        return self
+
+    @property
+    def key_width(self) -> int:
+        """key_heads * key_dim: the width of q and of k."""
+        return self.key_heads * self.key_dim
+
+    @property
+    def value_width(self) -> int:
+        """value_heads * value_dim: the width of v, z and the output."""
+        return self.value_heads * self.value_dim
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of the convolution (q, k and v): 2 * key_width + value_width."""
+        return 2 * self.key_width + self.value_width
+
+    @property
+    def state_numel(self) -> int:
+        """Numbers one layer's state holds: the convolution's (kernel - 1) per channel and one
+        key_dim x value_dim matrix per value head."""
+        return ((self.kernel - 1) * self.conv_channels
+                + self.value_heads * self.key_dim * self.value_dim)
+
+
 class Model(SpecModel):
     """A decoder-only transformer built from llama-family blocks."""
 
@@ -136,7 +182,8 @@ class Model(SpecModel):
         None, description="Which layers differ: a pattern such as \"5 sliding : 1 full\" "
         "(repeated from layer 0; it must divide n_layers unless it ends with '...') or one kind "
         "per layer; kinds: full, sliding (sliding_window.size), nope (full attention, no RoPE), "
-        "short_conv (model.short_conv, no attention), mamba2 (model.mamba2, no attention).")
+        "short_conv (model.short_conv, no attention), mamba2 (model.mamba2, no attention), "
+        "gated_deltanet (model.gated_deltanet, no attention).")
     layers: list[Layer] | None = Field(
         None, description="The explicit per-layer table (attention kind, window, RoPE). `omnic "
         "resolve` writes it from layer_pattern, sliding_window and rope; written by hand it must "
@@ -148,6 +195,12 @@ class Model(SpecModel):
     mamba2: Mamba2 | None = Field(
         None, description="The Mamba-2 state-space layer of the layers whose kind is mamba2 "
         "(Granite 4); null when no layer is.")
+    gated_deltanet: GatedDeltaNet | None = Field(
+        None, description="The Gated DeltaNet layer of the layers whose kind is gated_deltanet "
+        "(Qwen3.5); null when no layer is.")
+    attn_output_gate: bool = Field(
+        False, description="The attention layers gate their output per channel by "
+        "sigmoid(x W_gate) before the o projection (Qwen3.5, Qwen3-Next).")
     scale_embeddings: bool = Field(
         False, description="Multiply embeddings by sqrt(d_model) (Gemma)."
     )

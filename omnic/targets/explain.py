@@ -77,6 +77,12 @@ _NOT_A_MATRIX = {
     ".ssm.dt_bias": "fp32 (a mamba2 time-step bias: it sets each head's decay; one value per "
                     "head)",
     ".ssm.D": "fp32 (a mamba2 skip weight: one value per head)",
+    ".deltanet.conv.weight": "fp32 (a gated_deltanet convolution: a few taps per channel, too "
+                             "few to share a scale, and read once per token)",
+    ".deltanet.A_log": "fp32 (a gated_deltanet decay: exp(g) compounds over every token, so an "
+                       "error in A grows with the context; one value per value head)",
+    ".deltanet.dt_bias": "fp32 (a gated_deltanet decay bias: it sets each value head's decay; "
+                         "one value per head)",
 }
 
 

@@ -122,6 +122,12 @@ PUBLISHED = {
     # GraniteMoeHybridForCausalLM's count on the published configs (the cards round: 340M, 1.5B)
     "granite4.0_h_350m": 340_332_224,  # https://huggingface.co/ibm-granite/granite-4.0-h-350m
     "granite4.0_h_1b": 1_461_538_368,  # https://huggingface.co/ibm-granite/granite-4.0-h-1b
+    # Qwen3_5ForCausalLM's count of the text decoders (tied), which with the MTP head and the
+    # vision tower equals each checkpoint's safetensors total (873,438,784 / 2,274,069,824 /
+    # 4,659,865,088 as the files' headers sum them)
+    "qwen3.5_0.8b": 752_393_024,  # https://huggingface.co/Qwen/Qwen3.5-0.8B
+    "qwen3.5_2b": 1_881_825_088,  # https://huggingface.co/Qwen/Qwen3.5-2B
+    "qwen3.5_4b": 4_205_751_296,  # https://huggingface.co/Qwen/Qwen3.5-4B
 }
 
 
@@ -146,6 +152,9 @@ def test_per_layer_presets_resolve_to_their_tables():
         rows = table(store.load("model", name))
         assert [i for i, r in enumerate(rows) if r.attention != "mamba2"] == attention
         assert all(r.attention in ("mamba2", "full") and r.rope is None for r in rows)
+    rows = table(store.load("model", "qwen3.5_0.8b"))  # every 4th layer attends, with RoPE
+    assert [i for i, r in enumerate(rows) if r.attention == "full"] == [3, 7, 11, 15, 19, 23]
+    assert {r.rope.dims for r in rows if r.rope} == {64}
     phi = table(store.load("model", "phi4_mini"))[0].rope
     assert phi.dims == 96 and len(phi.scaling.long_factor) == 48
 

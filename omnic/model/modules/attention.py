@@ -15,12 +15,14 @@ from omnic.model.modules.rope import apply_rope
 
 
 class Attention(nn.Module):
-    """q/k/v/o projections, optional per-head q/k norms, RoPE, masked softmax attention."""
+    """q/k/v/o projections, optional per-head q/k norms, RoPE, masked softmax attention, and
+    Qwen3.5's optional output gate (the output times sigmoid(gate x) before o)."""
 
     def __init__(
         self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *, qkv_bias: bool,
         qk_norm: bool, norm_eps: float, unit_offset: bool, scale: float,
-        softcap: float | None, qk_norm_full: bool = False, device=None,
+        softcap: float | None, qk_norm_full: bool = False, output_gate: bool = False,
+        device=None,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
@@ -29,6 +31,8 @@ class Attention(nn.Module):
         self.k = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
         self.v = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias, device=device)
         self.o = nn.Linear(n_heads * head_dim, d_model, bias=False, device=device)
+        self.gate = (nn.Linear(d_model, n_heads * head_dim, bias=False, device=device)
+                     if output_gate else None)
         self.qk_norm_full = qk_norm_full
         if qk_norm:  # RMSNorm whatever the model's norm kind (Qwen3, Gemma 3, OLMo 2 all do)
             # per head (Qwen3, Gemma 3), or over all heads at once before the split (OLMo 2)
@@ -70,9 +74,11 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+        x: torch.Tensor,
     ) -> torch.Tensor:
-        """Attention of q [B,H,T,hd] over k, v [B,KV,S,hd]; mask bool broadcastable to [B,H,T,S]."""
+        """Attention of q [B,H,T,hd] over k, v [B,KV,S,hd]; mask bool broadcastable to [B,H,T,S];
+        x is the layer's (normed) input, which the output gate reads."""
         b, _, t, _ = q.shape
         rep = self.n_heads // self.n_kv_heads
         if rep > 1:  # transformers' repeat_kv: query head h reads kv head h // rep
@@ -90,4 +96,11 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
-        return self.o(out)
+        return self.output(out, x)
+
+    def output(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o of the heads' output h [B, T, heads * head_dim], gated first by sigmoid(gate x)
+        when the layer has an output gate (x: the layer's normed input)."""
+        if self.gate is not None:
+            h = h * torch.sigmoid(self.gate(x))
+        return self.o(h)

@@ -16,6 +16,7 @@ from torch import nn
 
 from omnic.model.config import DecoderConfig
 from omnic.model.modules.attention import Attention
+from omnic.model.modules.deltanet import GatedDeltaNet
 from omnic.model.modules.ffn import MoE, FeedForward
 from omnic.model.modules.norm import make_norm
 from omnic.model.modules.rope import Rope
@@ -35,20 +36,24 @@ class Block(nn.Module):
         self.residual_multiplier = c.residual_multiplier
         self.attn_norm = norm() if c.pre_norms else None
         # the token mixer: attention with a KV cache, or a layer with a fixed-size state: LFM2's
-        # short convolution or a Mamba-2 layer
-        self.attn = self.conv = self.ssm = None
+        # short convolution, a Mamba-2 layer or Qwen3.5's Gated DeltaNet
+        self.attn = self.conv = self.ssm = self.deltanet = None
         if c.mixer_of(layer) == "short_conv":
             self.conv = ShortConv(c.d_model, c.conv_kernel, device)
         elif c.mixer_of(layer) == "mamba2":
             heads, head_dim, d_state, groups, kernel, conv_bias = c.mamba2
             self.ssm = Mamba2(c.d_model, heads, head_dim, d_state, groups, kernel, conv_bias,
                               c.norm_eps, device)
+        elif c.mixer_of(layer) == "gated_deltanet":
+            key_heads, value_heads, key_dim, value_dim, kernel = c.deltanet
+            self.deltanet = GatedDeltaNet(c.d_model, key_heads, value_heads, key_dim, value_dim,
+                                          kernel, c.norm_eps, c.context_length, device)
         else:
             self.attn = Attention(
                 c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=c.qkv_bias,
                 qk_norm=c.qk_norm, norm_eps=c.norm_eps, unit_offset=c.norm_unit_offset,
                 scale=c.scale, softcap=c.attn_softcap, qk_norm_full=c.qk_norm_full,
-                device=device)
+                output_gate=c.attn_output_gate, device=device)
         self.post_attn_norm = norm() if c.post_norms else None
         self.ffn_norm = norm() if c.pre_norms else None
         if c.moe_experts:
@@ -67,26 +72,28 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block. With `input_pos` the cache is static (written at input_pos), else it grows.
         A short_conv block takes its state as `k_prev` and returns the next one in its place
-        (`v_prev`, an empty placeholder, passes through); a mamba2 block takes its convolution
-        state as `k_prev` and its recurrent state as `v_prev`."""
+        (`v_prev`, an empty placeholder, passes through); a mamba2 or gated_deltanet block takes
+        its convolution state as `k_prev` and its recurrent state as `v_prev`."""
         if self.attn is None:
             if input_pos is not None:  # a run from position 0 starts from an empty state, as
                 # a static KV cache starts over (a device runner may keep the buffers)
                 k_prev = k_prev * (input_pos[:1] > 0).to(k_prev.dtype)
                 v_prev = v_prev * (input_pos[:1] > 0).to(v_prev.dtype)
-            if self.ssm is not None:
-                h, k_next, v_next = self.ssm(_maybe(self.attn_norm, x), k_prev, v_prev)
+            mixer = self.ssm if self.ssm is not None else self.deltanet
+            if mixer is not None:
+                h, k_next, v_next = mixer(_maybe(self.attn_norm, x), k_prev, v_prev)
                 return self._finish(x, h), k_next, v_next
             h, state = self.conv(_maybe(self.attn_norm, x), k_prev)
             return self._finish(x, h), state, v_prev
-        q, k, v = self.attn.project(_maybe(self.attn_norm, x), cos, sin)
+        h_in = _maybe(self.attn_norm, x)
+        q, k, v = self.attn.project(h_in, cos, sin)
         if input_pos is not None and _is_ring(self.window, k_prev.shape[2], self.context):
             # attend over the ring (earlier positions) and the new keys, then keep in each slot
             # its latest position: gathered from [ring | new], so that no slice depends on the
             # token count (torch.export keeps the prefill length dynamic down to 1)
             k, v = k.to(k_prev.dtype), v.to(v_prev.dtype)  # rounded as the cache keeps them
             k_cat, v_cat = torch.cat((k_prev, k), dim=2), torch.cat((v_prev, v), dim=2)
-            h = self.attn.attend(q, k_cat.to(q.dtype), v_cat.to(q.dtype), mask)
+            h = self.attn.attend(q, k_cat.to(q.dtype), v_cat.to(q.dtype), mask, h_in)
             keep = _ring_sources(input_pos, k_prev.shape[2])
             return self._finish(x, h), k_cat.index_select(2, keep), v_cat.index_select(2, keep)
         if input_pos is not None:
@@ -95,7 +102,7 @@ class Block(nn.Module):
         else:
             k_all = torch.cat((k_prev, k.to(k_prev.dtype)), dim=2)
             v_all = torch.cat((v_prev, v.to(v_prev.dtype)), dim=2)
-        h = self.attn.attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)
+        h = self.attn.attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask, h_in)
         return self._finish(x, h), k_all, v_all
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -348,7 +355,8 @@ class Decoder(nn.Module):
     def cache_lengths(self, length: int | None = None) -> list[int]:
         """Positions each layer's static cache holds: `length` (default context_length; a
         shorter cache serves runs that never go past it), or a sliding layer's window when that
-        is shorter (its ring); 0 for a short_conv or mamba2 layer, which holds a state instead."""
+        is shorter (its ring); 0 for a layer that holds a state instead (short_conv, mamba2,
+        gated_deltanet)."""
         n = self.config.context_length if length is None else length
         return [0 if b.attn is None else n if b.window is None or b.window >= n else b.window
                 for b in self.layers]
@@ -358,7 +366,9 @@ class Decoder(nn.Module):
         """Zero static caches: per layer [batch, n_kv_heads, L, head_dim] with L from
         `cache_lengths(length)`; a short_conv layer's zero state [batch, d_model, kernel - 1]
         and an empty [batch, d_model, 0] in v's place; a mamba2 layer's zero convolution state
-        [batch, channels, kernel - 1] and recurrent state [batch, heads, head_dim, d_state]."""
+        [batch, channels, kernel - 1] and recurrent state [batch, heads, head_dim, d_state]; a
+        gated_deltanet layer's [batch, channels, kernel - 1] and
+        [batch, value_heads, key_dim, value_dim]."""
         c = self.config
         k, v = [], []
         for block, n in zip(self.layers, self.cache_lengths(length)):
@@ -366,8 +376,9 @@ class Decoder(nn.Module):
                 k.append(block.conv.empty_state(batch, dtype))
                 v.append(torch.zeros(batch, c.d_model, 0, dtype=dtype))
                 continue
-            if block.ssm is not None:  # the convolution state and the recurrent state
-                conv, ssm = block.ssm.empty_state(batch, dtype)
+            mixer = block.ssm if block.ssm is not None else block.deltanet
+            if mixer is not None:  # the convolution state and the recurrent state
+                conv, ssm = mixer.empty_state(batch, dtype)
                 k.append(conv)
                 v.append(ssm)
                 continue

@@ -158,7 +158,7 @@ def custom_ops_module(decoder: "Decoder", dtype: "torch.dtype") -> "torch.nn.Mod
                 torch.ops.llama.update_cache(v.to(dtype), v_cache, start)
                 h = torch.ops.llama.custom_sdpa(q.to(dtype), k_cache, v_cache, start, None, 0.0,
                                                 True, a.scale)
-                h = a.o(h.to(x.dtype).reshape(1, -1, a.n_heads * a.head_dim))
+                h = a.output(h.to(x.dtype).reshape(1, -1, a.n_heads * a.head_dim), h_in)
                 x = block._finish(x, h)
             return d._head(x)
 

@@ -289,7 +289,7 @@ def fast_module(decoder: "Decoder") -> nn.Module:
                 ring, window = layers[i]
                 h = attention(q, k, v, caches[i], caches[c.n_layers + i], input_pos, ring,
                               window, a.scale, a.softcap or 0.0)
-                x = block._finish(x, a.o(h))
+                x = block._finish(x, a.output(h, h_in))
             return self._logits(d.norm(x))
 
         def _logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""Qwen3.5's Gated DeltaNet layer in omnic's decoder: its one-chunk parallel form against the
+recurrence token by token and prompts cut in slices, eager calls longer than a chunk, the form
+torch.export keeps (a fixed count of factors for a symbolic token count), a fixed-size state, and
+a run from position 0 starting over whatever state the caller kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiny_specs import TINY_SPEC, make_resolved_spec
+
+torch = pytest.importorskip("torch")
+
+HYBRID = {"n_layers": 3, "layer_pattern": ["gated_deltanet", "full", "gated_deltanet"],
+          "context_length": 256, "attn_output_gate": True, "qk_norm": True,
+          "gated_deltanet": {"key_heads": 2, "value_heads": 4, "key_dim": 16, "value_dim": 8,
+                             "kernel": 4}}
+PROMPT = [5, 80, 3, 200, 17, 42, 9, 11, 250, 64]
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from omnic.model import build_model
+
+    spec = make_resolved_spec(TINY_SPEC["model"], HYBRID, weights={"source": "random", "seed": 5})
+    decoder = build_model(spec, None).eval()
+    with torch.no_grad():  # decays that differ per head, away from 0 and from 1, betas near 1,
+        # and streams large enough for the state to matter (the 0.02 init leaves it near zero)
+        for block in decoder.layers:
+            if block.deltanet is not None:
+                dn = block.deltanet
+                dn.A_log.copy_(torch.linspace(-2.0, 0.0, dn.value_heads))
+                dn.qkv.weight.mul_(20.0)
+                dn.conv.weight.mul_(20.0)
+                dn.b.weight.mul_(50.0)
+    return decoder
+
+
+def _run(decoder, pieces, k, v, start=0):
+    out = []
+    for piece in pieces:
+        logits, k, v = decoder(torch.tensor([piece]), torch.arange(start, start + len(piece)),
+                               k, v)
+        out.append(logits[0])
+        start += len(piece)
+    return torch.cat(out), k, v
+
+
+def test_the_parallel_form_equals_the_recurrence_and_slices_of_the_prompt(decoder):
+    with torch.no_grad():
+        whole, k, v = _run(decoder, [PROMPT], *decoder.empty_cache())
+        steps, k1, v1 = _run(decoder, [[t] for t in PROMPT], *decoder.empty_cache())
+        sliced, k2, v2 = _run(decoder, [PROMPT[:3], PROMPT[3:4], PROMPT[4:]],
+                              *decoder.empty_cache())
+    torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+    for a, b in ((k, k1), (v, v1), (k, k2), (v, v2)):
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+    # the state does not grow with the tokens: the convolution's last 3 inputs of q, k and v
+    # (2 x 2 x 16 + 4 x 8 channels) and 4 value heads x a 16 x 8 matrix
+    assert k[0].shape == k[2].shape == (1, 96, 3)
+    assert v[0].shape == v[2].shape == (1, 4, 16, 8)
+    assert v[0].abs().max() > 0.1  # the rule wrote it
+
+
+def test_a_prompt_longer_than_a_chunk_equals_the_recurrence(decoder):
+    from omnic.model.modules.deltanet import CHUNK
+
+    prompt = [(7 * i + 3) % 320 for i in range(CHUNK + 37)]  # two slices in an eager call
+    with torch.no_grad():
+        whole, _, v = _run(decoder, [prompt], *decoder.empty_cache())
+        steps, _, v1 = _run(decoder, [[t] for t in prompt], *decoder.empty_cache())
+    torch.testing.assert_close(steps, whole, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v[0], v1[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_exported_form_equals_the_eager_one(decoder):
+    """Under torch.export the token count is symbolic: the triangular inverse takes its fixed
+    count of factors (from the context), which must give what the exact count gives."""
+    from torch.export import Dim
+
+    dn = decoder.layers[0].deltanet
+    assert dn.max_factors == 8  # ceil(log2(256))
+    x = torch.randn(1, 40, 64) * 3.0
+    conv, state = dn.empty_state(1, torch.float32)
+    state = state + torch.randn(state.shape) * 0.5  # a state from earlier tokens
+    ep = torch.export.export(dn, (x[:, :4], conv, state),
+                             dynamic_shapes=({1: Dim("t", min=1, max=256)}, None, None))
+    with torch.no_grad():
+        want = dn(x, conv, state)
+        got = ep.module()(x, conv, state)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_from_position_zero_ignores_the_state_left_behind(decoder):
+    first, second = PROMPT[:5], PROMPT[5:]
+    with torch.no_grad():
+        fresh, _, _ = _run(decoder, [second], *decoder.empty_cache())
+        _, k, v = _run(decoder, [first], *decoder.empty_cache())
+        again, _, _ = _run(decoder, [second], k, v)
+    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
