@@ -125,6 +125,36 @@ def make_checkpoint(family: str, root: Path, **overrides) -> Path:
     return out
 
 
+def make_qwen35_vl_checkpoint(root: Path) -> Path:
+    """The tiny qwen3_5 decoder inside a Qwen3_5ForConditionalGeneration (how Qwen3.5 is
+    released: `text_config`, `model.language_model.*` and a vision tower `model.visual.*`),
+    with a one-block vision tower of its own."""
+    import transformers
+
+    text_dir = make_checkpoint("qwen3_5", root / "text")
+    text = transformers.AutoModelForCausalLM.from_pretrained(text_dir)
+    text_config = text.config.to_dict()
+    text_config["rope_parameters"] = {**text_config["rope_parameters"],
+                                      "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+    config = transformers.Qwen3_5Config(
+        text_config=text_config, tie_word_embeddings=text.config.tie_word_embeddings,
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=text.config.hidden_size, num_position_embeddings=16,
+                           patch_size=4),
+        image_token_id=300, video_token_id=301, vision_start_token_id=302,
+        vision_end_token_id=303)
+    torch.manual_seed(0)
+    model = transformers.Qwen3_5ForConditionalGeneration(config).eval()
+    model.model.language_model.load_state_dict(
+        {k[len("model."):]: v for k, v in text.state_dict().items() if k.startswith("model.")})
+    out = root / "qwen3_5_vl"
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (text_dir / name).is_file():
+            (out / name).write_bytes((text_dir / name).read_bytes())
+    return out
+
+
 # one short golden case (the compile's own check, inside the suite's time budget) and the
 # int4 weights a scheme_builds "int4" build gets
 GOLDEN = {"cases": 1, "prompt_tokens": 12, "decode_steps": 8}
