@@ -80,6 +80,18 @@ SHAPES: dict[str, dict[str, Any]] = {
         "residual_multiplier": 0.246, "attention_multiplier": 0.015625, "logits_scaling": 3.0,
         "layer_types": ["attention" if i in (10, 13, 17, 27) else "mamba" for i in range(32)],
     },
+    # Qwen3.5-0.8B's text decoder: 18 Gated DeltaNet layers and 6 gated attention layers (issue
+    # 17's hybrid; values of presets/models/qwen3.5_0.8b.yaml)
+    "qwen3.5_0.8b": {
+        "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text",
+        "hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 24,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+        "vocab_size": 248320, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+        "linear_num_key_heads": 16, "linear_num_value_heads": 16, "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e7,
+                            "partial_rotary_factor": 0.25},
+    },
     # ref: https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json
     "llama3.2_1b": {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,

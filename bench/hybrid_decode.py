@@ -1,6 +1,7 @@
 """Hybrid models against a transformer of the same size (issue 17): an LFM2-350M-shaped int4
 build (10 short-convolution layers, 6 attention layers) and a Granite-4.0-H-350M-shaped one (28
-Mamba-2 layers, 4 attention layers) next to a SmolLM-360M-shaped one (32 attention layers), all
+Mamba-2 layers, 4 attention layers) and a Qwen3.5-0.8B-shaped one (18 Gated DeltaNet layers, 6
+attention layers) next to a SmolLM-360M-shaped one (32 attention layers), all
 random weights, the same omnic recipe, the same threads:
 
     PYTHONPATH=. .venv/bin/python bench/hybrid_decode.py [--work /tmp/hybrid] [--threads 1] \
@@ -34,7 +35,7 @@ import harness as h  # noqa: E402
 from executorch_vs_export_llm import cached, summarize  # noqa: E402
 
 NAMES = {"lfm2_350m": "LFM2-350M-shaped", "granite4.0_h_350m": "Granite-4.0-H-350M-shaped",
-         "smollm_360m": "SmolLM-360M-shaped"}
+         "qwen3.5_0.8b": "Qwen3.5-0.8B-shaped", "smollm_360m": "SmolLM-360M-shaped"}
 # target -> the workers that measure it: (worker, the shapes it can run; None: every shape)
 WORKERS = {"gguf": [("llama", None)],
            "onnx": [("og", {"lfm2_350m", "smollm_360m"}), ("omnic_onnx", None)]}
@@ -72,13 +73,15 @@ def build(a: argparse.Namespace, name: str, shape: str, target: str, env: dict) 
 def kv_mib(config: dict, positions: int) -> float:
     """f16 K and V bytes (MiB) of `positions` in the attention layers of a config.json: the
     layers whose cache grows; LFM2's convolution layers keep kernel - 1 values per channel,
-    Granite's Mamba-2 layers a fixed-size state."""
+    Granite's Mamba-2 and Qwen3.5's Gated DeltaNet layers a fixed-size state."""
     layers = config["num_hidden_layers"]
     if "full_attn_idxs" in config:
         layers = len(config["full_attn_idxs"])
     if "layer_types" in config:
-        layers = sum(t == "attention" for t in config["layer_types"])
-    head_dim = config["hidden_size"] // config["num_attention_heads"]
+        layers = sum(t in ("attention", "full_attention") for t in config["layer_types"])
+    elif config.get("model_type") == "qwen3_5_text":  # every 4th layer attends
+        layers = layers // 4
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     return 2 * layers * config["num_key_value_heads"] * head_dim * positions * 2 / 2**20
 
 
