@@ -15,7 +15,7 @@ from omnic.targets.rules import Context, Finding, register
 CARRIED = {
     "gguf": {"short_conv", "mamba2"},
     "onnx": {"short_conv", "mamba2"},
-    "tvm": {"short_conv", "mamba2"},
+    "tvm": {"short_conv", "mamba2", "gated_deltanet"},
     "executorch": {"short_conv", "mamba2"},
     "coreml": {"short_conv", "mamba2"},
 }

@@ -13,8 +13,9 @@ instead:
   into the cache the VM already holds and attends over positions [0, pos] only (a sliding
   layer: its window, from its ring). `main` returns the logits alone; the caches are state.
   The layers with a state instead of a cache do the same with their own ops: LFM2's
-  `omnic_tvm::short_conv` and Granite 4's `omnic_tvm::mamba2_scan` (the convolution and the
-  selective scan, as a recurrence), each writing its state in place (kernels/).
+  `omnic_tvm::short_conv`, Granite 4's `omnic_tvm::mamba2_scan` (the convolution and the
+  selective scan, as a recurrence) and Qwen3.5's `omnic_tvm::gated_deltanet` (the convolution
+  and the gated delta rule, as a recurrence), each writing its states in place (kernels/).
 
 The custom ops exist for torch.export: their fake kernels give shapes and llm_relax.py converts
 each into its TIR kernel; their torch bodies are slow eager references of the same semantics.
@@ -173,6 +174,45 @@ def _(xbc, dt, weight, bias, A_log, D, dt_bias, conv_state, ssm_state):  # type:
     return xbc.new_empty((1, xbc.shape[1], ssm_state.shape[1] * ssm_state.shape[2]))
 
 
+@torch.library.custom_op(f"{NAMESPACE}::gated_deltanet", mutates_args=())
+def gated_deltanet(qkv: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
+                   A_log: torch.Tensor, dt_bias: torch.Tensor, conv_state: torch.Tensor,
+                   state: torch.Tensor) -> torch.Tensor:
+    """A Gated DeltaNet layer between its projections and the gated norm
+    (omnic.model.modules.deltanet): qkv [1, T, channels], a and b [1, T, value_heads] as the
+    projections made them, the convolution's weight [channels, 1, kernel] (no bias), A_log and
+    dt_bias [value_heads], the states [1, channels, kernel - 1] and [1, value_heads, key_dim,
+    value_dim] -> o [1, T, value_heads * value_dim].
+
+    The gated delta rule runs as its recurrence, token by token. The Relax kernels
+    (kernels/deltanet.py) also write both next states in place; this body is the pure reference.
+    """
+    _, heads, key_dim, value_dim = state.shape
+    t, value_width = qkv.shape[1], heads * value_dim
+    key_width = (qkv.shape[2] - value_width) // 2
+    seq = torch.cat((conv_state, qkv.transpose(1, 2)), dim=2)
+    xc = F.silu(F.conv1d(seq, weight, groups=weight.shape[0])).transpose(1, 2)
+    q, k, v = xc.split([key_width, key_width, value_width], dim=-1)
+    q, k = (m.reshape(1, t, key_width // key_dim, key_dim) for m in (q, k))
+    q, k = (m * torch.rsqrt((m * m).sum(-1, keepdim=True) + 1e-6) for m in (q, k))
+    rep = heads // q.shape[2]  # key head g serves value heads g * rep .. g * rep + rep - 1
+    q, k = q.repeat_interleave(rep, dim=2) * key_dim ** -0.5, k.repeat_interleave(rep, dim=2)
+    v = v.reshape(1, t, heads, value_dim)
+    beta, decay = torch.sigmoid(b), torch.exp(-torch.exp(A_log) * F.softplus(a + dt_bias))
+    s, outs = state, []
+    for i in range(t):
+        s = s * decay[:, i, :, None, None]
+        delta = (v[:, i] - torch.einsum("bhkv,bhk->bhv", s, k[:, i])) * beta[:, i, :, None]
+        s = s + k[:, i, :, :, None] * delta[:, :, None, :]
+        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, i]))
+    return torch.stack(outs, dim=1).reshape(1, t, value_width)
+
+
+@gated_deltanet.register_fake
+def _(qkv, a, b, weight, A_log, dt_bias, conv_state, state):  # type: ignore[no-untyped-def]
+    return qkv.new_empty((1, qkv.shape[1], state.shape[1] * state.shape[3]))
+
+
 class PackedWeight(nn.Module):
     """A packed matrix's stored arrays as parameters (q, scale, zero), as the params file
     holds them; a symmetric one's zero is a placeholder buffer (never stored)."""
@@ -251,7 +291,8 @@ def fast_module(decoder: "Decoder") -> nn.Module:
     """forward(tokens [1, T], input_pos [T], k_0.., v_0..) -> logits [1, T, V]; the caches are
     written in place by the attention op, a short_conv layer's state (its k) by the
     short_conv op, a mamba2 layer's convolution state (its k) and recurrent state (its v) by
-    the mamba2_scan op (see the module docstring)."""
+    the mamba2_scan op, a gated_deltanet layer's by the gated_deltanet op (see the module
+    docstring)."""
     c = decoder.config
     # a sliding layer whose cache is shorter than the context keeps a ring (Decoder._is_ring)
     layers = [(n < c.context_length, b.window or 0)
@@ -278,6 +319,14 @@ def fast_module(decoder: "Decoder") -> nn.Module:
                     y = mamba2_scan(xbc, dt, m.conv.weight, bias, m.A_log, m.D, m.dt_bias,
                                     caches[i], caches[c.n_layers + i])
                     x = block._finish(x, m.out_proj(m.norm(y, z)))
+                    continue
+                if block.deltanet is not None:  # GatedDeltaNet._call: the states as mamba2's
+                    m = block.deltanet
+                    o = gated_deltanet(m.qkv(h_in), m.a(h_in), m.b(h_in), m.conv.weight,
+                                       m.A_log, m.dt_bias, caches[i], caches[c.n_layers + i])
+                    heads = (1, -1, m.value_heads, m.value_dim)
+                    o = m.norm(o.reshape(heads), m.z(h_in).reshape(heads))
+                    x = block._finish(x, m.out_proj(o.reshape(1, -1, m.value_width)))
                     continue
                 if a is None:  # a short_conv layer (ShortConv.forward): its state is caches[i]
                     sc = block.conv

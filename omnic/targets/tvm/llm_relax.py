@@ -10,6 +10,10 @@ of its TIR kernel (kernels/), through `from_exported_program`'s custom_convert_m
     mamba2_scan       two call_tir_inplace of kernels.mamba2: the convolution (output 0 the
                       convolution state, written in place, output 1 SiLU(conv)), then the scan
                       (output 0 the recurrent state, written in place, output 1 y)
+    gated_deltanet    two call_tir_inplace: kernels.mamba2's convolution with a zero bias
+                      (output 0 the convolution state, written in place, output 1 SiLU(conv)),
+                      then kernels.deltanet's rule (output 0 the recurrent state, written in
+                      place, output 1 o)
 
 A kernel is added to the module once per distinct shape and kind (`Kernels`).
 """
@@ -44,7 +48,8 @@ class Kernels:
                 "packed_embedding.default": self._embedding,
                 "attention.default": self._attention,
                 "short_conv.default": self._short_conv,
-                "mamba2_scan.default": self._mamba2}
+                "mamba2_scan.default": self._mamba2,
+                "gated_deltanet.default": self._deltanet}
 
     def _linear(self, node: Any, importer: Any) -> Any:
         from tvm import relax
@@ -152,6 +157,33 @@ class Kernels:
             scan, [xc, dt, a_log, d, dt_bias, ssm_state], [5, -1],
             [relax.TensorType([1, heads, head_dim, d_state], "float32"),
              relax.TensorType([1, t, heads * head_dim], "float32")]))
+        return bb.emit(relax.TupleGetItem(out, 1))
+
+    def _deltanet(self, node: Any, importer: Any) -> Any:
+        import numpy as np
+        from tvm import relax
+
+        from omnic.targets.tvm.kernels import deltanet, mamba2
+
+        bb = importer.block_builder
+        qkv, a, b, weight, a_log, dt_bias, conv_state, state = importer.retrieve_args(node)
+        t, width = importer.shape_of(qkv)[1], int(importer.shape_of(qkv)[2])
+        k = int(importer.shape_of(weight)[2])
+        _, heads, key_dim, value_dim = (int(n) for n in importer.shape_of(state))
+        key_heads = (width - heads * value_dim) // (2 * key_dim)
+        conv = self.add(bb, ("deltanet_conv", width, k), lambda: mamba2.conv_kernel(width, k))
+        no_bias = relax.const(np.zeros(width, dtype="float32"))
+        out = bb.emit(relax.call_tir_inplace(
+            conv, [qkv, conv_state, weight, no_bias], [1, -1],
+            [relax.TensorType([1, width, k - 1], "float32"),
+             relax.TensorType([1, t, width], "float32")]))
+        xc = bb.emit(relax.TupleGetItem(out, 1))
+        rule = self.add(bb, ("deltanet_rule", key_heads, heads, key_dim, value_dim),
+                        lambda: deltanet.rule_kernel(key_heads, heads, key_dim, value_dim))
+        out = bb.emit(relax.call_tir_inplace(
+            rule, [xc, a, b, a_log, dt_bias, state], [5, -1],
+            [relax.TensorType([1, heads, key_dim, value_dim], "float32"),
+             relax.TensorType([1, t, heads * value_dim], "float32")]))
         return bb.emit(relax.TupleGetItem(out, 1))
 
 

@@ -11,7 +11,8 @@ register_layer_kinds(Targets.TVM)  # the layer kinds mixers.CARRIED lists
 
 
 @register(Targets.TVM, "tvm.devices_attention_only",
-          "the GPU builds take the generic graph, which has no short_conv or mamba2 kernel yet",
+          "the GPU builds take the generic graph, which has no short_conv, mamba2 or "
+          "gated_deltanet kernel yet",
           "omnic/targets/tvm/devices.py")
 def _devices(ctx: Context):
     kinds = state_kinds(ctx.spec.model)

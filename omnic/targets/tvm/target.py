@@ -127,7 +127,7 @@ def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[st
     the positions each layer's cache holds (`Decoder.cache_lengths`). The caches are inputs
     that `main` writes in place (the runner keeps them between calls); they are not returned.
     A short_conv layer's k input is its state (`Decoder.empty_cache`) and its v is empty; a
-    mamba2 layer's k is its convolution state and its v its recurrent state."""
+    mamba2 or gated_deltanet layer's k is its convolution state and its v its recurrent state."""
     kv = {f"{kind}_cache.{i}": {"shape": [1, config.n_kv_heads, n, config.head_dim],
                                 "dtype": "float32", "written_in_place": True}
           for kind in ("k", "v") for i, n in enumerate(lengths)}
@@ -142,6 +142,13 @@ def _signature(config: Any, lengths: list[int]) -> tuple[dict[str, Any], dict[st
             kv[f"k_cache.{i}"].update(shape=[1, channels, kernel - 1], holds="mamba2 conv state")
             kv[f"v_cache.{i}"].update(shape=[1, heads, head_dim, d_state],
                                       holds="mamba2 recurrent state")
+        elif config.mixer_of(i) == "gated_deltanet":  # the same two states, Qwen3.5's
+            key_heads, value_heads, key_dim, value_dim, kernel = config.deltanet
+            channels = 2 * key_heads * key_dim + value_heads * value_dim
+            kv[f"k_cache.{i}"].update(shape=[1, channels, kernel - 1],
+                                      holds="gated_deltanet conv state")
+            kv[f"v_cache.{i}"].update(shape=[1, value_heads, key_dim, value_dim],
+                                      holds="gated_deltanet recurrent state")
     inputs = {"tokens": {"shape": [1, "T"], "dtype": "int64"},
               "input_pos": {"shape": ["T"], "dtype": "int64"}, **kv}
     outputs = {"logits": {"shape": [1, "T", config.vocab_size], "dtype": "float32"}}
