@@ -159,6 +159,7 @@ class HFTokenizer:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         tcfg = _read_json(self.directory / "tokenizer_config.json")
         cfg = _read_json(self.directory / "config.json")
+        cfg = {**(cfg.get("text_config") or {}), **cfg}  # a multimodal config's decoder ids
         gcfg = _read_json(self.directory / "generation_config.json")
 
         def by_text(key: str) -> list[int]:

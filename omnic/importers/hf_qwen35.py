@@ -25,13 +25,14 @@ KINDS = {"linear_attention": "gated_deltanet", "full_attention": "full"}
 
 def text_config(raw: dict[str, Any]) -> dict[str, Any]:
     """The text decoder's fields of a Qwen3_5ForConditionalGeneration config (its `text_config`,
-    with the top level's architectures and tied embeddings); any other config as it is."""
+    with the top level's architectures and tie_word_embeddings, which wins as in transformers);
+    any other config as it is."""
     if "Qwen3_5ForConditionalGeneration" not in (raw.get("architectures") or []):
         return raw
     text = dict(raw.get("text_config") or {})
     text["architectures"] = raw["architectures"]
-    if "tie_word_embeddings" in raw:
-        text.setdefault("tie_word_embeddings", raw["tie_word_embeddings"])
+    if "tie_word_embeddings" in raw:  # the top level's, as Qwen3_5ForConditionalGeneration ties
+        text["tie_word_embeddings"] = raw["tie_word_embeddings"]
     return text
 
 

@@ -80,7 +80,7 @@ def test_the_exported_form_equals_the_eager_one(decoder):
     from torch.export import Dim
 
     dn = decoder.layers[0].deltanet
-    assert dn.max_factors == 8  # ceil(log2(256))
+    assert dn.max_levels == 8  # ceil(log2(256))
     x = torch.randn(1, 40, 64) * 3.0
     conv, state = dn.empty_state(1, torch.float32)
     state = state + torch.randn(state.shape) * 0.5  # a state from earlier tokens
@@ -100,3 +100,40 @@ def test_a_run_from_position_zero_ignores_the_state_left_behind(decoder):
         _, k, v = _run(decoder, [first], *decoder.empty_cache())
         again, _, _ = _run(decoder, [second], k, v)
     torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+
+
+def _recurrence(q, k, v, beta, g):
+    """The gated delta rule token by token in float64 (transformers'
+    torch_recurrent_gated_delta_rule, q already normalised and scaled)."""
+    q, k, v, beta, g = (x.double() for x in (q, k, v, beta, g))
+    s = torch.zeros(*q.shape[:2], q.shape[-1], v.shape[-1], dtype=torch.float64)
+    outs = []
+    for t in range(q.shape[2]):
+        s = s * g[:, :, t].exp()[..., None, None]
+        delta = (v[:, :, t] - torch.einsum("bhkv,bhk->bhv", s, k[:, :, t])) * beta[:, :, t, None]
+        s = s + k[:, :, t, :, None] * delta[:, :, None, :]
+        outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, t]))
+    return torch.stack(outs, 2)
+
+
+def test_one_long_call_stays_exact_when_the_keys_share_a_direction():
+    """The exported graph runs a whole prompt as one chunk: its triangular inverse must stay
+    exact over hundreds of tokens whose keys are far from orthogonal (real keys are; the
+    tiny random checkpoint's are not), with betas near 1 and a slow decay."""
+    from omnic.model.modules.deltanet import GatedDeltaNet
+
+    g_ = torch.Generator().manual_seed(0)
+    heads, dim, t = 2, 32, 256
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    shared = torch.randn(1, heads, 1, dim, generator=g_)
+    k = unit(0.8 * shared + 0.6 * torch.randn(1, heads, t, dim, generator=g_))
+    q = unit(0.8 * shared + 0.6 * torch.randn(1, heads, t, dim, generator=g_)) * dim ** -0.5
+    v = torch.randn(1, heads, t, dim, generator=g_)
+    beta = torch.sigmoid(1.0 + torch.randn(1, heads, t, generator=g_))
+    g = -0.01 * torch.rand(1, heads, t, generator=g_)
+    dn = GatedDeltaNet(64, heads, heads, dim, dim, 4, 1e-6, max_tokens=t)
+    with torch.no_grad():
+        o, _ = dn._rule(q, k, v, beta, g, torch.zeros(1, heads, dim, dim))
+    want = _recurrence(q, k, v, beta, g)
+    assert want.abs().max() > 0.1
+    assert (o.double() - want).abs().max() < 1e-4

@@ -16,9 +16,10 @@ A call runs its T tokens in the parallel (WY / UT-transform) form as one chunk: 
 cumulative log decay, D_ij = exp(c_i - c_j) for j <= i, A the strictly lower part of
 (beta k) k^T * D, the values u = (I + A)^-1 (beta v) and w = (I + A)^-1 (beta k exp(c)), and
 v' = u - w S_0: o = (q exp(c)) S_0 + tril(q k^T * D) v', S_T = exp(c_T) S_0 + (k exp(c_T - c))^T v'.
-A is nilpotent, so (I + A)^-1 = prod_m (I + (-A)^(2^m)) over ceil(log2(T)) factors: a fixed
-count of matrix products (from the context length when T is symbolic, as under torch.export),
-exact for any T up to it. For one token it is the recurrence itself. Eager calls longer than
+(I + A)^-1 comes by block doubling over ceil(log2(T)) levels (each merges neighbouring blocks
+of 2^m tokens, and every iterate is part of the exact inverse, so it stays bounded): a fixed count
+of matrix products (from the context length when T is symbolic, as under torch.export), exact
+for any T up to it. For one token it is the recurrence itself. Eager calls longer than
 CHUNK tokens run in slices of CHUNK, as transformers' chunked form does (its chunk is 64).
 ref: https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen3_5/modeling_qwen3_5.py
 (Qwen3_5GatedDeltaNet, torch_chunk_gated_delta_rule, torch_recurrent_gated_delta_rule)
@@ -48,8 +49,8 @@ class GatedDeltaNet(nn.Module):
         self.key_dim, self.value_dim, self.kernel_size, self.eps = key_dim, value_dim, kernel, eps
         self.key_width, self.value_width = key_heads * key_dim, value_heads * value_dim
         self.channels = 2 * self.key_width + self.value_width
-        # factors of the triangular inverse when the token count is only known at run time
-        self.max_factors = max(1, math.ceil(math.log2(max(2, max_tokens))))
+        # levels of the triangular inverse when the token count is only known at run time
+        self.max_levels = max(1, math.ceil(math.log2(max(2, max_tokens))))
         self.qkv = nn.Linear(d_model, self.channels, bias=False, device=device)
         self.z = nn.Linear(d_model, self.value_width, bias=False, device=device)
         self.b = nn.Linear(d_model, value_heads, bias=False, device=device)
@@ -104,14 +105,10 @@ class GatedDeltaNet(nn.Module):
         below = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
         decay = torch.exp((c[..., :, None] - c[..., None, :]).masked_fill(~below, -math.inf))
         kb = k * beta[..., None]
-        strict = below.tril(-1).to(q.dtype)
-        n = -(kb @ k.transpose(-1, -2)) * decay * strict  # -A: strictly lower, nilpotent
-        r = torch.cat((v * beta[..., None], kb * torch.exp(c)[..., None]), dim=-1)
-        factors = max(1, (t - 1).bit_length()) if isinstance(t, int) else self.max_factors
-        for m in range(factors):  # r <- (I + N^(2^m)) r: the product is (I + A)^-1 r
-            r = r + n @ r
-            if m + 1 < factors:
-                n = n @ n
+        a = (kb @ k.transpose(-1, -2)) * decay * below.tril(-1).to(q.dtype)  # strictly lower
+        levels = (t - 1).bit_length() if isinstance(t, int) else self.max_levels
+        r = _unit_lower_inverse(a, levels) @ torch.cat(
+            (v * beta[..., None], kb * torch.exp(c)[..., None]), dim=-1)
         u, w = r.split([self.value_dim, self.key_dim], dim=-1)
         v_new = u - w @ s0
         o = (q * torch.exp(c)[..., None]) @ s0 + ((q @ k.transpose(-1, -2)) * decay) @ v_new
@@ -133,6 +130,22 @@ class GatedDeltaNet(nn.Module):
             return x
         bsz, heads, t, dim = x.shape
         return x[:, :, None].expand(bsz, heads, r, t, dim).reshape(bsz, heads * r, t, dim)
+
+
+def _unit_lower_inverse(a: torch.Tensor, levels: int) -> torch.Tensor:
+    """(I + a)^-1 for a strictly lower triangular a [..., T, T] with T <= 2^levels, by block
+    doubling: x holds the exact inverse of the diagonal blocks of 2^m tokens, and merging each
+    pair of neighbouring blocks is x <- x - x e x, with e the part of a between the two. Every
+    iterate is part of the exact inverse, so it stays as bounded as the inverse itself (a
+    Neumann series of a would grow with T, and cancel in float32)."""
+    t = a.shape[-1]
+    idx = torch.arange(t, device=a.device)
+    x = torch.eye(t, dtype=a.dtype, device=a.device).expand_as(a)
+    for m in range(levels):
+        small, big = idx // (1 << m), idx // (2 << m)
+        between = (big[:, None] == big[None, :]) & (small[:, None] != small[None, :])
+        x = x - x @ (a * between.to(a.dtype)) @ x
+    return x
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
