@@ -12,6 +12,9 @@ from omnic.constants import Components, Roles, TensorNames as N
 from omnic.spec.model import Model
 
 
+_DELTANET_GATES = (".deltanet.b.weight", ".deltanet.a.weight")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -22,8 +25,12 @@ class TensorInfo:
 
     @property
     def is_matrix(self) -> bool:
-        """A 2-D weight that quantization may compress (input width = shape[-1])."""
-        return len(self.shape) == 2 and self.role != Roles.NORM
+        """A 2-D weight that quantization may compress (input width = shape[-1]). Not a
+        gated_deltanet layer's beta and decay projections: one row per value head (about 0.1 %
+        of the weights), whose errors the recurrence compounds over every token; they stay
+        float as onnxruntime-genai's builder keeps them."""
+        return (len(self.shape) == 2 and self.role != Roles.NORM
+                and not self.name.endswith(_DELTANET_GATES))
 
     @property
     def numel(self) -> int:

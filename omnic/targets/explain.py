@@ -77,6 +77,11 @@ _NOT_A_MATRIX = {
     ".ssm.dt_bias": "fp32 (a mamba2 time-step bias: it sets each head's decay; one value per "
                     "head)",
     ".ssm.D": "fp32 (a mamba2 skip weight: one value per head)",
+    ".deltanet.b.weight": "fp32 (a gated_deltanet beta projection: one row per value head, "
+                          "0.1 % of the weights; it sets how much each token writes to the "
+                          "state, so its error compounds; onnxruntime-genai keeps it dense)",
+    ".deltanet.a.weight": "fp32 (a gated_deltanet decay projection: one row per value head; "
+                          "exp(g) compounds over every token; onnxruntime-genai keeps it dense)",
     ".deltanet.conv.weight": "fp32 (a gated_deltanet convolution: a few taps per channel, too "
                              "few to share a scale, and read once per token)",
     ".deltanet.A_log": "fp32 (a gated_deltanet decay: exp(g) compounds over every token, so an "

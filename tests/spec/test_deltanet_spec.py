@@ -74,7 +74,8 @@ def test_int4_takes_the_deltanet_projections_and_keeps_its_decay_in_float():
                  "layers.22.deltanet.out_proj.weight", "layers.3.attn.gate.weight"):
         assert by_tensor[name].scheme == "int4_g32", name
     for name, words in (("conv.weight", "convolution"), ("A_log", "decay"),
-                        ("dt_bias", "decay bias")):
+                        ("dt_bias", "decay bias"), ("b.weight", "beta projection"),
+                        ("a.weight", "decay projection")):
         row = by_tensor[f"layers.0.deltanet.{name}"]
         assert row.scheme == "fp32" and words in row.rule, (name, row.rule)
     assert by_tensor["layers.0.deltanet.norm.weight"].scheme == "fp32"

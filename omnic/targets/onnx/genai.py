@@ -12,6 +12,9 @@ section gets genai's `sliding_window`: those layers' buffers hold `window_size` 
 slack of 16) positions instead of max_length, and GroupQueryAttention evicts inside them.
 `slide_key_value_cache` and `slide_inputs` are false: true would select genai's other windowed
 cache, which slides the prompt through a fixed-shape model in chunks (QNN-style exports).
+With Qwen3.5's gated_deltanet layers the type is genai's `qwen3_5_text` and the decoder's inputs
+and outputs also name the conv and recurrent states (deltanet_state.py); like LFM2's, they are
+never shared buffers.
 With Granite 4's mamba2 layers there is no genai_config.json at all: onnxruntime-genai 0.18 has no
 Mamba-2 model type (mamba2_state.py), and a config naming another type would claim a model genai
 cannot run; the folder keeps the tokenizer files, and onnxruntime runs model.onnx.
@@ -28,6 +31,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omnic.targets.onnx import deltanet_state
 from omnic.targets.onnx.mamba2_state import GENAI_NOT_RUN, has_mamba2
 
 if TYPE_CHECKING:
@@ -114,6 +118,12 @@ def genai_config(spec: "ResolvedSpec", model_file: str, tokenizer: Any,
         decoder["outputs"].update(extra.pop("outputs"))
         decoder.update(extra)
         config["model"]["type"] = "lfm2"
+    if deltanet_state.has_deltanet(spec):
+        # Qwen3.5: genai's qwen3_5_text type, which finds the state layers by these names
+        decoder = config["model"]["decoder"]
+        decoder["inputs"].update(deltanet_state.GENAI_INPUTS)
+        decoder["outputs"].update(deltanet_state.GENAI_OUTPUTS)
+        config["model"]["type"] = deltanet_state.GENAI_TYPE
     if window_cache:
         config["model"]["decoder"]["sliding_window"] = {
             "layers": list(window_cache["layers"]),

@@ -74,36 +74,9 @@ def export_decoder(decoder: "torch.nn.Module", opset: int) -> "ir.Model":
         states = [decoder.layers[i].ssm.empty_state(b, torch.float32) for i in ssm]
         return [[s[0] for s in states], [s[1] for s in states]]
 
-    return state_export.export_decoder(decoder, opset, _hybrid_entry(decoder), ssm,
+    return state_export.export_decoder(decoder, opset,
+                                       state_export.two_state_entry(decoder, ssm), ssm,
                                        [CONV, RECURRENT], dummy_states)
-
-
-def _hybrid_entry(decoder: "torch.nn.Module") -> "torch.nn.Module":
-    """The decoder as a module whose forward takes the mamba2 states as two lists of their own
-    (the attention layers' past in past_k / past_v, in layer order), for torch.export. It
-    shares every parameter under its canonical name (`Decoder.concat_entry`)."""
-    from omnic.model.modules.decoder import Decoder
-
-    class Mamba2View(Decoder):
-        def forward(self, input_ids, attention_mask, position_ids, past_k, past_v,  # type: ignore[override]
-                    past_conv, past_recurrent):
-            keys, values = iter(past_k), iter(past_v)
-            convs, recurrents = iter(past_conv), iter(past_recurrent)
-            ks, vs = [], []
-            for block in self.layers:  # a mamba2 block: the conv state in k's slot, s in v's
-                ssm = block.ssm is not None
-                ks.append(next(convs) if ssm else next(keys))
-                vs.append(next(recurrents) if ssm else next(values))
-            logits, new_k, new_v = self.forward_concat(input_ids, attention_mask, position_ids,
-                                                       ks, vs)
-            ssm = [i for i, block in enumerate(self.layers) if block.ssm is not None]
-            attn = [i for i in range(len(self.layers)) if i not in ssm]
-            return (logits, [new_k[i] for i in attn], [new_v[i] for i in attn],
-                    [new_k[i] for i in ssm], [new_v[i] for i in ssm])
-
-    entry = decoder.concat_entry()
-    entry.__class__ = Mamba2View
-    return entry
 
 
 def empty_states(session: Any) -> dict[str, np.ndarray]:

@@ -130,6 +130,24 @@ def _mamba2(ctx: Context):
     yield from _no_embeds_decoder(ctx, "mamba2")
 
 
+@register(Targets.ONNX, "onnx.gated_deltanet_layout",
+          "gated_deltanet layers carry their conv and recurrent states as graph I/O in "
+          "onnxruntime-genai's qwen3_5_text layout: a token decoder, no short_conv or mamba2 "
+          "layers beside them",
+          "omnic/targets/onnx/deltanet_state.py")
+def _gated_deltanet(ctx: Context):
+    kinds = {row.attention for row in ctx.spec.model.table}
+    if "gated_deltanet" not in kinds:
+        return
+    others = sorted(kinds & {"short_conv", "mamba2"})
+    if others:  # one state layout (and one genai model type) per decoder
+        yield Finding(("model", "layer_pattern"),
+                      f"onnx exports either gated_deltanet layers (genai's qwen3_5_text layout) "
+                      f"or {' and '.join(others)} layers, not both in one decoder: disable "
+                      "targets.onnx")
+    yield from _no_embeds_decoder(ctx, "gated_deltanet")
+
+
 def _no_embeds_decoder(ctx: Context, kind: str):
     """The refusal of modalities beside `kind` layers: the multimodal folder's text.onnx takes
     inputs_embeds (multimodal.py), which has no state I/O yet."""

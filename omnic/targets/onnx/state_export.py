@@ -1,6 +1,6 @@
 """The ONNX export of a hybrid decoder: attention layers with a KV cache beside layers that carry
 fixed-size states instead (LFM2's short_conv, conv_state.py; Granite 4's mamba2,
-mamba2_state.py).
+mamba2_state.py; Qwen3.5's gated_deltanet, deltanet_state.py).
 
 Each such layer's states are graph inputs and outputs of their own, named by the layer's index
 among ALL layers ("past.{i}.conv" -> "present.{i}.conv" ...), after the attention layers' usual
@@ -8,7 +8,8 @@ past_key_values.{i}.key/value -> present.{i}.key/value. Only the batch dimension
 dynamic: its other dimensions are the layer's (genai allocates a state from the graph input's
 fixed dimensions). The caller supplies what differs between the families: which layers carry
 states, the kinds of state each carries (`StateKind`), the export entry that takes them and
-dummy states to trace with.
+dummy states to trace with. A layer with two states (mamba2, gated_deltanet) takes its convolution
+state in its KV slots' k and its recurrent state in v (`two_state_entry`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def io_names(decoder: "torch.nn.Module", layers: list[int], kinds: list[StateKin
 
 def export_decoder(decoder: "torch.nn.Module", opset: int, entry: "torch.nn.Module",
                    layers: list[int], kinds: list[StateKind],
-                   dummy_states: Callable[[int], list[list["torch.Tensor"]]]) -> "ir.Model":
+                   dummy_states: Callable[[int], list[list["torch.Tensor"]]],
+                   translations: dict[Any, Callable] | None = None) -> "ir.Model":
     """`forward_concat` of a hybrid decoder as an unoptimised ONNX model with the I/O of
     `io_names`; initializers keep the state-dict names.
 
@@ -60,7 +62,8 @@ def export_decoder(decoder: "torch.nn.Module", opset: int, entry: "torch.nn.Modu
     position_ids, past_k, past_v) and then, per kind, that kind's states as a list (parameter
     `kind.arg`), and returns the logits, the attention layers' new k and v and the new states in
     the same order. `dummy_states(batch)` gives zero states to trace with: per kind, one tensor
-    per state layer (their shapes past the batch are the graph's)."""
+    per state layer (their shapes past the batch are the graph's). `translations` maps custom
+    torch ops the entry calls to their ONNX functions (the exporter's custom_translation_table)."""
     import onnx_ir as ir
     import torch
 
@@ -84,8 +87,9 @@ def export_decoder(decoder: "torch.nn.Module", opset: int, entry: "torch.nn.Modu
         dynamic[kind.arg] = [{0: BATCH}] * len(layers)
     inputs, outputs = io_names(decoder, layers, kinds)
     args = (ids, mask, pos, past_k, past_v, *states)
-    model = export_quietly(entry, args, "the decoder", opset,
-                           dynamic_shapes=dynamic, input_names=inputs, output_names=outputs)
+    extra = {"custom_translation_table": translations} if translations else {}
+    model = export_quietly(entry, args, "the decoder", opset, dynamic_shapes=dynamic,
+                           input_names=inputs, output_names=outputs, **extra)
     shapes = {"input_ids": [BATCH, SEQ], "attention_mask": [BATCH, TOTAL],
               "position_ids": [BATCH, SEQ], "logits": [BATCH, SEQ, c.vocab_size]}
     past_shapes, present_shapes = dict(shapes), dict(shapes)
@@ -100,6 +104,35 @@ def export_decoder(decoder: "torch.nn.Module", opset: int, entry: "torch.nn.Modu
         v.shape = ir.Shape(present_shapes.get(v.name) or
                            [BATCH, c.n_kv_heads, TOTAL, c.head_dim])
     return model
+
+
+def two_state_entry(decoder: "torch.nn.Module", layers: list[int]) -> "torch.nn.Module":
+    """`decoder` as a module whose forward takes the convolution and the recurrent states of
+    `layers` (mamba2 or gated_deltanet layers) as two lists of their own, the attention layers'
+    past in past_k / past_v, in layer order, and returns (logits, the attention layers' new k
+    and v, the new convolution and recurrent states): the entry `export_decoder` wants for the
+    kinds [conv, recurrent]. It shares every parameter under its canonical name
+    (`Decoder.concat_entry`)."""
+    from omnic.model.modules.decoder import Decoder
+
+    class TwoStateView(Decoder):
+        def forward(self, input_ids, attention_mask, position_ids, past_k, past_v,  # type: ignore[override]
+                    past_conv, past_recurrent):
+            keys, values = iter(past_k), iter(past_v)
+            convs, recurrents = iter(past_conv), iter(past_recurrent)
+            ks, vs = [], []
+            for i in range(len(self.layers)):  # a state layer: the conv state in k's slot, the
+                ks.append(next(convs) if i in layers else next(keys))  # recurrent one in v's
+                vs.append(next(recurrents) if i in layers else next(values))
+            logits, new_k, new_v = self.forward_concat(input_ids, attention_mask, position_ids,
+                                                       ks, vs)
+            attn = [i for i in range(len(self.layers)) if i not in layers]
+            return (logits, [new_k[i] for i in attn], [new_v[i] for i in attn],
+                    [new_k[i] for i in layers], [new_v[i] for i in layers])
+
+    entry = decoder.concat_entry()
+    entry.__class__ = TwoStateView
+    return entry
 
 
 def empty_states(session: Any, suffix: str) -> dict[str, np.ndarray]:

@@ -11,10 +11,11 @@ The artifact is that folder (what a user deploys), its path `out_dir.name` relat
 
 Stages, in order (each a function in a small module):
   export (export.py; conv_state.py for LFM2's short_conv layers, mamba2_state.py for Granite
-  4's mamba2 layers) -> store weights (quant.py: must see the exporter's canonical names, so
-  before any optimizer) -> clean-up and fusions (fusions.py) -> narrow fp16/bf16 weights
-  (quant.py: after the optimizers, which would fold the Casts) -> finalize (deterministic names
-  and metadata) -> save -> genai files (genai.py).
+  4's mamba2 layers, deltanet_state.py for Qwen3.5's gated_deltanet layers) -> store weights
+  (quant.py: must see the exporter's canonical names, so before any optimizer) -> clean-up and
+  fusions (fusions.py) -> narrow fp16/bf16 weights (quant.py: after the optimizers, which would
+  fold the Casts) -> finalize (deterministic names and metadata) -> save -> genai files
+  (genai.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from omnic.targets.onnx.backend import missing, require_backend
 from omnic.targets.onnx.rounding import activation_rounding
 from omnic.spec.layers import STATE_KINDS
 from omnic.targets.onnx.conv_state import conv_layers, empty_states, present_name
-from omnic.targets.onnx import mamba2_state
+from omnic.targets.onnx import deltanet_state, mamba2_state
 from omnic.targets.onnx.window_cache import empty_cache, window_cache
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ class OnnxTarget:
         start = time.perf_counter()
         if mamba2_state.mamba2_layers(program.decoder):  # Granite 4: both states as I/O
             model = mamba2_state.export_decoder(program.decoder, opset)
+        elif deltanet_state.deltanet_layers(program.decoder):  # Qwen3.5: genai's qwen3_5_text
+            model = deltanet_state.export_decoder(program.decoder, opset,
+                                                  ops=opts is None or opts.fusions)
         elif conv_layers(program.decoder):  # LFM2: genai's lfm2 layout, conv states as I/O
             from omnic.targets.onnx import conv_state
 
@@ -249,7 +253,8 @@ def _reload(path: Path) -> "ir.Model":
 class OnnxRunner:
     """Batch-1 decoding with onnxruntime over the concatenated (growing) KV cache; a layer with
     a window-sized cache (window_cache.py) keeps its fixed capacity instead, a short_conv
-    layer its fixed-size state (conv_state.py), a mamba2 layer its two (mamba2_state.py).
+    layer its fixed-size state (conv_state.py), a mamba2 or gated_deltanet layer its two
+    (mamba2_state.py, deltanet_state.py: the same names).
 
     Implements `omnic.targets.base.Runner`: int64 tokens [T] in, float32 logits [T, vocab] out;
     the position advances by T per call; `reset()` empties the cache.
@@ -267,7 +272,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(
             str(model_path), opts, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
-        # window-sized for windowed layers; zero states for short_conv and mamba2 layers
+        # window-sized for windowed layers; zero states for short_conv, mamba2 and
+        # gated_deltanet layers (past.{i}.conv, past.{i}.recurrent)
         self._empty = {**empty_cache(self.session), **empty_states(self.session),
                        **mamba2_state.empty_states(self.session)}
         self.reset()
