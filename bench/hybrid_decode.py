@@ -38,7 +38,7 @@ NAMES = {"lfm2_350m": "LFM2-350M-shaped", "granite4.0_h_350m": "Granite-4.0-H-35
          "qwen3.5_0.8b": "Qwen3.5-0.8B-shaped", "smollm_360m": "SmolLM-360M-shaped"}
 # target -> the workers that measure it: (worker, the shapes it can run; None: every shape)
 WORKERS = {"gguf": [("llama", None)],
-           "onnx": [("og", {"lfm2_350m", "smollm_360m"}), ("omnic_onnx", None)]}
+           "onnx": [("og", {"lfm2_350m", "qwen3.5_0.8b", "smollm_360m"}), ("omnic_onnx", None)]}
 CONTEXT = 2048
 
 
