@@ -41,6 +41,19 @@ llama-cpp-python 0.3.36 vendored copy), not guessed:
   `ssm_norm.weight` as [groups, inner / groups] and `ssm_out`. Only ssm_in and ssm_out are
   matrices a file type quantizes: llama-quant.cpp never quantizes ssm_conv1d, and the rest are
   1-D in omnic (norms, biases and per-head values stay F32, as convert_hf_to_gguf keeps them).
+- `qwen35` ref: src/models/qwen35.cpp, conversion/qwen.py (Qwen3_5TextModel,
+  _LinearAttentionVReorderBase) - a Gated DeltaNet layer holds `attn_qkv` (q | k | v rows),
+  `attn_gate` (z), `ssm_beta` (b), `ssm_alpha` (a), the convolution `ssm_conv1d.weight` squeezed
+  to [channels, kernel] (no bias), `ssm_dt.bias`, `ssm_a` = -exp(A_log) (1-D, no suffix), the
+  gated norm `ssm_norm.weight` (as is: the one norm without the +1) and `ssm_out`. When key heads
+  are fewer than value heads, the file orders the value heads tiled ([G0v0, G1v0, ..., G0v1, ...]
+  for ggml's broadcast) instead of grouped by key head as HF and omnic do ([G0v0, G0v1, ...]):
+  v's rows of qkv and of the convolution, z's rows, b's, a's, dt_bias, A_log and out_proj's
+  columns are permuted (GgufTensor.index). An attention layer's `attn_q` holds each head's query
+  and output gate interleaved ([q | gate] per head, HF's q_proj as it is); the pre-FFN norm is
+  `post_attention_norm`. The convolution, the 1-D tensors and ssm_alpha / ssm_beta stay F32
+  (omnic keeps beta's and the decay's projections float: omnic.spec.inventory; llama-quant.cpp
+  would quantize those two, so K mixtures get a type override: targets/gguf/quant.py).
 
 Plain Phi-3 checkpoints are llama blocks once imported (omnic splits the fused qkv/gate_up), so
 they are written as `llama`; partial rotary or LongRoPE need llama.cpp's `phi3`, written with the
@@ -53,6 +66,7 @@ written as `granite_swa`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -111,14 +125,26 @@ GGUF_NAMES = {
     N.SSM_D: "blk.{bid}.ssm_d",
     N.SSM_NORM: "blk.{bid}.ssm_norm",
     N.SSM_OUT: "blk.{bid}.ssm_out",
+    N.DN_QKV: "blk.{bid}.attn_qkv",
+    N.DN_Z: "blk.{bid}.attn_gate",
+    N.DN_B: "blk.{bid}.ssm_beta",
+    N.DN_A: "blk.{bid}.ssm_alpha",
+    N.DN_CONV: "blk.{bid}.ssm_conv1d",
+    N.DN_DT_BIAS: "blk.{bid}.ssm_dt",
+    N.DN_A_LOG: "blk.{bid}.ssm_a",
+    N.DN_NORM: "blk.{bid}.ssm_norm",
+    N.DN_OUT: "blk.{bid}.ssm_out",
 }
 # Suffixes other than ".weight" / ".bias" by the omnic name's ending. ref: granite-hybrid.cpp
 # ("no "weight" suffix for these": ssm_a, ssm_d) and Mamba2Model.filter_tensors (dt_bias ->
 # dt_proj.bias -> ssm_dt.bias)
-SUFFIXES = {N.SSM_DT_BIAS: ".bias", N.SSM_A_LOG: "", N.SSM_D: ""}
+SUFFIXES = {N.SSM_DT_BIAS: ".bias", N.SSM_A_LOG: "", N.SSM_D: "", N.DN_DT_BIAS: ".bias",
+            N.DN_A_LOG: ""}
 # Names an architecture's loader reads instead of GGUF_NAMES'. ref: src/llama-arch.cpp
-# (LLM_TENSOR_OUTPUT_NORM_LFM2 -> "token_embd_norm", "fix for wrong tensor name")
-ARCH_NAMES = {"lfm2": {N.FINAL_NORM: "token_embd_norm"}}
+# (LLM_TENSOR_OUTPUT_NORM_LFM2 -> "token_embd_norm", "fix for wrong tensor name"), qwen35.cpp
+# (the pre-FFN norm is LLM_TENSOR_ATTN_POST_NORM)
+ARCH_NAMES = {"lfm2": {N.FINAL_NORM: "token_embd_norm"},
+              "qwen35": {N.FFN_NORM: "blk.{bid}.post_attention_norm"}}
 # Fused tensors (ArchPlan.fused, phi3): the first part's template -> (name, the parts in row
 # order). ref: conversion/phi.py keeps Phi-3's qkv_proj and gate_up_proj ([gate; up]) as they are.
 FUSED = {N.Q: ("blk.{bid}.attn_qkv", (N.Q, N.K, N.V)),
@@ -142,9 +168,14 @@ class GgufTensor:
     transform: str  # "none" | "permute_q" | "permute_k" | "norm_offset" | "stack" | "concat"
     #                 | "squeeze" (a [d, 1, kernel] convolution stored as [d, kernel])
     #                 | "reshape" (a 1-D source stored 2-D: Mamba-2's D and gated norm)
-    #                 | "neg_exp" (Mamba-2's A_log stored as A = -exp(A_log), [heads, 1])
+    #                 | "neg_exp" (A_log stored as A = -exp(A_log): Mamba-2's [heads, 1])
+    #                 | "interleave" (qwen35's attn_q: per head [query | gate] of 2 sources)
     is_matrix: bool  # quantizable (2-D and up); 1-D tensors stay F32 as in llama.cpp
     rows: tuple[int, ...] = ()  # "concat": the rows of each source
+    # the file's order along `axis` after the transform: file[k] = transformed[index[k]] (qwen35's
+    # tiled value heads); () keeps the order
+    index: tuple[int, ...] = ()
+    axis: int = 0
 
 
 def _template(name: str) -> tuple[str, int | None]:
@@ -168,6 +199,8 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
     names = {**GGUF_NAMES, **ARCH_NAMES.get(plan.arch, {})}
     for info in inventory:
         tmpl, layer = _template(info.name)
+        if tmpl == N.ATTN_GATE:
+            continue  # the attention output gate is written inside attn_q ("interleave")
         base = names[tmpl].format(bid=layer)
         suffix = SUFFIXES.get(tmpl, ".bias" if info.name.endswith(".bias") else ".weight")
         if "{e}" in tmpl:
@@ -179,6 +212,12 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
             continue
         if plan.fused and tmpl in _FUSED_PARTS:
             continue  # written inside its fused tensor
+        if tmpl == N.Q and model.attn_output_gate:  # ref: qwen35.cpp (Qcur_full, gate views)
+            sources = (info.name, N.ATTN_GATE.format(i=layer))
+            out.append(GgufTensor(base + suffix, (2 * info.shape[0], *info.shape[1:]), sources,
+                                  "interleave", True, (info.shape[0],) * 2))
+            continue
+        index, axis = _value_order(model, tmpl)
         if plan.fused and tmpl in FUSED:
             name, parts = FUSED[tmpl]
             sources = tuple(p.format(i=layer) for p in parts)
@@ -186,9 +225,14 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
             out.append(GgufTensor(name.format(bid=layer) + suffix, (sum(rows), *info.shape[1:]),
                                   sources, "concat", True, rows))
             continue
-        if tmpl in (N.CONV_KERNEL, N.SSM_CONV):  # ref: conversion/lfm2.py: squeeze(1), mamba.py
+        if tmpl in (N.CONV_KERNEL, N.SSM_CONV, N.DN_CONV):  # ref: conversion/lfm2.py: squeeze(1)
             d, _, kernel = info.shape
-            out.append(GgufTensor(base + suffix, (d, kernel), (info.name,), "squeeze", False))
+            out.append(GgufTensor(base + suffix, (d, kernel), (info.name,), "squeeze", False,
+                                  index=index))
+            continue
+        if tmpl == N.DN_A_LOG:  # ref: conversion/qwen.py (Qwen3NextModel): -torch.exp, 1-D
+            out.append(GgufTensor(base + suffix, info.shape, (info.name,), "neg_exp", False,
+                                  index=index))
             continue
         if tmpl in _MAMBA2_2D:  # ref: conversion/mamba.py (Mamba2Model.modify_tensors)
             m = model.mamba2
@@ -201,10 +245,40 @@ def tensor_plan(model: "Model", plan: ArchPlan) -> list[GgufTensor]:
             transform = "permute_q"
         elif plan.permute_qk and tmpl in (N.K, N.K_BIAS):
             transform = "permute_k"
-        elif plan.norm_offset and info.role == "norm" and suffix == ".weight":
+        elif plan.norm_offset and info.role == "norm" and suffix == ".weight" and \
+                tmpl != N.DN_NORM:  # the gated norm has no unit offset
             transform = "norm_offset"
-        out.append(GgufTensor(base + suffix, info.shape, (info.name,), transform, info.is_matrix))
+        out.append(GgufTensor(base + suffix, info.shape, (info.name,), transform, info.is_matrix,
+                              index=index, axis=axis))
     return out
+
+
+# DeltaNet tensors whose value heads the file tiles: (axis, values per head: 0 for value_dim,
+# whether q's and k's channels come first and stay in place: qkv's rows, the convolution's)
+_VALUE_HEADS = {N.DN_QKV: (0, 0, True), N.DN_CONV: (0, 0, True), N.DN_Z: (0, 0, False),
+                N.DN_B: (0, 1, False), N.DN_A: (0, 1, False), N.DN_DT_BIAS: (0, 1, False),
+                N.DN_A_LOG: (0, 1, False), N.DN_OUT: (1, 0, False)}
+
+
+def _value_order(model: "Model", tmpl: str) -> tuple[tuple[int, ...], int]:
+    """(GgufTensor.index, axis) of a DeltaNet tensor: its value heads from HF's grouped order
+    (key head g's value heads consecutive) to llama.cpp's tiled order, file head j * key_heads + g
+    = omnic head g * r + j (r = value_heads / key_heads). ref: conversion/qwen.py
+    (_LinearAttentionVReorderBase._reorder_v_heads; no reorder when key_heads == value_heads)."""
+    g = model.gated_deltanet
+    if tmpl not in _VALUE_HEADS or g is None or g.key_heads == g.value_heads:
+        return (), 0
+    axis, per, qk_first = _VALUE_HEADS[tmpl]
+    return _tiled(g.key_heads, g.value_heads, per or g.value_dim,
+                  2 * g.key_width if qk_first else 0), axis
+
+
+@functools.lru_cache(maxsize=16)
+def _tiled(key_heads: int, value_heads: int, per: int, first: int) -> tuple[int, ...]:
+    """The index (shared by every layer: one tuple) after `first` channels kept in place."""
+    r = value_heads // key_heads
+    return tuple(range(first)) + tuple(first + (kh * r + j) * per + e for j in range(r)
+                                       for kh in range(key_heads) for e in range(per))
 
 
 # Mamba-2's 1-D tensors that the file holds 2-D, and how: A as -exp(A_log) ("unsqueeze A to
@@ -231,9 +305,23 @@ def to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model",
     embedding). Sources are only read."""
     import numpy as np
 
+    if t.index:
+        return np.ascontiguousarray(np.take(_to_gguf(t, fetch, model, plan), t.index, t.axis))
+    return _to_gguf(t, fetch, model, plan)
+
+
+def _to_gguf(t: GgufTensor, fetch: Callable[[str], "np.ndarray"], model: "Model", plan: ArchPlan
+             ) -> "np.ndarray":
+    import numpy as np
+
     if t.transform in ("stack", "concat"):
         parts = [np.asarray(fetch(s), dtype=np.float32) for s in t.sources]
         return np.stack(parts, axis=0) if t.transform == "stack" else np.concatenate(parts)
+    if t.transform == "interleave":  # per head [query | gate], as HF's q_proj holds them
+        q, gate = (np.asarray(fetch(s), dtype=np.float32).reshape(model.n_heads, 1, -1,
+                                                                  t.shape[-1])
+                   for s in t.sources)
+        return np.concatenate([q, gate], axis=1).reshape(t.shape)
     w = np.asarray(fetch(t.sources[0]), dtype=np.float32)
     if t.transform == "permute_q":
         return np.ascontiguousarray(_permute(w, model.n_heads))
@@ -259,6 +347,13 @@ def from_gguf(t: GgufTensor, values: "np.ndarray", model: "Model", plan: ArchPla
     import numpy as np
 
     values = np.asarray(values, dtype=np.float32).reshape(t.shape)
+    if t.index:  # back to omnic's order: a new array
+        values = np.take(values, np.argsort(np.asarray(t.index)), t.axis)
+        fresh = True
+    if t.transform == "interleave":
+        heads = values.reshape(model.n_heads, 2, -1, t.shape[-1])
+        return {s: np.array(heads[:, i].reshape(-1, t.shape[-1]), copy=True, order="C")
+                for i, s in enumerate(t.sources)}
     if t.transform == "stack":
         return {s: np.array(values[i], copy=True, order="C") for i, s in enumerate(t.sources)}
     if t.transform == "concat":

@@ -42,6 +42,18 @@ shared keys and `llama_model_rope_type`), not guessed. Per architecture:
   scales, each optional; SwiGLU FFN, RMSNorm before both; output optional. The loader asserts
   `2 * n_embd == ssm.inner_size` (an expansion of 2) and the graph adds `ssm_conv1d.bias`
   unconditionally; its MoE variant (Granite 4.0-H tiny/small) is not written here.
+- `qwen35` ref: src/models/qwen35.cpp, conversion/qwen.py (Qwen3_5TextModel) - Qwen3.5: the
+  layers `attention.recurrent_layers` marks are Gated DeltaNet layers (`ssm.*` keys), the others
+  attention whose `attn_q` holds each head's query and sigmoid output gate (the gate is required),
+  per-head q/k RMSNorm, no biases, a fixed 1/sqrt(head_dim) score scale, and interleaved M-RoPE
+  (IMROPE, NeoX pairs) over `rope.dimension_count` dims; SwiGLU FFN, RMSNorm before both (the
+  pre-FFN one is `post_attention_norm`); output optional. The loader sizes the key and the
+  value heads alike (ssm.state_size: head_k_dim = head_v_dim). Text tokens get M-RoPE positions
+  [p, p, p, 0] (llama-graph.cpp), so `rope.dimension_sections` must send every rotated pair to
+  one of the first three sections (omnic writes [ceil(n/3), round(n/3), floor(n/3), 0] for n
+  rotated pairs: Qwen3.5's [11, 11, 10, 0]; the converter's fixed default trips
+  GGML_ASSERT(sum(sections) <= head_dim) on heads under 32 dims). RoPE scaling is not written
+  (untried with M-RoPE sections); its MoE variant (`qwen35moe`) is not written here.
 
 What none of them can express is an ArchProblem naming the spec field (the target's pre-flight
 reports each before any work).
@@ -67,6 +79,9 @@ NORM_ROPE_ARCHS = frozenset({"llama", "deepseek", "granite", "granite_swa", "smo
 ROPE_FREQS_ARCHS = frozenset({"llama", "granite", "granite_swa", "granitehybrid"})
 # convert_hf_to_gguf stores Gemma's unit-offset norms as (1 + w) (conversion/gemma.py).
 UNIT_OFFSET_ARCHS = frozenset({"gemma", "gemma2", "gemma3"})
+# Files whose norms convert_hf_to_gguf stores as (1 + w): Gemma's and Qwen3.5's (conversion/
+# qwen.py: every norm but the DeltaNet's gated one), read back with the offset removed.
+OFFSET_NORM_ARCHS = UNIT_OFFSET_ARCHS | {"qwen35"}
 # Fused attn_qkv / ffn_up (convert_hf_to_gguf keeps Phi-3's qkv_proj and gate_up_proj as they are).
 FUSED_ARCHS = frozenset({"phi3"})
 SMOLLM3_NOPE_STEP = 4  # src/models/smollm3.cpp: (il + 1) % 4 == 0 has no RoPE
@@ -101,7 +116,7 @@ class ArchProblem(NamedTuple):
 
 def file_layout(arch: str) -> ArchPlan:
     """The tensor layout of a GGUF file of architecture `arch` (what the importer reads with)."""
-    return ArchPlan(arch, arch in NORM_ROPE_ARCHS, 1.0 if arch in UNIT_OFFSET_ARCHS else 0.0,
+    return ArchPlan(arch, arch in NORM_ROPE_ARCHS, 1.0 if arch in OFFSET_NORM_ARCHS else 0.0,
                     None, arch in FUSED_ARCHS)
 
 
@@ -114,6 +129,7 @@ class Layers(NamedTuple):
     nope: tuple[bool, ...]  # attention without RoPE (a state row is no attention)
     conv: tuple[bool, ...]  # LFM2's short convolution: no attention, no KV cache
     ssm: tuple[bool, ...]  # Granite 4's mamba2: no attention, no KV cache
+    deltanet: tuple[bool, ...]  # Qwen3.5's gated_deltanet: no attention, no KV cache
     full: "LayerRope | None"  # the one RoPE of the full-attention layers that have one
     local: "LayerRope | None"  # the one RoPE of the sliding layers that have one
 
@@ -136,7 +152,8 @@ def layers_of(model: "Model") -> Layers:
         slides=window is not None and window < model.context_length,
         nope=tuple(r.rope is None and r.attention not in STATE_KINDS for r in table),
         conv=tuple(r.attention == "short_conv" for r in table),
-        ssm=tuple(r.attention == "mamba2" for r in table), full=full, local=local)
+        ssm=tuple(r.attention == "mamba2" for r in table),
+        deltanet=tuple(r.attention == "gated_deltanet" for r in table), full=full, local=local)
 
 
 @dataclass(frozen=True)
@@ -183,6 +200,7 @@ CAPS = {
                          scalings=_LLAMA3),
     "lfm2": _Caps(qk_norm="head", square=True),
     "granitehybrid": _Caps(qkv_bias=True, nope="all", scales=True, scalings=_LLAMA3),
+    "qwen35": _Caps(qk_norm="head", partial=True, scalings=frozenset()),
 }
 _GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
 
@@ -190,6 +208,8 @@ _GRANITE_FIELDS = ("embedding_multiplier", "residual_multiplier", "logits_scalin
 def _choose(model: "Model", lay: Layers) -> str:
     """The architecture whose blocks are the spec's (its problems are checked afterwards)."""
     moe, hd = model.moe, model.dim_per_head
+    if any(lay.deltanet):
+        return "qwen35"  # the one architecture with Gated DeltaNet layers written here
     if any(lay.ssm):
         return "granitehybrid"  # the one architecture with Mamba-2 layers written here
     if any(lay.conv):
@@ -285,7 +305,7 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     if arch in UNIT_OFFSET_ARCHS and not model.scale_embeddings:
         no("model.scale_embeddings", "always scales embeddings by sqrt(d_model); set "
            "scale_embeddings: true")
-    if arch in ("lfm2", "granitehybrid") and model.scale_embeddings:  # chosen first
+    if arch in ("lfm2", "granitehybrid", "qwen35") and model.scale_embeddings:  # chosen first
         no("model.scale_embeddings", "does not scale its embeddings")
     if caps.tied is True and not model.tie_embeddings:
         no("model.tie_embeddings", "reads the output projection from token_embd (tied "
@@ -304,8 +324,12 @@ def _block_problems(model: "Model", arch: str) -> list[ArchProblem]:
     if moe is not None and not caps.moe:
         no("model.moe", "has no experts" + {
             "lfm2": " (LFM2's experts are llama.cpp's lfm2moe, not written here)",
-            "granitehybrid": " here (Granite 4.0-H's MoE variants are not written yet)"}.get(
+            "granitehybrid": " here (Granite 4.0-H's MoE variants are not written yet)",
+            "qwen35": " (Qwen3.5's experts are llama.cpp's qwen35moe, not written here)"}.get(
                 arch, ""))
+    if model.attn_output_gate and arch != "qwen35":
+        no("model.attn_output_gate", "has no attention output gate (Qwen3.5's is llama.cpp's "
+           "qwen35, a hybrid with gated_deltanet layers)")
     if caps.square and hd * model.n_heads != model.d_model:
         no("model.head_dim", f"wants head_dim * n_heads == d_model ({hd} * {model.n_heads} != "
            f"{model.d_model})")
@@ -338,6 +362,22 @@ def _state_problems(model: "Model", lay: Layers, arch: str) -> list[ArchProblem]
     if arch != "lfm2" and any(lay.conv):
         out.append(ArchProblem("model.layer_pattern", f"llama.cpp's {arch} has no short_conv "
                                "layers (LFM2's are llama.cpp's lfm2, which has no mamba2 layers)"))
+    if arch == "qwen35" and any(lay.ssm):
+        out.append(ArchProblem("model.layer_pattern", "llama.cpp's qwen35 has no mamba2 layers "
+                               "beside its gated_deltanet ones"))
+    g = model.gated_deltanet
+    if arch == "qwen35" and g is not None:
+        if g.key_dim != g.value_dim:
+            # ref: src/models/qwen35.cpp - head_k_dim = head_v_dim = ssm_d_state (ssm_norm and
+            # the state [head_v_dim, head_v_dim] are sized by it)
+            out.append(ArchProblem("model.gated_deltanet.value_dim", "llama.cpp's qwen35 sizes "
+                                   "key and value heads alike (ssm.state_size): key_dim "
+                                   f"{g.key_dim} != value_dim {g.value_dim}"))
+        if not model.attn_output_gate and not all(lay.deltanet):
+            # ref: qwen35.cpp - attn_q is [n_embd, n_embd_head_k * n_head * 2]: query and gate
+            out.append(ArchProblem("model.attn_output_gate", "llama.cpp's qwen35 reads each "
+                                   "head's query and output gate from one attn_q (the gate is "
+                                   "required): attention without it cannot be written"))
     m = model.mamba2
     if arch == "granitehybrid" and m is not None:
         if m.inner != 2 * model.d_model:

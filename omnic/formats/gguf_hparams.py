@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # llama.cpp reads a per-layer RoPE on/off array under this key (src/llama-arch.cpp
 # LLM_KV_ATTENTION_ROPE_PATTERN; granite_swa loads it); gguf-py 0.19 has no constant for it.
 ROPE_PATTERN_KEY = "{arch}.attention.rope_pattern"
+# qwen35's per-layer "is a Gated DeltaNet layer" array (LLM_KV_ATTENTION_RECURRENT_LAYERS; gguf-py
+# 0.19 has no writer method for it)
+RECURRENT_LAYERS_KEY = "{arch}.attention.recurrent_layers"
 
 
 def main_rope(model: "Model", lay: Layers | None = None) -> "LayerRope | None":
@@ -127,6 +130,8 @@ def write_hparams(writer: Any, model: "Model", plan: ArchPlan) -> None:
         w.add_sliding_window(model.context_length)  # cover the context
     elif arch == "phi3":  # as convert_hf_to_gguf writes it for Phi-4 (0: no window)
         w.add_sliding_window(0)
+    if arch == "qwen35":
+        _write_deltanet(w, model, lay, rope.dims if rope else hd)
 
 
 def _write_mamba2(w: Any, model: "Model", rope: bool) -> None:
@@ -153,6 +158,39 @@ def _write_mamba2(w: Any, model: "Model", rope: bool) -> None:
                        (model.attn_scale, w.add_attention_scale)):
         if value is not None:
             add(value)
+
+
+def imrope_sections(dims: int) -> list[int]:
+    """`rope.dimension_sections` for `dims` rotated dims of text: interleaved M-RoPE sends pair
+    i to section i % 3 (llama.cpp's ggml_mrope_cache_init, is_imrope), so n pairs split
+    [ceil(n/3), round(n/3), floor(n/3)] over the text positions and none to the 4th section,
+    whose position is 0 for text tokens (llama-graph.cpp). For Qwen3.5's 64 dims this is the
+    converter's [11, 11, 10, 0]; its fixed default would trip GGML_ASSERT(sum <= head_dim) on
+    heads of fewer than 32 dims."""
+    pairs = dims // 2
+    return [(pairs + 2) // 3, (pairs + 1) // 3, pairs // 3, 0]
+
+
+def _write_deltanet(w: Any, model: "Model", lay: Layers, dims: int) -> None:
+    """qwen35's own keys, as conversion/qwen.py (Qwen3NextModel, _Qwen35MRopeMixin) writes them:
+    ssm.state_size is the key (= value) head width, ssm.group_count the key heads,
+    ssm.time_step_rank the value heads, ssm.inner_size the value width; the DeltaNet layers as
+    `attention.recurrent_layers` (llama.cpp reads it before full_attention_interval, which is
+    written too when the attention layers are exactly every n-th)."""
+    g = model.gated_deltanet
+    assert g is not None
+    w.add_ssm_conv_kernel(g.kernel)
+    w.add_ssm_state_size(g.key_dim)
+    w.add_ssm_group_count(g.key_heads)
+    w.add_ssm_time_step_rank(g.value_heads)
+    w.add_ssm_inner_size(g.value_width)
+    w.add_array(RECURRENT_LAYERS_KEY.format(arch="qwen35"), list(lay.deltanet))
+    n = len(lay.deltanet)
+    every = next((k for k in range(1, n + 1)
+                  if all(dn == ((i + 1) % k != 0) for i, dn in enumerate(lay.deltanet))), None)
+    if every is not None:
+        w.add_full_attention_interval(every)
+    w.add_rope_dimension_sections(imrope_sections(dims))
 
 
 def extra_tensors(model: "Model", plan: ArchPlan) -> list[tuple[str, "np.ndarray"]]:

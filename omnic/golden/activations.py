@@ -10,6 +10,7 @@ applied to the final norm's output, the lm_head's only input.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from omnic.constants import TensorNames
@@ -23,6 +24,11 @@ def fake_quantize(x: "torch.Tensor", aq: ActivationQuant) -> "torch.Tensor":
     """`x` rounded to int8 along its last axis as `aq` says, and back to x's float dtype."""
     import torch
 
+    if aq.order:  # round in the runtime's column order, then put the columns back
+        order = torch.tensor(aq.order, device=x.device)
+        out = torch.empty_like(x)
+        out[..., order] = fake_quantize(x[..., order], replace(aq, order=()))
+        return out
     k = x.shape[-1]
     xf = x.float()
     if not aq.symmetric:  # XNNPACK qd8: one scale and zero point per row, range includes 0

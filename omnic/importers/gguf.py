@@ -13,8 +13,10 @@ gguf-py's `GGUFReader` (a memory map; numpy only) and undoes what llama.cpp's co
 
 Architectures: llama (Llama, Mistral, SmolLM...), qwen2, qwen3 and qwen3moe, gemma3, smollm3,
 phi3 (fused tensors split, partial rotary, LongRoPE), olmo2, granite, lfm2 (short-convolution
-layers where head_count_kv is 0) and granitehybrid (Granite 4.0-H: Mamba-2 layers where
-head_count_kv is 0, A_log = log(-ssm_a)), each read with the keys
+layers where head_count_kv is 0), granitehybrid (Granite 4.0-H: Mamba-2 layers where
+head_count_kv is 0, A_log = log(-ssm_a)) and qwen35 (Qwen3.5: Gated DeltaNet layers where
+attention.recurrent_layers is true, value heads back from the file's tiled order, norms stored
+as 1 + w), each read with the keys
 and layouts the GGUF target writes (omnic.formats.gguf_families / gguf_hparams). Anything else is
 refused with UnsupportedModel, naming what is missing. The file's own quantization
 (`source_quantization`) is recorded in the manifest.
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "smollm3", "phi3", "olmo2",
-                 "granite", "lfm2", "granitehybrid")
+                 "granite", "lfm2", "granitehybrid", "qwen35")
 _MISSING = object()
 
 
@@ -310,8 +312,51 @@ def _granitehybrid(model: dict[str, Any], key: Any) -> None:
     _granite_scales(model, key)
 
 
-_FAMILY = {"lfm2": _lfm2, "granitehybrid": _granitehybrid, "gemma3": _gemma3, "olmo2": _olmo2,
-           "smollm3": _smollm3, "granite": _granite, "qwen3moe": _qwen3moe, "phi3": _phi3}
+def _qwen35(model: dict[str, Any], key: Any) -> None:
+    # ref: src/models/qwen35.cpp - recurrent_layers (else every full_attention_interval-th layer
+    # attends), head_k_dim = head_v_dim = ssm.state_size; attention with the output gate and
+    # per-head q/k norms; every norm but ssm_norm stored as 1 + w (conversion/qwen.py)
+    from omnic.formats.gguf_hparams import imrope_sections
+
+    mtp = int(key("nextn_predict_layers", 0))  # the converter's default keeps Qwen3.5's MTP
+    if mtp:  # block after the trunk: a draft head llama.cpp does not run in the main pass
+        model["n_layers"] -= mtp
+        _log.info(f"gguf: qwen35's {mtp} multi-token-prediction layer(s) left out")
+    n = model["n_layers"]
+    recurrent = key("attention.recurrent_layers", None)
+    if recurrent is None:
+        every = int(key("full_attention_interval", 4))
+        recurrent = [(i + 1) % every != 0 for i in range(n)]
+    model["layer_pattern"] = compact_pattern(["gated_deltanet" if r else "full"
+                                              for r in list(recurrent)[:n]])
+    value_heads = int(key("ssm.time_step_rank"))
+    model["gated_deltanet"] = {"key_heads": int(key("ssm.group_count")),
+                               "value_heads": value_heads, "key_dim": int(key("ssm.state_size")),
+                               "value_dim": int(key("ssm.inner_size")) // value_heads,
+                               "kernel": int(key("ssm.conv_kernel"))}
+    model.update(qk_norm=True, attn_output_gate=True)
+    model["norm"]["unit_offset"] = True
+    dims = int(key("rope.dimension_count", model["head_dim"]))
+    sections = [int(s) for s in key("rope.dimension_sections")]
+    if not 0 < sum(sections) <= model["head_dim"] or any(
+            _imrope_section(i % sum(sections), sections) == 3 for i in range(dims // 2)):
+        raise UnsupportedModel(f"qwen35: rope.dimension_sections {sections} leave rotated dims "
+                               "at position 0 for text (the 4th section) or exceed head_dim; "
+                               f"omnic imports text M-RoPE only (e.g. {imrope_sections(dims)})")
+
+
+def _imrope_section(sector: int, sections: list[int]) -> int:
+    """The M-RoPE section (0-2: text positions, 3: the extra one) of a sector under interleaved
+    M-RoPE. ref: ggml/src/ggml-cpu/ops.cpp ggml_mrope_cache_init (is_imrope)"""
+    for k in (1, 2, 0):
+        if sector % 3 == k and sector < 3 * sections[k]:
+            return k
+    return 3
+
+
+_FAMILY = {"lfm2": _lfm2, "granitehybrid": _granitehybrid, "qwen35": _qwen35, "gemma3": _gemma3,
+           "olmo2": _olmo2, "smollm3": _smollm3, "granite": _granite, "qwen3moe": _qwen3moe,
+           "phi3": _phi3}
 
 
 def gguf_weights(path: Path | str, inventory: list["TensorInfo"], model: "Model"

@@ -39,17 +39,22 @@ class ActivationQuant:
             max(x,0)] over 255 levels with a zero point (XNNPACK's qd8).
         scale_dtype: "float16" when the kernel stores the scale in half precision (llama.cpp's
             Q8_0 blocks) and multiplies by that rounded value.
+        order: the input elements in the order the runtime holds them, when its file stores
+            the weight's columns permuted (llama.cpp's qwen35 out_proj: value heads tiled):
+            blocks are taken over x[..., order]; () keeps omnic's order.
     """
 
     block: int | None
     symmetric: bool = True
     scale_dtype: str = "float32"
+    order: tuple[int, ...] = ()
 
     def describe(self) -> str:
         where = f"blocks of {self.block}" if self.block else "per token"
         kind = "symmetric" if self.symmetric else "asymmetric"
         half = ", fp16 scales" if self.scale_dtype == "float16" else ""
-        return f"int8 {kind} {where}{half}"
+        moved = ", columns in the file's order" if self.order else ""
+        return f"int8 {kind} {where}{half}{moved}"
 
 
 LLAMA_CPP_Q8_0 = ActivationQuant(block=32, scale_dtype="float16")

@@ -13,7 +13,7 @@ from omnic.targets.rules import Context, Finding, register
 
 # target -> the state kinds it carries (a target not listed carries none)
 CARRIED = {
-    "gguf": {"short_conv", "mamba2"},
+    "gguf": {"short_conv", "mamba2", "gated_deltanet"},
     "onnx": {"short_conv", "mamba2", "gated_deltanet"},
     "tvm": {"short_conv", "mamba2", "gated_deltanet"},
     "executorch": {"short_conv", "mamba2"},

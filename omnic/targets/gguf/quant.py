@@ -13,7 +13,7 @@ Torch-free; the `gguf` package is imported only by the functions that write byte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from omnic.constants import Schemes
@@ -59,6 +59,11 @@ K_QUANTS = frozenset(name for name, ft in FILE_TYPES.items() if ft.tensor_type i
 # convert_hf_to_gguf keeps them F32): the MoE router and the convolution kernels of LFM2 and
 # Mamba-2 (which gguf_arch already marks as no matrix: 3-D in omnic, squeezed to 2-D in the file).
 KEEP_F32_SUFFIXES = ("ffn_gate_inp.weight", "shortconv.conv.weight", "ssm_conv1d.weight")
+# 2-D tensors omnic keeps F32 that llama.cpp's K mixtures would quantize (llama-quant.cpp
+# quantizes every 2-D "*weight" but the norms, ssm_conv1d and a few named ones): the Gated
+# DeltaNet's beta and decay projections (not matrices: omnic.spec.inventory), kept F32 by a
+# type override on llama.cpp's quantizer.
+K_MIXTURE_F32 = ("ssm_alpha.weight", "ssm_beta.weight")
 
 
 def _problem(field: str, message: str) -> Any:
@@ -141,6 +146,8 @@ def plan_types(spec: "ResolvedSpec", tensors: list["GgufTensor"],
         ts = chosen.pop()
         if not t.is_matrix or t.name.endswith(KEEP_F32_SUFFIXES):
             types[t.name] = "F32"  # norms, biases, router, conv kernel: F32 as in llama.cpp
+            if ft.tensor_type is None and t.name.endswith(K_MIXTURE_F32):
+                k_overrides[t.name] = "F32"
             continue
         if ts.override is not None:
             qtype, why = type_for_scheme(ts)
@@ -197,6 +204,8 @@ def activation_rounding(tensors: list["GgufTensor"], types: dict[str, str]
     out = {}
     for t in tensors:
         aq = llama_cpp(types[t.name]) if t.is_matrix else None
+        if aq is not None and t.axis == 1 and t.index:  # columns stored permuted (qwen35)
+            aq = replace(aq, order=t.index)
         if aq is not None:
             out.update({name: aq for name in t.sources})
     return out

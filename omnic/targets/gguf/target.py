@@ -228,12 +228,19 @@ class GgufTarget:
 
 def _importance_by_name(program: "Program", tensors: list["GgufTensor"]) -> dict[str, Any]:
     """GGUF tensor name -> the importance of its input columns, for single-source matrices
-    (row permutations of q and k leave the columns, and so the importance, as they are) and
-    fused ones (phi3's [q; k; v] and [gate; up] read one input: the first part's importance)."""
+    (row permutations of q and k leave the columns, and so the importance, as they are), fused
+    ones (phi3's [q; k; v] and [gate; up], qwen35's [query | gate] per head read one input: the
+    first part's importance) and matrices whose columns the file permutes (qwen35's out_proj:
+    the importance permuted alike)."""
     imp = program.importance or {}
-    return {t.name: imp[t.sources[0]] for t in tensors
-            if t.is_matrix and (len(t.sources) == 1 or t.transform == "concat")
-            and t.sources[0] in imp}
+    out = {}
+    for t in tensors:
+        if not t.is_matrix or t.sources[0] not in imp or (
+                len(t.sources) > 1 and t.transform not in ("concat", "interleave")):
+            continue
+        columns = imp[t.sources[0]]
+        out[t.name] = columns[list(t.index)] if t.index and t.axis == 1 else columns
+    return out
 
 
 def _llama_quantize(src: Path, dst: Path, types_plan) -> None:  # noqa: ANN001 - TypePlan
