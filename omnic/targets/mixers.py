@@ -16,8 +16,8 @@ CARRIED = {
     "gguf": {"short_conv", "mamba2", "gated_deltanet"},
     "onnx": {"short_conv", "mamba2", "gated_deltanet"},
     "tvm": {"short_conv", "mamba2", "gated_deltanet"},
-    "executorch": {"short_conv", "mamba2"},
-    "coreml": {"short_conv", "mamba2"},
+    "executorch": {"short_conv", "mamba2", "gated_deltanet"},
+    "coreml": {"short_conv", "mamba2", "gated_deltanet"},
 }
 
 

@@ -99,23 +99,31 @@ class GatedDeltaNet(nn.Module):
 
     def _rule(self, q, k, v, beta, g, s0):
         """The gated delta rule over one chunk: q, k [B, H, T, dk], v [B, H, T, dv], beta and
-        g [B, H, T], s0 [B, H, dk, dv] -> (o [B, H, T, dv], S_T)."""
-        t = q.shape[2]
-        c = torch.cumsum(g, dim=-1)  # [B, H, T]
+        g [B, H, T], s0 [B, H, dk, dv] -> (o [B, H, T, dv], S_T). The products run as bmm over
+        [B * H, T, *]: torch.export decomposes a 4-D matmul into expand + view around a bmm,
+        views whose sizes hold the symbolic T, which XNNPACK does not take (each product would
+        split the ExecuTorch delegate)."""
+        bsz, heads, t, _ = q.shape
+        q, k, v = (x.reshape(bsz * heads, -1, x.shape[-1]) for x in (q, k, v))
+        beta, g = beta.reshape(bsz * heads, -1), g.reshape(bsz * heads, -1)
+        s0 = s0.reshape(bsz * heads, self.key_dim, self.value_dim)
+        c = torch.cumsum(g, dim=-1)  # [B * H, T]
         below = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
         decay = torch.exp((c[..., :, None] - c[..., None, :]).masked_fill(~below, -math.inf))
         kb = k * beta[..., None]
-        a = (kb @ k.transpose(-1, -2)) * decay * below.tril(-1).to(q.dtype)  # strictly lower
+        kt = k.transpose(1, 2)
+        a = torch.bmm(kb, kt) * decay * below.tril(-1).to(q.dtype)  # strictly lower
         levels = (t - 1).bit_length() if isinstance(t, int) else self.max_levels
-        r = _unit_lower_inverse(a, levels) @ torch.cat(
-            (v * beta[..., None], kb * torch.exp(c)[..., None]), dim=-1)
+        r = torch.bmm(_unit_lower_inverse(a, levels), torch.cat(
+            (v * beta[..., None], kb * torch.exp(c)[..., None]), dim=-1))
         u, w = r.split([self.value_dim, self.key_dim], dim=-1)
-        v_new = u - w @ s0
-        o = (q * torch.exp(c)[..., None]) @ s0 + ((q @ k.transpose(-1, -2)) * decay) @ v_new
-        last = c[..., -1:]  # [B, H, 1]
-        s = (s0 * torch.exp(last)[..., None]
-             + (k * torch.exp(last - c)[..., None]).transpose(-1, -2) @ v_new)
-        return o, s
+        v_new = u - torch.bmm(w, s0)
+        o = torch.bmm(q * torch.exp(c)[..., None], s0) + torch.bmm(torch.bmm(q, kt) * decay, v_new)
+        last = c[..., -1:]  # [B * H, 1]
+        s = s0 * torch.exp(last)[..., None] + torch.bmm(
+            (k * torch.exp(last - c)[..., None]).transpose(1, 2), v_new)
+        return (o.reshape(bsz, heads, -1, self.value_dim),
+                s.reshape(bsz, heads, self.key_dim, self.value_dim))
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """[B, T, heads * dim] -> float32 [B, heads, T, dim]."""
@@ -133,7 +141,7 @@ class GatedDeltaNet(nn.Module):
 
 
 def _unit_lower_inverse(a: torch.Tensor, levels: int) -> torch.Tensor:
-    """(I + a)^-1 for a strictly lower triangular a [..., T, T] with T <= 2^levels, by block
+    """(I + a)^-1 for a strictly lower triangular a [N, T, T] with T <= 2^levels, by block
     doubling: x holds the exact inverse of the diagonal blocks of 2^m tokens, and merging each
     pair of neighbouring blocks is x <- x - x e x, with e the part of a between the two. Every
     iterate is part of the exact inverse, so it stays as bounded as the inverse itself (a
@@ -144,7 +152,7 @@ def _unit_lower_inverse(a: torch.Tensor, levels: int) -> torch.Tensor:
     for m in range(levels):
         small, big = idx // (1 << m), idx // (2 << m)
         between = (big[:, None] == big[None, :]) & (small[:, None] != small[None, :])
-        x = x - x @ (a * between.to(a.dtype)) @ x
+        x = x - torch.bmm(torch.bmm(x, a * between.to(a.dtype)), x)
     return x
 
 

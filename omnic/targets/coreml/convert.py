@@ -19,6 +19,9 @@ I/O (batch 1):
     a mamba2 layer (Granite 4):   k_cache_{i} fp16 [1, conv_channels, kernel - 1] (convolution)
                                   and v_cache_{i} fp16 [1, heads, head_dim, d_state] (recurrent),
                                   both static, rewritten whole each call
+    a gated_deltanet layer        k_cache_{i} fp16 [1, conv_channels, kernel - 1] (convolution)
+    (Qwen3.5):                    and v_cache_{i} fp16 [1, value_heads, key_dim, value_dim]
+                                  (recurrent), likewise
 
 The token count is a range (1..context_length) whose default shape is 1: Core ML runs a
 range-flexible model on the Neural Engine only at its default shape, so decode steps (T=1) can
@@ -59,7 +62,7 @@ DECODER_ATTR = "model"  # the wrapped decoder's attribute: parameters export as 
 def state_names(n_layers: int, conv: "Collection[int]" = ()) -> list[str]:
     """Names of the Core ML states (torch buffers), keys first: k_cache_0.., v_cache_0... A
     short_conv layer i (in `conv`) keeps its convolution state in k_cache_i and has no v; a
-    mamba2 layer has both (its convolution state and its recurrent state)."""
+    mamba2 or gated_deltanet layer has both (its convolution state and its recurrent state)."""
     return ([f"k_cache_{i}" for i in range(n_layers)]
             + [f"v_cache_{i}" for i in range(n_layers) if i not in conv])
 
@@ -105,7 +108,9 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
             setattr(self, DECODER_ATTR, inner)
             self.n_layers = inner.config.n_layers
             self.conv = {i for i, b in enumerate(inner.layers) if b.conv is not None}
-            self.ssm = {i for i, b in enumerate(inner.layers) if b.ssm is not None}
+            # the layers with a convolution and a recurrent state (mamba2, gated_deltanet)
+            self.ssm = {i for i, b in enumerate(inner.layers)
+                        if b.ssm is not None or b.deltanet is not None}
             k, v = inner.empty_cache(batch=1, dtype=cache_dtype)  # a ring for a short window
             self.empty = v  # a short_conv layer's v: an empty placeholder, not a state
             caches = {f"k_cache_{i}": k[i] for i in range(self.n_layers)}
@@ -128,14 +133,18 @@ def make_wrapper(decoder: "torch.nn.Module", cache_dtype: "torch.dtype | None" =
             logits, new_k, new_v = getattr(self, DECODER_ATTR)(input_ids, input_pos, k, v)
             # In-place copy into the buffers: torch.export records a BUFFER_MUTATION, which
             # coremltools lowers to coreml_update_state of the whole (scattered) cache. A
-            # mamba2 layer's recurrent state is reshaped to the buffer's static shape first:
-            # coremltools' einsum leaves its batch size symbolic, and a state's update must
-            # have the state's shape.
+            # mamba2 or gated_deltanet layer's states are reshaped to the buffers' static
+            # shapes first: a state's update must have the state's shape, and coremltools
+            # leaves sizes symbolic that are not (the batch of mamba2's einsum; the last
+            # kernel - 1 columns of a gated_deltanet layer's [state | T tokens] convolution
+            # input, a slice whose start depends on T).
             for i in range(self.n_layers):
-                k[i].copy_(new_k[i])
                 if i in self.ssm:
+                    k[i].copy_(new_k[i].reshape(k[i].shape))
                     v[i].copy_(new_v[i].reshape(v[i].shape))
-                elif i not in self.conv:
+                    continue
+                k[i].copy_(new_k[i])
+                if i not in self.conv:
                     v[i].copy_(new_v[i])
             return logits
 
@@ -204,6 +213,12 @@ def register_missing_ops() -> None:
       along dim -2): MIL's cumsum takes axis in [-1, rank - 1] only, and the stock converter
       passes dim unchanged, so such a dim is counted from the front.
       ref: coremltools/converters/mil/mil/ops/defs/iOS15/tensor_operation.py (cumsum)
+    - `eye(n)` with a symbolic n (the identity a gated_deltanet layer's triangular inverse starts
+      from, T x T): the stock converter folds np.eye(n) into a constant and raises when n is
+      only known at run time. Such an eye is built from the run-time n as
+      cast(range(n)[:, None] == range(m)[None, :]), in fp32 as the stock constant is (the fp16
+      pass casts it with the rest).
+      ref: coremltools/converters/mil/frontend/torch/ops.py (eye: `np.eye(n)`)
     """
     global _REGISTERED
     if _REGISTERED:
@@ -262,6 +277,19 @@ def register_missing_ops() -> None:
         context.add(mb.cumsum(x=x, axis=int(dim.val) + x.rank, name=node.name))
         return None
 
+    stock_eye = known["eye"]
+
+    def eye(context, node):  # noqa: ANN001 - coremltools' converter signature
+        inputs = _get_inputs(context, node, min_expected=1)
+        n = inputs[0]
+        m = inputs[1] if node.kind == "eye.m" else n
+        if n.val is not None and m.val is not None:
+            return stock_eye(context, node)
+        rows, cols = (mb.range_1d(start=0, end=size, step=1) for size in (n, m))
+        same = mb.equal(x=mb.expand_dims(x=rows, axes=[1]), y=mb.expand_dims(x=cols, axes=[0]))
+        context.add(mb.cast(x=same, dtype="fp32", name=node.name))
+        return None
+
     if "index_copy" not in known:
         registry.set_func_by_name(index_copy, "index_copy")
     if "__and__" not in known:
@@ -269,6 +297,7 @@ def register_missing_ops() -> None:
     registry.set_func_by_name(ones_like, "ones_like")
     registry.set_func_by_name(index_select, "index_select")
     registry.set_func_by_name(cumsum, "cumsum")
+    registry.set_func_by_name(eye, "eye")
     _fix_inplace_pass()
     _REGISTERED = True
 

@@ -111,7 +111,8 @@ def expected_signature(spec: "ResolvedSpec") -> dict[str, Any]:
     tokens = f"1..{m.context_length}"
     conv = short_conv_layers(m)
     states = {}
-    fixed = state_shapes(m)  # short_conv: the conv state, no v; mamba2: conv, then recurrent
+    # short_conv: the conv state, no v; mamba2 and gated_deltanet: conv, then recurrent
+    fixed = state_shapes(m)
     for i, n in enumerate(kv_positions(spec, Targets.COREML)):
         for slot, dims in zip(("k_cache", "v_cache"),
                               fixed.get(i) or [[1, m.kv_heads, n, m.dim_per_head]] * 2):

@@ -46,6 +46,8 @@ def why_generic(decoder: "Decoder") -> str | None:
         return "short_conv layers keep a state that the generic graph copies back whole"
     if any(b.ssm is not None for b in decoder.layers):
         return "mamba2 layers keep two states that the generic graph copies back whole"
+    if any(b.deltanet is not None for b in decoder.layers):
+        return "gated_deltanet layers keep two states that the generic graph copies back whole"
     rings = [i for i, n in enumerate(decoder.cache_lengths())
              if n < c.context_length and decoder.layers[i].attn is not None]
     if rings:

@@ -20,7 +20,8 @@ runner (`TextLLMRunner`) and the Android/iOS demo apps can drive it:
     [1, d_model, kernel - 1] in `k_cache_{i}` instead, copied back whole, and has no v buffer;
     a mamba2 layer (Granite 4) keeps its convolution state [1, conv_channels, kernel - 1] in
     `k_cache_{i}` and its recurrent state [1, heads, head_dim, d_state] in `v_cache_{i}`, both
-    copied back whole.
+    copied back whole; so does a gated_deltanet layer (Qwen3.5): [1, conv_channels, kernel - 1]
+    and [1, value_heads, key_dim, value_dim].
 - constant methods `get_max_seq_len`, `get_max_context_len`, `get_vocab_size`, `get_n_layers`,
   `use_kv_cache`, `use_sdpa_with_kv_cache`, `enable_dynamic_shape`, `get_bos_id`, `get_eos_ids`.
   ref: https://github.com/pytorch/executorch/blob/main/examples/models/llama/export_llama_lib.py
@@ -124,7 +125,8 @@ def _kv_module(decoder: "torch.nn.Module", dtype: "torch.dtype") -> "torch.nn.Mo
             # The decoder writes its caches out of place (index_copy, which decomposes to
             # index_put); copying back into the buffers makes them mutable state, and
             # `run_reinplace_pass` (see _lower_module) turns the pair into one index_put_.
-            # A short_conv layer's new state, and a mamba2 layer's two, are copied back whole.
+            # A short_conv layer's new state, and a mamba2 or gated_deltanet layer's two, are
+            # copied back whole.
             for i in range(self.n_layers):
                 k[i].copy_(new_k[i])
                 if not self.conv[i]:
@@ -207,6 +209,18 @@ def max_seq_len(spec: "ResolvedSpec") -> int:
     return min(spec.model.context_length, MAX_SEQ_LEN)
 
 
+def _bound_inverse_levels(decoder: "torch.nn.Module", tokens: int) -> None:
+    """A gated_deltanet layer exported with a symbolic token count runs `max_levels` levels of
+    its triangular inverse, enough for the whole context (12 at 4,096 positions); one `forward`
+    here takes at most `tokens` (max_seq_len), for which ceil(log2(tokens)) levels are exact
+    (7 at 128), and each level left out is two T x T matrix products fewer per layer and call.
+    """
+    for block in decoder.layers:
+        if block.deltanet is not None:
+            block.deltanet.max_levels = min(block.deltanet.max_levels,
+                                            max(1, (tokens - 1).bit_length()))
+
+
 def _check_seq_range(ep: Any, context_length: int) -> None:
     """Raise unless the exported program takes every token count 1..context_length (torch
     numbers a dynamic size from 2: 0 and 1 are its specialised values, and 1 runs). Unbacked
@@ -229,7 +243,8 @@ def _signature(spec: "ResolvedSpec", dtype: str, dynamic: bool, lengths: list[in
     shape = (lambda n: [1, n, m.kv_heads, m.dim_per_head]) if heads_last else (
         lambda n: [1, m.kv_heads, n, m.dim_per_head])
     state: dict[str, list[int]] = {}
-    fixed = state_shapes(m)  # short_conv: the conv state, no v; mamba2: conv, then recurrent
+    # short_conv: the conv state, no v; mamba2 and gated_deltanet: conv, then recurrent
+    fixed = state_shapes(m)
     for i, n in enumerate(lengths):
         for slot, dims in zip(("k_cache", "v_cache"), fixed.get(i) or [shape(n)] * 2):
             state[f"{slot}_{i}"] = dims
@@ -307,6 +322,8 @@ class ExecutorchTarget:
         out_dir.mkdir(parents=True, exist_ok=True)
 
         decoder = copy.deepcopy(program.decoder).eval()  # never mutate the program's decoder
+        if dynamic:
+            _bound_inverse_levels(decoder, max_seq_len(spec))
         quant = quantize_decoder(decoder, program.schemes())
         for form, n in sorted(Counter(quant.forms.values()).items()):
             _log.info(f"executorch: {n} tensor(s) → {form}")
