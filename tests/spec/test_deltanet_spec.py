@@ -79,3 +79,12 @@ def test_int4_takes_the_deltanet_projections_and_keeps_its_decay_in_float():
         row = by_tensor[f"layers.0.deltanet.{name}"]
         assert row.scheme == "fp32" and words in row.rule, (name, row.rule)
     assert by_tensor["layers.0.deltanet.norm.weight"].scheme == "fp32"
+
+
+@pytest.mark.parametrize("target", ["onnx", "gguf", "executorch", "coreml", "tvm"])
+def test_every_target_carries_the_kind(tmp_path, capsys, target):
+    path = _spec(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["targets"] = {target: {}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["validate", str(path)]) == 0, capsys.readouterr()
