@@ -199,3 +199,9 @@ def transformers_greedy(ckpt: Path, prompt: list[int], steps: int):
             ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
         logits = hf(torch.tensor([ids[:-1]])).logits[0].numpy()
     return ids[len(prompt):], logits
+
+
+def artifact_of(result, target: str):
+    """The CompileResult's one artifact of `target`."""
+    (a,) = [a for a in result.manifest.artifacts if a.target == target]
+    return a

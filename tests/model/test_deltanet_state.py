@@ -11,6 +11,12 @@ from tiny_specs import TINY_SPEC, make_resolved_spec
 
 torch = pytest.importorskip("torch")
 
+from recurrent_decoder import (  # noqa: E402
+    assert_parallel_form_equals_recurrence_and_slices,
+    assert_position_zero_ignores_the_state_left_behind,
+    run_pieces,
+)
+
 HYBRID = {"n_layers": 3, "layer_pattern": ["gated_deltanet", "full", "gated_deltanet"],
           "context_length": 256, "attn_output_gate": True, "qk_norm": True,
           "gated_deltanet": {"key_heads": 2, "value_heads": 4, "key_dim": 16, "value_dim": 8,
@@ -36,31 +42,11 @@ def decoder():
     return decoder
 
 
-def _run(decoder, pieces, k, v, start=0):
-    out = []
-    for piece in pieces:
-        logits, k, v = decoder(torch.tensor([piece]), torch.arange(start, start + len(piece)),
-                               k, v)
-        out.append(logits[0])
-        start += len(piece)
-    return torch.cat(out), k, v
-
-
 def test_the_parallel_form_equals_the_recurrence_and_slices_of_the_prompt(decoder):
-    with torch.no_grad():
-        whole, k, v = _run(decoder, [PROMPT], *decoder.empty_cache())
-        steps, k1, v1 = _run(decoder, [[t] for t in PROMPT], *decoder.empty_cache())
-        sliced, k2, v2 = _run(decoder, [PROMPT[:3], PROMPT[3:4], PROMPT[4:]],
-                              *decoder.empty_cache())
-    torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
-    for a, b in ((k, k1), (v, v1), (k, k2), (v, v2)):
-        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
     # the state does not grow with the tokens: the convolution's last 3 inputs of q, k and v
     # (2 x 2 x 16 + 4 x 8 channels) and 4 value heads x a 16 x 8 matrix
-    assert k[0].shape == k[2].shape == (1, 96, 3)
-    assert v[0].shape == v[2].shape == (1, 4, 16, 8)
-    assert v[0].abs().max() > 0.1  # the rule wrote it
+    assert_parallel_form_equals_recurrence_and_slices(decoder, PROMPT, [0, 2], (1, 96, 3),
+                                                      (1, 4, 16, 8))
 
 
 def test_a_prompt_longer_than_a_chunk_equals_the_recurrence(decoder):
@@ -68,8 +54,8 @@ def test_a_prompt_longer_than_a_chunk_equals_the_recurrence(decoder):
 
     prompt = [(7 * i + 3) % 320 for i in range(CHUNK + 37)]  # two slices in an eager call
     with torch.no_grad():
-        whole, _, v = _run(decoder, [prompt], *decoder.empty_cache())
-        steps, _, v1 = _run(decoder, [[t] for t in prompt], *decoder.empty_cache())
+        whole, _, v = run_pieces(decoder, [prompt], *decoder.empty_cache())
+        steps, _, v1 = run_pieces(decoder, [[t] for t in prompt], *decoder.empty_cache())
     torch.testing.assert_close(steps, whole, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(v[0], v1[0], rtol=1e-4, atol=1e-4)
 
@@ -94,12 +80,7 @@ def test_the_exported_form_equals_the_eager_one(decoder):
 
 
 def test_a_run_from_position_zero_ignores_the_state_left_behind(decoder):
-    first, second = PROMPT[:5], PROMPT[5:]
-    with torch.no_grad():
-        fresh, _, _ = _run(decoder, [second], *decoder.empty_cache())
-        _, k, v = _run(decoder, [first], *decoder.empty_cache())
-        again, _, _ = _run(decoder, [second], k, v)
-    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+    assert_position_zero_ignores_the_state_left_behind(decoder, PROMPT)
 
 
 def _recurrence(q, k, v, beta, g):

@@ -10,6 +10,11 @@ from tiny_specs import TINY_SPEC, make_resolved_spec
 
 torch = pytest.importorskip("torch")
 
+from recurrent_decoder import (  # noqa: E402
+    assert_parallel_form_equals_recurrence_and_slices,
+    assert_position_zero_ignores_the_state_left_behind,
+)
+
 HYBRID = {"n_layers": 3, "layer_pattern": ["mamba2", "nope", "mamba2"],
           "mamba2": {"heads": 4, "head_dim": 16, "d_state": 8, "groups": 2, "kernel": 4}}
 PROMPT = [5, 80, 3, 200, 17, 42, 9, 11, 250, 64]
@@ -31,39 +36,12 @@ def decoder():
     return decoder
 
 
-def _run(decoder, pieces, k, v, start=0):
-    out = []
-    for piece in pieces:
-        logits, k, v = decoder(torch.tensor([piece]), torch.arange(start, start + len(piece)),
-                               k, v)
-        out.append(logits[0])
-        start += len(piece)
-    return torch.cat(out), k, v
-
-
 def test_the_parallel_form_equals_the_recurrence_and_slices_of_the_prompt(decoder):
-    with torch.no_grad():
-        whole, k, v = _run(decoder, [PROMPT], *decoder.empty_cache())
-        steps, k1, v1 = _run(decoder, [[t] for t in PROMPT], *decoder.empty_cache())
-        sliced, k2, v2 = _run(decoder, [PROMPT[:3], PROMPT[3:4], PROMPT[4:]],
-                              *decoder.empty_cache())
-    torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
-    for a, b in ((k, k1), (v, v1), (k, k2), (v, v2)):
-        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
     # the state does not grow with the tokens: the convolution's last 3 inputs of x, B and C
     # (4 x 16 + 2 x 2 x 8 channels) and 4 heads x 16 channels x 8 state values
-    assert k[0].shape == k[2].shape == (1, 96, 3)
-    assert v[0].shape == v[2].shape == (1, 4, 16, 8)
-    assert v[0].abs().max() > 0.1  # the scan wrote it
+    assert_parallel_form_equals_recurrence_and_slices(decoder, PROMPT, [0, 2], (1, 96, 3),
+                                                      (1, 4, 16, 8))
 
 
 def test_a_run_from_position_zero_ignores_the_state_left_behind(decoder):
-    first, second = PROMPT[:5], PROMPT[5:]
-    with torch.no_grad():
-        fresh, _, _ = _run(decoder, [second], *decoder.empty_cache())
-        _, k, v = _run(decoder, [first], *decoder.empty_cache())
-        # a runner that keeps its buffers and starts a new prompt at position 0: neither the
-        # convolution state nor the recurrent state may leak in
-        again, _, _ = _run(decoder, [second], k, v)
-    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+    assert_position_zero_ignores_the_state_left_behind(decoder, PROMPT)

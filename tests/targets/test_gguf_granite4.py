@@ -28,9 +28,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from hf_checkpoints import import_checkpoint, transformers_greedy  # noqa: E402
+from gguf_hybrid import (  # noqa: E402
+    assert_f32_runs_like_transformers,
+    assert_tensors_are_converted,
+    import_back,
+)
+from hf_checkpoints import import_checkpoint  # noqa: E402
 from test_gguf_families import (  # noqa: E402
-    PROMPT, STEPS, _llama_cpp_greedy, _random_decoder, _runs_like_the_reference,
+    PROMPT, STEPS, _random_decoder, _runs_like_the_reference,
 )
 
 MAMBA = [True, True, False, True]  # hf_checkpoints' layer_types
@@ -146,16 +151,7 @@ def test_the_file_is_what_convert_hf_to_gguf_writes(builds, granite4) -> None:
     assert key("feed_forward_length") == config["shared_intermediate_size"]
 
     expected = _converted(ckpt)
-    allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GRANITE_HYBRID]}
-    stored = {t.name: t for t in reader.tensors}
-    assert stored.keys() == expected.keys()
-    for name, t in stored.items():
-        assert re.sub(r"^blk\.\d+\.", "blk.{bid}.", re.sub(r"\.(weight|bias)$", "", name)) \
-            in allowed, name
-        assert t.tensor_type.name == "F32"
-        # A = -exp(A_log) rounded once; transformers' float32 exp may differ by one ulp
-        np.testing.assert_array_max_ulp(np.asarray(t.data), expected[name],
-                                        maxulp=1 if name.endswith("ssm_a") else 0)
+    assert_tensors_are_converted(reader, expected, gguf.MODEL_ARCH.GRANITE_HYBRID)
 
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(builds["int4_g32"][1]).tensors}
     for name, tname in types.items():
@@ -169,33 +165,9 @@ def test_f32_gguf_runs_in_llama_cpp_like_transformers(builds, granite4) -> None:
     """llama.cpp's own greedy decoding equals transformers' over 16 tokens, and its logits
     match along the whole sequence, in one call and token by token (the conv and SSM states
     carried from call to call)."""
-    from omnic.compiler.validate import load_resolved
-    from omnic.targets.gguf.runtime import LlamaCppRunner
-    from omnic.targets.kv_layout import kv_positions
-
     ckpt, spec = granite4
-    _, path = builds["fp32"]
-    ref_tokens, ref = transformers_greedy(ckpt, PROMPT, STEPS)
-    runner = LlamaCppRunner(str(path), n_ctx=64)
-    try:
-        assert runner.load_warnings == []
-        # one KV cache, for the one attention layer, as the memory plan predicts
-        assert runner.kv_caches == [(256, 1)]
-        assert kv_positions(load_resolved(spec), "gguf") == [0 if m else 256 for m in MAMBA]
-        assert _llama_cpp_greedy(runner, PROMPT, STEPS) == ref_tokens
-        sequence = np.asarray(PROMPT + ref_tokens[:-1], np.int64)
-        runner.reset()
-        whole = runner.forward(sequence)
-        runner.reset()
-        steps = np.concatenate([runner.forward(sequence[i:i + 1]) for i in range(len(sequence))])
-        scale = np.abs(ref).max()
-        err = max(np.abs(whole - ref).max(), np.abs(steps - ref).max())
-        # fp32 both sides; transformers scans in chunks of 4, llama.cpp token by token
-        assert scale > 1.0 and err < 1e-4 * scale, f"max logit error {err:.3g} of {scale:.3g}"
-        print(f"granite4 F32 vs transformers: max logit error {err:.2e} (logits up to "
-              f"{scale:.2f}), {STEPS} greedy tokens equal")
-    finally:
-        runner.close()
+    assert_f32_runs_like_transformers(builds["fp32"][1], ckpt, spec, MAMBA, PROMPT, STEPS,
+                                      "granite4")
 
 
 @pytest.fixture(scope="module")
@@ -263,23 +235,8 @@ def test_quantized_gguf_runs_like_its_exact_reference(builds, granite4, decoder,
 def test_gguf_imports_back_to_the_same_model(builds, granite4, tmp_path: Path) -> None:
     """`omnic import` of the F32 file: the spec model of the Hugging Face import, every tensor
     equal (A_log is stored as -exp(A_log) and read back as log(-A): within float32 rounding)."""
-    from omnic.cli.main import main
-    from omnic.compiler.validate import load_resolved
-    from omnic.model import load_weights
-    from omnic.spec import Model
-
     _, spec = granite4
-    _, path = builds["fp32"]
-    back = tmp_path / "back.yaml"
-    assert main(["import", str(path), "-o", str(back), "--targets", "gguf"]) == 0
-
-    def model(p: Path) -> dict:
-        return Model.model_validate(yaml.safe_load(p.read_text())["model"]).model_dump()
-
-    assert model(back) == model(spec)
-    original = load_weights(load_resolved(spec), spec.parent)
-    imported = load_weights(load_resolved(back), tmp_path)
-    assert original.keys() == imported.keys()
+    original, imported = import_back(builds["fp32"][1], spec, tmp_path)
     for name, tensor in original.items():
         if name.endswith("A_log"):
             err = (imported[name] - tensor).abs().max().item()

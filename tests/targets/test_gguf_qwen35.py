@@ -25,14 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 llama_cpp = pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from hf_checkpoints import import_checkpoint, scheme_builds, transformers_greedy  # noqa: E402
-from test_gguf_families import PROMPT, STEPS, _llama_cpp_greedy  # noqa: E402
+from gguf_hybrid import (  # noqa: E402
+    assert_f32_runs_like_transformers,
+    assert_tensors_are_converted,
+    import_back,
+)
+from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
+from test_gguf_families import PROMPT, STEPS  # noqa: E402
 
 DELTANET = [True, True, True, False]  # hf_checkpoints' layer_types
 
@@ -177,16 +181,7 @@ def test_the_file_is_what_convert_hf_to_gguf_writes(builds, qwen35) -> None:
     assert imrope_sections(64) == [11, 11, 10, 0]
 
     expected = _converted(ckpt)
-    allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.QWEN35]}
-    stored = {t.name: t for t in reader.tensors}
-    assert stored.keys() == expected.keys()
-    for name, t in stored.items():
-        assert re.sub(r"^blk\.\d+\.", "blk.{bid}.", re.sub(r"\.(weight|bias)$", "", name)) \
-            in allowed, name
-        assert t.tensor_type.name == "F32"
-        # A = -exp(A_log) rounded once; the converter's float32 exp may differ by one ulp
-        np.testing.assert_array_max_ulp(np.asarray(t.data), expected[name],
-                                        maxulp=1 if name.endswith("ssm_a") else 0)
+    assert_tensors_are_converted(reader, expected, gguf.MODEL_ARCH.QWEN35)
 
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(builds("int4")[1]).tensors}
     for name, tname in types.items():
@@ -201,32 +196,9 @@ def test_f32_gguf_runs_in_llama_cpp_like_transformers(builds, qwen35) -> None:
     """llama.cpp's own greedy decoding equals transformers' over 16 tokens, and its logits
     match along the whole sequence, in one call and token by token (the conv and DeltaNet
     states carried from call to call)."""
-    from omnic.compiler.validate import load_resolved
-    from omnic.targets.gguf.runtime import LlamaCppRunner
-    from omnic.targets.kv_layout import kv_positions
-
     ckpt, spec = qwen35
-    ref_tokens, ref = transformers_greedy(ckpt, PROMPT, STEPS)
-    runner = LlamaCppRunner(str(builds("fp32")[1]), n_ctx=64)
-    try:
-        assert runner.load_warnings == []
-        # one KV cache, for the one attention layer, as the memory plan predicts
-        assert runner.kv_caches == [(256, 1)]
-        assert kv_positions(load_resolved(spec), "gguf") == [0 if d else 256 for d in DELTANET]
-        assert _llama_cpp_greedy(runner, PROMPT, STEPS) == ref_tokens
-        sequence = np.asarray(PROMPT + ref_tokens[:-1], np.int64)
-        runner.reset()
-        whole = runner.forward(sequence)
-        runner.reset()
-        steps = np.concatenate([runner.forward(sequence[i:i + 1]) for i in range(len(sequence))])
-        scale = np.abs(ref).max()
-        err = max(np.abs(whole - ref).max(), np.abs(steps - ref).max())
-        # fp32 both sides; transformers runs the chunked delta rule, llama.cpp its own kernels
-        assert scale > 1.0 and err < 1e-4 * scale, f"max logit error {err:.3g} of {scale:.3g}"
-        print(f"qwen35 F32 vs transformers: max logit error {err:.2e} (logits up to "
-              f"{scale:.2f}), {STEPS} greedy tokens equal")
-    finally:
-        runner.close()
+    assert_f32_runs_like_transformers(builds("fp32")[1], ckpt, spec, DELTANET, PROMPT, STEPS,
+                                      "qwen35")
 
 
 def test_q4_0_file_is_its_weights_times_llama_cpp_s_rounding(builds, qwen35) -> None:
@@ -285,22 +257,8 @@ def test_gguf_imports_back_to_the_same_model(builds, qwen35, tmp_path: Path) -> 
     """`omnic import` of the F32 file: the spec model of the Hugging Face import, every tensor
     equal (the value heads back in omnic's order) but the unit-offset norms, stored as 1 + w,
     and A_log, stored as -exp(A_log): within float32 rounding."""
-    from omnic.cli.main import main
-    from omnic.compiler.validate import load_resolved
-    from omnic.model import load_weights
-    from omnic.spec import Model
-
     _, spec = qwen35
-    back = tmp_path / "back.yaml"
-    assert main(["import", str(builds("fp32")[1]), "-o", str(back), "--targets", "gguf"]) == 0
-
-    def model(p: Path) -> dict:
-        return Model.model_validate(yaml.safe_load(p.read_text())["model"]).model_dump()
-
-    assert model(back) == model(spec)
-    original = load_weights(load_resolved(spec), spec.parent)
-    imported = load_weights(load_resolved(back), tmp_path)
-    assert original.keys() == imported.keys()
+    original, imported = import_back(builds("fp32")[1], spec, tmp_path)
     eps = torch.finfo(torch.float32).eps
     for name, tensor in original.items():
         if name.endswith(("A_log", "norm.weight")) and "deltanet.norm" not in name:

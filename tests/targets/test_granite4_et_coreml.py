@@ -24,7 +24,6 @@ implies and pass the structural check.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,12 @@ pytest.importorskip("coremltools")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_checkpoints import import_checkpoint  # noqa: E402
+from et_coreml_states import (  # noqa: E402
+    assert_mlpackage_declares,
+    assert_pte_passes_with_state_buffers,
+    assert_quantizer_keeps,
+)
+from hf_checkpoints import artifact_of, import_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -103,16 +107,11 @@ def reference(granite4):
     return out[0, len(PROMPT):].tolist(), logits, hf.config
 
 
-def _artifact(result, target: str):
-    (a,) = [a for a in result.manifest.artifacts if a.target == target]
-    return a
-
-
 def test_fp32_pte_equals_transformers_step_by_step(compiled, reference):
     from omnic.targets.base import get_target
 
     result = compiled("fp32")
-    a = _artifact(result, "executorch")
+    a = artifact_of(result, "executorch")
     tokens_ref, logits_ref, _ = reference
     runner = get_target("executorch").load(a, result.out_dir)
     prefill = runner.forward(np.array(PROMPT))  # one call: the whole prompt
@@ -132,19 +131,9 @@ def test_fp32_pte_equals_transformers_step_by_step(compiled, reference):
 
 @pytest.mark.parametrize("quant", ["fp32", "int4_g32"])
 def test_the_pte_passes_its_golden_check(compiled, quant):
-    from omnic.golden.metrics import GREEDY_MATCH
-
-    result = compiled(quant)
-    a = _artifact(result, "executorch")
-    assert a.golden.status == "passed", a.golden.reason
-    assert a.golden.metrics[GREEDY_MATCH] == 1.0
-    assert result.exit_code == 0
     # the generic graph, both states of each mamba2 layer copied back whole into its buffers
-    assert "mamba2" in a.details["kv_cache"], a.details["kv_cache"]
-    assert a.details["runtime_ops"]["aten::copy_"] == 2 * len(MAMBA)
-    for i in MAMBA:
-        assert a.signature["state"][f"k_cache_{i}"]["shape"] == [1, 192, 3]
-        assert a.signature["state"][f"v_cache_{i}"]["shape"] == [1, 4, 32, 16]
+    a = assert_pte_passes_with_state_buffers(compiled(quant), "mamba2", MAMBA, [1, 192, 3],
+                                             [1, 4, 32, 16])
     if quant != "fp32":
         assert a.precision == "8da4w_g32"
 
@@ -156,7 +145,7 @@ def _ssm_tensors(names) -> set[str]:
 def test_int4_takes_the_projections_and_keeps_the_rest_of_a_mamba2_layer(compiled):
     result = compiled("int4_g32")
     want = {f"{p}.weight@{i}" for p in ("in_proj", "out_proj") for i in MAMBA}
-    et = _artifact(result, "executorch")
+    et = artifact_of(result, "executorch")
     assert _ssm_tensors(et.quantization["forms"]) == want
     assert {et.quantization["forms"][f"layers.{i}.ssm.{p}.weight"] for i in MAMBA
             for p in ("in_proj", "out_proj")} == {"8da4w_g32"}
@@ -165,26 +154,8 @@ def test_int4_takes_the_projections_and_keeps_the_rest_of_a_mamba2_layer(compile
 def test_the_executorch_quantizer_keeps_a_mamba2_layer_s_other_tensors(granite4):
     """quantize_decoder itself on the int4 plan: in_proj/out_proj become torchao int4 tensors,
     the convolution, A_log, D, dt_bias and the gated norm stay the very fp32 parameters."""
-    from omnic.compiler.validate import load_resolved
-    from omnic.model import build_model
-    from omnic.quant.select import tensor_schemes
-    from omnic.targets.executorch.quant import quantize_decoder
-
-    path = _spec_at(granite4[1], "int4_g32")
-    spec = load_resolved(path)
-    decoder = build_model(spec, path.parent).eval()
-    before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
-    quantize_decoder(decoder, tensor_schemes(spec))
-    after = dict(decoder.named_parameters())
-    for i in MAMBA:
-        for p in ("in_proj", "out_proj"):
-            w = after[f"layers.{i}.ssm.{p}.weight"]
-            assert type(w.data).__name__ == "IntxUnpackedToInt8Tensor"
-            assert w.data.target_dtype == torch.int4
-        for name in SSM_KEPT:
-            w = after[f"layers.{i}.ssm.{name}"]
-            assert type(w.data) is torch.Tensor and w.dtype == torch.float32
-            assert torch.equal(w, before[f"layers.{i}.ssm.{name}"])
+    assert_quantizer_keeps(_spec_at(granite4[1], "int4_g32"), MAMBA, "ssm",
+                           ("in_proj.weight", "out_proj.weight"), SSM_KEPT)
 
 
 def _expected_states(config) -> dict[str, list[int]]:
@@ -205,24 +176,7 @@ def _expected_states(config) -> dict[str, list[int]]:
 
 
 def test_the_mlpackage_declares_the_mamba2_states(compiled, reference):
-    import coremltools as ct
-
-    from omnic.spec import ResolvedSpec
-    from omnic.targets.coreml.quant import load_program
-    from omnic.targets.coreml.structure import read_signature, structural_check
-
-    result = compiled("fp32")
-    a = _artifact(result, "coreml")
-    package = result.out_dir / a.path
-    states = read_signature(ct.utils.load_spec(str(package)), load_program(package))["states"]
-    want = _expected_states(reference[2])
-    assert {n: s["shape"] for n, s in states.items()} == want
-    assert {s["dtype"] for s in states.values()} == {"float16"}  # Core ML states are fp16
-    if platform.system() != "Darwin":
-        # no Core ML runtime here: the compile ran the structural check instead
-        assert a.golden.status == "not_run" and "structure checked" in a.golden.reason
-    spec = ResolvedSpec.model_validate(result.manifest.spec)
-    assert structural_check(a, result.out_dir, spec) == []
+    assert_mlpackage_declares(compiled("fp32"), _expected_states(reference[2]))
 
 
 def test_state_updates_computed_one_after_the_other_are_reordered():

@@ -8,9 +8,9 @@ user would. The reference is transformers itself, not omnic's PyTorch decoder: i
 (its own cached decode) for the tokens, one uncached pass for the logits, and its cache for the
 states after the prompt (the layout omnic claims is Hugging Face's).
 
-The decode loop below is written against onnxruntime directly (not omnic's OnnxRunner, which
-the golden check uses): past.{i}.conv / past.{i}.recurrent start at zero and each step's
-present.{i}.* is fed back as the next past.
+The decode loop (tests/onnx_state_session.py) is written against onnxruntime directly (not
+omnic's OnnxRunner, which the golden check uses): past.{i}.conv / past.{i}.recurrent start at
+zero and each step's present.{i}.* is fed back as the next past.
 
 Tolerance at fp32: 1e-4 max abs on logits, the fp32 row of tests/targets/test_onnx.py. The
 arithmetic is the same float32 math reordered (fused RMSNorm and GroupQueryAttention, the scan
@@ -30,11 +30,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
+from onnx_state_session import (  # noqa: E402
+    Session,
+    assert_states_after_prompt,
+    graph_io,
+    onnx_artifact,
+    onnx_folder,
+    transformers_states,
+    zeroed_state_logits,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -76,74 +85,16 @@ def reference(hf_model):
         tokens = out[0, len(PROMPT):].tolist()
         assert len(tokens) == STEPS, "transformers stopped early (EOS): pick another prompt"
         logits = hf_model(out).logits[0].numpy()
-        cache = hf_model(torch.tensor(PROMPT)[None], use_cache=True).past_key_values
-        states = {i: (cache.get_conv_state(i).numpy(), cache.get_recurrent_state(i).numpy())
-                  for i in SSM}
-    return tokens, logits, states
-
-
-def _artifact(result):
-    (artifact,) = [a for a in result.manifest.artifacts if a.target == "onnx"]
-    return artifact
-
-
-def _folder(result) -> Path:
-    return result.out_dir / _artifact(result).path
-
-
-class Session:
-    """onnxruntime over model.onnx, batch 1: the growing KV cache of the attention layers and the
-    fixed-size states of the mamba2 layers, present fed back as past by name."""
-
-    def __init__(self, path: Path) -> None:
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.past: dict[str, np.ndarray] = {}
-        for i in self.session.get_inputs():
-            if i.name.startswith("past_key_values."):  # [1, kv_heads, 0, head_dim]
-                self.past[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-            elif i.name.startswith("past."):  # every dim but the batch is fixed
-                self.past[i.name] = np.zeros((1, *i.shape[1:]), np.float32)
-        self.position = 0
-        self.present: dict[str, np.ndarray] = {}
-
-    def step(self, tokens) -> np.ndarray:
-        ids = np.asarray(tokens, np.int64).reshape(1, -1)
-        t = ids.shape[1]
-        feed = {"input_ids": ids,
-                "attention_mask": np.ones((1, self.position + t), np.int64),
-                "position_ids": np.arange(self.position, self.position + t)[None],
-                **self.past}
-        out = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
-        self.present = out
-        self.past = {n: out[n.replace("past_key_values.", "present.").replace("past.", "present.")]
-                     for n in self.past}
-        self.position += t
-        return out["logits"][0]
-
-    def greedy(self, steps: int) -> tuple[list[int], np.ndarray]:
-        """Prefill PROMPT, then `steps` one-token decode steps, each fed the argmax of the
-        last row: (the `steps` tokens fed, logits [len(PROMPT) + steps, vocab])."""
-        rows = [self.step(PROMPT)]
-        tokens = []
-        for _ in range(steps):
-            tokens.append(int(rows[-1][-1].argmax()))
-            rows.append(self.step([tokens[-1]]))
-        return tokens, np.concatenate(rows)
+    return tokens, logits, transformers_states(hf_model, PROMPT, SSM)
 
 
 def test_the_graph_carries_mamba2_states_under_genai_style_names(compiled) -> None:
     import onnx
 
     result = compiled("fp32")
-    folder = _folder(result)
+    folder = onnx_folder(result)
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-
-    def dims(v):
-        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-
-    inputs = {v.name: dims(v) for v in model.graph.input}
-    outputs = {v.name: dims(v) for v in model.graph.output}
+    inputs, outputs = graph_io(model)
     conv = ["batch_size", CHANNELS, KERNEL - 1]
     recurrent = ["batch_size", HEADS, HEAD_DIM, D_STATE]  # HF's order, not genai's [d_k, d_v]
     for i in SSM:
@@ -161,18 +112,19 @@ def test_the_graph_carries_mamba2_states_under_genai_style_names(compiled) -> No
     # genai cannot run it: no config that claims a type, and the manifest says so
     assert not (folder / "genai_config.json").exists()
     assert (folder / "tokenizer.json").is_file()
-    genai = _artifact(result).details["genai"]
+    genai = onnx_artifact(result).details["genai"]
     assert genai["status"] == "not_run" and "no Mamba-2 model type" in genai["reason"]
 
 
 def test_fp32_onnxruntime_decodes_what_transformers_generates(compiled, reference) -> None:
     result = compiled("fp32")
-    golden = _artifact(result).golden
+    golden = onnx_artifact(result).golden
     assert result.exit_code == 0 and golden.status == "passed", golden.reason
 
     want, logits, states = reference
-    session = Session(_folder(result) / "model.onnx")
-    tokens, got = session.greedy(STEPS)
+    session = Session(onnx_folder(result) / "model.onnx")
+    tokens, got = session.greedy(PROMPT, STEPS)
+    got = np.concatenate([got, session.step([tokens[-1]])])  # the last token's logits too
     assert tokens == want
     n = len(PROMPT)
     prefill_err = np.abs(got[:n] - logits[:n]).max()
@@ -187,13 +139,9 @@ def test_the_states_after_the_prompt_are_transformers_states(compiled, reference
     """present.{i}.conv is the last kernel - 1 columns of transformers' conv state (it keeps
     kernel of them), present.{i}.recurrent its recurrent state, in the same order."""
     _, _, states = reference
-    session = Session(_folder(compiled("fp32")) / "model.onnx")
-    session.step(PROMPT)
-    for i in SSM:
-        conv, recurrent = states[i]
-        assert np.abs(session.present[f"present.{i}.conv"] - conv[..., 1:]).max() < ATOL
-        err = np.abs(session.present[f"present.{i}.recurrent"] - recurrent).max()
-        assert err < ATOL, (i, err, np.abs(recurrent).max())
+    assert list(states) == SSM
+    path = onnx_folder(compiled("fp32")) / "model.onnx"
+    assert_states_after_prompt(path, PROMPT, states, ATOL)
 
 
 @pytest.mark.parametrize("kind", ["recurrent", "conv"])
@@ -201,16 +149,12 @@ def test_each_state_carries_the_past(compiled, reference, kind) -> None:
     """Zeroing one kind of state after the prompt (as if the graph ignored that past) moves the
     next logits far past the tolerance: the comparison above would see a broken state."""
     want, logits, _ = reference
-    path = _folder(compiled("fp32")) / "model.onnx"
+    path = onnx_folder(compiled("fp32")) / "model.onnx"
     session = Session(path)
     session.step(PROMPT)
     intact = session.step([want[0]])[0]
     assert np.abs(intact - logits[len(PROMPT)]).max() < ATOL
-    session = Session(path)
-    session.step(PROMPT)
-    session.past = {n: np.zeros_like(v) if n.endswith("." + kind) else v
-                    for n, v in session.past.items()}
-    zeroed = session.step([want[0]])[0]
+    zeroed = zeroed_state_logits(path, PROMPT, want[0], kind)
     assert np.abs(zeroed - logits[len(PROMPT)]).max() > 100 * ATOL
 
 
@@ -219,11 +163,11 @@ def test_int4_quantizes_the_projections_and_keeps_the_scan_in_float(compiled, hf
     from onnx import numpy_helper
 
     result = compiled("int4")
-    artifact = _artifact(result)
+    artifact = onnx_artifact(result)
     # against the quantization-exact reference: MatMulNBits' codes and scales, int8 activations
     assert result.exit_code == 0 and artifact.golden.status == "passed", artifact.golden.reason
     assert artifact.precision == "int4_g32"
-    model = onnx.load(str(_folder(result) / "model.onnx"))
+    model = onnx.load(str(onnx_folder(result) / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     nbits = {n.input[1] for n in model.graph.node if n.op_type == "MatMulNBits"}
     floats = [numpy_helper.to_array(i).ravel() for i in model.graph.initializer
@@ -242,7 +186,7 @@ def test_int4_quantizes_the_projections_and_keeps_the_scan_in_float(compiled, hf
             assert any(f.shape == value.shape and np.allclose(f, value, rtol=0, atol=1e-6)
                        for f in floats), (i, value)
     assert not any(".ssm." in n and "proj" not in n for n in nbits)
-    assert not (_folder(result) / "genai_config.json").exists()
+    assert not (onnx_folder(result) / "genai_config.json").exists()
 
 
 def test_the_preflight_takes_granite4_and_refuses_what_it_cannot_export(granite4) -> None:

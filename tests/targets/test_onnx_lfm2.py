@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-og = pytest.importorskip("onnxruntime_genai")
+pytest.importorskip("onnxruntime_genai")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
+from onnx_state_session import genai_decode, graph_io, onnx_artifact, onnx_folder  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -67,40 +68,12 @@ def reference(lfm2):
     return tokens, logits
 
 
-def _folder(result) -> Path:
-    (artifact,) = [a for a in result.manifest.artifacts if a.target == "onnx"]
-    return result.out_dir / artifact.path
-
-
-def _genai(folder: Path, steps: int = STEPS) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """onnxruntime-genai's greedy tokens after PROMPT, its prefill logits [T, vocab] and the
-    logits of each decode step [steps - 1, vocab] (the step that chose tokens 2..steps)."""
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + steps, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(PROMPT.astype(np.int32)[None])
-    prefill = np.array(generator.get_output("logits"))[0]
-    tokens, decode = [], []
-    while not generator.is_done() and len(tokens) < steps:
-        if tokens:  # the logits the previous token produced (a one-token decode step)
-            decode.append(np.array(generator.get_logits())[0, -1])
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens, prefill, np.array(decode)
-
-
 def test_the_graph_carries_conv_states_under_genai_s_names(compiled) -> None:
     import onnx
 
-    folder = _folder(compiled("fp32"))
+    folder = onnx_folder(compiled("fp32"))
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-
-    def dims(v):
-        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-
-    inputs = {v.name: dims(v) for v in model.graph.input}
-    outputs = {v.name: dims(v) for v in model.graph.output}
+    inputs, outputs = graph_io(model)
     state = ["batch_size", D_MODEL, KERNEL - 1]  # genai reads all but the batch from the graph
     for i in CONVS:
         assert inputs[f"past.{i}.conv"] == state and outputs[f"present.{i}.conv"] == state
@@ -123,11 +96,11 @@ def test_the_graph_carries_conv_states_under_genai_s_names(compiled) -> None:
 
 def test_fp32_genai_generates_what_transformers_generates(compiled, reference) -> None:
     result = compiled("fp32")
-    golden = [a for a in result.manifest.artifacts if a.target == "onnx"][0].golden
+    golden = onnx_artifact(result).golden
     assert result.exit_code == 0 and golden.status == "passed", golden.reason
 
     want, logits = reference
-    tokens, prefill, decode = _genai(_folder(result))
+    tokens, prefill, decode = genai_decode(onnx_folder(result), PROMPT, STEPS)
     assert tokens == want
     n = len(PROMPT)
     prefill_err = np.abs(prefill - logits[:n]).max()
@@ -143,7 +116,7 @@ def test_the_conv_state_carries_the_past(compiled, reference) -> None:
     from omnic.targets.onnx.target import OnnxRunner
 
     want, logits = reference
-    runner = OnnxRunner(_folder(compiled("fp32")) / "model.onnx")
+    runner = OnnxRunner(onnx_folder(compiled("fp32")) / "model.onnx")
     runner.forward(PROMPT)
     intact = runner.forward(np.array([want[0]]))[0]
     assert np.abs(intact - logits[len(PROMPT)]).max() < ATOL
@@ -162,10 +135,10 @@ def test_int4_stores_the_projections_as_matmulnbits_and_genai_runs_it(compiled) 
     from omnic.targets.onnx.target import OnnxRunner
 
     result = compiled("int4")
-    (artifact,) = [a for a in result.manifest.artifacts if a.target == "onnx"]
+    artifact = onnx_artifact(result)
     # against the quantization-exact reference: MatMulNBits' codes and scales, int8 activations
     assert result.exit_code == 0 and artifact.golden.status == "passed", artifact.golden.reason
-    folder = _folder(result)
+    folder = onnx_folder(result)
     model = onnx.load(str(folder / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     nbits = {n.input[1] for n in model.graph.node if n.op_type == "MatMulNBits"}
@@ -177,7 +150,7 @@ def test_int4_stores_the_projections_as_matmulnbits_and_genai_runs_it(compiled) 
             D_MODEL, 1, KERNEL]
     # genai's run of the int4 graph (its LFM2 cache, a shared KV buffer) and onnxruntime's
     # (omnic's runner: growing cache, states fed back by name) generate the same tokens
-    tokens, _, _ = _genai(folder)
+    tokens, _, _ = genai_decode(folder, PROMPT, STEPS)
     runner = OnnxRunner(folder / "model.onnx")
     assert tokens == greedy(runner, PROMPT, STEPS)[0]
 

@@ -12,9 +12,9 @@ ops, fusions, int4 storage, golden check) as a user would. The reference is tran
 not omnic's PyTorch decoder: its greedy tokens and logits (`transformers_greedy`), and its cache
 for the states after the prompt (the layout omnic and genai's builder claim is Hugging Face's).
 
-The decode loop below is written against onnxruntime directly (not omnic's OnnxRunner, which
-the golden check uses): past.{i}.conv / past.{i}.recurrent start at zero and each step's
-present.{i}.* is fed back as the next past.
+The decode loop (tests/onnx_state_session.py) is written against onnxruntime directly (not
+omnic's OnnxRunner, which the golden check uses): past.{i}.conv / past.{i}.recurrent start at
+zero and each step's present.{i}.* is fed back as the next past.
 
 Tolerance at fp32: 1e-4 max abs on logits, the fp32 row of tests/targets/test_onnx.py. The
 arithmetic is the same float32 math reordered (the recurrence token by token or in
@@ -33,12 +33,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
-og = pytest.importorskip("onnxruntime_genai")
-torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_genai")
+pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_checkpoints import make_checkpoint, scheme_builds, transformers_greedy  # noqa: E402
+from onnx_state_session import (  # noqa: E402
+    Session,
+    assert_states_after_prompt,
+    genai_decode,
+    graph_io,
+    onnx_artifact,
+    onnx_folder,
+    transformers_states,
+    zeroed_state_logits,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,95 +90,15 @@ def reference(qwen35):
     assert EOS not in tokens, "transformers emits EOS, where genai would stop: pick a prompt"
     hf = transformers.AutoModelForCausalLM.from_pretrained(qwen35[0],
                                                            attn_implementation="eager")
-    with torch.no_grad():
-        cache = hf(torch.tensor(PROMPT)[None], use_cache=True).past_key_values
-        states = {i: (cache.get_conv_state(i).numpy(), cache.get_recurrent_state(i).numpy())
-                  for i in DELTANET}
-    return tokens, logits, states
-
-
-def _artifact(result):
-    (artifact,) = [a for a in result.manifest.artifacts if a.target == "onnx"]
-    return artifact
-
-
-def _folder(result) -> Path:
-    return result.out_dir / _artifact(result).path
-
-
-class Session:
-    """onnxruntime over model.onnx, batch 1: the growing KV cache of the attention layer and the
-    fixed-size states of the deltanet layers, present fed back as past by name."""
-
-    def __init__(self, path: Path) -> None:
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.past: dict[str, np.ndarray] = {}
-        for i in self.session.get_inputs():
-            if i.name.startswith("past_key_values."):  # [1, kv_heads, 0, head_dim]
-                self.past[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-            elif i.name.startswith("past."):  # every dim but the batch is fixed
-                self.past[i.name] = np.zeros((1, *i.shape[1:]), np.float32)
-        self.position = 0
-        self.present: dict[str, np.ndarray] = {}
-
-    def step(self, tokens) -> np.ndarray:
-        ids = np.asarray(tokens, np.int64).reshape(1, -1)
-        t = ids.shape[1]
-        feed = {"input_ids": ids,
-                "attention_mask": np.ones((1, self.position + t), np.int64),
-                "position_ids": np.arange(self.position, self.position + t)[None],
-                **self.past}
-        out = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
-        self.present = out
-        for n, v in self.past.items():  # the states keep their size, step after step
-            if n.startswith("past."):
-                assert out["present." + n[len("past."):]].shape == v.shape, n
-        self.past = {n: out[n.replace("past_key_values.", "present.").replace("past.", "present.")]
-                     for n in self.past}
-        self.position += t
-        return out["logits"][0]
-
-    def greedy(self, steps: int) -> tuple[list[int], np.ndarray]:
-        """Prefill PROMPT, then one-token steps fed the argmax of the last row: (`steps`
-        tokens, logits [len(PROMPT) + steps - 1, vocab])."""
-        rows = [self.step(PROMPT)]
-        tokens = [int(rows[-1][-1].argmax())]
-        while len(tokens) < steps:
-            rows.append(self.step([tokens[-1]]))
-            tokens.append(int(rows[-1][-1].argmax()))
-        return tokens, np.concatenate(rows)
-
-
-def _genai(folder: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """onnxruntime-genai's greedy tokens after PROMPT (up to STEPS, or EOS), its prefill logits
-    [T, vocab] and the logits of each decode step (the step that chose tokens 2..)."""
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + STEPS, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(PROMPT.astype(np.int32)[None])
-    prefill = np.array(generator.get_output("logits"))[0]
-    tokens, decode = [], []
-    while not generator.is_done() and len(tokens) < STEPS:
-        if tokens:  # the logits the previous token produced (a one-token decode step)
-            decode.append(np.array(generator.get_logits())[0, -1])
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens, prefill, np.array(decode)
+    return tokens, logits, transformers_states(hf, PROMPT, DELTANET)
 
 
 def test_the_graph_carries_deltanet_states_in_genai_s_qwen3_5_layout(compiled) -> None:
     import onnx
 
-    folder = _folder(compiled("fp32"))
+    folder = onnx_folder(compiled("fp32"))
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-
-    def dims(v):
-        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-
-    inputs = {v.name: dims(v) for v in model.graph.input}
-    outputs = {v.name: dims(v) for v in model.graph.output}
+    inputs, outputs = graph_io(model)
     conv = ["batch_size", CHANNELS, KERNEL - 1]
     recurrent = ["batch_size", VALUE_HEADS, KEY_DIM, VALUE_DIM]  # genai builder's CPU layout
     for i in DELTANET:
@@ -212,16 +142,16 @@ def test_the_graph_carries_deltanet_states_in_genai_s_qwen3_5_layout(compiled) -
 def test_fp32_onnxruntime_and_genai_decode_what_transformers_generates(compiled,
                                                                        reference) -> None:
     result = compiled("fp32")
-    golden = _artifact(result).golden
+    golden = onnx_artifact(result).golden
     assert result.exit_code == 0 and golden.status == "passed", golden.reason
 
     want, logits, _ = reference
     n = len(PROMPT)
-    tokens, got = Session(_folder(result) / "model.onnx").greedy(STEPS)
+    tokens, got = Session(onnx_folder(result) / "model.onnx").greedy(PROMPT, STEPS)
     assert tokens == want
     prefill_err = np.abs(got[:n] - logits[:n]).max()
     decode_err = np.abs(got[n:] - logits[n:]).max()  # every decode step
-    genai_tokens, prefill, decode = _genai(_folder(result))
+    genai_tokens, prefill, decode = genai_decode(onnx_folder(result), PROMPT, STEPS)
     assert genai_tokens == want
     genai_err = max(np.abs(prefill - logits[:n]).max(), np.abs(decode - logits[n:]).max())
     print(f"qwen3.5 fp32 vs transformers: max |logit error| onnxruntime prefill "
@@ -234,13 +164,9 @@ def test_the_states_after_the_prompt_are_transformers_states(compiled, reference
     """present.{i}.conv is the last kernel - 1 columns of transformers' conv state (it keeps
     kernel of them), present.{i}.recurrent its recurrent state, in the same order."""
     _, _, states = reference
-    session = Session(_folder(compiled("fp32")) / "model.onnx")
-    session.step(PROMPT)
-    for i in DELTANET:
-        conv, recurrent = states[i]
-        assert np.abs(session.present[f"present.{i}.conv"] - conv[..., 1:]).max() < ATOL
-        err = np.abs(session.present[f"present.{i}.recurrent"] - recurrent).max()
-        assert err < ATOL, (i, err, np.abs(recurrent).max())
+    assert list(states) == DELTANET
+    path = onnx_folder(compiled("fp32")) / "model.onnx"
+    assert_states_after_prompt(path, PROMPT, states, ATOL)
 
 
 @pytest.mark.parametrize("kind", ["recurrent", "conv"])
@@ -248,12 +174,8 @@ def test_each_state_carries_the_past(compiled, reference, kind) -> None:
     """Zeroing one kind of state after the prompt (as if the graph ignored that past) moves the
     next logits far past the tolerance: the comparisons above would see a broken state."""
     want, logits, _ = reference
-    path = _folder(compiled("fp32")) / "model.onnx"
-    session = Session(path)
-    session.step(PROMPT)
-    session.past = {n: np.zeros_like(v) if n.endswith("." + kind) else v
-                    for n, v in session.past.items()}
-    zeroed = session.step([want[0]])[0]
+    path = onnx_folder(compiled("fp32")) / "model.onnx"
+    zeroed = zeroed_state_logits(path, PROMPT, want[0], kind)
     assert np.abs(zeroed - logits[len(PROMPT)]).max() > 100 * ATOL
 
 
@@ -264,11 +186,11 @@ def test_int4_quantizes_the_projections_and_genai_runs_it(compiled) -> None:
     from omnic.targets.onnx.target import OnnxRunner
 
     result = compiled("int4")
-    artifact = _artifact(result)
+    artifact = onnx_artifact(result)
     # against the quantization-exact reference: MatMulNBits' codes and scales
     assert result.exit_code == 0 and artifact.golden.status == "passed", artifact.golden.reason
     assert artifact.precision == "int4_g32"
-    folder = _folder(result)
+    folder = onnx_folder(result)
     model = onnx.load(str(folder / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     nbits = {n.input[1] for n in model.graph.node if n.op_type == "MatMulNBits"}
@@ -283,7 +205,7 @@ def test_int4_quantizes_the_projections_and_genai_runs_it(compiled) -> None:
     assert sum(n.op_type == "LinearAttention" for n in model.graph.node) == len(DELTANET)
     # genai's run of the int4 graph (its recurrent states, a shared KV buffer) and
     # onnxruntime's (omnic's runner: growing cache, states fed back by name) generate the same
-    tokens, _, _ = _genai(folder)
+    tokens, _, _ = genai_decode(folder, PROMPT, STEPS)
     assert tokens == greedy(OnnxRunner(folder / "model.onnx"), PROMPT, STEPS, stop_ids=[EOS])[0]
 
 

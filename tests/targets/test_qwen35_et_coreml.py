@@ -31,7 +31,6 @@ those tokens):
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +41,13 @@ pytest.importorskip("coremltools")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from et_coreml_states import (  # noqa: E402
+    assert_mlpackage_declares,
+    assert_pte_passes_with_state_buffers,
+    assert_quantizer_keeps,
+)
 from hf_checkpoints import (  # noqa: E402
-    import_checkpoint, scheme_builds, transformers_greedy,
+    artifact_of, import_checkpoint, scheme_builds, transformers_greedy,
 )
 
 pytestmark = pytest.mark.slow
@@ -87,11 +91,6 @@ def reference(qwen35):
     return transformers_greedy(qwen35[0], PROMPT, STEPS)
 
 
-def _artifact(result, target: str):
-    (a,) = [a for a in result.manifest.artifacts if a.target == target]
-    return a
-
-
 def _greedy(forward) -> tuple[list[int], np.ndarray, np.ndarray]:
     """PROMPT in one call, then STEPS - 1 one-token calls: (tokens, prefill logits, decode
     logits), the decode rows the logits of each fed token."""
@@ -107,7 +106,7 @@ def test_fp32_pte_equals_transformers_step_by_step(compiled, reference):
     from omnic.targets.base import get_target
 
     result = compiled("fp32")
-    runner = get_target("executorch").load(_artifact(result, "executorch"), result.out_dir)
+    runner = get_target("executorch").load(artifact_of(result, "executorch"), result.out_dir)
     tokens_ref, logits_ref = reference
     tokens, prefill, decode = _greedy(runner.forward)
     assert runner.position == len(PROMPT) + STEPS - 1
@@ -120,20 +119,10 @@ def test_fp32_pte_equals_transformers_step_by_step(compiled, reference):
 
 
 def test_the_pte_passes_its_golden_check(compiled):
-    from omnic.golden.metrics import GREEDY_MATCH
-
-    result = compiled("fp32")
-    a = _artifact(result, "executorch")
-    assert a.golden.status == "passed", a.golden.reason
-    assert a.golden.metrics[GREEDY_MATCH] == 1.0
-    assert result.exit_code == 0
     # the generic graph, both states of each deltanet layer copied back whole into its buffers
     # (the attention layer's cache is written in place: index_put_, no copy)
-    assert "gated_deltanet" in a.details["kv_cache"], a.details["kv_cache"]
-    assert a.details["runtime_ops"]["aten::copy_"] == 2 * len(DELTANET)
-    for i in DELTANET:
-        assert a.signature["state"][f"k_cache_{i}"]["shape"] == [1, 128, 3]
-        assert a.signature["state"][f"v_cache_{i}"]["shape"] == [1, 4, 16, 16]
+    assert_pte_passes_with_state_buffers(compiled("fp32"), "gated_deltanet", DELTANET,
+                                         [1, 128, 3], [1, 4, 16, 16])
 
 
 def test_the_executorch_quantizer_keeps_a_deltanet_layer_s_other_tensors(qwen35):
@@ -142,29 +131,11 @@ def test_the_executorch_quantizer_keeps_a_deltanet_layer_s_other_tensors(qwen35)
     norm stay the very fp32 parameters."""
     import yaml
 
-    from omnic.compiler.validate import load_resolved
-    from omnic.model import build_model
-    from omnic.quant.select import tensor_schemes
-    from omnic.targets.executorch.quant import quantize_decoder
-
     data = yaml.safe_load(qwen35[1].read_text())
     data["quantization"] = {"weights": {"scheme": "int4", "group_size": 32, "symmetric": True}}
     path = qwen35[1].with_name("qwen35_quantizer.yaml")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    spec = load_resolved(path)
-    decoder = build_model(spec, path.parent).eval()
-    before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
-    quantize_decoder(decoder, tensor_schemes(spec))
-    after = dict(decoder.named_parameters())
-    for i in DELTANET:
-        for name in QUANTIZED:
-            w = after[f"layers.{i}.deltanet.{name}"]
-            assert type(w.data).__name__ == "IntxUnpackedToInt8Tensor"
-            assert w.data.target_dtype == torch.int4
-        for name in KEPT:
-            w = after[f"layers.{i}.deltanet.{name}"]
-            assert type(w.data) is torch.Tensor and w.dtype == torch.float32
-            assert torch.equal(w, before[f"layers.{i}.deltanet.{name}"])
+    assert_quantizer_keeps(path, DELTANET, "deltanet", QUANTIZED, KEPT)
 
 
 def _expected_states(config) -> dict[str, list[int]]:
@@ -184,24 +155,8 @@ def _expected_states(config) -> dict[str, list[int]]:
 
 
 def test_the_mlpackage_declares_the_deltanet_states(compiled, qwen35):
-    import coremltools as ct
-
-    from omnic.spec import ResolvedSpec
-    from omnic.targets.coreml.quant import load_program
-    from omnic.targets.coreml.structure import read_signature, structural_check
-
-    result = compiled("fp32")
-    a = _artifact(result, "coreml")
-    package = result.out_dir / a.path
-    states = read_signature(ct.utils.load_spec(str(package)), load_program(package))["states"]
     config = transformers.AutoConfig.from_pretrained(qwen35[0])
-    assert {n: s["shape"] for n, s in states.items()} == _expected_states(config)
-    assert {s["dtype"] for s in states.values()} == {"float16"}  # Core ML states are fp16
-    if platform.system() != "Darwin":
-        # no Core ML runtime here: the compile ran the structural check instead
-        assert a.golden.status == "not_run" and "structure checked" in a.golden.reason
-    spec = ResolvedSpec.model_validate(result.manifest.spec)
-    assert structural_check(a, result.out_dir, spec) == []
+    assert_mlpackage_declares(compiled("fp32"), _expected_states(config))
 
 
 def test_the_program_coreml_converts_equals_transformers(qwen35, reference):

@@ -26,13 +26,18 @@ import functools
 
 import numpy as np
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
 transformers = pytest.importorskip("transformers")
 
 from hf_checkpoints import import_checkpoint, scheme_builds  # noqa: E402
+from tvm_state_kernels import (  # noqa: E402
+    HOST,
+    assert_gpu_builds_refuse,
+    conv_then_mixer_vm,
+    tvm_artifact,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +45,6 @@ ATOL = 1e-4
 KERNEL_ATOL = 1e-5
 STEPS = 16
 PROMPT = [256, 12, 250, 99, 7, 301, 45, 45, 3, 510, 128, 64]
-# the host alone: desktop_cpu's target triple would add a cross build that nothing here runs
-HOST = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
 MAMBA_LAYERS = 3  # hf_checkpoints' granite4: mamba, mamba, attention, mamba
 
 
@@ -57,17 +60,12 @@ def compiled(granite4, tmp_path_factory):
     return scheme_builds(granite4[1], tmp_path_factory, device=HOST)
 
 
-def _artifact(result):
-    (a,) = [a for a in result.manifest.artifacts if a.target == "tvm"]
-    return a
-
-
 @pytest.mark.parametrize("scheme", ["fp32", "int4"])
 def test_the_artifact_passes_its_golden_check(compiled, scheme):
     from omnic.golden.metrics import GREEDY_MATCH
 
     result = compiled(scheme)
-    a = _artifact(result)
+    a = tvm_artifact(result)
     assert result.exit_code == 0
     assert a.golden.status == "passed", a.golden.reason
     assert a.golden.metrics[GREEDY_MATCH] == 1.0
@@ -97,7 +95,7 @@ def test_fp32_equals_transformers(granite4, compiled):
         hf.generation_config.eos_token_id = None
         ref_tokens = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=STEPS,
                                  do_sample=False, pad_token_id=258)[0, len(PROMPT):].tolist()
-    runner = TvmRunner(result.out_dir / _artifact(result).path, num_threads=1)
+    runner = TvmRunner(result.out_dir / tvm_artifact(result).path, num_threads=1)
     logits = runner.forward(np.array(PROMPT))
     assert np.abs(logits - ref_logits).max() < ATOL
     tokens = [int(logits[-1].argmax())]
@@ -127,21 +125,10 @@ def _vm(heads: int, head_dim: int, d_state: int, groups: int, kernel: int):
               *(relax.Var(n, f32(heads)) for n in ("A_log", "D", "dt_bias")),
               relax.Var("conv_state", conv_ty), relax.Var("ssm_state", ssm_ty)]
     xbc, dt, weight, bias, a_log, d, dt_bias, conv_state, ssm_state = params
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        conv = bb.add_func(conv_kernel(width, kernel), "conv")
-        scan = bb.add_func(scan_kernel(heads, head_dim, d_state, groups), "scan")
-        with bb.dataflow():
-            out = bb.emit(relax.call_tir_inplace(
-                conv, [xbc, conv_state, weight, bias], [1, -1], [conv_ty, f32(1, t, width)]))
-            xc = bb.emit(relax.TupleGetItem(out, 1))
-            out = bb.emit(relax.call_tir_inplace(
-                scan, [xc, dt, a_log, d, dt_bias, ssm_state], [5, -1],
-                [ssm_ty, f32(1, t, heads * head_dim)]))
-            y = bb.emit_output(relax.TupleGetItem(out, 1))
-        bb.emit_func_output(y)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-    return relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
+    return conv_then_mixer_vm(
+        params, conv_kernel(width, kernel), [xbc, conv_state, weight, bias],
+        [conv_ty, f32(1, t, width)], scan_kernel(heads, head_dim, d_state, groups),
+        [dt, a_log, d, dt_bias, ssm_state], [ssm_ty, f32(1, t, heads * head_dim)])
 
 
 def _module():
@@ -190,14 +177,4 @@ def test_the_kernels_write_both_states_in_place_as_the_module_computes_them():
 
 
 def test_the_host_build_takes_mamba2_and_the_gpu_builds_refuse_it(granite4, tmp_path, capsys):
-    from omnic.cli.main import main
-
-    _, spec_path = granite4
-    assert main(["validate", str(spec_path)]) == 0, capsys.readouterr()
-    data = yaml.safe_load(spec_path.read_text())
-    data["targets"] = {"tvm": {"devices": ["opencl"]}}
-    path = tmp_path / "granite4_opencl.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert main(["validate", str(path)]) == 2
-    out, err = capsys.readouterr()
-    assert "cannot carry mamba2 layers" in " ".join((out + err).split())
+    assert_gpu_builds_refuse(granite4[1], tmp_path, capsys, "mamba2")

@@ -26,13 +26,18 @@ import functools
 
 import numpy as np
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
 transformers = pytest.importorskip("transformers")
 
 from hf_checkpoints import import_checkpoint, scheme_builds, transformers_greedy  # noqa: E402
+from tvm_state_kernels import (  # noqa: E402
+    HOST,
+    assert_gpu_builds_refuse,
+    conv_then_mixer_vm,
+    tvm_artifact,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +45,6 @@ ATOL = 1e-4
 KERNEL_ATOL = 1e-5
 STEPS = 16
 PROMPT = [256, 12, 250, 99, 7, 301, 45, 45, 3, 510, 128, 64]
-# the host alone: desktop_cpu's target triple would add a cross build that nothing here runs
-HOST = {"name": "test-host", "memory_budget_mb": 4096, "bandwidth_gbps": 10.0, "os": "linux"}
 DELTANET, ATTENTION = [0, 1, 2], [3]  # hf_checkpoints' qwen3_5
 KEY_HEADS, VALUE_HEADS, KEY_DIM, VALUE_DIM, KERNEL = 2, 4, 16, 16, 4
 CHANNELS = 2 * KEY_HEADS * KEY_DIM + VALUE_HEADS * VALUE_DIM  # q | k | v
@@ -59,17 +62,12 @@ def compiled(qwen35, tmp_path_factory):
     return scheme_builds(qwen35[1], tmp_path_factory, device=HOST)
 
 
-def _artifact(result):
-    (a,) = [a for a in result.manifest.artifacts if a.target == "tvm"]
-    return a
-
-
 @pytest.mark.parametrize("scheme", ["fp32", "int4"])
 def test_the_artifact_passes_its_golden_check(compiled, scheme):
     from omnic.golden.metrics import GREEDY_MATCH
 
     result = compiled(scheme)
-    a = _artifact(result)
+    a = tvm_artifact(result)
     assert result.exit_code == 0
     assert a.golden.status == "passed", a.golden.reason
     assert a.golden.metrics[GREEDY_MATCH] == 1.0
@@ -96,7 +94,7 @@ def test_fp32_equals_transformers(qwen35, compiled):
     from omnic.targets.tvm.target import TvmRunner
 
     tokens, ref = transformers_greedy(qwen35[0], PROMPT, STEPS)
-    runner = TvmRunner(compiled("fp32").out_dir / _artifact(compiled("fp32")).path,
+    runner = TvmRunner(compiled("fp32").out_dir / tvm_artifact(compiled("fp32")).path,
                        num_threads=1)
     logits = [runner.forward(np.array(PROMPT))]
     ours = [int(logits[0][-1].argmax())]
@@ -126,22 +124,11 @@ def _vm(key_heads: int, value_heads: int, key_dim: int, value_dim: int, kernel: 
               relax.Var("A_log", f32(value_heads)), relax.Var("dt_bias", f32(value_heads)),
               relax.Var("conv_state", conv_ty), relax.Var("state", state_ty)]
     qkv, a, b, weight, a_log, dt_bias, conv_state, state = params
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        conv = bb.add_func(conv_kernel(width, kernel), "conv")
-        rule = bb.add_func(rule_kernel(key_heads, value_heads, key_dim, value_dim), "rule")
-        with bb.dataflow():
-            no_bias = relax.const(np.zeros(width, dtype="float32"))
-            out = bb.emit(relax.call_tir_inplace(
-                conv, [qkv, conv_state, weight, no_bias], [1, -1], [conv_ty, f32(1, t, width)]))
-            xc = bb.emit(relax.TupleGetItem(out, 1))
-            out = bb.emit(relax.call_tir_inplace(
-                rule, [xc, a, b, a_log, dt_bias, state], [5, -1],
-                [state_ty, f32(1, t, value_heads * value_dim)]))
-            o = bb.emit_output(relax.TupleGetItem(out, 1))
-        bb.emit_func_output(o)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-    return relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
+    no_bias = relax.const(np.zeros(width, dtype="float32"))
+    return conv_then_mixer_vm(
+        params, conv_kernel(width, kernel), [qkv, conv_state, weight, no_bias],
+        [conv_ty, f32(1, t, width)], rule_kernel(key_heads, value_heads, key_dim, value_dim),
+        [a, b, a_log, dt_bias, state], [state_ty, f32(1, t, value_heads * value_dim)])
 
 
 def test_the_kernels_write_both_states_in_place_as_transformers_computes_them():
@@ -181,14 +168,4 @@ def test_the_kernels_write_both_states_in_place_as_transformers_computes_them():
 
 def test_the_host_build_takes_gated_deltanet_and_the_gpu_builds_refuse_it(qwen35, tmp_path,
                                                                            capsys):
-    from omnic.cli.main import main
-
-    _, spec_path = qwen35
-    assert main(["validate", str(spec_path)]) == 0, capsys.readouterr()
-    data = yaml.safe_load(spec_path.read_text())
-    data["targets"] = {"tvm": {"devices": ["opencl"]}}
-    path = tmp_path / "qwen35_opencl.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert main(["validate", str(path)]) == 2
-    out, err = capsys.readouterr()
-    assert "cannot carry gated_deltanet layers" in " ".join((out + err).split())
+    assert_gpu_builds_refuse(qwen35[1], tmp_path, capsys, "gated_deltanet")

@@ -134,56 +134,60 @@ class Kernels:
         return bb.emit(relax.TupleGetItem(out, 1))
 
     def _mamba2(self, node: Any, importer: Any) -> Any:
-        from tvm import relax
-
         from omnic.targets.tvm.kernels import mamba2 as K
 
-        bb = importer.block_builder
         xbc, dt, weight, bias, a_log, d, dt_bias, conv_state, ssm_state = (
             importer.retrieve_args(node))
-        t, width = importer.shape_of(xbc)[1], int(importer.shape_of(xbc)[2])
-        k = int(importer.shape_of(weight)[2])
+        width = int(importer.shape_of(xbc)[2])
         _, heads, head_dim, d_state = (int(n) for n in importer.shape_of(ssm_state))
         groups = (width - heads * head_dim) // (2 * d_state)
-        conv = self.add(bb, ("mamba2_conv", width, k), lambda: K.conv_kernel(width, k))
-        out = bb.emit(relax.call_tir_inplace(
-            conv, [xbc, conv_state, weight, bias], [1, -1],
-            [relax.TensorType([1, width, k - 1], "float32"),
-             relax.TensorType([1, t, width], "float32")]))
-        xc = bb.emit(relax.TupleGetItem(out, 1))
-        scan = self.add(bb, ("mamba2_scan", heads, head_dim, d_state, groups),
-                        lambda: K.scan_kernel(heads, head_dim, d_state, groups))
-        out = bb.emit(relax.call_tir_inplace(
-            scan, [xc, dt, a_log, d, dt_bias, ssm_state], [5, -1],
-            [relax.TensorType([1, heads, head_dim, d_state], "float32"),
-             relax.TensorType([1, t, heads * head_dim], "float32")]))
-        return bb.emit(relax.TupleGetItem(out, 1))
+        return self._conv_then_mixer(
+            importer, "mamba2", xbc, conv_state, weight, bias,
+            ("mamba2_scan", heads, head_dim, d_state, groups),
+            lambda: K.scan_kernel(heads, head_dim, d_state, groups),
+            [dt, a_log, d, dt_bias, ssm_state], [1, heads, head_dim, d_state], heads * head_dim)
 
     def _deltanet(self, node: Any, importer: Any) -> Any:
+        from omnic.targets.tvm.kernels import deltanet
+
+        qkv, a, b, weight, a_log, dt_bias, conv_state, state = importer.retrieve_args(node)
+        width = int(importer.shape_of(qkv)[2])
+        _, heads, key_dim, value_dim = (int(n) for n in importer.shape_of(state))
+        key_heads = (width - heads * value_dim) // (2 * key_dim)
+        return self._conv_then_mixer(
+            importer, "deltanet", qkv, conv_state, weight, None,
+            ("deltanet_rule", key_heads, heads, key_dim, value_dim),
+            lambda: deltanet.rule_kernel(key_heads, heads, key_dim, value_dim),
+            [a, b, a_log, dt_bias, state], [1, heads, key_dim, value_dim], heads * value_dim)
+
+    def _conv_then_mixer(self, importer: Any, kind: str, x: Any, conv_state: Any, weight: Any,
+                         bias: Any, mixer: tuple, make_mixer: Callable[[], Any],
+                         mixer_args: list, state_shape: list[int], out_width: int) -> Any:
+        """The output [1, t, out_width] of a layer with a convolution state and a mixer state:
+        mamba2.py's convolution kernel (`kind`_conv) in place on conv_state over x [1, t, width]
+        (bias None: zeros), then the kernel `mixer` names (made by make_mixer) on (the convolved
+        channels, *mixer_args), in place on the last of mixer_args: its state of state_shape."""
         import numpy as np
         from tvm import relax
 
-        from omnic.targets.tvm.kernels import deltanet, mamba2
+        from omnic.targets.tvm.kernels import mamba2
 
         bb = importer.block_builder
-        qkv, a, b, weight, a_log, dt_bias, conv_state, state = importer.retrieve_args(node)
-        t, width = importer.shape_of(qkv)[1], int(importer.shape_of(qkv)[2])
+        t, width = importer.shape_of(x)[1], int(importer.shape_of(x)[2])
         k = int(importer.shape_of(weight)[2])
-        _, heads, key_dim, value_dim = (int(n) for n in importer.shape_of(state))
-        key_heads = (width - heads * value_dim) // (2 * key_dim)
-        conv = self.add(bb, ("deltanet_conv", width, k), lambda: mamba2.conv_kernel(width, k))
-        no_bias = relax.const(np.zeros(width, dtype="float32"))
+        conv = self.add(bb, (f"{kind}_conv", width, k), lambda: mamba2.conv_kernel(width, k))
+        if bias is None:
+            bias = relax.const(np.zeros(width, dtype="float32"))
         out = bb.emit(relax.call_tir_inplace(
-            conv, [qkv, conv_state, weight, no_bias], [1, -1],
+            conv, [x, conv_state, weight, bias], [1, -1],
             [relax.TensorType([1, width, k - 1], "float32"),
              relax.TensorType([1, t, width], "float32")]))
         xc = bb.emit(relax.TupleGetItem(out, 1))
-        rule = self.add(bb, ("deltanet_rule", key_heads, heads, key_dim, value_dim),
-                        lambda: deltanet.rule_kernel(key_heads, heads, key_dim, value_dim))
+        gv = self.add(bb, mixer, make_mixer)
         out = bb.emit(relax.call_tir_inplace(
-            rule, [xc, a, b, a_log, dt_bias, state], [5, -1],
-            [relax.TensorType([1, heads, key_dim, value_dim], "float32"),
-             relax.TensorType([1, t, heads * value_dim], "float32")]))
+            gv, [xc, *mixer_args], [len(mixer_args), -1],
+            [relax.TensorType(state_shape, "float32"),
+             relax.TensorType([1, t, out_width], "float32")]))
         return bb.emit(relax.TupleGetItem(out, 1))
 
 
