@@ -86,8 +86,8 @@ class GatedDeltaNet(nn.Module):
         qkv = F.silu(F.conv1d(seq, self.conv.weight, None, groups=self.channels))
         q, k, v = qkv.transpose(1, 2).split([self.key_width, self.key_width, self.value_width],
                                             dim=-1)
-        q = self._per_value_head(_l2norm(self._heads(q, self.key_heads))) * self.key_dim ** -0.5
-        k = self._per_value_head(_l2norm(self._heads(k, self.key_heads)))
+        q = self._per_value_head(l2norm(self._heads(q, self.key_heads))) * self.key_dim ** -0.5
+        k = self._per_value_head(l2norm(self._heads(k, self.key_heads)))
         v = self._heads(v, self.value_heads)  # [B, H, T, dv]
         beta = torch.sigmoid(self.b(x).float()).transpose(1, 2)  # [B, H, T]
         g = -torch.exp(self.A_log.float()) * F.softplus(self.a(x).float() + self.dt_bias.float())
@@ -156,7 +156,8 @@ def _unit_lower_inverse(a: torch.Tensor, levels: int) -> torch.Tensor:
     return x
 
 
-def _l2norm(x: torch.Tensor) -> torch.Tensor:
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    """x / |x| along the last axis, as transformers' l2norm: x * rsqrt(sum x^2 + 1e-6)."""
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + _L2_EPS)
 
 

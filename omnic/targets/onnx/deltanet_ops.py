@@ -41,10 +41,9 @@ import torch.nn.functional as F
 from onnx.defs import OpSchema
 from onnxscript.values import Op, Opset
 
-from omnic.model.modules.deltanet import GatedDeltaNet
+from omnic.model.modules.deltanet import GatedDeltaNet, l2norm
 
 NAMESPACE = "omnic_onnx"
-_L2_EPS = 1e-6  # transformers' l2norm, as the torch layer
 
 
 @torch.library.custom_op(f"{NAMESPACE}::causal_conv_silu", mutates_args=())
@@ -144,7 +143,7 @@ class OnnxGatedDeltaNet(GatedDeltaNet):
                                           conv_state)
         q, k, v = qkv.transpose(1, 2).split([self.key_width, self.key_width, self.value_width],
                                             dim=-1)
-        q, k = (_l2norm(m.reshape(bsz, t, self.key_heads, self.key_dim))
+        q, k = (l2norm(m.reshape(bsz, t, self.key_heads, self.key_dim))
                 .reshape(bsz, t, self.key_width) for m in (q, k))
         beta = torch.sigmoid(self.b(x))
         g = -torch.exp(self.A_log) * F.softplus(self.a(x) + self.dt_bias)
@@ -153,10 +152,6 @@ class OnnxGatedDeltaNet(GatedDeltaNet):
         o = self.norm(o.reshape(bsz, t, self.value_heads, self.value_dim),
                       self.z(x).reshape(bsz, t, self.value_heads, self.value_dim))
         return self.out_proj(o.reshape(bsz, t, self.value_width)), conv_next, s
-
-
-def _l2norm(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + _L2_EPS)
 
 
 def _shallow(module: torch.nn.Module, cls: type | None = None) -> torch.nn.Module:
